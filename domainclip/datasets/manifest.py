@@ -161,7 +161,7 @@ def parse_label(value: Any) -> list[str]:
     """
     if value is None:
         return []
-    if isinstance(value, bool) or isinstance(value, dict):
+    if isinstance(value, (bool, dict)):
         raise ValueError(f"label must be a string or a list of strings, got {value!r}")
     if isinstance(value, (int, float)):
         return [str(value)]
