@@ -48,6 +48,9 @@ class Backbone:
         image_arch: "cnn" | "vit" (decides which explainers apply).
         spec: the spec it was loaded from.
         image_size, mean, std: input resolution and normalisation of the image tower.
+        head: optional image-feature classifier for methods that are not pure image-text similarity
+            (Tip-Adapter, linear probe): `head(image_feats [N,D], class_text_feats [C,D]) -> logits [N,C]`.
+            None means classification is `similarity(image_feats, class_text_feats)`.
         info: free-form provenance (e.g. load time, checkpoint path).
     """
 
@@ -62,6 +65,7 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     model_cfg: dict | None = None
+    head: Callable | None = None
     info: dict = field(default_factory=dict)
 
     @property
@@ -99,6 +103,12 @@ class Backbone:
     def similarity(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
         """[N,D] x [M,D] normalised features -> [N,M] logits (scaled cosine similarity)."""
         return self.logit_scale_value() * image_feats @ text_feats.T
+
+    def class_logits(self, image_feats: torch.Tensor, class_text_feats: torch.Tensor) -> torch.Tensor:
+        """[N,D] image features x [C,D] class-prompt features -> [N,C] logits (uses `head` if set)."""
+        if self.head is not None:
+            return self.head(image_feats, class_text_feats)
+        return self.similarity(image_feats, class_text_feats)
 
 
 def _transforms(size: int, mean, std) -> tuple[Callable, Callable]:
