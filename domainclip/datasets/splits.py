@@ -1,0 +1,233 @@
+"""Group-aware, leakage-safe train/val/test splits and the leakage check.
+
+A *group* is the unit that must never be divided between splits: a patient or study in medical
+imaging, a production lot or part in industry. Rows of one group always land in one split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from domainclip.datasets.manifest import SPLITS, UNASSIGNED, ManifestRow
+from domainclip.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 5
+
+
+@dataclass
+class LeakageProblem:
+    """A group (or an image file) whose rows are in more than one split.
+
+    Attributes:
+        kind: "group" or "image".
+        key: the group id or the image path.
+        rows_by_split: split name -> manifest row numbers (1-based) in that split.
+    """
+
+    kind: str
+    key: str
+    rows_by_split: dict[str, list[int]] = field(default_factory=dict)
+
+    def message(self) -> str:
+        parts = [
+            f"{split} (row{'s' if len(r) > 1 else ''} {', '.join(map(str, r[:5]))}"
+            f"{', ...' if len(r) > 5 else ''})"
+            for split, r in sorted(self.rows_by_split.items())
+        ]
+        return f"{self.kind} {self.key!r} is in " + " and ".join(parts)
+
+
+def _group_of(row: ManifestRow) -> str:
+    return row.group or row.image
+
+
+def check_leakage(rows: Iterable[ManifestRow]) -> list[LeakageProblem]:
+    """Find groups and image files that appear in more than one split.
+
+    Rows with split "unassigned" are ignored (they are in no split yet).
+
+    Returns:
+        One `LeakageProblem` per leaking group / image, sorted by kind then key.
+    """
+    by_group: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    by_image: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r.split == UNASSIGNED:
+            continue
+        by_group[_group_of(r)][r.split].append(r.row)
+        by_image[os.path.normpath(r.image)][r.split].append(r.row)
+    problems = [
+        LeakageProblem(kind, key, {s: list(v) for s, v in splits.items()})
+        for kind, table in (("group", by_group), ("image", by_image))
+        for key, splits in sorted(table.items())
+        if len(splits) > 1
+    ]
+    # An image leaking with a group of its own name (no group column) is one problem, not two.
+    group_keys = {p.key for p in problems if p.kind == "group"}
+    return [p for p in problems if p.kind == "group" or p.key not in group_keys]
+
+
+def format_leakage(problems: Sequence[LeakageProblem]) -> str:
+    """One-paragraph description: the first few problems plus the total count."""
+    shown = "; ".join(p.message() for p in problems[:_MAX_LISTED])
+    more = f"; ... and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return (
+        f"{len(problems)} group(s)/image(s) span more than one split: {shown}{more}. "
+        "Every patient/study/lot must be in exactly one split: fix the split column, or clear it "
+        "and let assign_splits (domainclip data import --val-frac/--test-frac) assign groups."
+    )
+
+
+def assert_no_leakage(rows: Iterable[ManifestRow]) -> None:
+    """Raise `DataError` listing the leaking groups (first few + count) if any group spans splits."""
+    problems = check_leakage(rows)
+    if problems:
+        raise DataError(format_leakage(problems))
+
+
+# ----------------------------------------------------------------------------------------------
+# Assignment
+
+
+def _check_fractions(val_frac: float, test_frac: float) -> None:
+    for name, v in (("val_frac", val_frac), ("test_frac", test_frac)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{name} must be in [0, 1), got {v}")
+    if val_frac + test_frac >= 1.0:
+        raise ConfigError(
+            f"val_frac + test_frac must be below 1 (got {val_frac} + {test_frac}); "
+            "nothing would be left for training"
+        )
+
+
+def _n_take(frac: float, n_groups: int) -> int:
+    # At least one group when a fraction was asked for, but never all of them.
+    if frac <= 0 or n_groups < 2:
+        return 0
+    return min(n_groups - 1, max(1, round(frac * n_groups)))
+
+
+def _pick(
+    group_ids: list[str],
+    group_labels: list[str],
+    n_take: int,
+    seed: int,
+    stratify: bool,
+    what: str,
+) -> tuple[set[str], str]:
+    """Choose `n_take` groups. Returns (chosen ids, how: "stratified" | reason for not)."""
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
+
+    if n_take == 0:
+        return set(), "none requested"
+    idx = np.arange(len(group_ids))
+    counts = Counter(group_labels)
+    reason = "stratified by first label"
+    if not stratify:
+        reason = "stratify=False"
+    elif len(counts) < 2:
+        reason = "only one label value"
+    elif min(counts.values()) < 2:
+        rare = sorted(k for k, v in counts.items() if v < 2)[:3]
+        reason = f"label(s) {rare} have a single group"
+    elif n_take < len(counts) or len(group_ids) - n_take < len(counts):
+        reason = f"{n_take} {what} group(s) cannot hold all {len(counts)} labels"
+    if reason == "stratified by first label":
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_take, random_state=seed)
+        _, chosen = next(splitter.split(idx, group_labels))
+    else:
+        logger.info("%s split not stratified: %s", what, reason)
+        # Each element is one group already, so this is a seeded group-level shuffle split.
+        splitter = GroupShuffleSplit(n_splits=1, test_size=n_take, random_state=seed)
+        _, chosen = next(splitter.split(idx, groups=idx))
+    return {group_ids[i] for i in chosen}, reason
+
+
+def assign_splits(
+    rows: Iterable[ManifestRow],
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+    seed: int = 0,
+    stratify: bool = True,
+    *,
+    overwrite: bool = False,
+) -> list[ManifestRow]:
+    """Assign train/val/test to rows group by group (no group is ever split).
+
+    Rows that already have a split keep it unless `overwrite`. Unassigned rows of a group that
+    already has rows in a split join that split. The remaining groups are divided with
+    scikit-learn splitters at group level: test first, then val from the rest, stratified by each
+    group's most common first label when every label has at least two groups (otherwise an
+    unstratified `GroupShuffleSplit`; the reason is logged). Fractions are of the groups being
+    assigned, so with groups of unequal size the row fractions are approximate.
+
+    Args:
+        rows: manifest rows (not modified).
+        val_frac, test_frac: fractions of the groups to put in val and test.
+        seed: random seed; the same rows and seed always give the same assignment.
+        stratify: try to keep label proportions equal across splits.
+        overwrite: reassign every row, ignoring existing split values.
+
+    Returns:
+        New `ManifestRow` objects in the input order.
+    """
+    _check_fractions(val_frac, test_frac)
+    rows = list(rows)
+    fixed: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        if not overwrite and r.split != UNASSIGNED:
+            fixed[_group_of(r)][r.split] += 1
+    free_rows = [r for r in rows if overwrite or r.split == UNASSIGNED]
+    free_groups: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in free_rows:
+        g = _group_of(r)
+        if g not in fixed:
+            free_groups[g][r.label[0] if r.label else ""] += 1
+
+    # Sorted so the result does not depend on row order, only on the set of groups and the seed.
+    ids = sorted(free_groups)
+    labels = [free_groups[g].most_common(1)[0][0] for g in ids]
+    test, how_test = _pick(ids, labels, _n_take(test_frac, len(ids)), seed, stratify, "test")
+    rest = [i for i, g in enumerate(ids) if g not in test]
+    rest_ids, rest_labels = [ids[i] for i in rest], [labels[i] for i in rest]
+    val_share = val_frac / (1.0 - test_frac) if val_frac > 0 else 0.0
+    val, how_val = _pick(
+        rest_ids, rest_labels, _n_take(val_share, len(rest_ids)), seed + 1, stratify, "val"
+    )
+    assignment = {g: "test" if g in test else "val" if g in val else "train" for g in ids}
+    for g, splits in fixed.items():
+        if len(splits) > 1:
+            logger.warning(
+                "group %r already spans %s; its unassigned rows go to %s (run check_leakage)",
+                g,
+                sorted(splits),
+                splits.most_common(1)[0][0],
+            )
+        assignment[g] = splits.most_common(1)[0][0]
+
+    out = [
+        dataclasses.replace(r, split=assignment[_group_of(r)])
+        if overwrite or r.split == UNASSIGNED
+        else dataclasses.replace(r)
+        for r in rows
+    ]
+    counts = Counter(r.split for r in out)
+    logger.info(
+        "assigned splits to %d rows in %d groups (seed %d; test: %s; val: %s): %s",
+        len(free_rows),
+        len(ids),
+        seed,
+        how_test,
+        how_val,
+        ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS),
+    )
+    return out
