@@ -196,7 +196,7 @@ def _decode(path: Path, data: bytes) -> tuple[str, str]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
-        return data.decode("utf-8"), "utf-8"
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         # latin-1 decodes any byte sequence, so this cannot fail; warn because the characters
         # may be wrong if the file is really in another code page (cp1252 quotes, ...).
@@ -207,6 +207,17 @@ def _decode(path: Path, data: bytes) -> tuple[str, str]:
             exc.start,
         )
         return data.decode("latin-1"), "latin-1"
+    n_lost = text.count("\ufffd")
+    if n_lost:
+        # U+FFFD means characters were already destroyed upstream (a wrong decode before the
+        # file was saved); nothing can restore them, but the user should know.
+        logger.warning(
+            "%s contains %d U+FFFD replacement characters: some characters were lost before "
+            "this file was written (decoded with a wrong encoding upstream); kept as-is.",
+            path,
+            n_lost,
+        )
+    return text, "utf-8"
 
 
 def _missing_columns_error(path: Path, found: list[str], missing: list[str]) -> DataError:
