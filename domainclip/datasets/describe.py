@@ -175,10 +175,13 @@ def _where(boxes: Sequence[Box], w: int, h: int, noun: _Noun) -> _Where:
     if len(cols) == 1:
         return _Where.of(_COL_PHRASES[next(iter(cols))])
     if len(boxes) == 1:
-        # One box over several rows and columns (a diagonal scratch, a wide blob).
+        # One box over several rows and columns: a diagonal scratch runs across; a big blob
+        # is placed by its centre (its size word already says it is large).
         if noun.line_like:
             return _Where("running across the surface", "running across")
-        return _Where.of("over a large part")
+        x0, y0, x1, y1 = boxes[0]
+        prep, name = _CELL_NAMES[_grid_cell((x0 + x1) / 2, (y0 + y1) / 2, w, h)]
+        return _Where.of(f"{prep} {name}")
     return _Where("spread around", "spread across")
 
 

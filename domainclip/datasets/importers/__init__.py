@@ -1,0 +1,123 @@
+"""Importers: turn a data set in its published layout into ``OUT/manifest.csv``.
+
+Kinds (``domainclip data import KIND SRC --out OUT``):
+
+* ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); texts from the boxes.
+* ``covid-cxr``: the COVID-19 chest X-ray collection (metadata.csv, images/).
+* ``folder``: one folder per class, optional per-class text templates.
+* ``synthetic``: generated metal-surface defects with masks (no SRC; used by the demo).
+
+Real data sets are never copied: image paths in the manifest are relative to OUT and point at
+the source. Splits are group-aware and stratified (`domainclip.datasets.splits`), and every
+import checks that no group spans two splits before writing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from domainclip.datasets.importers._common import MANIFEST_NAME, ImportResult
+from domainclip.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IMPORTERS", "MANIFEST_NAME", "ImportResult", "importer_options", "run_import"]
+
+
+def _neu_det(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.neu_det import import_neu_det
+
+    return import_neu_det(src, out, **kw)
+
+
+def _covid_cxr(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.covid_cxr import import_covid_cxr
+
+    return import_covid_cxr(src, out, **kw)
+
+
+def _folder(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.folder import import_folder
+
+    return import_folder(src, out, **kw)
+
+
+def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.synthetic import generate_synthetic
+
+    if src is not None:
+        raise DataError(
+            f"synthetic: takes no source folder (got {src}); it generates its images into OUT"
+        )
+    return generate_synthetic(out, **kw)
+
+
+# kind -> (runner, options it accepts beyond seed/val_frac/test_frac). Fixed; never mutated.
+IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
+    "neu-det": (_neu_det, ("multi_label",)),
+    "covid-cxr": (_covid_cxr, ()),
+    "folder": (_folder, ("templates", "group_pattern")),
+    "synthetic": (_synthetic, ("n", "size", "classes")),
+}
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise DataError(f"{name} must be in [0, 1), got {value}")
+
+
+def run_import(
+    kind: str,
+    src: Path | None,
+    out: Path,
+    *,
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    **options: Any,
+) -> ImportResult:
+    """Import data set `kind` from `src` into ``out/manifest.csv``.
+
+    Args:
+        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic");
+            underscores are accepted for hyphens.
+        src: the data set's folder (None for "synthetic").
+        out: output folder; created if needed.
+        seed: seed for the split assignment (and the synthetic generator).
+        val_frac, test_frac: fractions of rows (by group) for validation and test.
+        **options: kind-specific options (neu-det: multi_label; folder: templates,
+            group_pattern; synthetic: n, size, classes). Options set to None are ignored,
+            so a command line can pass its unset flags through.
+
+    Returns:
+        `ImportResult` with the manifest path, row count, skip counts and notes.
+
+    Raises:
+        DataError: unknown kind or option, bad fractions, or the importer's own data errors.
+    """
+    key = kind.strip().lower().replace("_", "-")
+    if key not in IMPORTERS:
+        raise DataError(f"unknown import kind {kind!r}; valid kinds: {', '.join(IMPORTERS)}")
+    runner, allowed = IMPORTERS[key]
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise DataError(
+            f"{key}: unknown option(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(allowed) if allowed else '(none)'}"
+        )
+    _check_fraction("val_frac", val_frac)
+    _check_fraction("test_frac", test_frac)
+    if val_frac + test_frac >= 1.0:
+        raise DataError(f"val_frac + test_frac must be below 1, got {val_frac + test_frac}")
+    src_path = None if src is None else Path(src).expanduser()
+    logger.debug("import %s from %s into %s with %s", key, src_path, out, given)
+    return runner(src_path, Path(out), seed=seed, val_frac=val_frac, test_frac=test_frac, **given)
+
+
+def importer_options(kind: str) -> tuple[str, ...]:
+    """Options a kind accepts (for command-line help)."""
+    return IMPORTERS[kind][1]
