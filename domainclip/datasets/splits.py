@@ -116,6 +116,25 @@ def _n_take(frac: float, n_groups: int) -> int:
     return min(n_groups - 1, max(1, round(frac * n_groups)))
 
 
+_RARE = "(rare labels)"
+
+
+def _strata(labels: list[str], max_strata: int) -> list[str]:
+    """Stratum per group: its label, with labels too rare to stratify pooled together.
+
+    StratifiedShuffleSplit needs at least two members per stratum and at most as many strata as
+    either side has groups. The most frequent labels keep their own stratum; the rest are pooled
+    (and the pool joins the largest stratum when it has a single member).
+    """
+    counts = Counter(labels)
+    ranked = [lab for lab, n in counts.most_common() if n >= 2]
+    keep = set(ranked[: max(1, max_strata - 1)] if len(ranked) >= max_strata else ranked)
+    pooled = [lab if lab in keep else _RARE for lab in labels]
+    if 0 < pooled.count(_RARE) < 2 and ranked:
+        pooled = [ranked[0] if lab == _RARE else lab for lab in pooled]
+    return pooled
+
+
 def _pick(
     group_ids: list[str],
     group_labels: list[str],
@@ -124,32 +143,30 @@ def _pick(
     stratify: bool,
     what: str,
 ) -> tuple[set[str], str]:
-    """Choose `n_take` groups. Returns (chosen ids, how: "stratified" | reason for not)."""
+    """Choose `n_take` groups. Returns (chosen ids, how they were chosen)."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedShuffleSplit
 
     if n_take == 0:
         return set(), "none requested"
     idx = np.arange(len(group_ids))
-    counts = Counter(group_labels)
-    reason = "stratified by first label"
-    if not stratify:
-        reason = "stratify=False"
-    elif len(counts) < 2:
-        reason = "only one label value"
-    elif min(counts.values()) < 2:
-        rare = sorted(k for k, v in counts.items() if v < 2)[:3]
-        reason = f"label(s) {rare} have a single group"
-    elif n_take < len(counts) or len(group_ids) - n_take < len(counts):
-        reason = f"{n_take} {what} group(s) cannot hold all {len(counts)} labels"
-    if reason == "stratified by first label":
+    strata = _strata(group_labels, min(n_take, len(group_ids) - n_take))
+    n_strata = len(set(strata))
+    if stratify and n_strata >= 2:
+        n_pooled = len(set(group_labels)) - n_strata + (1 if _RARE in strata else 0)
+        how = "stratified by first label" + (
+            f" ({n_pooled} rare labels pooled)" if n_pooled else ""
+        )
         splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_take, random_state=seed)
-        _, chosen = next(splitter.split(idx, group_labels))
+        _, chosen = next(splitter.split(idx, strata))
     else:
-        logger.info("%s split not stratified: %s", what, reason)
+        how = "not stratified: " + (
+            "stratify=False" if not stratify else "fewer than two labels have two or more groups"
+        )
+        logger.info("%s split %s", what, how)
         # Each element is one group already, so this is a seeded group-level shuffle split.
         splitter = GroupShuffleSplit(n_splits=1, test_size=n_take, random_state=seed)
         _, chosen = next(splitter.split(idx, groups=idx))
-    return {group_ids[i] for i in chosen}, reason
+    return {group_ids[i] for i in chosen}, how
 
 
 def assign_splits(

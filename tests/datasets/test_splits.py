@@ -83,9 +83,23 @@ def test_falls_back_when_stratification_impossible(caplog):
     rows = _rows(10, labels=("a",) * 9 + ("rare",))
     with caplog.at_level(logging.INFO):
         out = assign_splits(rows, 0.2, 0.2, seed=0)
-    assert "not stratified" in caplog.text and "single group" in caplog.text
+    assert "not stratified: fewer than two labels have two or more groups" in caplog.text
     assert check_leakage(out) == []
     assert {r.split for r in out} == {"train", "val", "test"}
+
+
+def test_rare_labels_pooled_instead_of_giving_up_stratification(caplog):
+    # 30 groups of "a", 10 of "b", and three labels with one group each (like the COVID data).
+    rows = _rows(43, per_group=1, labels=["a"] * 3 + ["b"])
+    for r, lab in zip(rows[-3:], ["x", "y", "z"], strict=True):
+        r.label = [lab]
+    with caplog.at_level(logging.INFO):
+        out = assign_splits(rows, 0.2, 0.2, seed=0)
+    assert "3 rare labels pooled" in caplog.text and "not stratified" not in caplog.text
+    for split in ("val", "test"):
+        c = Counter(r.label[0] for r in out if r.split == split)
+        # 8-9 groups per split: a:b stays near 3:1, so b gets 2 (never 0 or 4+)
+        assert c["b"] == 2, (split, c)
 
 
 def test_rows_without_group_are_their_own_group():
