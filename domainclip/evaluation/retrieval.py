@@ -1,0 +1,90 @@
+"""Image-text retrieval metrics in both directions, aware of duplicated texts.
+
+Many images often share one text (a class description, one patient's note). Retrieval then asks
+for *a* correct partner: an image query is correct when any copy of its text ranks high, and a text
+query is correct when any image carrying that text ranks high. Texts are therefore deduplicated:
+image->text ranks the distinct texts, text->image uses each distinct text once as a query.
+
+Ranks are 1-based and pessimistic on ties: a wrong candidate with a score equal to the best correct
+one is counted as ranked above it (untrained models produce many ties; they must not look good).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
+
+
+def _groups_from_features(txt_feats: torch.Tensor) -> np.ndarray:
+    """Group id per row: rows with bit-identical features are the same text."""
+    _, inverse = torch.unique(txt_feats, dim=0, return_inverse=True)
+    return inverse.numpy()
+
+
+def _ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Per query (row): 1 + number of wrong candidates scoring >= the best correct candidate.
+
+    scores, correct: [Q, K] (float, bool); every row must have at least one correct candidate.
+    """
+    best = np.where(correct, scores, -np.inf).max(axis=1, keepdims=True)
+    return 1 + ((scores >= best) & ~correct).sum(axis=1)
+
+
+def retrieval_metrics(
+    img_feats: torch.Tensor,
+    txt_feats: torch.Tensor,
+    text_groups: Sequence[Hashable] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Recall@k and median rank for image->text and text->image retrieval.
+
+    Args:
+        img_feats: [N, D] image features (row i pairs with text row i).
+        txt_feats: [N, D] text features of each image's own text.
+        text_groups: length-N keys; rows with equal keys have the same text (e.g. the text strings).
+            None groups bit-identical feature rows.
+        ks: the k of Recall@k.
+
+    Returns:
+        {"i2t_R@k", "t2i_R@k" (fractions in [0, 1]), "i2t_median_rank", "t2i_median_rank",
+        "i2t_mean_rank", "t2i_mean_rank", "n_images", "n_texts" (distinct texts)}. Cosine similarity
+        ranks (a positive logit scale does not change them).
+    """
+    if img_feats.ndim != 2 or img_feats.shape != txt_feats.shape:
+        raise ValueError(
+            f"img_feats {tuple(img_feats.shape)} and txt_feats {tuple(txt_feats.shape)} must both be [N, D]"
+        )
+    n = img_feats.shape[0]
+    if n == 0:
+        raise ValueError("retrieval needs at least one image-text pair")
+    if text_groups is None:
+        group = _groups_from_features(txt_feats.detach().cpu())
+    else:
+        if len(text_groups) != n:
+            raise ValueError(f"text_groups has {len(text_groups)} entries for {n} pairs")
+        ids: dict[Hashable, int] = {}
+        group = np.array([ids.setdefault(g, len(ids)) for g in text_groups])
+    n_texts = int(group.max()) + 1
+    # One feature per distinct text (its first occurrence).
+    first = np.array([np.flatnonzero(group == g)[0] for g in range(n_texts)])
+    img = img_feats.detach().float().cpu().numpy()
+    txt = txt_feats.detach().float().cpu().numpy()[first]
+    sim = img @ txt.T  # [N, T]
+    correct = group[:, None] == np.arange(n_texts)[None, :]  # [N, T]
+    i2t = _ranks(sim, correct)
+    t2i = _ranks(sim.T, correct.T)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = float((i2t <= k).mean())
+        out[f"t2i_R@{k}"] = float((t2i <= k).mean())
+    out["i2t_median_rank"] = float(np.median(i2t))
+    out["t2i_median_rank"] = float(np.median(t2i))
+    out["i2t_mean_rank"] = float(i2t.mean())
+    out["t2i_mean_rank"] = float(t2i.mean())
+    out["n_images"] = float(n)
+    out["n_texts"] = float(n_texts)
+    return out
