@@ -151,6 +151,10 @@ def _load_pil(p: Path, max_side: int, max_pixels: int) -> Image.Image:
             "extension (an HTML error page or text file saved as an image?)",
         ) from exc
     except OSError as exc:
+        if "truncat" in str(exc).lower():  # cut off inside the header
+            raise ImageReadError(
+                p, "truncated", f"cannot read image header ({exc}); the file is truncated"
+            ) from exc
         raise ImageReadError(p, "decode", f"cannot open image: {exc}") from exc
     try:
         return _decode_pil(p, img, max_side, max_pixels)

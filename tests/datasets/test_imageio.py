@@ -151,6 +151,11 @@ def test_truncated_jpeg(tmp_path):
     with pytest.raises(ImageReadError, match="truncated") as err:
         load_image(tmp_path / "cut.jpg")
     assert "cut.jpg" in str(err.value) and err.value.reason == "truncated"
+    # cut inside the header: fails already when opening
+    (tmp_path / "head.jpg").write_bytes(data[:300])
+    with pytest.raises(ImageReadError, match="truncated") as err:
+        load_image(tmp_path / "head.jpg")
+    assert err.value.reason == "truncated"
 
 
 def test_text_with_image_extension(tmp_path):
