@@ -1,0 +1,136 @@
+"""`domainclip data validate | stats | import`.
+
+Handlers turn argparse namespaces into plain arguments here; library functions never see them.
+Heavy imports (torch, the importers, the backbone) happen inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from domainclip.errors import ConfigError
+
+IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic")
+
+
+def _write_json(obj: dict[str, Any], out: str) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _tokenizer_for(spec: str | None) -> Any:
+    if spec is None or spec.lower() == "none":
+        return None
+    from domainclip.models import load_backbone
+
+    return load_backbone(spec).tokenizer
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from domainclip.datasets.validate import validate_manifest
+
+    report = validate_manifest(
+        args.manifest, _tokenizer_for(args.backbone), check_images=not args.no_images
+    )
+    print(report.format())
+    if args.json:
+        _write_json(report.to_dict(), args.json)
+    return 0 if report.ok else 1
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from domainclip.datasets.stats import format_stats, manifest_stats
+
+    stats = manifest_stats(args.manifest)
+    print(format_stats(stats))
+    if args.json:
+        _write_json(stats, args.json)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from domainclip.datasets.importers import run_import
+
+    if args.kind != "synthetic" and args.src is None:
+        raise ConfigError(f"data import {args.kind}: SRC (the data set's folder) is required")
+    options = {
+        "multi_label": True if args.multi_label else None,
+        "templates": args.templates,
+        "group_pattern": args.group_pattern,
+        "n": args.n,
+        "size": args.size,
+        "classes": [c.strip() for c in args.classes.split(",") if c.strip()]
+        if args.classes
+        else None,
+    }
+    result = run_import(
+        args.kind,
+        Path(args.src) if args.src is not None else None,
+        Path(args.out),
+        seed=args.seed,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        **options,
+    )
+    print(result.summary())
+    if result.n_rows == 0:
+        print("error: no rows were imported", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `data` command group."""
+    p = sub.add_parser("data", help="import, validate and describe paired image-text data")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    v = dsub.add_parser(
+        "validate",
+        help="check every row of a manifest; exit 0 when usable, 1 when not",
+        description="Decode every image, check texts, labels, splits and group leakage.",
+    )
+    v.add_argument("manifest", help="manifest .csv or .jsonl")
+    v.add_argument(
+        "--backbone",
+        default="default",
+        metavar="SPEC",
+        help="backbone whose tokenizer limits text length (default: %(default)s; 'none' skips)",
+    )
+    v.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    v.add_argument("--no-images", action="store_true", help="only check that image files exist")
+    v.set_defaults(func=_validate)
+
+    s = dsub.add_parser("stats", help="class balance per split, text lengths, groups per split")
+    s.add_argument("manifest", help="manifest .csv or .jsonl")
+    s.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
+    s.set_defaults(func=_stats)
+
+    i = dsub.add_parser(
+        "import",
+        help="convert a data set into DIR/manifest.csv",
+        description="KIND: " + ", ".join(IMPORT_KINDS) + " (synthetic takes no SRC).",
+    )
+    i.add_argument("kind", choices=IMPORT_KINDS, metavar="KIND", help=", ".join(IMPORT_KINDS))
+    i.add_argument("src", nargs="?", help="the data set's folder (not for synthetic)")
+    i.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    i.add_argument("--seed", type=int, default=0, help="split (and generator) seed")
+    i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
+    i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
+    i.add_argument(
+        "--multi-label", action="store_true", help="neu-det: one label per defect class present"
+    )
+    i.add_argument("--templates", metavar="YAML", help="folder: per-class description templates")
+    i.add_argument(
+        "--group-pattern",
+        metavar="REGEX",
+        help="folder: regex with one capture group, searched in the file name, giving the group id",
+    )
+    i.add_argument("--n", type=int, help="synthetic: number of images")
+    i.add_argument("--size", type=int, help="synthetic: image side in pixels")
+    i.add_argument("--classes", help="synthetic: comma-separated defect classes")
+    i.set_defaults(func=_import)

@@ -1,0 +1,168 @@
+"""`domainclip data validate | stats | import` through domainclip.cli.main: exit codes and output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domainclip.cli import main
+from domainclip.datasets.manifest import ManifestRow, read_manifest, write_manifest
+from tests.datasets.helpers import save_rgb
+
+
+@pytest.fixture
+def good_manifest(tmp_path):
+    for i in range(4):
+        save_rgb(tmp_path / f"{i}.png")
+    rows = [
+        ManifestRow(f"{i}.png", f"caption {i}", ["pit" if i % 2 else "scratch"], f"g{i}", s)
+        for i, s in enumerate(["train", "train", "val", "test"])
+    ]
+    return write_manifest(rows, tmp_path / "m.csv")
+
+
+def test_validate_usable_exit_0_and_json(good_manifest, tmp_path, capsys):
+    out_json = tmp_path / "report" / "r.json"
+    rc = main(
+        ["data", "validate", str(good_manifest), "--backbone", "none", "--json", str(out_json)]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "rows: 4 in file, 4 usable, 0 skipped" in out and "result: USABLE" in out
+    report = json.loads(out_json.read_text())
+    assert report["ok"] is True and report["split_counts"] == {"train": 2, "val": 1, "test": 1}
+
+
+def test_validate_counts_skips_but_stays_usable(good_manifest, capsys):
+    (good_manifest.parent / "1.png").write_bytes(b"")
+    rc = main(["data", "validate", str(good_manifest), "--backbone", "none"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "image_empty: 1 (rows 2)" in out and "3 usable, 1 skipped" in out
+
+
+def test_validate_leakage_exit_1(tmp_path, capsys):
+    save_rgb(tmp_path / "a.png")
+    save_rgb(tmp_path / "b.png")
+    path = write_manifest(
+        [
+            ManifestRow("a.png", "t", group="lot1", split="train"),
+            ManifestRow("b.png", "t", group="lot1", split="val"),
+        ],
+        tmp_path / "m.csv",
+    )
+    rc = main(["data", "validate", str(path), "--backbone", "none"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "ERROR: 1 group(s)" in out and "'lot1'" in out and "NOT USABLE" in out
+
+
+def test_validate_missing_manifest_exit_1(tmp_path, capsys):
+    rc = main(["data", "validate", str(tmp_path / "none.csv"), "--backbone", "none"])
+    assert rc == 1 and "manifest not found" in capsys.readouterr().out
+
+
+def test_validate_with_saved_backbone_tokenizer(tmp_path, capsys):
+    from domainclip.models import save_backbone
+    from domainclip.models.testing import tiny_open_clip_backbone
+
+    bb_dir = save_backbone(tiny_open_clip_backbone(), tmp_path / "bb")
+    save_rgb(tmp_path / "a.png")
+    path = write_manifest(
+        [ManifestRow("a.png", "defect " * 100, ["x"], split="train")], tmp_path / "m.csv"
+    )
+    rc = main(["data", "validate", str(path), "--backbone", str(bb_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "text_truncated: 1 (rows 1)" in out and "against 77 tokens" in out
+
+
+def test_stats(good_manifest, tmp_path, capsys):
+    rc = main(["data", "stats", str(good_manifest), "--json", str(tmp_path / "s.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "class balance" in out and "text length (words)" in out
+    assert json.loads((tmp_path / "s.json").read_text())["splits"] == {
+        "train": 2,
+        "val": 1,
+        "test": 1,
+    }
+
+
+def test_stats_bad_manifest_clean_error(tmp_path, capsys):
+    bad = tmp_path / "m.csv"
+    bad.write_text("file,caption\na.png,t\n", encoding="utf-8")
+    rc = main(["data", "stats", str(bad)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "Found columns: file, caption" in err
+    assert "Traceback" not in err
+
+
+def test_import_synthetic_then_validate(tmp_path, capsys):
+    out_dir = tmp_path / "syn"
+    rc = main(
+        [
+            "data",
+            "import",
+            "synthetic",
+            "--out",
+            str(out_dir),
+            "--n",
+            "12",
+            "--size",
+            "32",
+            "--seed",
+            "1",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "wrote 12 rows" in out and "skipped 0" in out
+    m = read_manifest(out_dir / "manifest.csv")
+    assert len(m) == 12 and {r.split for r in m.rows} <= {"train", "val", "test"}
+    assert main(["data", "validate", str(out_dir / "manifest.csv"), "--backbone", "none"]) == 0
+
+
+def test_import_requires_src_for_real_kinds(tmp_path, capsys):
+    rc = main(["data", "import", "neu-det", "--out", str(tmp_path / "x")])
+    assert rc == 2 and "SRC" in capsys.readouterr().err
+
+
+def test_import_unknown_kind_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "import", "mnist", "src", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Real data (issue 2 "done when"): the CLI import and validate agree on the row counts.
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_neu_det_import_and_validate(neu_det_dir, tmp_path, capsys):
+    out_dir = tmp_path / "neu"
+    assert main(["data", "import", "neu-det", str(neu_det_dir), "--out", str(out_dir)]) == 0
+    assert "wrote 1800 rows" in capsys.readouterr().out
+    rc = main(["data", "validate", str(out_dir / "manifest.csv"), "--backbone", "none"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "rows: 1800 in file, 1800 usable, 0 skipped" in out
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_covid_import_and_validate(covid_cxr_dir, tmp_path, capsys):
+    out_dir = tmp_path / "covid"
+    assert main(["data", "import", "covid-cxr", str(covid_cxr_dir), "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 575 rows" in out and "skipped 14" in out
+    rc = main(
+        [
+            "data",
+            "validate",
+            str(out_dir / "manifest.csv"),
+            "--backbone",
+            "none",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert rc == 0 and "575 usable, 0 skipped" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["errors"] == [] and sum(report["split_counts"].values()) == 575
