@@ -122,7 +122,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
     i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
     i.add_argument(
-        "--multi-label", action="store_true", help="neu-det: one label per defect class present"
+        "--multi-label",
+        action="store_true",
+        help="neu-det: also label other defect classes boxed in the image",
     )
     i.add_argument("--templates", metavar="YAML", help="folder: per-class description templates")
     i.add_argument(
