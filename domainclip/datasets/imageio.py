@@ -324,7 +324,11 @@ def _dicom_to_image(p: Path, ds: Any, max_pixels: int, secrets: list[str]) -> Im
         raise ImageReadError(
             p, "too_large", f"{cols}x{rows} pixels exceeds max_pixels={max_pixels}"
         )
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
+        if n_frames > 1:
+            # Decode only the first frame: a long cine loop would otherwise fill memory.
+            ds.pixel_array_options(index=0)
         arr = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -337,10 +341,10 @@ def _dicom_to_image(p: Path, ds: Any, max_pixels: int, secrets: list[str]) -> Im
             "pylibjpeg-openjpeg)",
         ) from None
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
     if n_frames > 1:
         logger.warning("%s: multi-frame DICOM with %d frames; using the first frame", p, n_frames)
-        arr = arr[0]
+        if arr.ndim == (4 if samples > 1 else 3):  # a decoder that ignored the frame index
+            arr = arr[0]
     if samples > 1:
         # pydicom already converts YBR to RGB; only the bit depth needs mapping.
         rgb = arr if arr.dtype == np.uint8 else scale_to_uint8(arr)
