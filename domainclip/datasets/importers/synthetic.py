@@ -175,11 +175,13 @@ def _disk_alpha(size: int, cx: float, cy: float, r: float) -> np.ndarray:
     return np.where(d <= 1.0, np.maximum(1.0 - 0.6 * d**2, _MIN_ALPHA), 0.0)
 
 
-def _pits(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, float]]:
-    """A cluster of 2-4 small round pits that do not touch each other."""
+def _pits(
+    rng: np.random.Generator, size: int, occupied: np.ndarray
+) -> list[tuple[np.ndarray, float]]:
+    """A cluster of 2-4 small round pits that touch neither each other nor `occupied`
+    (updated in place), so every pit is one countable spot with its own box."""
     out: list[tuple[np.ndarray, float]] = []
     centre = rng.uniform(0.2, 0.8, size=2) * size
-    occupied = np.zeros((size, size), dtype=bool)
     target = int(rng.integers(2, 5))
     for _ in range(40):  # rejection sampling; a cluster always fits in 40 tries at >= 32 px
         if len(out) == target:
@@ -227,12 +229,31 @@ def _defects(cls: str, rng: np.random.Generator, size: int) -> list[tuple[np.nda
     if cls == "crack":
         return [_crack(rng, size) for _ in range(int(rng.integers(1, 3)))]
     if cls == "pit":
-        return [p for _ in range(int(rng.integers(1, 3))) for p in _pits(rng, size)]
+        occupied = np.zeros((size, size), dtype=bool)
+        return [p for _ in range(int(rng.integers(1, 3))) for p in _pits(rng, size, occupied)]
     if cls == "patch":
-        return [_patch(rng, size) for _ in range(int(rng.integers(1, 3)))]
+        return _patches(rng, size)
     if cls == CLEAN:
         return []
     raise DataError(f"unknown synthetic class {cls!r}; choose from {', '.join(DEFAULT_CLASSES)}")
+
+
+def _patches(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """1-2 patches that do not touch: two merged blobs would read as one patch while the text
+    counts two. (Scratches and cracks may cross, as real ones do.)"""
+    target = int(rng.integers(1, 3))
+    taken = np.zeros((size, size), dtype=bool)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for _ in range(12):  # rejection sampling; the first patch always fits
+        if len(out) == target:
+            break
+        alpha, delta = _patch(rng, size)
+        drawn = alpha > 0
+        if (ndimage.binary_dilation(drawn, iterations=2) & taken).any():
+            continue
+        taken |= drawn
+        out.append((alpha, delta))
+    return out
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
