@@ -34,25 +34,22 @@ def _ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return 1 + ((scores >= best) & ~correct).sum(axis=1)
 
 
-def retrieval_metrics(
+def retrieval_ranks(
     img_feats: torch.Tensor,
     txt_feats: torch.Tensor,
     text_groups: Sequence[Hashable] | None = None,
-    ks: Sequence[int] = DEFAULT_KS,
-) -> dict[str, float]:
-    """Recall@k and median rank for image->text and text->image retrieval.
+) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks of the best correct partner for every query.
 
     Args:
         img_feats: [N, D] image features (row i pairs with text row i).
         txt_feats: [N, D] text features of each image's own text.
         text_groups: length-N keys; rows with equal keys have the same text (e.g. the text strings).
             None groups bit-identical feature rows.
-        ks: the k of Recall@k.
 
     Returns:
-        {"i2t_R@k", "t2i_R@k" (fractions in [0, 1]), "i2t_median_rank", "t2i_median_rank",
-        "i2t_mean_rank", "t2i_mean_rank", "n_images", "n_texts" (distinct texts)}. Cosine similarity
-        ranks (a positive logit scale does not change them).
+        (i2t int [N]: per image, among the T distinct texts; t2i int [T]: per distinct text, among
+        the N images).
     """
     if img_feats.ndim != 2 or img_feats.shape != txt_feats.shape:
         raise ValueError(
@@ -75,16 +72,36 @@ def retrieval_metrics(
     txt = txt_feats.detach().float().cpu().numpy()[first]
     sim = img @ txt.T  # [N, T]
     correct = group[:, None] == np.arange(n_texts)[None, :]  # [N, T]
-    i2t = _ranks(sim, correct)
-    t2i = _ranks(sim.T, correct.T)
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"i2t_R@{k}"] = float((i2t <= k).mean())
-        out[f"t2i_R@{k}"] = float((t2i <= k).mean())
-    out["i2t_median_rank"] = float(np.median(i2t))
-    out["t2i_median_rank"] = float(np.median(t2i))
-    out["i2t_mean_rank"] = float(i2t.mean())
-    out["t2i_mean_rank"] = float(t2i.mean())
-    out["n_images"] = float(n)
-    out["n_texts"] = float(n_texts)
+    return _ranks(sim, correct), _ranks(sim.T, correct.T)
+
+
+def summarize_ranks(
+    ranks: np.ndarray, prefix: str, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """{prefix_R@k, prefix_median_rank, prefix_mean_rank} of 1-based ranks."""
+    out = {f"{prefix}_R@{k}": float((ranks <= k).mean()) for k in ks}
+    out[f"{prefix}_median_rank"] = float(np.median(ranks))
+    out[f"{prefix}_mean_rank"] = float(ranks.mean())
+    return out
+
+
+def retrieval_metrics(
+    img_feats: torch.Tensor,
+    txt_feats: torch.Tensor,
+    text_groups: Sequence[Hashable] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """Recall@k and median rank for image->text and text->image retrieval.
+
+    Args: as `retrieval_ranks`; ks: the k of Recall@k.
+
+    Returns:
+        {"i2t_R@k", "t2i_R@k" (fractions in [0, 1]), "i2t_median_rank", "t2i_median_rank",
+        "i2t_mean_rank", "t2i_mean_rank", "n_images", "n_texts" (distinct texts)}. Cosine similarity
+        ranks (a positive logit scale does not change them).
+    """
+    i2t, t2i = retrieval_ranks(img_feats, txt_feats, text_groups)
+    out = {**summarize_ranks(i2t, "i2t", ks), **summarize_ranks(t2i, "t2i", ks)}
+    out["n_images"] = float(len(i2t))
+    out["n_texts"] = float(len(t2i))
     return out
