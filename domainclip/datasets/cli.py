@@ -26,9 +26,9 @@ def _write_json(obj: dict[str, Any], out: str) -> None:
 def _tokenizer_for(spec: str | None) -> Any:
     if spec is None or spec.lower() == "none":
         return None
-    from domainclip.models import load_backbone
+    from domainclip.models import load_tokenizer
 
-    return load_backbone(spec).tokenizer
+    return load_tokenizer(spec)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -151,7 +151,9 @@ def _pick(
     idx = np.arange(len(group_ids))
     strata = _strata(group_labels, min(n_take, len(group_ids) - n_take))
     n_strata = len(set(strata))
-    if stratify and n_strata >= 2:
+    # StratifiedShuffleSplit needs at least one group per stratum on both sides of the cut.
+    room = min(n_take, len(group_ids) - n_take) >= n_strata
+    if stratify and n_strata >= 2 and room:
         n_pooled = len(set(group_labels)) - n_strata + (1 if _RARE in strata else 0)
         how = "stratified by first label" + (
             f" ({n_pooled} rare labels pooled)" if n_pooled else ""
@@ -160,7 +162,11 @@ def _pick(
         _, chosen = next(splitter.split(idx, strata))
     else:
         how = "not stratified: " + (
-            "stratify=False" if not stratify else "fewer than two labels have two or more groups"
+            "stratify=False"
+            if not stratify
+            else f"{n_take} {what} groups cannot hold one of each of {n_strata} label strata"
+            if n_strata >= 2
+            else "fewer than two labels have two or more groups"
         )
         logger.info("%s split %s", what, how)
         # Each element is one group already, so this is a seeded group-level shuffle split.

@@ -104,7 +104,9 @@ class Backbone:
         """[N,D] x [M,D] normalised features -> [N,M] logits (scaled cosine similarity)."""
         return self.logit_scale_value() * image_feats @ text_feats.T
 
-    def class_logits(self, image_feats: torch.Tensor, class_text_feats: torch.Tensor) -> torch.Tensor:
+    def class_logits(
+        self, image_feats: torch.Tensor, class_text_feats: torch.Tensor
+    ) -> torch.Tensor:
         """[N,D] image features x [C,D] class-prompt features -> [N,C] logits (uses `head` if set)."""
         if self.head is not None:
             return self.head(image_feats, class_text_feats)
@@ -458,3 +460,11 @@ def save_backbone(bb: Backbone, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def load_tokenizer(spec: str = "default") -> TextTokenizer:
+    """The tokenizer of a backbone spec. Fast for `default` (no model weights are read)."""
+    if spec.strip() == "default":
+        tok = _hf_tokenizer(default_model.minilm_dir())
+        return TextTokenizer(tok, "hf", default_model.DEFAULT_CONTEXT_LENGTH, trim=True)
+    return load_backbone(spec).tokenizer

@@ -76,7 +76,8 @@ class TextTokenizer:
         """Number of tokens of `text` before truncation, special tokens included."""
         text = _clean_whitespace(text)
         if self.kind == "hf":
-            return len(self.impl(text, truncation=False).input_ids)
+            # verbose=False: we only count; transformers would warn about the model's max length.
+            return len(self.impl(text, truncation=False, verbose=False).input_ids)
         # open_clip SimpleTokenizer: encode() gives the BPE ids without start/end tokens.
         return len(self.impl.encode(text)) + 2
 

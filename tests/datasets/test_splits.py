@@ -163,3 +163,14 @@ def test_unassigned_rows_are_not_leakage():
     ]
     assert check_leakage(rows) == []
     assert_no_leakage(rows)
+
+
+def test_tiny_sets_fall_back_to_unstratified_instead_of_crashing():
+    """10 rows, 5 labels x 2: a 1-group test split cannot be stratified; it must still split."""
+    rows = [
+        ManifestRow(image=f"{i}.png", text="t", label=[f"c{i % 5}"], group=f"g{i}")
+        for i in range(10)
+    ]
+    out = assign_splits(rows, val_frac=0.15, test_frac=0.15, seed=0)
+    splits = [r.split for r in out]
+    assert splits.count("test") >= 1 and splits.count("val") >= 1 and splits.count("train") >= 6

@@ -155,3 +155,12 @@ def test_word_spans_merge_pieces(default_bb, hf_dir):
     ids = oc(["unaligned crazing"])[0]
     assert [w for w, _ in oc.word_spans(ids)] == ["unaligned", "crazing"]
     assert oc.count_tokens("a b c") == 5
+
+
+def test_load_tokenizer_matches_backbone_tokenizer(default_bb):
+    from domainclip.models import load_tokenizer
+
+    tok = load_tokenizer("default")
+    text = ["three small pits spread across a metal surface"]
+    assert torch.equal(tok(text), default_bb.tokenizer(text))
+    assert tok.context_length == default_bb.tokenizer.context_length
