@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 LITE_MEAN = (127.0 / 255.0,) * 3
 LITE_STD = (128.0 / 255.0,) * 3
 DEFAULT_EMBED_DIM = 256
-DEFAULT_CONTEXT_LENGTH = 128
+# all-MiniLM-L6-v2 was trained with sequences of at most 256 word pieces.
+DEFAULT_CONTEXT_LENGTH = 256
 DEFAULT_IMAGE_SIZE = 224
 # Stand-in written into saved configs instead of an absolute site-packages path, resolved at load.
 MINILM_PLACEHOLDER = "domainclip:all-MiniLM-L6-v2"
