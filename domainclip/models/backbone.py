@@ -176,18 +176,20 @@ def _load_default(spec: str, cfg: dict | None = None, weights: Path | None = Non
         else model.visual.image_size
     )
     train, val = _transforms(size, default_model.LITE_MEAN, default_model.LITE_STD)
+    cfg_used = default_model.model_config(**kwargs)
     return Backbone(
         model=model,
         preprocess_train=train,
         preprocess_val=val,
-        tokenizer=TextTokenizer(tok, "hf", model.context_length, trim=True),
+        # open_clip reports the HF tower's position limit (512); we use the configured length.
+        tokenizer=TextTokenizer(tok, "hf", cfg_used["text_cfg"]["context_length"], trim=True),
         family="default",
         image_arch="cnn",
         spec=spec,
         image_size=int(size),
         mean=default_model.LITE_MEAN,
         std=default_model.LITE_STD,
-        model_cfg=default_model.model_config(**kwargs),
+        model_cfg=cfg_used,
     )
 
 
