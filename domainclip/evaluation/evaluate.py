@@ -23,6 +23,12 @@ from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
 from domainclip.evaluation.calibration import calibration_report, subgroup_ece
 from domainclip.evaluation.embed import EmbeddedSplit, embed_split
+from domainclip.evaluation.forgetting import (
+    DEFAULT_ALPHAS,
+    TaskSpec,
+    forgetting_curve,
+    write_forgetting,
+)
 from domainclip.evaluation.loading import (
     load_for_eval,
     read_run_config,
@@ -186,6 +192,10 @@ def evaluate(
     checkpoint: str = "best",
     device: str = "cpu",
     write: bool = True,
+    reference: str | Path | None = None,
+    reference_prompts: str | Path | dict | PromptSet | None = None,
+    reference_split: str = "test",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
 ) -> dict[str, Any]:
     """Evaluate a model on one split of a manifest and (by default) write the results.
 
@@ -202,6 +212,9 @@ def evaluate(
         n_bins: calibration bins; n_boot: bootstrap replicates (0: no CIs); seed: bootstrap seed.
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
         skip_uncovered: single-label rows whose label no prompt covers are skipped (else an error).
+        reference, reference_prompts, reference_split: a second task for the forgetting monitor
+            (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
+            together with this task (forgetting.json / forgetting.png).
 
     Returns:
         The metrics dict written to metrics.json (see docs/DESIGN.md), with "outputs" listing files.
@@ -302,10 +315,69 @@ def evaluate(
         "retrieval": _retrieval(emb, text_feats, n_boot, seed),
         "seconds": None,
     }
+    extra: dict[str, str] = {}
+    if reference is not None:
+        if run_dir is None:
+            raise ConfigError(
+                "--reference (forgetting monitor) needs a fine-tuning run: it compares the run's "
+                "weights with those of its base backbone"
+            )
+        target = TaskSpec(name, man, split, ps, classes, use_head=True)
+        result["forgetting"] = _forgetting(
+            bb,
+            cfg,
+            target,
+            reference,
+            reference_prompts,
+            reference_split,
+            alphas,
+            n_boot,
+            seed,
+            resolve_device(device),
+        )
+        if write:
+            extra = write_forgetting(result["forgetting"], out_dir)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     if write:
-        result["outputs"] = write_outputs(result, out_dir, emb, tgt, p_cal, classes, multi)
+        result["outputs"] = write_outputs(
+            result, out_dir, emb, tgt, p_cal, classes, multi, extra_files=extra
+        )
     return result
+
+
+def _forgetting(
+    ft: Backbone,
+    cfg: dict[str, Any],
+    target: TaskSpec,
+    reference: str | Path,
+    reference_prompts: Any,
+    reference_split: str,
+    alphas: Sequence[float],
+    n_boot: int,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    from domainclip.models import load_backbone
+
+    if not reference_prompts:
+        raise ConfigError("--reference needs --reference-prompts (the reference task's prompt set)")
+    spec = run_setting(cfg, "backbone.spec")
+    if not spec:
+        raise ConfigError(
+            "the run's config.yaml names no backbone.spec: cannot load the base model"
+        )
+    base = load_backbone(str(spec), device=device)
+    ps_ref = load_prompt_set(reference_prompts)
+    man_ref = read_manifest(reference)
+    ref = TaskSpec(
+        f"{Path(reference).resolve().parent.name}_{reference_split}",
+        man_ref,
+        reference_split,
+        ps_ref,
+        resolve_classes(ps_ref, man_ref),
+        use_head=False,
+    )
+    return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
 
 
 def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> dict[str, Any]:

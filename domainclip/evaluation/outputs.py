@@ -71,10 +71,14 @@ def write_outputs(
     probs: np.ndarray,
     classes: Sequence[str],
     multi: bool,
+    extra_files: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Write every file of an evaluation into `out_dir`; returns {kind: path}."""
+    """Write every file of an evaluation into `out_dir`; returns {kind: path}.
+
+    extra_files: files already written by the caller (e.g. the forgetting curve), listed too.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
+    files: dict[str, str] = dict(extra_files or {})
     cal = result["calibration"]
     for when in ("before", "after"):
         if cal.get(when) is None:

@@ -1,0 +1,134 @@
+"""`domainclip evaluate RUN_OR_BACKBONE --data MANIFEST ...` (see `domainclip evaluate --help`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from domainclip.errors import ConfigError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _summary(r: dict) -> str:
+    from domainclip.evaluation.report import fmt
+
+    cls, cal, t = r["classification"], r["calibration"], r["temperature"]
+    main = "macro_auroc" if r["prompts"]["mode"] == "multi_label" else "accuracy"
+    lines = [
+        f"{r['name']}: {r['data']['n_evaluated']} images of split {r['data']['split']} "
+        f"(prompts {r['prompts']['version']}, T={t['value']:.4g} {t['source']})",
+        f"  {main}: {fmt(cls[main])}",
+        f"  macro AUROC: {fmt(cls['macro_auroc'])}",
+        f"  ECE before: {fmt(cal['before']['ece'])}"
+        + (f", after: {fmt(cal['after']['ece'])}" if cal["after"] else ""),
+        f"  t2i R@1: {fmt(r['retrieval']['t2i_R@1'])}, i2t R@1: {fmt(r['retrieval']['i2t_R@1'])}",
+    ]
+    if r.get("forgetting"):
+        f = r["forgetting"]
+        pts = ", ".join(
+            f"a={a:g}: {fmt(x, 2)} / {fmt(y, 2)}"
+            for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
+        )
+        lines.append(f"  forgetting (target / reference {f['metric']}): {pts}")
+    if r.get("outputs"):
+        lines.append(f"  wrote {r['outputs']['metrics']} (+ report.md, plots, predictions.csv)")
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from domainclip.evaluation.evaluate import evaluate
+
+    if args.bins < 1:
+        raise ConfigError(f"--bins must be >= 1, got {args.bins}")
+    if args.n_boot < 0:
+        raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
+    result = evaluate(
+        args.model,
+        args.data,
+        split=args.split,
+        prompts=args.prompts,
+        out_dir=args.out,
+        name=args.name,
+        classes=args.classes,
+        fit_temperature=args.fit_temperature,
+        val_split=args.val_split,
+        temperature=args.temperature,
+        n_bins=args.bins,
+        n_boot=args.n_boot,
+        seed=args.seed,
+        subgroups=args.subgroups,
+        skip_uncovered=args.skip_uncovered,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        reference=args.reference,
+        reference_prompts=args.reference_prompts,
+        reference_split=args.reference_split,
+        alphas=args.alphas,
+    )
+    print(_summary(result))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `evaluate` command."""
+    from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
+
+    p = sub.add_parser(
+        "evaluate",
+        help="zero-shot classification, retrieval, AUROC/AP with CIs, calibration, forgetting",
+        description=(
+            "Evaluate a fine-tuning run or a backbone on a manifest split. Writes metrics.json "
+            "(every number with its 95%% bootstrap CI), report.md, reliability diagrams, a confusion "
+            "matrix and predictions.csv to RUN/eval/NAME (runs) or --out (backbones)."
+        ),
+    )
+    p.add_argument("model", metavar="RUN_OR_BACKBONE", help="run directory or backbone spec")
+    p.add_argument("--data", help="manifest CSV/JSONL (default for runs: the run's data.manifest)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument(
+        "--prompts", help="prompt-set YAML, e.g. configs/prompts/neu_det.yaml (default: the run's)"
+    )
+    p.add_argument("--name", help="evaluation name (default: <manifest folder>_<split>)")
+    p.add_argument("--out", help="output folder (required for a backbone spec)")
+    p.add_argument("--classes", type=_names, help="comma-separated classes to score (default: all)")
+    p.add_argument(
+        "--fit-temperature",
+        action="store_true",
+        help="fit the temperature on --val-split and save it (RUN/calibration.json)",
+    )
+    p.add_argument("--val-split", default="val", help="split for --fit-temperature (default: val)")
+    p.add_argument("--temperature", type=float, help="use this temperature instead of the run's")
+    p.add_argument("--bins", type=int, default=15, help="calibration bins (default: 15)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument(
+        "--subgroups",
+        type=_names,
+        help="metadata columns for per-subgroup ECE (default: columns with 2-12 values)",
+    )
+    p.add_argument(
+        "--skip-uncovered",
+        action="store_true",
+        help="skip (and count) rows whose label no prompt covers instead of failing",
+    )
+    p.add_argument("--checkpoint", default="best", help="run checkpoint: best | last")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--reference", help="reference-task manifest for the forgetting monitor (runs)")
+    p.add_argument("--reference-prompts", help="prompt set of the reference task")
+    p.add_argument("--reference-split", default="test", help="split of the reference manifest")
+    p.add_argument(
+        "--alphas",
+        type=_floats,
+        default=list(DEFAULT_ALPHAS),
+        help="WiSE-FT interpolation weights (default: 0,0.25,0.5,0.75,1)",
+    )
+    p.set_defaults(func=_run)
