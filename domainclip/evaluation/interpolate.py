@@ -99,11 +99,13 @@ def plan_interpolation(base: Backbone, ft: Backbone) -> InterpolationPlan:
 
 @contextlib.contextmanager
 def interpolated(ft: Backbone, plan: InterpolationPlan, alpha: float) -> Iterator[Backbone]:
-    """Temporarily set `ft`'s weights to theta(alpha); restores them exactly on exit."""
+    """Temporarily set `ft`'s weights to theta(alpha); restores every float tensor exactly on exit."""
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"interpolation weight must be in [0, 1], got {alpha}")
     state = ft.model.state_dict()
-    saved = {k: state[k].detach().clone() for k in [*plan.blend, *plan.lora_b]}
+    # Every float tensor is saved, not only the interpolated ones: peft's MultiheadAttention LoRA
+    # adds and subtracts its update around each forward, leaving rounding drift in base weights.
+    saved = {k: v.detach().clone() for k, v in state.items() if v.is_floating_point()}
     try:
         with torch.no_grad():
             for k, b in plan.blend.items():
@@ -116,9 +118,11 @@ def interpolated(ft: Backbone, plan: InterpolationPlan, alpha: float) -> Iterato
                 ft.head.alpha = plan.head_alpha * alpha
         yield ft
     finally:
+        # A fresh state dict: peft's MultiheadAttention may have swapped parameter objects meanwhile.
+        current = ft.model.state_dict()
         with torch.no_grad():
             for k, v in saved.items():
-                state[k].copy_(v)
+                current[k].copy_(v)
             for module, ratio in plan.ratio_modules:
                 module.ratio = ratio
             if plan.head_alpha is not None:

@@ -20,9 +20,10 @@ DEFAULT_KS: tuple[int, ...] = (1, 5, 10)
 
 
 def _groups_from_features(txt_feats: torch.Tensor) -> np.ndarray:
-    """Group id per row: rows with bit-identical features are the same text."""
+    """Group id per row (numbered in order of first occurrence): bit-identical rows are one text."""
     _, inverse = torch.unique(txt_feats, dim=0, return_inverse=True)
-    return inverse.numpy()
+    ids: dict[int, int] = {}
+    return np.array([ids.setdefault(int(g), len(ids)) for g in inverse])
 
 
 def _ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -48,8 +49,8 @@ def retrieval_ranks(
             None groups bit-identical feature rows.
 
     Returns:
-        (i2t int [N]: per image, among the T distinct texts; t2i int [T]: per distinct text, among
-        the N images).
+        (i2t int [N]: per image, among the T distinct texts; t2i int [T]: per distinct text in order
+        of first occurrence, among the N images).
     """
     if img_feats.ndim != 2 or img_feats.shape != txt_feats.shape:
         raise ValueError(
