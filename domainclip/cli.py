@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "domainclip.datasets.cli",
     "domainclip.models.cli",
     "domainclip.evaluation.cli",
+    "domainclip.audit.cli",
 )
 
 

@@ -1,0 +1,228 @@
+"""The deployment gate: one check per (threshold, framing, cell), a verdict, and JUnit XML.
+
+Checks (framings with ``expect: invariant`` other than the reference; ECE also on the reference):
+
+* ``mean_shift``: fails when |mean shift| > max_abs_mean_shift AND the shift is significant: its
+  bootstrap p-value, Holm-adjusted over every mean-shift check of the audit (all framings, the
+  "all" cell and each class cell), is below alpha. The family-wise correction is what keeps a
+  clean model from failing by chance although the gate runs dozens of tests: the probability that
+  any shift check of a model without framing bias fails is at most alpha.
+  Class cells exist because a bias that favours one class cancels in the all-images mean
+  (probabilities sum to one: what one class gains the others lose).
+* ``flip_rate``: fails when the share of top-1 decisions that change vs the reference exceeds
+  max_flip_rate (point estimate; the Wilson interval is reported).
+* ``ece``: fails when the expected calibration error under the framing exceeds max_ece.
+
+Cells with fewer than ``min_cell_images`` images are reported as skipped checks.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from domainclip.audit.analysis import Cell, FramingComparison
+from domainclip.audit.spec import AuditSpec
+from domainclip.audit.stats import holm
+from domainclip.evaluation.bootstrap import Estimate
+
+PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
+
+
+@dataclass
+class Check:
+    """One gate check. `value`/`ci` in probability units (shift, flip rate) or ECE units."""
+
+    id: str
+    kind: str
+    framing: str
+    cell: str
+    value: float | None
+    threshold: float
+    status: str
+    message: str
+    ci95: list[float] | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ci(e: Estimate) -> list[float] | None:
+    return None if e.low is None else [e.low, e.high]
+
+
+def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:
+    th = spec.thresholds
+    if th.max_abs_mean_shift is None:
+        return []
+    cells: list[tuple[str, str, Cell]] = []
+    for f in spec.framings:
+        if f.name == spec.reference or not f.gated or f.name not in comparisons:
+            continue
+        comp = comparisons[f.name]
+        cells.append((f.name, "all", comp.overall))
+        cells.extend((f.name, f"class={c}", cell) for c, cell in comp.per_class.items())
+    tested = [(i, c) for i, (_, _, c) in enumerate(cells) if c.tested and c.p_value is not None]
+    adjusted = dict(zip((i for i, _ in tested), holm([c.p_value for _, c in tested]), strict=True))
+    out = []
+    for i, (framing, key, cell) in enumerate(cells):
+        cid = f"mean_shift/{framing}/{key}"
+        value = cell.mean_shift.value
+        if i not in adjusted:
+            out.append(
+                Check(
+                    cid,
+                    "mean_shift",
+                    framing,
+                    key,
+                    value,
+                    th.max_abs_mean_shift,
+                    SKIPPED,
+                    cell.reason or "not testable",
+                    _ci(cell.mean_shift),
+                )
+            )
+            continue
+        p_adj = adjusted[i]
+        big = abs(value) > th.max_abs_mean_shift
+        significant = p_adj < th.alpha
+        status = FAIL if big and significant else PASS
+        msg = (
+            f"mean shift {value:+.4f} (95% CI {cell.mean_shift.low:+.4f} .. "
+            f"{cell.mean_shift.high:+.4f}, n={cell.n}); |shift| "
+            f"{'>' if big else '<='} {th.max_abs_mean_shift}; Holm-adjusted p = {p_adj:.4g} "
+            f"({'<' if significant else '>='} alpha {th.alpha})"
+        )
+        out.append(
+            Check(
+                cid,
+                "mean_shift",
+                framing,
+                key,
+                value,
+                th.max_abs_mean_shift,
+                status,
+                msg,
+                _ci(cell.mean_shift),
+                cell.p_value,
+                p_adj,
+            )
+        )
+    return out
+
+
+def _flip_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:
+    th = spec.thresholds
+    if th.max_flip_rate is None:
+        return []
+    out = []
+    for f in spec.framings:
+        if f.name == spec.reference or not f.gated or f.name not in comparisons:
+            continue
+        cell = comparisons[f.name].overall
+        rate = cell.flip_rate.value
+        status = FAIL if rate is not None and rate > th.max_flip_rate else PASS
+        msg = (
+            f"{cell.n_flips} of {cell.n} top-1 decisions differ from {spec.reference!r}: "
+            f"flip rate {rate:.4f} (95% CI {cell.flip_rate.low:.4f} .. {cell.flip_rate.high:.4f}) "
+            f"{'>' if status == FAIL else '<='} {th.max_flip_rate}"
+        )
+        out.append(
+            Check(
+                f"flip_rate/{f.name}",
+                "flip_rate",
+                f.name,
+                "all",
+                rate,
+                th.max_flip_rate,
+                status,
+                msg,
+                _ci(cell.flip_rate),
+            )
+        )
+    return out
+
+
+def _ece_checks(spec: AuditSpec, calibration: Mapping[str, Mapping[str, Estimate]]) -> list[Check]:
+    th = spec.thresholds
+    if th.max_ece is None:
+        return []
+    out = []
+    for f in spec.framings:
+        if not f.gated or f.name not in calibration:
+            continue
+        e = calibration[f.name]["ece"]
+        status = FAIL if e.value is not None and e.value > th.max_ece else PASS
+        msg = f"ECE {e.fmt(4)} {'>' if status == FAIL else '<='} {th.max_ece}"
+        out.append(
+            Check(f"ece/{f.name}", "ece", f.name, "all", e.value, th.max_ece, status, msg, _ci(e))
+        )
+    return out
+
+
+def gate_checks(
+    spec: AuditSpec,
+    comparisons: Mapping[str, FramingComparison],
+    calibration: Mapping[str, Mapping[str, Estimate]],
+) -> list[Check]:
+    """Every gate check of an audit, in a stable order (shift, flip rate, ECE)."""
+    return (
+        _shift_checks(spec, comparisons)
+        + _flip_checks(spec, comparisons)
+        + _ece_checks(spec, calibration)
+    )
+
+
+def verdict(checks: list[Check]) -> dict[str, Any]:
+    """{"verdict": "pass"|"fail", "failed": [ids], "n_checks", "n_failed", "n_skipped"}."""
+    failed = [c.id for c in checks if c.status == FAIL]
+    return {
+        "verdict": FAIL if failed else PASS,
+        "failed": failed,
+        "n_checks": len(checks),
+        "n_failed": len(failed),
+        "n_skipped": sum(c.status == SKIPPED for c in checks),
+    }
+
+
+def write_junit(checks: list[Check], path: Path, suite: str) -> Path:
+    """JUnit XML with one testcase per check (failure = crossed threshold, skipped = untestable)."""
+    failures = sum(c.status == FAIL for c in checks)
+    skipped = sum(c.status == SKIPPED for c in checks)
+    root = ET.Element(
+        "testsuites",
+        name="domainclip-audit",
+        tests=str(len(checks)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+    )
+    ts = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(checks)),
+        failures=str(failures),
+        errors="0",
+        skipped=str(skipped),
+    )
+    for c in checks:
+        tc = ET.SubElement(
+            ts, "testcase", classname=f"{suite}.{c.kind}", name=f"{c.framing}/{c.cell}", time="0"
+        )
+        if c.status == FAIL:
+            fail = ET.SubElement(tc, "failure", message=c.message, type="threshold_crossed")
+            fail.text = f"{c.id}: {c.message}"
+        elif c.status == SKIPPED:
+            ET.SubElement(tc, "skipped", message=c.message)
+        else:
+            out = ET.SubElement(tc, "system-out")
+            out.text = c.message
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    return path

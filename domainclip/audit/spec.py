@@ -1,0 +1,517 @@
+"""Audit specs: which findings, which wordings ("framings"), which subgroups, which gate thresholds.
+
+A spec is versioned YAML data in ``configs/audits/`` (see the files there for complete examples)::
+
+    name: synthetic                       # used for the output folder RUN/audit/<name>/
+    version: "synthetic-audit-1"          # bump whenever a text or threshold changes
+    description: free text
+    findings:                             # data label -> readable name put into the templates
+      scratch: scratches
+      clean: {name: "no visible defects", framed: false,
+              text: "a clean metal surface with no visible defects"}
+    reference: neutral                    # the framing every other one is compared with
+    framings:                             # name -> template with the one placeholder {finding}
+      neutral: "a metal surface with {finding}"
+      alarming: "a metal surface with severe, critical {finding}"
+      negated: {template: "a metal surface without {finding}", expect: lower}
+    subgroups: [texture]                  # metadata columns for breakdowns
+    thresholds:                           # the deployment gate; null switches a check off
+      max_abs_mean_shift: 0.05            # |mean shift| of the target-class probability ...
+      alpha: 0.05                         # ... counts only when significant at this level
+      max_flip_rate: 0.02                 # top-1 decision changes vs the reference
+      max_ece: 0.10                       # expected calibration error under each framing
+    statistics: {n_bootstrap: 2000, seed: 0, min_cell_images: 10, ece_bins: 15}
+
+``{defect}`` is accepted as an alias of ``{finding}`` so industrial templates read naturally; any
+other placeholder is an error. A finding with ``framed: false`` is a control class (e.g. "clean",
+"No Finding"): its prompt is the same under every framing, because "severe, critical no visible
+defects" is not a sentence; it still competes in each framing's softmax. A framing with
+``expect: lower`` (negation) is reported but not gated: a model that understands negation *should*
+lower the score, so its shift is shown as a negation check, not as a bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import string
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from domainclip.errors import ConfigError
+
+PLACEHOLDERS: tuple[str, ...] = ("finding", "defect")
+EXPECTATIONS: tuple[str, ...] = ("invariant", "lower")
+_TOP_KEYS = (
+    "name",
+    "version",
+    "description",
+    "domain",
+    "findings",
+    "framings",
+    "reference",
+    "subgroups",
+    "thresholds",
+    "statistics",
+)
+_FINDING_KEYS = ("name", "framed", "text")
+_FRAMING_KEYS = ("template", "expect")
+_THRESHOLD_KEYS = ("max_abs_mean_shift", "max_flip_rate", "max_ece", "alpha")
+_STATS_KEYS = ("n_bootstrap", "seed", "min_cell_images", "ece_bins", "max_flip_examples")
+SPEC_DIR = Path(__file__).resolve().parents[2] / "configs" / "audits"
+
+
+class AuditSpecError(ConfigError):
+    """A malformed audit spec (the message names the file and the key)."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One class of the audit.
+
+    Attributes:
+        label: the label as written in the manifest.
+        name: readable name substituted into the framing templates.
+        framed: False for control classes whose prompt does not change with the framing.
+        text: fixed prompt of a control class (default: the reference template with `name`).
+    """
+
+    label: str
+    name: str
+    framed: bool = True
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Framing:
+    """A wording of the findings. expect: "invariant" (gated) or "lower" (negation check only)."""
+
+    name: str
+    template: str
+    expect: str = "invariant"
+
+    @property
+    def gated(self) -> bool:
+        return self.expect == "invariant"
+
+    def fill(self, finding_name: str) -> str:
+        return self.template.format(**dict.fromkeys(PLACEHOLDERS, finding_name))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Gate thresholds; None disables a check. alpha: family-wise level of the shift tests."""
+
+    max_abs_mean_shift: float | None = 0.05
+    max_flip_rate: float | None = 0.02
+    max_ece: float | None = 0.10
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """n_bootstrap: resamples per CI; min_cell_images: smaller class/subgroup cells are reported
+    but not tested (a bootstrap of 3 images says nothing); max_flip_examples: kept per framing."""
+
+    n_bootstrap: int = 2000
+    seed: int = 0
+    min_cell_images: int = 10
+    ece_bins: int = 15
+    max_flip_examples: int = 12
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """A validated audit spec (see the module docstring for the YAML format)."""
+
+    name: str
+    version: str
+    findings: tuple[Finding, ...]
+    framings: tuple[Framing, ...]
+    reference: str
+    subgroups: tuple[str, ...] = ()
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    statistics: StatsOptions = field(default_factory=StatsOptions)
+    description: str = ""
+    domain: str = ""
+    source: str = "<dict>"
+
+    @property
+    def labels(self) -> list[str]:
+        return [f.label for f in self.findings]
+
+    @property
+    def framing_names(self) -> list[str]:
+        return [f.name for f in self.framings]
+
+    def framing(self, name: str) -> Framing:
+        for f in self.framings:
+            if f.name == name:
+                return f
+        raise AuditSpecError(f"{self.source}: no framing named {name!r}")
+
+    def prompt(self, finding: Finding, framing: Framing) -> str:
+        """The text for one finding under one framing (control classes ignore the framing)."""
+        if finding.framed:
+            return framing.fill(finding.name)
+        if finding.text is not None:
+            return finding.text
+        return self.framing(self.reference).fill(finding.name)
+
+    def prompts(self, framing: Framing) -> list[str]:
+        """Texts of all findings under `framing`, in finding order."""
+        return [self.prompt(f, framing) for f in self.findings]
+
+    def with_findings(self, labels: list[str]) -> AuditSpec:
+        """A copy restricted to `labels` (spec order kept)."""
+        keep = tuple(f for f in self.findings if f.label in set(labels))
+        return dataclasses.replace(self, findings=keep)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that `load_audit_spec` reads back."""
+        findings: dict[str, Any] = {}
+        for f in self.findings:
+            entry: dict[str, Any] = {"name": f.name}
+            if not f.framed:
+                entry["framed"] = False
+            if f.text is not None:
+                entry["text"] = f.text
+            findings[f.label] = entry
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "domain": self.domain,
+            "findings": findings,
+            "reference": self.reference,
+            "framings": {
+                f.name: {"template": f.template, "expect": f.expect} for f in self.framings
+            },
+            "subgroups": list(self.subgroups),
+            "thresholds": asdict(self.thresholds),
+            "statistics": asdict(self.statistics),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML with duplicate-key detection: PyYAML keeps the last of two equal keys silently, which would
+# hide "a framing named twice".
+
+
+def _yaml_loader():
+    import yaml
+
+    class _StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return _StrictLoader
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+# ----------------------------------------------------------------------------------------------
+# Field parsing
+
+
+def _number(
+    value: Any, where: str, src: str, lo: float, hi: float, *, open_lo: bool = False
+) -> float:
+    # bool is an int subclass in Python: `true` must not pass as 1.0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise AuditSpecError(
+            f"{src}: {where} must be a number, got {value!r} ({type(value).__name__}); "
+            f"write e.g. {where.split('.')[-1]}: {lo if not open_lo else 0.05}"
+        )
+    ok = (lo < value if open_lo else lo <= value) and value <= hi
+    if not ok:
+        bracket = "(" if open_lo else "["
+        raise AuditSpecError(f"{src}: {where} = {value} is outside {bracket}{lo}, {hi}]")
+    return float(value)
+
+
+def _integer(value: Any, where: str, src: str, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AuditSpecError(
+            f"{src}: {where} must be an integer, got {value!r} ({type(value).__name__})"
+        )
+    if value < lo:
+        raise AuditSpecError(f"{src}: {where} = {value} must be at least {lo}")
+    return value
+
+
+def _unknown(d: Mapping, valid: tuple[str, ...], where: str, src: str) -> None:
+    bad = sorted(str(k) for k in set(d) - set(valid))
+    if bad:
+        raise AuditSpecError(
+            f"{src}: unknown key(s) {', '.join(bad)} in {where}; valid: {', '.join(valid)}"
+        )
+
+
+def _text(value: Any, where: str, src: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise AuditSpecError(f"{src}: {where} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _check_template(template: Any, where: str, src: str) -> str:
+    template = _text(template, where, src)
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise AuditSpecError(
+            f"{src}: {where} {template!r} is malformed ({exc}); write literal braces as {{{{ }}}}"
+        ) from exc
+    bad = [repr(n) if n else "{}" for n in names if n not in PLACEHOLDERS]
+    if bad:
+        raise AuditSpecError(
+            f"{src}: {where} {template!r} has unknown placeholder(s) {', '.join(bad)}; "
+            "use {finding} (or its alias {defect})"
+        )
+    if not names:
+        raise AuditSpecError(
+            f"{src}: {where} {template!r} has no {{finding}} placeholder, so every finding would "
+            "get the same text; write it like 'a chest x-ray showing {finding}'"
+        )
+    return template
+
+
+def _parse_findings(raw: Any, src: str) -> tuple[Finding, ...]:
+    if isinstance(raw, list):
+        items: list[tuple[Any, Any]] = []
+        for i, entry in enumerate(raw):
+            if isinstance(entry, str):
+                items.append((entry, None))
+            elif isinstance(entry, dict) and "label" in entry:
+                rest = {k: v for k, v in entry.items() if k != "label"}
+                items.append((entry["label"], rest))
+            else:
+                raise AuditSpecError(
+                    f"{src}: findings[{i}] must be a label or a mapping with `label`, got {entry!r}"
+                )
+    elif isinstance(raw, dict):
+        items = list(raw.items())
+    else:
+        raise AuditSpecError(
+            f"{src}: `findings` must map data labels to readable names (or list the labels)"
+        )
+    out: list[Finding] = []
+    for label, value in items:
+        label = _text(label, "a finding label", src)
+        where = f"findings.{label}"
+        if value is None or isinstance(value, str):
+            value = {"name": value} if value else {}
+        if not isinstance(value, dict):
+            raise AuditSpecError(
+                f"{src}: {where} must be a readable name or a mapping with {', '.join(_FINDING_KEYS)}"
+            )
+        _unknown(value, _FINDING_KEYS, where, src)
+        name = _text(value.get("name") or label.replace("_", " "), f"{where}.name", src)
+        if "{" in name or "}" in name:
+            raise AuditSpecError(f"{src}: {where}.name {name!r} must not contain braces")
+        framed = value.get("framed", True)
+        if not isinstance(framed, bool):
+            raise AuditSpecError(f"{src}: {where}.framed must be true or false, got {framed!r}")
+        text = value.get("text")
+        if text is not None:
+            if framed:
+                raise AuditSpecError(
+                    f"{src}: {where}.text is only for control findings (framed: false); framed "
+                    "findings take their text from the framing templates"
+                )
+            text = _text(text, f"{where}.text", src)
+        if any(f.label == label for f in out):
+            raise AuditSpecError(f"{src}: finding {label!r} is listed twice")
+        out.append(Finding(label=label, name=name, framed=framed, text=text))
+    if len(out) < 2:
+        raise AuditSpecError(
+            f"{src}: `findings` needs at least two classes (decisions are a softmax over them)"
+        )
+    if not any(f.framed for f in out):
+        raise AuditSpecError(
+            f"{src}: every finding has framed: false, so no framing changes any text"
+        )
+    return tuple(out)
+
+
+def _parse_framings(raw: Any, src: str) -> tuple[Framing, ...]:
+    if isinstance(raw, list):  # list form: [{name: ..., template: ...}, ...]
+        pairs = []
+        for i, entry in enumerate(raw):
+            if not isinstance(entry, dict) or "name" not in entry:
+                raise AuditSpecError(
+                    f"{src}: framings[{i}] must be a mapping with `name` and `template`"
+                )
+            pairs.append((entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+    elif isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        raise AuditSpecError(f"{src}: `framings` must map framing names to templates")
+    out: list[Framing] = []
+    for name, value in pairs:
+        name = _text(name, "a framing name", src)
+        where = f"framings.{name}"
+        if any(f.name == name for f in out):
+            raise AuditSpecError(f"{src}: framing {name!r} is named twice; give each a unique name")
+        if isinstance(value, str):
+            value = {"template": value}
+        if not isinstance(value, dict):
+            raise AuditSpecError(f"{src}: {where} must be a template string or a mapping")
+        _unknown(value, _FRAMING_KEYS, where, src)
+        template = _check_template(value.get("template"), f"{where}.template", src)
+        expect = value.get("expect", "invariant")
+        if expect not in EXPECTATIONS:
+            raise AuditSpecError(
+                f"{src}: {where}.expect must be one of {', '.join(EXPECTATIONS)}, got {expect!r}"
+            )
+        same = [f.name for f in out if f.template == template]
+        if same:
+            raise AuditSpecError(
+                f"{src}: framings {same[0]!r} and {name!r} have the same template {template!r}"
+            )
+        out.append(Framing(name=name, template=template, expect=expect))
+    if len(out) < 2:
+        raise AuditSpecError(f"{src}: `framings` needs a reference and at least one other framing")
+    return tuple(out)
+
+
+def _parse_thresholds(raw: Any, src: str) -> Thresholds:
+    if raw is None:
+        return Thresholds()
+    if not isinstance(raw, dict):
+        raise AuditSpecError(f"{src}: `thresholds` must be a mapping")
+    _unknown(raw, _THRESHOLD_KEYS, "thresholds", src)
+    default = Thresholds()
+    values: dict[str, Any] = {}
+    for key in ("max_abs_mean_shift", "max_flip_rate", "max_ece"):
+        value = raw.get(key, getattr(default, key))
+        values[key] = None if value is None else _number(value, f"thresholds.{key}", src, 0.0, 1.0)
+    values["alpha"] = _number(
+        raw.get("alpha", default.alpha), "thresholds.alpha", src, 0.0, 0.5, open_lo=True
+    )
+    return Thresholds(**values)
+
+
+def _parse_stats(raw: Any, src: str) -> StatsOptions:
+    if raw is None:
+        return StatsOptions()
+    if not isinstance(raw, dict):
+        raise AuditSpecError(f"{src}: `statistics` must be a mapping")
+    _unknown(raw, _STATS_KEYS, "statistics", src)
+    d = StatsOptions()
+    return StatsOptions(
+        n_bootstrap=_integer(
+            raw.get("n_bootstrap", d.n_bootstrap), "statistics.n_bootstrap", src, 200
+        ),
+        seed=_integer(raw.get("seed", d.seed), "statistics.seed", src, 0),
+        min_cell_images=_integer(
+            raw.get("min_cell_images", d.min_cell_images), "statistics.min_cell_images", src, 2
+        ),
+        ece_bins=_integer(raw.get("ece_bins", d.ece_bins), "statistics.ece_bins", src, 1),
+        max_flip_examples=_integer(
+            raw.get("max_flip_examples", d.max_flip_examples),
+            "statistics.max_flip_examples",
+            src,
+            0,
+        ),
+    )
+
+
+def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
+    """Validate plain data (a parsed YAML mapping) into an `AuditSpec`.
+
+    Raises:
+        AuditSpecError: naming `src` and the offending key.
+    """
+    if not isinstance(data, dict):
+        raise AuditSpecError(
+            f"{src}: an audit spec must be a mapping with name, findings, framings, ..."
+        )
+    _unknown(data, _TOP_KEYS, "the spec", src)
+    for key in ("name", "version", "findings", "framings", "reference"):
+        if data.get(key) in (None, ""):
+            raise AuditSpecError(f"{src}: `{key}` is required")
+    name = _text(str(data["name"]), "name", src)
+    if any(c in name for c in "/\\") or name.startswith("."):
+        raise AuditSpecError(f"{src}: name {name!r} must be usable as a folder name")
+    framings = _parse_framings(data["framings"], src)
+    reference = _text(str(data["reference"]), "reference", src)
+    names = [f.name for f in framings]
+    if reference not in names:
+        raise AuditSpecError(
+            f"{src}: reference {reference!r} is not one of the framings ({', '.join(names)})"
+        )
+    if next(f for f in framings if f.name == reference).expect != "invariant":
+        raise AuditSpecError(f"{src}: the reference framing {reference!r} cannot be a negation")
+    subgroups = data.get("subgroups") or []
+    if isinstance(subgroups, str):
+        subgroups = [subgroups]
+    if not isinstance(subgroups, list) or not all(isinstance(s, str) and s for s in subgroups):
+        raise AuditSpecError(f"{src}: `subgroups` must be a list of metadata column names")
+    return AuditSpec(
+        name=name,
+        version=str(data["version"]),
+        findings=_parse_findings(data["findings"], src),
+        framings=framings,
+        reference=reference,
+        subgroups=tuple(dict.fromkeys(subgroups)),
+        thresholds=_parse_thresholds(data.get("thresholds"), src),
+        statistics=_parse_stats(data.get("statistics"), src),
+        description=str(data.get("description") or ""),
+        domain=str(data.get("domain") or ""),
+        source=src,
+    )
+
+
+def resolve_spec_path(name_or_path: str | Path) -> Path:
+    """A spec file path, or the name of a spec shipped in configs/audits/ (e.g. "neu_det")."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    candidate = SPEC_DIR / f"{name_or_path}.yaml"
+    if not path.suffix and candidate.is_file():
+        return candidate
+    shipped = sorted(p.stem for p in SPEC_DIR.glob("*.yaml")) if SPEC_DIR.is_dir() else []
+    raise AuditSpecError(
+        f"audit spec {str(name_or_path)!r} not found: pass a YAML file"
+        + (f" or one of the shipped specs: {', '.join(shipped)}" if shipped else "")
+    )
+
+
+def load_audit_spec(source: str | Path | Mapping[str, Any] | AuditSpec) -> AuditSpec:
+    """Load and validate a spec from a YAML file, a shipped spec name, a mapping, or pass one through."""
+    if isinstance(source, AuditSpec):
+        return source
+    if isinstance(source, Mapping):
+        return parse_audit_spec(dict(source))
+    import yaml
+
+    path = resolve_spec_path(source)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())  # noqa: S506 - SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise AuditSpecError(
+            f"{path}: key {dup.key!r} appears twice (lines {dup.first} and {dup.second}); "
+            "each framing/finding/setting must be named once"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise AuditSpecError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise AuditSpecError(f"cannot read audit spec {path}: {exc}") from exc
+    return parse_audit_spec(data, str(path))
