@@ -1,0 +1,189 @@
+"""What the dashboard may read: files inside the runs directory, the manifests that runs reference,
+and the image / mask files those manifests list. Nothing else.
+
+Every path the app opens comes through `RunsAccess`. Paths are resolved with symlinks followed
+before the check, so ``../`` sequences, absolute paths and symlinks that point out of the runs
+directory are all rejected the same way (`PathAccessError`). A run directory that is itself a
+symlink to somewhere outside the runs directory is therefore not listed either: the dashboard
+serves exactly the tree it was started on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from domainclip.errors import DomainClipError
+
+RUN_CONFIG = "config.yaml"
+# How deep below the runs directory runs are looked for: DIR/run and DIR/experiment/run.
+_MAX_DEPTH = 2
+
+
+class PathAccessError(DomainClipError):
+    """A path outside what the dashboard is allowed to read."""
+
+
+def resolve_inside(base: Path, path: str | os.PathLike[str]) -> Path:
+    """Resolve `path` (relative to `base`, or absolute) and require it to stay inside `base`.
+
+    Symlinks are followed first, so a link inside `base` pointing elsewhere is rejected.
+
+    Raises:
+        PathAccessError: the resolved path is not `base` or below it.
+    """
+    base = base.resolve()
+    text = os.fspath(path)
+    if "\x00" in text:
+        raise PathAccessError(f"refusing path with a NUL byte: {text!r}")
+    target = (base / text).resolve()
+    if target != base and not target.is_relative_to(base):
+        raise PathAccessError(f"refusing to read {text!r}: it resolves to {target}, outside {base}")
+    return target
+
+
+def is_run_dir(path: Path) -> bool:
+    """A fine-tuning run directory is recognised by its resolved config.yaml."""
+    return path.is_dir() and (path / RUN_CONFIG).is_file()
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """One run found under the runs directory.
+
+    Attributes:
+        name: path relative to the runs directory (POSIX), or the folder name for a single run.
+        path: resolved absolute run directory (inside the runs directory).
+    """
+
+    name: str
+    path: Path
+
+
+class RunsAccess:
+    """Read guard for one runs directory.
+
+    Args:
+        runs: a directory containing run directories (up to two levels deep), or one run
+            directory itself.
+
+    Raises:
+        PathAccessError: `runs` does not exist or is not a directory.
+    """
+
+    def __init__(self, runs: str | os.PathLike[str]) -> None:
+        root = Path(runs).expanduser()
+        if not root.is_dir():
+            raise PathAccessError(f"runs directory {root} does not exist or is not a directory")
+        self.root = root.resolve()
+
+    # ------------------------------------------------------------------ runs
+    def runs(self) -> list[RunRef]:
+        """Every run directory, sorted by name; the root itself when it is a run."""
+        if is_run_dir(self.root):
+            return [RunRef(self.root.name, self.root)]
+        found: list[RunRef] = []
+        self._scan(self.root, 1, found)
+        return sorted(found, key=lambda r: r.name)
+
+    def _scan(self, folder: Path, depth: int, found: list[RunRef]) -> None:
+        try:
+            children = sorted(p for p in folder.iterdir() if p.is_dir())
+        except OSError:
+            return
+        for child in children:
+            try:
+                resolved = resolve_inside(self.root, child)
+            except PathAccessError:
+                continue  # a symlink out of the runs directory: never listed
+            if is_run_dir(resolved):
+                found.append(RunRef(child.relative_to(self.root).as_posix(), resolved))
+            elif depth < _MAX_DEPTH:
+                self._scan(child, depth + 1, found)
+
+    def run(self, name: str) -> RunRef:
+        """The run called `name` (as listed by `runs`).
+
+        Raises:
+            PathAccessError: no such run, or `name` points outside the runs directory.
+        """
+        for ref in self.runs():
+            if ref.name == name:
+                return ref
+        resolve_inside(self.root, name)  # a traversal attempt gets the more specific message
+        raise PathAccessError(f"no run named {name!r} under {self.root}")
+
+    def run_file(self, run: RunRef, relative: str | os.PathLike[str]) -> Path:
+        """A file of a run, e.g. ``run_file(ref, "eval/test/metrics.json")``.
+
+        Raises:
+            PathAccessError: `relative` leaves the run directory (``..``, absolute, symlink).
+        """
+        return resolve_inside(run.path, relative)
+
+    # ------------------------------------------------------------------ manifests
+    def referenced_file(self, run: RunRef, key: str) -> Path | None:
+        """A file named by the run's config.yaml at `key` (e.g. ``data.manifest``, ``eval.prompts``),
+        resolved; None if the config names none.
+
+        A relative path is taken relative to the run directory first, then to the current
+        directory (the trainer resolves paths against the directory it was started from).
+        """
+        from domainclip.evaluation.loading import read_run_config, run_setting
+
+        self.run_file(run, RUN_CONFIG)  # config.yaml itself must not be a link out of the run
+        value = run_setting(read_run_config(run.path), key)
+        if not value:
+            return None
+        p = Path(str(value)).expanduser()
+        if p.is_absolute():
+            return p.resolve()
+        for base in (run.path, Path.cwd()):
+            if (base / p).is_file():
+                return (base / p).resolve()
+        return (run.path / p).resolve()
+
+    def manifest_of(self, run: RunRef) -> Path | None:
+        """The manifest the run was trained on (config.yaml ``data.manifest``), or None."""
+        return self.referenced_file(run, "data.manifest")
+
+    def prompt_set_of(self, run: RunRef) -> Path | None:
+        """The run's prompt-set YAML (config.yaml ``eval.prompts``), or None."""
+        return self.referenced_file(run, "eval.prompts")
+
+    def manifests(self) -> dict[Path, list[str]]:
+        """Manifest referenced by any run -> names of the runs referencing it."""
+        out: dict[Path, list[str]] = {}
+        for ref in self.runs():
+            try:
+                m = self.manifest_of(ref)
+            except DomainClipError:
+                continue  # an unreadable config is reported by the Runs page
+            if m is not None:
+                out.setdefault(m, []).append(ref.name)
+        return out
+
+    def manifest(self, path: str | os.PathLike[str]) -> Path:
+        """Check that `path` is a manifest referenced by a run; returns it resolved.
+
+        Raises:
+            PathAccessError: any other file.
+        """
+        resolved = Path(path).expanduser().resolve()
+        if resolved not in self.manifests():
+            raise PathAccessError(f"refusing to read {path}: no run references this manifest")
+        return resolved
+
+    @staticmethod
+    def listed_file(candidate: str | os.PathLike[str], listed: Iterable[Path]) -> Path:
+        """Check that `candidate` is one of the files a manifest lists (`listed`, resolved).
+
+        Raises:
+            PathAccessError: it is not.
+        """
+        resolved = Path(candidate).expanduser().resolve()
+        if resolved not in set(listed):
+            raise PathAccessError(f"refusing to read {candidate}: the manifest does not list it")
+        return resolved

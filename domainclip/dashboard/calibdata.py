@@ -1,0 +1,154 @@
+"""Evaluation results for the Calibration page: RUN/eval/<name>/metrics.json as tables.
+
+No Streamlit here. The numbers are those `domainclip evaluate` wrote; nothing is recomputed,
+so what the page shows is exactly what the evaluation report says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from domainclip.dashboard.privacy import is_identifying_column
+
+EVAL_DIR = "eval"
+EVAL_METRICS = "metrics.json"
+CALIBRATION_METRICS = ("ece", "ece_mass", "mce", "brier", "nll")
+METRIC_LABELS = {
+    "ece": "ECE (equal-width bins)",
+    "ece_mass": "ECE (equal-mass bins)",
+    "mce": "MCE (max bin gap)",
+    "brier": "Brier score",
+    "nll": "NLL (nats)",
+}
+
+
+def evaluation_names(run_dir: Path) -> list[str]:
+    """Names of the evaluations of a run (folders RUN/eval/<name> with a metrics.json)."""
+    root = run_dir / EVAL_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / EVAL_METRICS).is_file())
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a result file."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return data
+
+
+def fmt_estimate(est: dict[str, Any] | None, digits: int = 3) -> str:
+    """'0.912 [0.871, 0.945]' from an Estimate dict; 'undefined (reason)'; '' for None."""
+    if est is None:
+        return ""
+    if est.get("value") is None:
+        return f"undefined ({est.get('reason', 'no value')})"
+    ci = est.get("ci95")
+    if not ci:
+        return f"{est['value']:.{digits}f}"
+    return f"{est['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def calibration_table(calib: dict[str, Any]) -> pd.DataFrame:
+    """Metric, before, after (value [95% CI]) for ECE, MCE, Brier and NLL."""
+    before, after = calib.get("before") or {}, calib.get("after") or {}
+    return pd.DataFrame(
+        [
+            {
+                "metric": METRIC_LABELS[m],
+                "before temperature scaling": fmt_estimate(before.get(m)),
+                "after temperature scaling": fmt_estimate(after.get(m)) if after else "not fitted",
+            }
+            for m in CALIBRATION_METRICS
+        ]
+    )
+
+
+def reliability_frame(calib: dict[str, Any], strategy: str = "width") -> pd.DataFrame:
+    """Per-bin rows for the reliability diagrams and confidence histograms.
+
+    Columns: when ("before" / "after"), bin (1-based), lower, upper, mid, count, confidence
+    (mean confidence in the bin), accuracy (fraction correct), gap (accuracy - confidence).
+    Empty bins are dropped.
+    """
+    rows = []
+    for when in ("before", "after"):
+        rep = calib.get(when)
+        if not rep:
+            continue
+        bins = rep[f"bins_{strategy}"]
+        for i, n in enumerate(bins["count"]):
+            if not n:
+                continue
+            lo, hi = bins["lower"][i], bins["upper"][i]
+            conf, acc = bins["confidence"][i], bins["accuracy"][i]
+            rows.append(
+                {
+                    "when": when,
+                    "bin": i + 1,
+                    "lower": lo,
+                    "upper": hi,
+                    "mid": (lo + hi) / 2,
+                    "count": int(n),
+                    "confidence": conf,
+                    "accuracy": acc,
+                    "gap": acc - conf,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=["when", "bin", "lower", "upper", "mid", "count", "confidence", "accuracy", "gap"],
+    )
+
+
+def hidden_subgroup_columns(calib: dict[str, Any]) -> list[str]:
+    """Subgroup columns of the evaluation withheld as identifying (names only)."""
+    return [c for c in (calib.get("subgroups") or {}) if is_identifying_column(c)]
+
+
+def subgroup_frame(calib: dict[str, Any]) -> pd.DataFrame:
+    """ECE per subgroup (after temperature scaling, as evaluate computes it).
+
+    Columns: column, value, n, ece, ci_low, ci_high, ece (95% CI) text, accuracy, mean confidence.
+    Subgroup columns that look identifying (`privacy.is_identifying_column`) are left out: their
+    values would be patient names or ids.
+    """
+    rows = []
+    for column, groups in (calib.get("subgroups") or {}).items():
+        if is_identifying_column(column):
+            continue
+        for value, rec in groups.items():
+            ece = rec.get("ece") or {}
+            ci = ece.get("ci95") or [None, None]
+            rows.append(
+                {
+                    "column": column,
+                    "value": value,
+                    "n": rec.get("n"),
+                    "ece": ece.get("value"),
+                    "ci_low": ci[0],
+                    "ci_high": ci[1],
+                    "ECE [95% CI]": fmt_estimate(ece),
+                    "accuracy": rec.get("accuracy"),
+                    "mean confidence": rec.get("mean_confidence"),
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "column",
+            "value",
+            "n",
+            "ece",
+            "ci_low",
+            "ci_high",
+            "ECE [95% CI]",
+            "accuracy",
+            "mean confidence",
+        ],
+    )

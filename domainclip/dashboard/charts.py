@@ -1,0 +1,177 @@
+"""Chart builders (altair for interactive charts, matplotlib for image overlays).
+
+Pure functions from data to chart objects: the pages only place them. Every axis says what it
+shows and, where there is one, its unit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+
+
+def class_balance_chart(balance: dict[str, dict[str, int]]) -> alt.Chart:
+    """Stacked bars: images per label, coloured by split (from `manifest_stats`)."""
+    records = [
+        {"split": split, "label": label, "images": n}
+        for split, counts in balance.items()
+        for label, n in counts.items()
+    ]
+    df = pd.DataFrame(records, columns=["split", "label", "images"])
+    return (
+        alt.Chart(df, title="Class balance per split")
+        .mark_bar()
+        .encode(
+            x=alt.X("label:N", title="label", sort="-y"),
+            y=alt.Y("sum(images):Q", title="images (count)"),
+            color=alt.Color("split:N", title="split"),
+            tooltip=["label", "split", "images"],
+        )
+    )
+
+
+def curves_chart(df: pd.DataFrame, title: str, color: str = "metric") -> alt.Chart:
+    """Line chart of long-format curves: columns step, value, and `color` (one line each)."""
+    return (
+        alt.Chart(df, title=title)
+        .mark_line(point=alt.OverlayMarkDef(size=20))
+        .encode(
+            x=alt.X("step:Q", title="optimizer step"),
+            y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
+            color=alt.Color(f"{color}:N", title=color),
+            tooltip=[color, "step", alt.Tooltip("value:Q", format=".4f")],
+        )
+    )
+
+
+def facet_curves_chart(df: pd.DataFrame, title: str, color: str = "run") -> alt.Chart:
+    """One small line chart per metric (independent y scales), lines coloured by `color`."""
+    base = (
+        alt.Chart(df)
+        .mark_line(point=alt.OverlayMarkDef(size=20))
+        .encode(
+            x=alt.X("step:Q", title="optimizer step"),
+            y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
+            color=alt.Color(f"{color}:N", title=color),
+            tooltip=[color, "metric", "step", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(width=260, height=180)
+    )
+    return (
+        base.facet(facet=alt.Facet("metric:N", title=None), columns=3)
+        .resolve_scale(y="independent")
+        .properties(title=title)
+    )
+
+
+def histogram_chart(
+    df: pd.DataFrame, field: str, title: str, x_title: str, color: str | None = None
+) -> alt.Chart:
+    """Histogram of `field` (20 bins), optionally one colour per `color` value, overlaid."""
+    enc: dict[str, Any] = {
+        "x": alt.X(f"{field}:Q", bin=alt.Bin(maxbins=20), title=x_title),
+        "y": alt.Y("count():Q", title="images (count)", stack=None),
+    }
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    return alt.Chart(df, title=title).mark_bar(opacity=0.6).encode(**enc)
+
+
+def deletion_insertion_chart(df: pd.DataFrame) -> alt.Chart:
+    """Deletion / insertion curves: columns fraction, curve, value (similarity)."""
+    return (
+        alt.Chart(df, title="Deletion and insertion curves")
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "fraction:Q",
+                title="fraction of pixels removed / inserted",
+                axis=alt.Axis(format="%"),
+            ),
+            y=alt.Y("value:Q", title="similarity to prompt A (logit)"),
+            color=alt.Color("curve:N", title="curve"),
+            tooltip=[
+                "curve",
+                alt.Tooltip("fraction:Q", format=".0%"),
+                alt.Tooltip("value:Q", format=".3f"),
+            ],
+        )
+        .properties(width=420, height=240)
+    )
+
+
+def reliability_chart(bins: pd.DataFrame, title: str) -> alt.LayerChart:
+    """Reliability diagram: accuracy per confidence bin (bars), the diagonal of perfect
+    calibration, and each bin's mean confidence (points). `bins` from `reliability_frame`."""
+    diagonal = pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})
+    axis_x = alt.X(
+        "lower:Q", title="confidence (predicted probability)", scale=alt.Scale(domain=[0, 1])
+    )
+    bars = (
+        alt.Chart(bins)
+        .mark_bar(opacity=0.75, stroke="white")
+        .encode(
+            x=axis_x,
+            x2="upper:Q",
+            y=alt.Y(
+                "accuracy:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1])
+            ),
+            tooltip=[
+                alt.Tooltip("lower:Q", format=".2f", title="bin from"),
+                alt.Tooltip("upper:Q", format=".2f", title="bin to"),
+                alt.Tooltip("count:Q", title="predictions"),
+                alt.Tooltip("confidence:Q", format=".3f", title="mean confidence"),
+                alt.Tooltip("accuracy:Q", format=".3f"),
+            ],
+        )
+    )
+    points = (
+        alt.Chart(bins)
+        .mark_point(color="black", filled=True, size=30)
+        .encode(x="confidence:Q", y="confidence:Q")
+    )
+    line = alt.Chart(diagonal).mark_line(strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+    return alt.layer(bars, line, points, title=title).properties(width=320, height=280)
+
+
+def confidence_histogram_chart(bins: pd.DataFrame) -> alt.Chart:
+    """Predictions per confidence bin, before vs after temperature scaling."""
+    return (
+        alt.Chart(bins, title="Confidence histogram")
+        .mark_bar(opacity=0.6)
+        .encode(
+            x=alt.X(
+                "lower:Q",
+                title="confidence (predicted probability)",
+                scale=alt.Scale(domain=[0, 1]),
+            ),
+            x2="upper:Q",
+            y=alt.Y("count:Q", title="predictions (count)", stack=None),
+            color=alt.Color("when:N", title="temperature scaling", sort=["before", "after"]),
+            tooltip=[
+                "when",
+                "count",
+                alt.Tooltip("lower:Q", format=".2f"),
+                alt.Tooltip("upper:Q", format=".2f"),
+            ],
+        )
+        .properties(width=420, height=240)
+    )
+
+
+def estimate_bars_chart(
+    df: pd.DataFrame, category: str, value: str, title: str, x_title: str, color: str | None = None
+) -> alt.LayerChart:
+    """Horizontal point estimates with 95% CI whiskers (columns value, ci_low, ci_high)."""
+    enc: dict[str, Any] = {"y": alt.Y(f"{category}:N", title=None)}
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=color)
+    points = (
+        alt.Chart(df)
+        .mark_point(filled=True, size=60)
+        .encode(x=alt.X(f"{value}:Q", title=x_title), tooltip=list(df.columns), **enc)
+    )
+    whiskers = alt.Chart(df).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", **enc)
+    return alt.layer(whiskers, points, title=title).properties(width=420)

@@ -1,0 +1,111 @@
+"""`domainclip dashboard [--runs DIR] [--host 127.0.0.1] [--port 8501]`: start the Streamlit app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from domainclip.dashboard import RUNS_ENV
+from domainclip.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Uploaded images are decoded in memory; a cap keeps one upload from exhausting RAM.
+MAX_UPLOAD_MB = 50
+
+
+def streamlit_command(host: str, port: int, app: Path = APP_SCRIPT) -> list[str]:
+    """The `streamlit run` command line: headless, no usage statistics, bound to `host`."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.maxUploadSize",
+        str(MAX_UPLOAD_MB),
+        # The app's code does not change while it runs; polling files would only cost CPU.
+        "--server.fileWatcherType",
+        "none",
+    ]
+
+
+def check_runs_dir(runs: str | os.PathLike[str]) -> Path:
+    """Resolve `--runs` and require at least one run in it (or it being a run).
+
+    Raises:
+        ConfigError: missing directory or no run directory (with config.yaml) found.
+    """
+    from domainclip.dashboard.access import PathAccessError, RunsAccess
+
+    try:
+        access = RunsAccess(runs)
+    except PathAccessError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not access.runs():
+        raise ConfigError(
+            f"no fine-tuning run (a folder with config.yaml) found in {access.root} or up to two "
+            "levels below it; create one with `domainclip finetune CONFIG --out RUN` or "
+            "`domainclip demo`"
+        )
+    return access.root
+
+
+def _run(args: argparse.Namespace) -> int:
+    runs = check_runs_dir(args.runs)
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.host not in LOOPBACK_HOSTS:
+        logger.warning(
+            "binding the dashboard to %s: anyone who can reach this address sees the runs' "
+            "images, reports and results, without authentication; use 127.0.0.1 (the default) "
+            "and an SSH tunnel unless the network is trusted",
+            args.host,
+        )
+    cmd = streamlit_command(args.host, args.port)
+    env = {**os.environ, RUNS_ENV: str(runs)}
+    shown = "localhost" if args.host in LOOPBACK_HOSTS else args.host
+    print(f"domainclip dashboard on {runs}: http://{shown}:{args.port}  (Ctrl+C to stop)")
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `dashboard` command."""
+    p = sub.add_parser(
+        "dashboard",
+        help="browse runs, data, saliency maps, framing audits and calibration in a browser",
+        description=(
+            "Start the Streamlit dashboard on a directory of fine-tuning runs (or one run). "
+            "It binds to loopback unless --host says otherwise and only reads files inside the "
+            "runs directory and the manifests the runs reference."
+        ),
+    )
+    p.add_argument(
+        "--runs",
+        default="runs",
+        help="directory containing run directories, or a single run directory (default: runs)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; other addresses expose the data, with a warning)",
+    )
+    p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,175 @@
+"""Manifest browsing for the Data page: a display table, filters, thumbnails, validation.
+
+No Streamlit here (the page caches these results); every path has already been checked by
+`RunsAccess` before it reaches these functions.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from domainclip.dashboard.privacy import displayable_columns, hidden_columns, pseudonym
+from domainclip.datasets.manifest import Manifest, read_manifest
+
+THUMBNAIL_PX = 160
+# Metadata columns with more distinct values than this are filtered by substring, not by a
+# list of values (a multiselect over thousands of box strings is useless).
+MAX_FILTER_VALUES = 50
+# Columns that are machinery (paths, JSON boxes), not something to filter on.
+_NOT_FILTERABLE = frozenset({"mask", "boxes", "width", "height"})
+
+
+@dataclass
+class ManifestView:
+    """A manifest prepared for display.
+
+    Attributes:
+        table: one row per usable manifest row: ``row`` (1-based data row), ``image`` (path as
+            written in the manifest), ``text``, ``label`` (``|``-joined), ``split``, ``group``
+            (pseudonym) and the displayable metadata columns.
+        images: absolute image path per table row (same order), for thumbnails.
+        meta_columns: displayable metadata columns (in the table).
+        hidden_columns: metadata columns withheld as identifying (names only).
+        problems: rows the reader skipped or warned about: ``row``, ``line``, ``kind``,
+            ``severity``, ``message``.
+    """
+
+    table: pd.DataFrame
+    images: list[Path]
+    meta_columns: list[str]
+    hidden_columns: list[str]
+    problems: pd.DataFrame
+    listed_files: frozenset[Path] = field(default_factory=frozenset)
+
+
+def _meta_columns(manifest: Manifest) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in manifest.rows:
+        for k in row.meta:
+            seen.setdefault(k, None)
+    return list(seen)
+
+
+def listed_files(manifest: Manifest) -> frozenset[Path]:
+    """Every file the manifest lists: row images and pixel masks (resolved)."""
+    out = {manifest.image_path(r).resolve() for r in manifest.rows}
+    for r in manifest.rows:
+        mask = r.meta.get("mask", "").strip()
+        if mask:
+            out.add((manifest.root / mask).resolve())
+    return frozenset(out)
+
+
+def manifest_view(path: Path) -> ManifestView:
+    """Read a manifest and build its display table (identifying columns dropped)."""
+    manifest = read_manifest(path)
+    meta = _meta_columns(manifest)
+    shown = displayable_columns(meta)
+    records: list[dict[str, Any]] = []
+    for r in manifest.rows:
+        rec: dict[str, Any] = {
+            "row": r.row,
+            "image": r.image,
+            "text": r.text,
+            "label": "|".join(r.label),
+            "split": r.split,
+            "group": pseudonym(r.group),
+        }
+        for c in shown:
+            rec[c] = r.meta.get(c, "")
+        records.append(rec)
+    columns = ["row", "image", "text", "label", "split", "group", *shown]
+    problems = pd.DataFrame(
+        [
+            {
+                "row": p.row,
+                "line": p.line,
+                "kind": p.kind,
+                "severity": p.severity,
+                "message": p.message,
+            }
+            for p in manifest.problems
+        ],
+        columns=["row", "line", "kind", "severity", "message"],
+    )
+    return ManifestView(
+        table=pd.DataFrame(records, columns=columns),
+        images=[manifest.image_path(r).resolve() for r in manifest.rows],
+        meta_columns=shown,
+        hidden_columns=hidden_columns(meta),
+        problems=problems,
+        listed_files=listed_files(manifest),
+    )
+
+
+def labels_of(table: pd.DataFrame) -> list[str]:
+    """Sorted distinct labels (multi-label cells split)."""
+    return sorted({lab for cell in table["label"] for lab in str(cell).split("|") if lab})
+
+
+def filterable_meta(view: ManifestView) -> dict[str, list[str]]:
+    """Metadata column -> sorted distinct values, for columns worth a value filter."""
+    out: dict[str, list[str]] = {}
+    for c in view.meta_columns:
+        if c in _NOT_FILTERABLE:
+            continue
+        values = sorted({str(v) for v in view.table[c]})
+        if 1 < len(values) <= MAX_FILTER_VALUES:
+            out[c] = values
+    return out
+
+
+def filter_table(
+    table: pd.DataFrame,
+    *,
+    labels: list[str] | None = None,
+    splits: list[str] | None = None,
+    groups: list[str] | None = None,
+    meta: dict[str, list[str]] | None = None,
+    text_contains: str = "",
+) -> pd.DataFrame:
+    """Rows matching every given filter (an empty or None filter keeps everything).
+
+    `labels` keeps rows having any of the labels; `meta` maps a column to allowed values.
+    """
+    keep = pd.Series(True, index=table.index)
+    if labels:
+        wanted = set(labels)
+        keep &= table["label"].map(lambda cell: bool(wanted & set(str(cell).split("|"))))
+    if splits:
+        keep &= table["split"].isin(splits)
+    if groups:
+        keep &= table["group"].isin(groups)
+    for column, values in (meta or {}).items():
+        if values:
+            keep &= table[column].astype(str).isin(values)
+    if text_contains:
+        keep &= table["text"].str.contains(text_contains, case=False, regex=False)
+    return table[keep]
+
+
+def thumbnail_png(path: Path, size: int = THUMBNAIL_PX) -> bytes:
+    """PNG bytes of a thumbnail, decoded robustly (pixels only: no DICOM header is kept).
+
+    Raises:
+        ImageReadError: the image cannot be decoded.
+    """
+    from domainclip.datasets import load_image
+
+    img = load_image(path)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def validation_summary(path: Path) -> dict[str, Any]:
+    """`validate_manifest` with image decoding, as a JSON-able dict (see ValidationReport)."""
+    from domainclip.datasets import validate_manifest
+
+    return validate_manifest(path, check_images=True).to_dict()

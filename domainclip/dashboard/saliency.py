@@ -1,0 +1,229 @@
+"""Computations behind the Saliency explorer (no Streamlit; the page caches the results).
+
+The model comes from `domainclip.finetune.load_model` (through `evaluation.loading`), maps from
+`domainclip.explain`. Uploaded images are decoded from bytes in memory and never written.
+Overlays are rendered to PNG bytes in memory for the same reason.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from domainclip.explain.errors import ExplainError
+from domainclip.models import Backbone
+
+# Uploads larger than this are refused before decoding (decompression bombs).
+MAX_UPLOAD_PIXELS = 50_000_000
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
+
+
+@dataclass
+class LoadedModel:
+    """A run's model as the explorer uses it.
+
+    Attributes:
+        bb: the adapted backbone (best checkpoint).
+        explainer: `ImageExplainer` reused for every map (it caches layer lookups).
+        temperature: the run's fitted temperature (1.0 if none).
+        methods: saliency methods that apply to this backbone.
+    """
+
+    bb: Backbone
+    explainer: Any
+    temperature: float
+    methods: tuple[str, ...]
+
+
+def load_run_model(run_dir: Path) -> LoadedModel:
+    """Load a run's best checkpoint on the CPU, with its explainer and temperature."""
+    from domainclip.evaluation.loading import load_for_eval
+    from domainclip.evaluation.temperature import load_temperature
+    from domainclip.explain.image import ImageExplainer, methods_for
+
+    bb, _ = load_for_eval(run_dir, checkpoint="best", device="cpu")
+    bb.model.eval()
+    return LoadedModel(bb, ImageExplainer(bb), load_temperature(run_dir), methods_for(bb))
+
+
+def decode_upload(data: bytes) -> Image.Image:
+    """Decode uploaded image bytes in memory to RGB (EXIF orientation applied).
+
+    Raises:
+        ExplainError: not a decodable image, or too many pixels.
+    """
+    from domainclip.datasets.imageio import to_rgb
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_UPLOAD_PIXELS:
+                raise ExplainError(
+                    f"the uploaded image has {w}x{h} pixels, more than {MAX_UPLOAD_PIXELS:,}"
+                )
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise ExplainError(f"the uploaded file is not a readable image ({exc})") from exc
+
+
+def prompt_choices(prompt_set_path: Path | None, classes: list[str]) -> dict[str, list[str]]:
+    """Prompts of the run's prompt set per class ({} without a prompt set).
+
+    Multi-label sets contribute their negative prompts too, under "no <class>".
+    """
+    if prompt_set_path is None or not classes:
+        return {}
+    from domainclip.evaluation.prompts import load_prompt_set
+
+    ps = load_prompt_set(prompt_set_path)
+    covered = [c for c in classes if ps.covers(c) and c not in ps.negative_labels]
+    if not covered:
+        return {}
+    out = dict(ps.class_texts(covered))
+    if ps.multi_label:
+        out.update({f"no {c}": texts for c, texts in ps.negative_texts(covered).items()})
+    return out
+
+
+@dataclass
+class MapResult:
+    """One saliency map with the numbers shown next to it."""
+
+    map: np.ndarray
+    view: np.ndarray
+    method: str
+    prompt: str
+    similarity: float
+    seconds: float
+    params: dict
+
+
+def compute_map(model: LoadedModel, image: Image.Image, prompt: str, method: str) -> MapResult:
+    """Saliency of `prompt` on `image` with `method` (similarity score, as the explain CLI)."""
+    from domainclip.explain.inputs import prepare_image
+
+    inp = prepare_image(model.bb, image)
+    sal = model.explainer.explain(inp.pixels, prompt, method)
+    return MapResult(sal.map, inp.view, method, prompt, sal.score, sal.seconds, sal.params)
+
+
+def pair_probabilities(model: LoadedModel, image: Image.Image, prompts: list[str]) -> list[float]:
+    """Temperature-scaled softmax over `prompts` for the image (which prompt fits better)."""
+    import torch
+
+    from domainclip.explain.forward import PromptScorer
+    from domainclip.explain.inputs import prepare_image
+
+    inp = prepare_image(model.bb, image)
+    scorer = PromptScorer(model.bb, prompts, score="probability", temperature=model.temperature)
+    with torch.no_grad():
+        return [float(v) for v in scorer(inp.pixels)[0]]
+
+
+def token_attribution_html(model: LoadedModel, image: Image.Image, text: str) -> tuple[str, dict]:
+    """Token attribution of `text` against `image`: (escaped HTML, numbers)."""
+    from domainclip.explain.inputs import prepare_image
+    from domainclip.explain.text import token_attribution
+
+    inp = prepare_image(model.bb, image)
+    ta = token_attribution(model.bb, inp.pixels, text)
+    numbers = {
+        "similarity": ta.score,
+        "reference similarity": ta.baseline_score,
+        "convergence delta": ta.convergence_delta,
+        "words": dict(zip(ta.words, ta.scores, strict=True)),
+    }
+    return ta.to_html(), numbers
+
+
+def sanity_numbers(
+    model: LoadedModel, image: Image.Image, prompt: str, method: str, smap: np.ndarray
+) -> dict[str, Any]:
+    """Sanity checks of one map: model randomisation, text sensitivity, deletion/insertion."""
+    from domainclip.explain.inputs import prepare_image
+    from domainclip.explain.sanity import (
+        deletion_insertion,
+        method_explainer,
+        randomisation_check,
+        text_sensitivity_check,
+    )
+
+    inp = prepare_image(model.bb, image)
+    explain = method_explainer(method)
+    rand = randomisation_check(explain, model.bb, inp.pixels, prompt, mode="full")
+    text = text_sensitivity_check(explain, model.bb, inp.pixels, prompt)
+    di = deletion_insertion(model.bb, inp.pixels, prompt, smap)
+    return {
+        "randomisation": {
+            "spearman_full": rand.spearman_full,
+            "threshold": rand.threshold,
+            "passed": rand.passed,
+        },
+        "text_sensitivity": {
+            "correlations": text.correlations,
+            "max_correlation": text.max_correlation,
+            "threshold": text.threshold,
+            "passed": text.passed,
+        },
+        "deletion_insertion": {
+            "deletion_auc": di.deletion_auc,
+            "random_deletion_auc": di.random_deletion_auc,
+            "insertion_auc": di.insertion_auc,
+            "random_insertion_auc": di.random_insertion_auc,
+            "passed": di.passed,
+            "fractions": di.fractions,
+            "deletion": di.deletion,
+            "insertion": di.insertion,
+        },
+    }
+
+
+def overlay_png(
+    view: np.ndarray,
+    smap: np.ndarray,
+    *,
+    alpha: float,
+    title: str,
+    diverging: bool = False,
+    label: str = "attribution",
+) -> bytes:
+    """PNG bytes of the image with the map on top and a colour bar (in memory).
+
+    Same look as `domainclip.explain.render.render_overlay` (which writes files): `inferno`
+    from min to max, or blue-white-red symmetric around 0 for signed maps (contrast, IG).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.2, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(view)
+    if diverging:
+        peak = float(np.abs(smap).max()) or 1.0
+        im = ax.imshow(smap, cmap="RdBu_r", vmin=-peak, vmax=peak, alpha=alpha)
+    else:
+        lo, hi = float(smap.min()), float(smap.max())
+        im = ax.imshow(
+            smap, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, alpha=alpha
+        )
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9, wrap=True)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def signed_method(method: str) -> bool:
+    """Maps that carry a sign (IG and occlusion score changes) are drawn with a diverging map."""
+    return method in ("ig", "occlusion")

@@ -1,0 +1,224 @@
+"""Streamlit glue shared by the pages: the runs directory, the selected run, cached loaders.
+
+Loaders take a file's modification time as an extra argument so that Streamlit's cache key
+changes when a run is updated (a new evaluation, a resumed training) while the app is open.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from domainclip.dashboard import RUNS_ENV, calibdata, manifests, runinfo, saliency
+from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
+
+RUN_KEY = "domainclip_run"
+
+
+def mtime(path: Path) -> int:
+    """Modification time in ns (0 when the file is missing), used as a cache-key component."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(show_spinner=False)
+def _access(root: str) -> RunsAccess:
+    return RunsAccess(root)
+
+
+def access() -> RunsAccess:
+    """The read guard for the runs directory this app was started on (stops the page if none)."""
+    root = os.environ.get(RUNS_ENV, "")
+    if not root:
+        st.error(
+            f"No runs directory given. Start the app with `domainclip dashboard --runs DIR` "
+            f"(or set {RUNS_ENV})."
+        )
+        st.stop()
+    try:
+        return _access(root)
+    except PathAccessError as exc:
+        st.error(str(exc))
+        st.stop()
+
+
+def run_picker() -> None:
+    """Sidebar selector of the current run, shared by every page through session state."""
+    acc = access()
+    names = [r.name for r in acc.runs()]
+    st.sidebar.caption(f"Runs directory: `{acc.root}`")
+    if not names:
+        st.sidebar.warning("No runs found (folders with config.yaml).")
+        return
+    if st.session_state.get(RUN_KEY) not in names:
+        st.session_state[RUN_KEY] = names[0]
+    st.sidebar.selectbox("Run", names, key=RUN_KEY, help="the run every page shows")
+
+
+def current_run() -> RunRef:
+    """The run picked in the sidebar (stops the page with a message when there is none)."""
+    acc = access()
+    name = st.session_state.get(RUN_KEY)
+    if not name:
+        st.info(
+            f"No fine-tuning runs in `{acc.root}`. Create one with "
+            "`domainclip finetune CONFIG --out RUN` or `domainclip demo`."
+        )
+        st.stop()
+    return acc.run(name)
+
+
+def run_manifest(run: RunRef) -> Path | None:
+    """The manifest the run was trained on, checked by the read guard; None if it has none."""
+    acc = access()
+    path = acc.manifest_of(run)
+    return None if path is None else acc.manifest(path)
+
+
+# ---------------------------------------------------------------------------------- cached data
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _run_summary(name: str, run_dir: str, tokens: tuple[int, ...]) -> runinfo.RunSummary:
+    return runinfo.summarise_run(name, Path(run_dir))
+
+
+def run_summary(run: RunRef) -> runinfo.RunSummary:
+    """Cached summary of a run (re-read when config.yaml or metrics.jsonl change)."""
+    acc = access()
+    config = acc.run_file(run, "config.yaml")
+    files = (config, *(acc.run_file(run, f) for f in (runinfo.METRICS_FILE, runinfo.RESULT_FILE)))
+    return _run_summary(run.name, str(run.path), tuple(mtime(f) for f in files))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _manifest_stats(path: str, token: int) -> dict:
+    from domainclip.datasets.stats import manifest_stats
+
+    return manifest_stats(path)
+
+
+def manifest_stats(path: Path) -> dict:
+    """Cached `manifest_stats` of an allowed manifest."""
+    return _manifest_stats(str(access().manifest(path)), mtime(path))
+
+
+@st.cache_data(show_spinner="Reading the manifest...", max_entries=16)
+def manifest_view(path: str, token: int) -> manifests.ManifestView:
+    """Cached `manifests.manifest_view` (token: the manifest's mtime)."""
+    return manifests.manifest_view(Path(path))
+
+
+def load_manifest_view(path: Path) -> manifests.ManifestView:
+    """The display view of an allowed manifest (re-read when the file changes)."""
+    return manifest_view(str(access().manifest(path)), mtime(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def thumbnail(path: str, token: int) -> bytes:
+    """Cached PNG thumbnail of a listed image."""
+    return manifests.thumbnail_png(Path(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def validation(path: str, token: int) -> dict:
+    """Cached `validate_manifest` summary (decodes every image once per manifest version)."""
+    return manifests.validation_summary(Path(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _json(path: str, token: int) -> dict:
+    return calibdata.read_json(Path(path))
+
+
+def run_json(run: RunRef, relative: str) -> dict:
+    """A JSON result file of a run (checked to stay inside it), cached until it changes."""
+    path = access().run_file(run, relative)
+    return _json(str(path), mtime(path))
+
+
+def evaluation_names(run: RunRef) -> list[str]:
+    """Evaluations of the run whose folder really lies inside it (links out are left out)."""
+    out = []
+    for name in calibdata.evaluation_names(run.path):
+        try:
+            access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
+        except PathAccessError:
+            continue
+        out.append(name)
+    return out
+
+
+def evaluation(run: RunRef, name: str) -> dict:
+    """RUN/eval/<name>/metrics.json."""
+    return run_json(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
+
+
+# ---------------------------------------------------------------------------------- model + maps
+
+
+@st.cache_resource(show_spinner="Loading the run's model (once per checkpoint)...", max_entries=2)
+def _run_model(run_dir: str, token: int) -> saliency.LoadedModel:
+    return saliency.load_run_model(Path(run_dir))
+
+
+def run_model(run: RunRef) -> saliency.LoadedModel:
+    """The run's model, loaded once and shared by every session (re-loaded if `best` changes)."""
+    best = access().run_file(run, "checkpoints/best")
+    return _run_model(str(run.path), mtime(best))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def saliency_map(
+    run_dir: str, token: int, image_key: str, _image: Image.Image, prompt: str, method: str
+) -> saliency.MapResult:
+    """Cached map per (run checkpoint, image, prompt, method); `_image` is keyed by `image_key`."""
+    return saliency.compute_map(_run_model(run_dir, token), _image, prompt, method)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def token_attribution(
+    run_dir: str, token: int, image_key: str, _image: Image.Image, text: str
+) -> tuple[str, dict]:
+    """Cached token attribution (HTML, numbers) of `text` against the image."""
+    return saliency.token_attribution_html(_run_model(run_dir, token), _image, text)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def sanity(
+    run_dir: str, token: int, image_key: str, _image: Image.Image, prompt: str, method: str
+) -> dict:
+    """Cached sanity-check numbers of the map for (image, prompt, method)."""
+    smap = saliency_map(run_dir, token, image_key, _image, prompt, method).map
+    return saliency.sanity_numbers(_run_model(run_dir, token), _image, prompt, method, smap)
+
+
+def model_token(run: RunRef) -> int:
+    """Cache-key component that changes when the run's best checkpoint is rewritten."""
+    return mtime(access().run_file(run, "checkpoints/best"))
+
+
+def listed_image(view: manifests.ManifestView, path: str | Path) -> Path:
+    """`path` if the manifest lists it (image or mask), else PathAccessError."""
+    return RunsAccess.listed_file(path, view.listed_files)
+
+
+__all__ = [
+    "PathAccessError",
+    "access",
+    "current_run",
+    "listed_image",
+    "load_manifest_view",
+    "manifest_stats",
+    "mtime",
+    "run_manifest",
+    "run_picker",
+    "run_summary",
+    "thumbnail",
+    "validation",
+]

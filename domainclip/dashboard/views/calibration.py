@@ -1,0 +1,102 @@
+"""Calibration page (Streamlit page script): is the run's confidence trustworthy?
+
+Reliability diagrams before and after temperature scaling, calibration metrics with 95% CIs,
+ECE per subgroup and confidence histograms, all read from `domainclip evaluate` outputs.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from domainclip.dashboard import calibdata, charts, state
+from domainclip.dashboard.access import RunRef
+
+
+def _no_evaluation(run: RunRef) -> None:
+    st.info(
+        f"Run `{run.name}` has no evaluation yet. Produce one (with a temperature fitted on the "
+        "validation split) with:\n\n"
+        f"```\ndomainclip evaluate {run.path} --fit-temperature\n```"
+    )
+
+
+def render() -> None:
+    """Render the Calibration page."""
+    st.title("Calibration")
+    run = state.current_run()
+    names = state.evaluation_names(run)
+    if not names:
+        _no_evaluation(run)
+        return
+    name = st.selectbox("Evaluation", names, help="folders under RUN/eval/")
+    result = state.evaluation(run, name)
+    calib = result["calibration"]
+    temp = result.get("temperature", {})
+    data = result.get("data", {})
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Temperature T", f"{temp.get('value', 1.0):.4g}", help=str(temp.get("source", "")))
+    c2.metric("Images evaluated", data.get("n_evaluated", "n/a"))
+    c3.metric("Split", data.get("split", "n/a"))
+    if calib.get("after") is None:
+        st.warning(
+            "No temperature fitted (T = 1): only the uncalibrated model is shown. Fit one with "
+            f"`domainclip evaluate {run.path} --fit-temperature`."
+        )
+    st.subheader("Calibration metrics (95% bootstrap CI)")
+    st.dataframe(calibdata.calibration_table(calib), hide_index=True, width="stretch")
+
+    strategy = st.radio(
+        "Bins",
+        ["width", "mass"],
+        format_func=lambda s: {"width": "equal width", "mass": "equal mass"}[s],
+        horizontal=True,
+    )
+    bins = calibdata.reliability_frame(calib, strategy)
+    st.subheader("Reliability diagrams")
+    cols = st.columns(2)
+    for col, when in zip(cols, ("before", "after"), strict=True):
+        part = bins[bins["when"] == when]
+        if part.empty:
+            col.caption(f"{when} temperature scaling: not available")
+            continue
+        t = 1.0 if when == "before" else temp.get("value", 1.0)
+        col.altair_chart(
+            charts.reliability_chart(
+                part, f"{when.capitalize()} temperature scaling (T = {t:.3g})"
+            ),
+            width="content",
+        )
+    st.altair_chart(charts.confidence_histogram_chart(bins), width="content")
+
+    st.subheader("ECE per subgroup (after temperature scaling)")
+    sub = calibdata.subgroup_frame(calib)
+    hidden = calibdata.hidden_subgroup_columns(calib)
+    if hidden:
+        st.info(
+            "Subgroups by possibly identifying columns withheld: "
+            + ", ".join(f"`{c}`" for c in hidden)
+        )
+    if sub.empty:
+        st.caption("No subgroup columns (metadata such as view or sex) in this evaluation.")
+    else:
+        st.dataframe(
+            sub.drop(columns=["ece", "ci_low", "ci_high"]), hide_index=True, width="stretch"
+        )
+        defined = sub.dropna(subset=["ece"]).assign(
+            group=lambda d: d["column"] + " = " + d["value"]
+        )
+        if not defined.empty:
+            st.altair_chart(
+                charts.estimate_bars_chart(
+                    defined, "group", "ece", "ECE per subgroup", "ECE (probability units)", "column"
+                ),
+                width="content",
+            )
+    with st.expander("Reliability diagrams as written by `domainclip evaluate` (PNG)"):
+        for f in ("reliability_before.png", "reliability_after.png"):
+            path = state.access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{f}")
+            if path.is_file():
+                st.image(str(path), caption=f, width=420)
+
+
+render()

@@ -1,0 +1,102 @@
+"""A tiny but real runs directory for the dashboard tests, built once per session.
+
+Everything in it is produced by the library itself: a tiny random open_clip backbone (saved with
+`save_backbone`), 12 synthetic defect images (`generate_synthetic`) whose manifest is extended
+with two metadata columns (``sex`` for subgroups, ``patient_name`` to prove it is never shown)
+and one row whose image is missing (a skip for the Data page), a LoRA run and a linear-probe run
+(`domainclip.finetune.finetune`), and an evaluation with a fitted temperature
+(`domainclip.evaluation.evaluate.evaluate`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from domainclip.dashboard import RUNS_ENV
+
+REPO = Path(__file__).resolve().parents[2]
+APP = REPO / "domainclip" / "dashboard" / "app.py"
+PROMPTS = REPO / "configs" / "prompts" / "synthetic.yaml"
+PATIENT_NAMES = ("Jane Roe", "John Doe", "Max Mustermann")
+
+
+@dataclass(frozen=True)
+class DashRuns:
+    """Paths of the session's runs directory."""
+
+    root: Path  # the runs directory (given to the app)
+    lora: Path  # LoRA run with an evaluation and a fitted temperature
+    probe: Path  # linear-probe run (for the two-run comparison)
+    manifest: Path  # the manifest both runs were trained on
+    base: Path  # tmp folder holding runs/, data/, backbone/
+
+
+def _manifest_with_meta(data_dir: Path) -> Path:
+    from domainclip.datasets import read_manifest, write_manifest
+
+    m = read_manifest(data_dir / "manifest.csv")
+    rows = []
+    for i, r in enumerate(m.rows):
+        r.meta["sex"] = "F" if i % 2 else "M"
+        r.meta["patient_name"] = PATIENT_NAMES[i % len(PATIENT_NAMES)]
+        rows.append(r)
+    missing = rows[0].__class__(
+        image="images/does_not_exist.png",
+        text="a scratch on a metal surface",
+        label=["scratch"],
+        group="lost-1",
+        split="train",
+        meta={"sex": "F", "patient_name": PATIENT_NAMES[0]},
+    )
+    return write_manifest([*rows, missing], data_dir / "manifest_meta.csv")
+
+
+def _finetune(run: Path, backbone: Path, manifest: Path, method: str) -> None:
+    from domainclip.finetune import finetune, load_config
+
+    cfg = load_config(
+        None,
+        [
+            f"backbone.spec={backbone}",
+            f"data.manifest={manifest}",
+            f"eval.prompts={PROMPTS}",
+            f"method.name={method}",
+            "train.max_steps=4",
+            "train.batch_size=4",
+            "eval.every_steps=2",
+            "optim.warmup_steps=1",
+            "train.progress=false",
+        ],
+    )
+    finetune(cfg, run)
+
+
+@pytest.fixture(scope="session")
+def dash_runs(tmp_path_factory: pytest.TempPathFactory) -> DashRuns:
+    from domainclip.datasets.importers.synthetic import generate_synthetic
+    from domainclip.evaluation.evaluate import evaluate
+    from domainclip.models import save_backbone
+    from domainclip.models.testing import tiny_open_clip_backbone
+
+    base = tmp_path_factory.mktemp("dashboard")
+    backbone = save_backbone(tiny_open_clip_backbone("cnn"), base / "backbone")
+    generate_synthetic(base / "data", n=12, size=64, seed=0)
+    manifest = _manifest_with_meta(base / "data")
+    root = base / "runs"
+    lora, probe = root / "lora", root / "probe"
+    _finetune(lora, backbone, manifest, "lora")
+    _finetune(probe, backbone, manifest, "linear_probe")
+    evaluate(lora, split="test", fit_temperature=True, n_boot=50, subgroups=["sex", "patient_name"])
+    return DashRuns(root=root, lora=lora, probe=probe, manifest=manifest, base=base)
+
+
+@pytest.fixture
+def app(dash_runs: DashRuns, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    """The dashboard on the session's runs directory, first page rendered."""
+    monkeypatch.setenv(RUNS_ENV, str(dash_runs.root))
+    at = AppTest.from_file(str(APP), default_timeout=180)
+    return at.run()
