@@ -153,6 +153,22 @@ class RunsAccess:
         """The run's prompt-set YAML (config.yaml ``eval.prompts``), or None."""
         return self.referenced_file(run, "eval.prompts")
 
+    def result_manifest(self, run: RunRef, result_file: str) -> Path | None:
+        """The manifest a run's result file (an evaluation's metrics.json, an audit.json) says it
+        used (``data.manifest``), resolved; None if it names none.
+
+        This is the other way a run references a manifest: `domainclip evaluate/audit --data`.
+
+        Raises:
+            PathAccessError: `result_file` leaves the run directory.
+        """
+        import json
+
+        path = self.run_file(run, result_file)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        value = (data.get("data") or {}).get("manifest") if isinstance(data, dict) else None
+        return Path(str(value)).expanduser().resolve() if value else None
+
     def manifests(self) -> dict[Path, list[str]]:
         """Manifest referenced by any run -> names of the runs referencing it."""
         out: dict[Path, list[str]] = {}

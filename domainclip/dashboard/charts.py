@@ -175,3 +175,55 @@ def estimate_bars_chart(
     )
     whiskers = alt.Chart(df).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", **enc)
     return alt.layer(whiskers, points, title=title).properties(width=420)
+
+
+def shift_distribution_chart(
+    shifts: pd.DataFrame, means: pd.DataFrame, reference: str
+) -> alt.LayerChart:
+    """Per-framing distribution of per-image score shifts (box + points) with the mean's 95% CI.
+
+    `shifts`: framing, shift (probability units) per image; `means`: framing, value, ci_low,
+    ci_high (from audit.json).
+    """
+    x = alt.X(
+        "shift:Q",
+        title=f"shift of the target-class probability vs '{reference}' (probability units)",
+    )
+    y = alt.Y("framing:N", title="framing")
+    box = alt.Chart(shifts).mark_boxplot(extent="min-max", opacity=0.5, size=22).encode(x=x, y=y)
+    dots = (
+        alt.Chart(shifts)
+        .mark_circle(size=28, opacity=0.6)
+        .encode(
+            x=x,
+            y=y,
+            color=alt.Color("target:N", title="target class"),
+            tooltip=["row", "target", alt.Tooltip("shift:Q", format="+.4f")],
+        )
+    )
+    zero = (
+        alt.Chart(pd.DataFrame({"zero": [0.0]}))
+        .mark_rule(color="gray", strokeDash=[4, 4])
+        .encode(x="zero:Q")
+    )
+    ci = (
+        alt.Chart(means)
+        .mark_rule(color="black", strokeWidth=3)
+        .encode(x="ci_low:Q", x2="ci_high:Q", y="framing:N")
+    )
+    mean = (
+        alt.Chart(means)
+        .mark_tick(color="black", thickness=3, size=26)
+        .encode(
+            x="value:Q",
+            y="framing:N",
+            tooltip=[
+                alt.Tooltip("value:Q", title="mean shift", format="+.4f"),
+                alt.Tooltip("ci_low:Q", format="+.4f"),
+                alt.Tooltip("ci_high:Q", format="+.4f"),
+            ],
+        )
+    )
+    return alt.layer(
+        box, dots, zero, ci, mean, title="Score shift per image (black: mean with 95% CI)"
+    ).properties(width=640, height=alt.Step(40))

@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
-from domainclip.dashboard import RUNS_ENV, calibdata, manifests, runinfo, saliency
+from domainclip.dashboard import RUNS_ENV, auditdata, calibdata, manifests, runinfo, saliency
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
 
 RUN_KEY = "domainclip_run"
@@ -157,6 +157,34 @@ def evaluation_names(run: RunRef) -> list[str]:
 def evaluation(run: RunRef, name: str) -> dict:
     """RUN/eval/<name>/metrics.json."""
     return run_json(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
+
+
+def audit_names(run: RunRef) -> list[str]:
+    """Audits of the run whose folder really lies inside it (links out are left out)."""
+    out = []
+    for name in auditdata.audit_names(run.path):
+        try:
+            access().run_file(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+        except PathAccessError:
+            continue
+        out.append(name)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _score_shifts(path: str, token: int, reference: str):
+    return auditdata.score_shifts(Path(path).read_bytes(), reference)
+
+
+def score_shifts(run: RunRef, name: str, reference: str):
+    """Per-image score shifts of an audit (from its scores.csv)."""
+    path = access().run_file(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.SCORES_CSV}")
+    return _score_shifts(str(path), mtime(path), reference)
+
+
+def result_manifest_view(path: Path) -> manifests.ManifestView:
+    """Display view of a manifest named by a run's result file (`RunsAccess.result_manifest`)."""
+    return manifest_view(str(path), mtime(path))
 
 
 # ---------------------------------------------------------------------------------- model + maps

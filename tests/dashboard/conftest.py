@@ -4,8 +4,9 @@ Everything in it is produced by the library itself: a tiny random open_clip back
 `save_backbone`), 12 synthetic defect images (`generate_synthetic`) whose manifest is extended
 with two metadata columns (``sex`` for subgroups, ``patient_name`` to prove it is never shown)
 and one row whose image is missing (a skip for the Data page), a LoRA run and a linear-probe run
-(`domainclip.finetune.finetune`), and an evaluation with a fitted temperature
-(`domainclip.evaluation.evaluate.evaluate`).
+(`domainclip.finetune.finetune`), an evaluation with a fitted temperature
+(`domainclip.evaluation.evaluate.evaluate`) and a framing audit with the shipped synthetic spec
+(`domainclip.audit.run_audit`; subgroups extended with the two metadata columns).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "domainclip" / "dashboard" / "app.py"
 PROMPTS = REPO / "configs" / "prompts" / "synthetic.yaml"
 PATIENT_NAMES = ("Jane Roe", "John Doe", "Max Mustermann")
+AUDIT_SPEC = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ def _finetune(run: Path, backbone: Path, manifest: Path, method: str) -> None:
 
 @pytest.fixture(scope="session")
 def dash_runs(tmp_path_factory: pytest.TempPathFactory) -> DashRuns:
+    from domainclip.audit import load_audit_spec, run_audit
     from domainclip.datasets.importers.synthetic import generate_synthetic
     from domainclip.evaluation.evaluate import evaluate
     from domainclip.models import save_backbone
@@ -91,6 +94,10 @@ def dash_runs(tmp_path_factory: pytest.TempPathFactory) -> DashRuns:
     _finetune(lora, backbone, manifest, "lora")
     _finetune(probe, backbone, manifest, "linear_probe")
     evaluate(lora, split="test", fit_temperature=True, n_boot=50, subgroups=["sex", "patient_name"])
+    spec = load_audit_spec(AUDIT_SPEC).to_dict()
+    spec["subgroups"] = [*spec["subgroups"], "sex", "patient_name"]
+    spec["statistics"]["n_bootstrap"] = 200  # enough for the page; keeps the fixture fast
+    run_audit(lora, spec, split=None)
     return DashRuns(root=root, lora=lora, probe=probe, manifest=manifest, base=base)
 
 

@@ -99,7 +99,7 @@ def _explain_score(
     return sal.score, sal.map
 
 
-def test_saliency_page(app: AppTest, dash_runs: DashRuns) -> None:
+def test_saliency_page(app: AppTest, dash_runs: DashRuns, lora_model) -> None:
     app.switch_page("views/saliency.py").run()
     no_exceptions(app)
     assert app.title[0].value == "Saliency explorer"
@@ -109,8 +109,8 @@ def test_saliency_page(app: AppTest, dash_runs: DashRuns) -> None:
     prompt_b = widget(app, "selectbox", "Prompt B").value
     assert prompt_a == first.text  # the image's own report comes first
     assert prompt_b != prompt_a
-    score_a, _ = _explain_score(dash_runs.lora, man.image_path(first), prompt_a)
-    score_b, _ = _explain_score(dash_runs.lora, man.image_path(first), prompt_b)
+    score_a, _ = _explain_score(lora_model, man.image_path(first), prompt_a)
+    score_b, _ = _explain_score(lora_model, man.image_path(first), prompt_b)
     shown = metrics(app)
     assert shown["Similarity A"] == f"{score_a:.3f}"
     assert shown["Similarity B"] == f"{score_b:.3f}"
@@ -132,7 +132,7 @@ def test_saliency_page(app: AppTest, dash_runs: DashRuns) -> None:
     options = widget(app, "selectbox", "Prompt A").options
     other = next(o for o in options if o not in (prompt_a, prompt_b, "Free text"))
     widget(app, "selectbox", "Prompt A").set_value(other).run()
-    score_other, _ = _explain_score(dash_runs.lora, man.image_path(first), other)
+    score_other, _ = _explain_score(lora_model, man.image_path(first), other)
     assert metrics(app)["Similarity A"] == f"{score_other:.3f}"
 
     # another image
@@ -141,10 +141,9 @@ def test_saliency_page(app: AppTest, dash_runs: DashRuns) -> None:
     assert captions(app)[0].startswith(f"row 4 · {man.rows[3].label[0]}")
 
 
-def test_saliency_sanity_checks(app: AppTest, dash_runs: DashRuns) -> None:
+def test_saliency_sanity_checks(app: AppTest, dash_runs: DashRuns, lora_model) -> None:
     from domainclip.explain.inputs import prepare_image
     from domainclip.explain.sanity import deletion_insertion
-    from domainclip.finetune import load_model
 
     app.switch_page("views/saliency.py").run()
     app.toggle[0].set_value(True).run()
@@ -159,8 +158,8 @@ def test_saliency_sanity_checks(app: AppTest, dash_runs: DashRuns) -> None:
     assert np.isfinite(table["value"].astype(float)).all()
     man = read_manifest(dash_runs.manifest)
     prompt = man.rows[0].text
-    _, smap = _explain_score(dash_runs.lora, man.image_path(man.rows[0]), prompt)
-    bb = load_model(dash_runs.lora)
+    _, smap = _explain_score(lora_model, man.image_path(man.rows[0]), prompt)
+    bb = lora_model
     di = deletion_insertion(bb, prepare_image(bb, man.image_path(man.rows[0])).pixels, prompt, smap)
     got = table.set_index("check")["value"]
     assert got["deletion AUC"] == pytest.approx(di.deletion_auc, rel=1e-4)
@@ -217,3 +216,58 @@ def test_calibration_page_without_evaluation(app: AppTest) -> None:
     app.switch_page("views/calibration.py").run()
     no_exceptions(app)
     assert any("domainclip evaluate" in i.value for i in app.info)
+
+
+def test_audit_page(app: AppTest, dash_runs: DashRuns) -> None:
+    from domainclip.dashboard.calibdata import fmt_estimate
+
+    app.switch_page("views/audit.py").run()
+    no_exceptions(app)
+    assert app.title[0].value == "Framing audit"
+    audit = json.loads((dash_runs.lora / "audit" / "synthetic" / "audit.json").read_text())
+    gate = audit["gate"]
+    alerts = [e.value for e in (*app.error, *app.success)]
+    verdict = next(a for a in alerts if a.startswith("Gate verdict"))
+    assert gate["verdict"].upper() in verdict
+    assert all(f in verdict for f in gate["failed"])
+    table = app.dataframe[0].value.set_index("framing")
+    assert list(table.index) == list(audit["framings"])
+    for name, comp in audit["comparisons"].items():
+        assert table.loc[name, "mean shift [95% CI]"] == fmt_estimate(
+            comp["overall"]["mean_shift"], 4
+        )
+        assert table.loc[name, "flips"] == comp["overall"]["flips"]
+    sub = next(
+        df.value
+        for df in app.dataframe
+        if "mean shift [95% CI]" in df.value.columns and "column" in df.value.columns
+    )
+    assert set(sub["column"]) == {"texture", "sex"}
+    text = page_text(app)
+    assert "patient_name" in text and not any(name in text for name in PATIENT_NAMES)
+    assert len(app.get("vega_lite_chart")) == 2  # shift distributions, flip rates
+
+    flipped = {f: ex for f, ex in audit["flip_examples"].items() if ex}
+    assert flipped, "the fixture's random tiny model flips decisions under some framing"
+    framing = next(iter(flipped))
+    first = flipped[framing][0]
+    caps = captions(app)
+    assert caps[0] == f"row {first['row']} ({first['image']})"
+    ref, framed = first["reference"], first["framed"]
+    assert caps[1].startswith(
+        f"{ref['framing']}: decides {ref['decision']} (p = {ref['decision_prob']:.3f})"
+    )
+    assert caps[2].startswith(
+        f"{framed['framing']}: decides {framed['decision']} (p = {framed['decision_prob']:.3f})"
+    )
+    assert len(caps) == 3 * min(4, len(flipped[framing]))
+    widget(app, "radio", "Saliency method").set_value("occlusion").run()
+    no_exceptions(app)
+    assert len(captions(app)) == len(caps)
+
+
+def test_audit_page_without_audit(app: AppTest) -> None:
+    app.sidebar.selectbox[0].set_value("probe").run()
+    app.switch_page("views/audit.py").run()
+    no_exceptions(app)
+    assert any("domainclip audit" in i.value and "--spec" in i.value for i in app.info)

@@ -1,14 +1,166 @@
-"""Framing audit page (Streamlit page script): does the score swing with how a finding is worded?"""
+"""Framing audit page (Streamlit page script): does the score swing with how a finding is worded?
+
+The gate verdict and its failed checks, per-framing score-shift distributions with CIs, flip
+rates, subgroup and per-class tables, and every flipped image with its saliency under both
+framings. Everything comes from `domainclip audit` outputs (audit.json, scores.csv).
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from domainclip.dashboard import state
+from domainclip.dashboard import auditdata, charts, saliency, state
+from domainclip.dashboard.access import PathAccessError, RunRef
+from domainclip.dashboard.privacy import pseudonym
+from domainclip.datasets.imageio import ImageReadError, load_image
+from domainclip.errors import DomainClipError
 
-st.title("Framing audit")
-run = state.current_run()
-st.info(
-    f"Run `{run.name}` has no framing audit yet. Produce one with\n\n"
-    f"```\ndomainclip audit {run.path} --spec SPEC\n```"
-)
+FLIPS_PER_PAGE = 4
+
+
+def _no_audit(run: RunRef) -> None:
+    st.info(
+        f"Run `{run.name}` has no framing audit yet. Produce one (the shipped specs are "
+        "`neu_det`, `covid_cxr` and `synthetic`, or a YAML path) with:\n\n"
+        f"```\ndomainclip audit {run.path} --spec SPEC\n```"
+    )
+
+
+def _verdict(audit: dict) -> None:
+    gate = audit["gate"]
+    failed = gate.get("failed") or []
+    if gate["verdict"] == "pass":
+        st.success(f"Gate verdict: PASS ({gate['n_checks']} checks, {gate['n_skipped']} skipped)")
+    else:
+        st.error(
+            f"Gate verdict: {gate['verdict'].upper()}: {gate['n_failed']} of {gate['n_checks']} "
+            f"checks failed: {', '.join(failed)}"
+        )
+    t = gate["thresholds"]
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Max |mean shift|", f"{t['max_abs_mean_shift']:g}", help="probability units")
+    c2.metric("Max flip rate", f"{t['max_flip_rate']:.0%}")
+    c3.metric("Max ECE", f"{t['max_ece']:g}")
+    c4.metric("Alpha (Holm)", f"{t['alpha']:g}")
+
+
+def _flip_card(run: RunRef, view, example: dict, method: str, alpha: float) -> None:
+    path = state.listed_image(view, example["path"])
+    image = load_image(path)
+    ref, framed = example["reference"], example["framed"]
+    st.markdown(
+        f"**row {example['row']}** · target `{example['target']}` · group "
+        f"`{pseudonym(example['group'])}` · shift {example['shift']:+.4f}"
+    )
+    cols = st.columns(3)
+    cols[0].image(image, caption=f"row {example['row']} ({example['image']})", width=200)
+    token = state.model_token(run)
+    key = f"{path}:{state.mtime(path)}"
+    for col, side in ((cols[1], ref), (cols[2], framed)):
+        m = state.saliency_map(str(run.path), token, key, image, side["prompt_decision"], method)
+        col.image(
+            saliency.overlay_png(
+                m.view,
+                m.map,
+                alpha=alpha,
+                title=f"{side['framing']}: {side['prompt_decision']}",
+                diverging=saliency.signed_method(method),
+                label="attribution (similarity units)",
+            ),
+            caption=(
+                f"{side['framing']}: decides {side['decision']} (p = {side['decision_prob']:.3f}); "
+                f"target {example['target']} p = {side['target_prob']:.3f}"
+            ),
+        )
+
+
+def _flips(run: RunRef, name: str, audit: dict) -> None:
+    st.subheader("Flipped decisions, with saliency under both framings")
+    examples = audit.get("flip_examples") or {}
+    with_flips = [f for f, ex in examples.items() if ex]
+    if not with_flips:
+        st.success("No image changed its decision under any framing.")
+        return
+    c1, c2, c3 = st.columns(3)
+    framing = c1.selectbox(
+        "Framing", with_flips, format_func=lambda f: f"{f} ({len(examples[f])} flipped)"
+    )
+    method = c2.radio("Saliency method", ["gradcam", "occlusion", "ig"], horizontal=True)
+    alpha = c3.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="audit_alpha")
+    chosen = examples[framing]
+    pages = -(-len(chosen) // FLIPS_PER_PAGE)
+    page = int(st.number_input(f"Page (of {pages})", 1, pages, 1)) if pages > 1 else 1
+    st.caption(
+        "Each map explains the prompt the model decided for, under the reference wording and "
+        "under this framing (the score being explained is the image-text similarity)."
+    )
+    acc = state.access()
+    manifest = acc.result_manifest(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    if manifest is None or not manifest.is_file():
+        st.warning("The audit's manifest is not available; images cannot be shown.")
+        return
+    view = state.result_manifest_view(manifest)
+    with st.spinner("Computing saliency maps for the flipped images..."):
+        for example in chosen[(page - 1) * FLIPS_PER_PAGE : page * FLIPS_PER_PAGE]:
+            try:
+                _flip_card(run, view, example, method, alpha)
+            except (PathAccessError, ImageReadError) as exc:
+                st.error(f"row {example['row']}: {exc}")
+            except DomainClipError as exc:
+                st.error(f"row {example['row']}: saliency failed: {exc}")
+
+
+def render() -> None:
+    """Render the Framing audit page."""
+    st.title("Framing audit")
+    run = state.current_run()
+    names = state.audit_names(run)
+    if not names:
+        _no_audit(run)
+        return
+    name = st.selectbox("Audit", names, help="folders under RUN/audit/")
+    audit = state.run_json(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    spec, data = audit["spec"], audit["data"]
+    st.caption(
+        f"Spec `{spec['name']}` version {spec.get('version', '?')} · reference framing "
+        f"`{spec['reference']}` · {data['n_images']} images (split {data.get('split') or 'all'})"
+    )
+    _verdict(audit)
+
+    st.subheader("Per framing vs the reference")
+    st.dataframe(auditdata.framing_table(audit), hide_index=True, width="stretch")
+    shifts = state.score_shifts(run, name, spec["reference"])
+    means = auditdata.estimates_frame(audit, "mean_shift")
+    st.altair_chart(
+        charts.shift_distribution_chart(shifts, means, spec["reference"]), width="content"
+    )
+    flips = auditdata.estimates_frame(audit, "flip_rate")
+    st.altair_chart(
+        charts.estimate_bars_chart(
+            flips,
+            "framing",
+            "value",
+            "Decision flip rate (Wilson 95% CI)",
+            "flip rate (fraction of images)",
+        ),
+        width="content",
+    )
+
+    st.subheader("Subgroups")
+    hidden = auditdata.hidden_subgroup_columns(audit)
+    if hidden:
+        st.info("Subgroups by possibly identifying columns withheld: " + ", ".join(hidden))
+    sub = auditdata.subgroup_table(audit)
+    if sub.empty:
+        st.caption("The spec defines no subgroup columns present in the data.")
+    else:
+        st.dataframe(sub, hide_index=True, width="stretch")
+        st.dataframe(auditdata.subgroup_calibration_table(audit), hide_index=True, width="stretch")
+    with st.expander("Per class"):
+        st.dataframe(auditdata.per_class_table(audit), hide_index=True, width="stretch")
+    with st.expander("Every gate check"):
+        st.dataframe(auditdata.checks_table(audit), hide_index=True, width="stretch")
+    _flips(run, name, audit)
+
+
+render()

@@ -1,0 +1,187 @@
+"""Framing-audit results for the Framing audit page: RUN/audit/<spec>/audit.json and scores.csv.
+
+No Streamlit here. Every number comes from the files `domainclip audit` wrote; the per-image
+score shifts are recomputed only by subtracting two columns of its scores.csv.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from domainclip.dashboard.calibdata import fmt_estimate
+from domainclip.dashboard.privacy import is_identifying_column
+
+AUDIT_DIR = "audit"
+AUDIT_JSON = "audit.json"
+SCORES_CSV = "scores.csv"
+
+
+def audit_names(run_dir: Path) -> list[str]:
+    """Audits of a run: folders RUN/audit/<name> holding an audit.json."""
+    root = run_dir / AUDIT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / AUDIT_JSON).is_file())
+
+
+def _ci(est: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    ci = (est or {}).get("ci95") or [None, None]
+    lo, hi = ci
+    ok = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
+    return (lo, hi) if ok else (None, None)
+
+
+def framing_table(audit: dict[str, Any]) -> pd.DataFrame:
+    """One row per framing: wording, expectation, shifts with CIs, flips, accuracy and ECE."""
+    rows = []
+    for name, f in audit["framings"].items():
+        cell = (audit["comparisons"].get(name) or {}).get("overall") or {}
+        rows.append(
+            {
+                "framing": name,
+                "template": f["template"],
+                "role": "reference" if f["is_reference"] else f["expect"],
+                "gated": f["gated"],
+                "mean shift [95% CI]": fmt_estimate(cell.get("mean_shift"), 4) if cell else "",
+                "median shift [95% CI]": fmt_estimate(cell.get("median_shift"), 4) if cell else "",
+                "p (Holm input)": cell.get("p_value"),
+                "Wilcoxon p": (cell.get("wilcoxon") or {}).get("p"),
+                "flips": cell.get("flips"),
+                "flip rate [95% CI]": fmt_estimate(cell.get("flip_rate"), 3) if cell else "",
+                "accuracy [95% CI]": fmt_estimate(f.get("accuracy")),
+                "ECE [95% CI]": fmt_estimate(f.get("ece")),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def estimates_frame(audit: dict[str, Any], key: str) -> pd.DataFrame:
+    """framing, value, ci_low, ci_high of one overall estimate (mean_shift, flip_rate, ...)."""
+    rows = []
+    for name, comp in audit["comparisons"].items():
+        est = comp["overall"].get(key) or {}
+        lo, hi = _ci(est)
+        if est.get("value") is None:
+            continue
+        rows.append({"framing": name, "value": est["value"], "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["framing", "value", "ci_low", "ci_high"])
+
+
+def score_shifts(scores_csv: bytes, reference: str) -> pd.DataFrame:
+    """Per image and framing: shift of the target-class probability vs the reference framing.
+
+    Columns: row, framing, target, shift (probability units), raw_shift (similarity units).
+    """
+    df = pd.read_csv(io.BytesIO(scores_csv))
+    ref = df[df["framing"] == reference].set_index("row")
+    out = df[df["framing"] != reference].copy()
+    out["shift"] = out["target_prob"].to_numpy() - ref.loc[out["row"], "target_prob"].to_numpy()
+    out["raw_shift"] = (
+        out["raw_similarity"].to_numpy() - ref.loc[out["row"], "raw_similarity"].to_numpy()
+    )
+    return out[["row", "framing", "target", "shift", "raw_shift"]].reset_index(drop=True)
+
+
+def subgroup_table(audit: dict[str, Any]) -> pd.DataFrame:
+    """Shift and flip statistics per framing x subgroup value (identifying columns left out)."""
+    rows = []
+    for name, comp in audit["comparisons"].items():
+        for column, cells in (comp.get("per_subgroup") or {}).items():
+            if is_identifying_column(column):
+                continue
+            for value, cell in cells.items():
+                rows.append(
+                    {
+                        "framing": name,
+                        "column": column,
+                        "value": value,
+                        "n": cell["n"],
+                        "mean shift [95% CI]": fmt_estimate(cell["mean_shift"], 4),
+                        "flip rate [95% CI]": fmt_estimate(cell["flip_rate"], 3),
+                        "tested": cell["tested"],
+                        "note": cell.get("reason", ""),
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "framing",
+            "column",
+            "value",
+            "n",
+            "mean shift [95% CI]",
+            "flip rate [95% CI]",
+            "tested",
+            "note",
+        ],
+    )
+
+
+def subgroup_calibration_table(audit: dict[str, Any]) -> pd.DataFrame:
+    """ECE and accuracy per subgroup value under each framing (identifying columns left out)."""
+    rows = []
+    for column, values in (audit.get("subgroup_calibration") or {}).items():
+        if is_identifying_column(column):
+            continue
+        for value, per_framing in values.items():
+            for framing, rec in per_framing.items():
+                rows.append(
+                    {
+                        "column": column,
+                        "value": value,
+                        "framing": framing,
+                        "n": rec.get("n"),
+                        "ECE": rec.get("ece"),
+                        "accuracy": rec.get("accuracy"),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["column", "value", "framing", "n", "ECE", "accuracy"])
+
+
+def per_class_table(audit: dict[str, Any]) -> pd.DataFrame:
+    """Shift and flip statistics per framing x target class."""
+    rows = []
+    for name, comp in audit["comparisons"].items():
+        for cls, cell in (comp.get("per_class") or {}).items():
+            rows.append(
+                {
+                    "framing": name,
+                    "class": cls,
+                    "n": cell["n"],
+                    "mean shift [95% CI]": fmt_estimate(cell["mean_shift"], 4),
+                    "flip rate [95% CI]": fmt_estimate(cell["flip_rate"], 3),
+                    "tested": cell["tested"],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def checks_table(audit: dict[str, Any]) -> pd.DataFrame:
+    """Every gate check: id, status, value, threshold, message."""
+    checks = audit["gate"]["checks"]
+    return pd.DataFrame(
+        [
+            {
+                "check": c["id"],
+                "status": c["status"],
+                "value": c.get("value"),
+                "threshold": c.get("threshold"),
+                "message": c.get("message", ""),
+            }
+            for c in checks
+        ],
+        columns=["check", "status", "value", "threshold", "message"],
+    )
+
+
+def hidden_subgroup_columns(audit: dict[str, Any]) -> list[str]:
+    """Subgroup columns of the audit withheld as identifying (names only)."""
+    cols = set(audit.get("subgroup_calibration") or {})
+    for comp in audit["comparisons"].values():
+        cols |= set(comp.get("per_subgroup") or {})
+    return sorted(c for c in cols if is_identifying_column(c))
