@@ -19,6 +19,7 @@ from domainclip.errors import DomainClipError
 _COMMAND_MODULES = (
     "domainclip.datasets.cli",
     "domainclip.models.cli",
+    "domainclip.explain.cli",
     "domainclip.dashboard.cli",
     "domainclip.evaluation.cli",
     "domainclip.audit.cli",

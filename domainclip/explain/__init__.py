@@ -1,0 +1,64 @@
+"""Explanations for image-text scores: Captum saliency, token attribution, sanity checks, overlays.
+
+    from domainclip.explain import ImageExplainer, prepare_image, token_attribution
+    inp = prepare_image(bb, "steel.png")
+    sal = ImageExplainer(bb).explain(inp.pixels, "a long scratch", method="gradcam")
+
+Names are re-exported lazily so `import domainclip.explain` (e.g. by the CLI) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_EXPORTS: dict[str, str] = {
+    "ExplainError": "errors",
+    "MethodNotApplicableError": "errors",
+    "PromptScorer": "forward",
+    "TextScorer": "forward",
+    "ModelInput": "inputs",
+    "prepare_image": "inputs",
+    "mask_to_view": "inputs",
+    "boxes_to_mask": "inputs",
+    "region_from_meta": "inputs",
+    "METHODS": "image",
+    "ImageExplainer": "image",
+    "SaliencyMap": "image",
+    "ContrastMap": "image",
+    "explain_image": "image",
+    "methods_for": "image",
+    "TokenAttribution": "text",
+    "token_attribution": "text",
+    "render_overlay": "render",
+    "save_map": "render",
+    "save_html": "render",
+    "Explainer": "sanity",
+    "method_explainer": "sanity",
+    "edge_map_control": "sanity",
+    "randomisation_check": "sanity",
+    "randomised_copy": "sanity",
+    "text_sensitivity_check": "sanity",
+    "deletion_insertion": "sanity",
+    "spearman": "sanity",
+    "Localisation": "localisation",
+    "localise": "localisation",
+    "pointing_game": "localisation",
+    "energy_in_mask": "localisation",
+    "random_map_baseline": "localisation",
+    "summarise": "localisation",
+    "ExplainSettings": "batch",
+    "explain_files": "batch",
+    "explain_manifest": "batch",
+    "load_model_or_backbone": "loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'domainclip.explain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"domainclip.explain.{module}"), name)

@@ -1,0 +1,123 @@
+"""Images, masks and boxes in the model's view (the resized, centre-cropped input it sees).
+
+Maps are computed at the model's input resolution. Masks and boxes come in original pixels, so
+they are sent through the backbone's own `preprocess_val` (the exact same resize and crop) and
+thresholded back to binary, rather than re-implementing its geometry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from domainclip.explain.errors import ExplainError
+from domainclip.models import Backbone
+
+
+@dataclass
+class ModelInput:
+    """One image prepared for a backbone.
+
+    Attributes:
+        pixels: [1, 3, S, S] normalised tensor on the backbone's device.
+        view: [S, S, 3] uint8, what the model sees (de-normalised pixels), for overlays.
+        original_size: (width, height) of the image before preprocessing.
+        path: source file, if any.
+    """
+
+    pixels: torch.Tensor
+    view: np.ndarray
+    original_size: tuple[int, int]
+    path: str | None = None
+
+
+def to_view(bb: Backbone, pixels: torch.Tensor) -> np.ndarray:
+    """[1 or none, 3, H, W] normalised -> [H, W, 3] uint8 RGB."""
+    x = pixels.detach().float().cpu().reshape(3, *pixels.shape[-2:])
+    mean = torch.tensor(bb.mean).view(3, 1, 1)
+    std = torch.tensor(bb.std).view(3, 1, 1)
+    rgb = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return (rgb * 255 + 0.5).astype(np.uint8)
+
+
+def prepare_image(bb: Backbone, image: str | os.PathLike[str] | Image.Image) -> ModelInput:
+    """Read (robustly, via `domainclip.datasets.load_image`) and preprocess one image.
+
+    Raises:
+        ImageReadError (a DomainClipError): the file is missing or does not decode.
+    """
+    from domainclip.datasets import load_image
+
+    path = None
+    if isinstance(image, Image.Image):
+        pil = image.convert("RGB")
+    else:
+        path = str(image)
+        pil = load_image(path)
+    pixels = bb.preprocess_val(pil).unsqueeze(0).to(bb.device)
+    return ModelInput(pixels=pixels, view=to_view(bb, pixels), original_size=pil.size, path=path)
+
+
+def mask_to_view(bb: Backbone, mask: np.ndarray) -> np.ndarray:
+    """Binary mask in original pixels [H0, W0] -> bool [S, S] aligned with the model input."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ExplainError(f"a mask must be 2-D (height, width), got shape {mask.shape}")
+    pil = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8)).convert("RGB")
+    x = bb.preprocess_val(pil)  # normalised; undo the normalisation of channel 0
+    value = x[0] * bb.std[0] + bb.mean[0]
+    return (value > 0.5).numpy()
+
+
+def boxes_to_mask(boxes: list, width: int, height: int) -> np.ndarray:
+    """Boxes [[xmin, ymin, xmax, ymax, (class)], ...] in pixels -> bool mask [height, width].
+
+    Coordinates follow the manifest convention (VOC-style inclusive pixel corners, clipped to the
+    image). An empty box list gives an all-False mask.
+    """
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        if len(box) < 4:
+            raise ExplainError(f"a box needs [xmin, ymin, xmax, ymax], got {box!r}")
+        x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(width - 1, x1), min(height - 1, y1)
+        if x1 >= x0 and y1 >= y0:
+            mask[y0 : y1 + 1, x0 : x1 + 1] = True
+    return mask
+
+
+def region_from_meta(
+    meta: dict[str, str], root: Path, original_size: tuple[int, int]
+) -> tuple[np.ndarray, str] | None:
+    """The ground-truth region of a manifest row in original pixels: (mask, "mask"|"boxes").
+
+    A pixel mask (meta `mask`, a PNG path relative to the manifest) wins over boxes (meta
+    `boxes`, JSON). None when the row has neither.
+    """
+    if meta.get("mask"):
+        path = (root / meta["mask"]).resolve()
+        try:
+            with Image.open(path) as im:
+                mask = np.asarray(im.convert("L")) > 0
+        except OSError as exc:
+            raise ExplainError(f"cannot read the mask {path}: {exc}") from exc
+        if mask.shape != (original_size[1], original_size[0]):
+            raise ExplainError(
+                f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{original_size[0]}x{original_size[1]}"
+            )
+        return mask, "mask"
+    if meta.get("boxes"):
+        try:
+            boxes = json.loads(meta["boxes"])
+        except json.JSONDecodeError as exc:
+            raise ExplainError(f"meta 'boxes' is not JSON: {meta['boxes'][:80]!r}") from exc
+        return boxes_to_mask(boxes, *original_size), "boxes"
+    return None
