@@ -88,6 +88,7 @@ def plan_interpolation(base: Backbone, ft: Backbone) -> InterpolationPlan:
     if head is not None:
         if isinstance(getattr(head, "alpha", None), float):
             plan.head_alpha = head.alpha
+            plan.n_changed += 1
             plan.notes.append("Tip-Adapter cache weight alpha scaled with the interpolation weight")
         else:
             plan.notes.append(
