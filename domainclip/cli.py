@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "domainclip.dashboard.cli",
     "domainclip.evaluation.cli",
     "domainclip.audit.cli",
+    "domainclip.finetune.cli",
 )
 
 

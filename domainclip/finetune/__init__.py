@@ -1,0 +1,35 @@
+"""Fine-tuning: LoRA / CLIP-Adapter / Tip-Adapter / linear probe / full fine-tuning of a Backbone.
+
+    from domainclip.finetune import load_config, finetune, load_model
+    cfg = load_config("configs/demo_synthetic_lora.yaml", ["data.manifest=/tmp/syn/manifest.csv"])
+    result = finetune(cfg, "runs/demo")          # RunResult: run_dir, best_metrics, params, timings
+    bb = load_model(result.run_dir)              # Backbone with the adapters applied
+
+Names are imported lazily so `import domainclip.finetune.config` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "FinetuneConfig": "config",
+    "load_config": "config",
+    "RunResult": "run",
+    "finetune": "run",
+    "load_model": "model",
+    "export_merged": "model",
+    "is_run_dir": "model",
+    "CheckpointError": "errors",
+    "TrainingDiverged": "errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'domainclip.finetune' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"domainclip.finetune.{module}"), name)

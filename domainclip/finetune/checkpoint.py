@@ -1,0 +1,208 @@
+"""Run directory and crash-safe checkpoints.
+
+    RUN/config.yaml                      resolved config
+    RUN/metrics.jsonl                    one JSON object per event
+    RUN/tb/                              TensorBoard events
+    RUN/checkpoints/{last,best}/         image_lora/ text_lora/ (peft), heads.safetensors,
+                                         method.json, state.pt (resume; last only), meta.json
+    RUN/result.json                      summary of a finished run
+
+A checkpoint is written into a temporary sibling directory, every file fsynced, then swapped in
+with two renames (old -> .old-NAME, tmp -> NAME) and the old one removed. `meta.json` is written
+last, so a directory without it is incomplete. A kill at any moment therefore leaves either NAME
+or .old-NAME complete, and `checkpoint_dir` finds whichever it is. An error while writing (disk
+full) removes only the temporary directory: the previous checkpoint is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from domainclip.finetune.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directory fsync makes renames durable; skipped where unsupported)."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via temp file + fsync + os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def _complete(d: Path) -> bool:
+    return (d / META_FILE).is_file()
+
+
+def checkpoint_dir(run_dir: Path, name: str) -> Path:
+    """The complete checkpoint `name` ("last"/"best") of a run, surviving an interrupted swap.
+
+    Raises:
+        CheckpointError: no complete checkpoint of that name exists.
+    """
+    ckpts = Path(run_dir) / "checkpoints"
+    for cand in (ckpts / name, ckpts / f".old-{name}"):
+        if cand.is_dir() and _complete(cand):
+            return cand
+    have = sorted(p.name for p in ckpts.iterdir() if _complete(p)) if ckpts.is_dir() else []
+    raise CheckpointError(
+        f"{run_dir}: no complete checkpoint {name!r}"
+        + (f" (available: {', '.join(have)})" if have else " (the run wrote no checkpoint yet)")
+    )
+
+
+def write_checkpoint(
+    run_dir: Path,
+    name: str,
+    save_weights: Callable[[Path], None],
+    meta: dict[str, Any],
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically (re)write checkpoint `name`.
+
+    Args:
+        save_weights: writes adapters/heads into the directory it is given.
+        meta: JSON-serialisable summary (step, metrics); written last, marks completeness.
+        state: resume state for state.pt (optimizer, scheduler, RNG, position), or None.
+
+    Raises:
+        CheckpointError: writing failed (e.g. disk full); the previous checkpoint is intact.
+    """
+    ckpts = Path(run_dir) / "checkpoints"
+    ckpts.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpts))
+    try:
+        save_weights(tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                fsync_path(f)
+        atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, default=float))
+        for d in sorted({f.parent for f in tmp.rglob("*")} | {tmp}):
+            fsync_path(d)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
+        raise CheckpointError(
+            f"could not write checkpoint {name!r} in {ckpts}: {what}. The previous checkpoint is "
+            "intact; free space (or pick another --out) and resume with --resume."
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, ckpts / name)
+    return ckpts / name
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        if old.exists():
+            if _complete(final):
+                shutil.rmtree(old)
+            else:  # an earlier swap was interrupted after moving the good one aside
+                shutil.rmtree(final)
+        if final.exists():
+            final.rename(old)
+    tmp.rename(final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    """state.pt of a checkpoint (weights_only: no arbitrary code runs while loading)."""
+    path = ckpt / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt} has no {STATE_FILE}: it cannot be resumed from")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((ckpt / META_FILE).read_text())
+
+
+def cleanup_temp(run_dir: Path) -> None:
+    """Remove temporary directories left by a killed writer."""
+    ckpts = Path(run_dir) / "checkpoints"
+    if ckpts.is_dir():
+        for d in ckpts.glob(".tmp-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state (tensors and plain Python values only, so state.pt loads with weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(_tuplify(state["python"])))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), *n[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x: Any) -> Any:
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,316 @@
+"""`finetune(config, out_dir, resume=False) -> RunResult`: one complete fine-tuning run.
+
+Order of work: processes and device -> seeds -> run directory (refuse to clobber, or check the
+config of the run being resumed) -> backbone -> method -> data -> frozen-feature cache ->
+step loop (or head fitting) -> result.json. Every part lives in its own module; this one only
+wires them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from domainclip.finetune import checkpoint as ckpt
+from domainclip.finetune.adaptation import Adaptation, prepare
+from domainclip.finetune.config import FinetuneConfig, config_diff
+from domainclip.finetune.data import (
+    CachedFeatures,
+    Splits,
+    fingerprint_state,
+    load_or_compute,
+    load_splits,
+)
+from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
+from domainclip.finetune.errors import CheckpointError
+from domainclip.finetune.runlog import RunLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """Summary of a finished run (also written as RUN/result.json)."""
+
+    run_dir: Path
+    method: str
+    best_metrics: dict[str, float]
+    best_step: int
+    steps: int
+    trainable_params: int
+    total_params: int
+    trainable_fraction: float
+    wall_seconds: float
+    train_seconds: float
+    cache_seconds: float
+    initial_metrics: dict[str, float] = field(default_factory=dict)
+    skipped_batches: int = 0
+    skipped_images: int = 0
+    stopped_early: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+def resolve_device(spec: str, dist: DistInfo) -> torch.device:
+    """'auto' -> cuda (this process's local GPU) when available, else cpu."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            from domainclip.errors import ConfigError
+
+            raise ConfigError(
+                f"backbone.device={spec} but CUDA is not available here; use cpu or auto"
+            )
+        if device.index is None:
+            device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Seed every RNG. Deterministic mode matters on CUDA (cuBLAS/cuDNN kernel choice); the CPU
+    kernels used here are deterministic for a fixed thread count (the resume test checks it), and
+    switching the flag on imports torch's compiler stack (~3 s), so it is only set for CUDA."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path | None:
+    """Check/create the run dir. Returns the checkpoint to resume from (None for a fresh run)."""
+    cfg_path = run_dir / ckpt.CONFIG_FILE
+    if not resume:
+        if (run_dir / "checkpoints").exists() or cfg_path.exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run. Continue it with --resume, or choose another --out."
+            )
+        return None
+    if not cfg_path.is_file():
+        raise CheckpointError(f"--resume: {run_dir} is not a run directory (no {ckpt.CONFIG_FILE})")
+    saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    diff = config_diff(saved, cfg.to_dict())
+    if diff:
+        raise CheckpointError(
+            f"--resume: the config differs from the one {run_dir} was started with:\n  "
+            + "\n  ".join(diff)
+            + "\nResume with the original config (same --set options), or start a new run with --out."
+        )
+    try:
+        return ckpt.checkpoint_dir(run_dir, "last")
+    except CheckpointError:
+        log.info("%s has no checkpoint yet: starting from scratch in it", run_dir)
+        return None
+
+
+def _image_cache(
+    cfg: FinetuneConfig, adapt: Adaptation, splits: Splits, device: torch.device
+) -> dict[str, CachedFeatures] | None:
+    """Frozen image-tower outputs for train and val, or None when the image tower is trained."""
+    locked = adapt.modes["image"] == "locked"
+    mode = cfg.train.cache_features
+    if mode == "on" and not locked:
+        from domainclip.errors import ConfigError
+
+        raise ConfigError(
+            "train.cache_features=on needs a locked image tower (method.image_tower=locked)"
+        )
+    if not locked or (mode == "off" and cfg.needs_training):
+        return None
+    bb = adapt.bb
+    # The backbone's own eval transform: `domainclip evaluate` embeds with it too, so features seen
+    # in training and in evaluation are identical.
+    transform = bb.preprocess_val
+    desc = f"preprocess_val|{bb.image_size}|{tuple(bb.mean)}|{tuple(bb.std)}"
+    image_state = {
+        k: v
+        for k, v in adapt.base.state_dict().items()
+        if k.startswith(adapt.layout.image_prefixes)
+    }
+    fp = fingerprint_state(image_state) if cfg.train.feature_cache_dir else ""
+    out = {}
+    for name, split in (("train", splits.train), ("val", splits.val)):
+        out[name] = load_or_compute(
+            split,
+            adapt.pooled_image,
+            cfg.train.feature_cache_dir,
+            fp,
+            desc,
+            transform=transform,
+            device=device,
+            batch_size=64,
+            num_workers=cfg.data.num_workers,
+            progress=cfg.train.progress,
+            desc=f"caching {name} image features",
+        )
+    return out
+
+
+def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
+    """Run one fine-tuning job described by `config` into `out_dir` (see module docstring).
+
+    Args:
+        config: a resolved config (`load_config`).
+        out_dir: the run directory (created; must not hold a run unless resume=True).
+        resume: continue the run in out_dir from its last checkpoint (same config required).
+
+    Returns:
+        RunResult with the run directory, best validation metrics, parameter counts and timings.
+
+    Raises:
+        ConfigError / DataError / CheckpointError / TrainingDiverged with an actionable message.
+    """
+    from domainclip.models import load_backbone
+
+    t0 = time.perf_counter()
+    cfg = config
+    run_dir = Path(out_dir)
+    kind = (
+        "cuda"
+        if cfg.backbone.device.startswith("cuda")
+        or (cfg.backbone.device == "auto" and torch.cuda.is_available())
+        else "cpu"
+    )
+    dist = init_from_env(kind)
+    try:
+        device = resolve_device(cfg.backbone.device, dist)
+        seed_everything(cfg.train.seed, cfg.train.deterministic, device)
+        resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
+        barrier(dist)
+        if dist.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.cleanup_temp(run_dir)
+            ckpt.atomic_write_text(
+                run_dir / ckpt.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            )
+        bb = load_backbone(cfg.backbone.spec, device=device)
+        torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on how the backbone was built
+        if cfg.needs_training:
+            adapt = prepare(bb, cfg.method, checkpoint=resume_ckpt, trainable=True)
+        else:
+            adapt = prepare(bb, cfg.method, trainable=False)
+        splits = load_splits(cfg.data, cfg.train.seed)
+        prompts = _prompts(cfg, splits)
+        counts = adapt.parameter_counts()
+        log.info(
+            "%s: %d trainable of %d parameters (%.3f%%)",
+            cfg.method.name,
+            counts["trainable"],
+            counts["total"],
+            100 * counts["fraction"],
+        )
+        tc = time.perf_counter()
+        cache = _image_cache(cfg, adapt, splits, device)
+        cache_s = time.perf_counter() - tc
+        meta = {"method": cfg.method.name, "parameters": counts}
+        if cfg.needs_training:
+            result = _train(
+                cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta
+            )
+        else:
+            result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
+        result.update(
+            run_dir=run_dir,
+            method=cfg.method.name,
+            trainable_params=int(counts["trainable"]),
+            total_params=int(counts["total"]),
+            trainable_fraction=float(counts["fraction"]),
+            wall_seconds=time.perf_counter() - t0,
+            cache_seconds=cache_s,
+        )
+        rr = RunResult(**result)
+        if dist.is_main:
+            ckpt.atomic_write_text(
+                run_dir / "result.json", json.dumps(rr.to_dict(), indent=2, default=float)
+            )
+        barrier(dist)
+        return rr
+    finally:
+        shutdown(dist)
+
+
+def _prompts(cfg: FinetuneConfig, splits: Splits):
+    if not cfg.eval.prompts:
+        return None
+    from domainclip.evaluation.prompts import load_prompt_set
+
+    ps = load_prompt_set(cfg.eval.prompts)
+    if not ps.multi_label:
+        ps.class_texts(splits.classes)  # fails early, listing uncovered classes
+    return ps
+
+
+def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta) -> dict:
+    from domainclip.datasets.transforms import build_transform
+    from domainclip.finetune.trainer import Trainer
+
+    bb = adapt.bb
+    if adapt.modes["image"] != "locked" and bb.image_arch == "cnn" and cfg.backbone.channels_last:
+        adapt.base.visual.to(memory_format=torch.channels_last)
+    transforms = {
+        "train": build_transform(
+            cfg.data.augment, bb.image_size, bb.mean, bb.std, train=True, seed=cfg.train.seed
+        ),
+        "val": bb.preprocess_val,
+    }
+    state = ckpt.load_state(resume_ckpt) if resume_ckpt is not None else None
+    runlog = RunLog(
+        run_dir, resume_step=state["loop"]["step"] if state else None, enabled=dist.is_main
+    )
+    try:
+        trainer = Trainer(
+            cfg, adapt, splits, cache, transforms, run_dir, dist, device, runlog, prompts, meta
+        )
+        if state is not None:
+            trainer.resume_from(state)
+            log.info("resumed %s at step %d", run_dir, trainer.state.step)
+        s = trainer.fit()
+    finally:
+        runlog.close()
+    return {
+        "best_metrics": s.best_metrics,
+        "initial_metrics": s.initial_metrics,
+        "best_step": s.best_step,
+        "steps": s.step,
+        "train_seconds": s.train_seconds,
+        "skipped_batches": s.skipped_batches,
+        "skipped_images": s.skipped_images,
+        "stopped_early": bool(cfg.eval.patience and s.bad_evals >= cfg.eval.patience),
+    }
+
+
+def _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta) -> dict:
+    from domainclip.finetune.closed_form import fit_head
+
+    t = time.perf_counter()
+    metrics, info = fit_head(cfg, adapt, splits, cache, prompts, device, run_dir, meta)
+    runlog = RunLog(run_dir, tensorboard=True)
+    runlog.event("val", 0, **metrics, **{f"fit_{k}": v for k, v in info.items()})
+    runlog.close()
+    return {
+        "best_metrics": metrics,
+        "best_step": 0,
+        "steps": 0,
+        "train_seconds": time.perf_counter() - t,
+        "skipped_images": cache["train"].n_failed + cache["val"].n_failed,
+        "info": info,
+    }

@@ -1,0 +1,553 @@
+"""The training loop for the gradient-based methods (LoRA, full, locked-image, CLIP-Adapter, Tip-F*).
+
+Small parts, one job each:
+  `StepModule`   pure feature computation of one micro-batch (what DDP wraps);
+  `Trainer.fit`  steps -> (log, checkpoint, validate, early stop);
+  `_train_step`  `accumulate` micro-batches, NaN guard, clip, optimizer/scheduler step.
+(*Tip-Adapter-F trains its cache keys in closed form over cached features: see methods/tip_adapter.)
+
+An epoch is `len(batches) // accumulate` optimizer steps (leftover micro-batches are dropped), so
+checkpoints and evaluations always fall on step boundaries and the resume position is just
+(epoch, step in epoch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from domainclip.errors import ConfigError
+from domainclip.finetune import checkpoint as ckpt
+from domainclip.finetune.adaptation import Adaptation
+from domainclip.finetune.config import FinetuneConfig
+from domainclip.finetune.data import CachedFeatures, GlobalBatches, Splits, image_batches
+from domainclip.finetune.distributed import DistInfo, gather_features, gather_objects
+from domainclip.finetune.errors import TrainingDiverged
+from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
+from domainclip.finetune.optim import build_optimizer, build_scheduler
+from domainclip.finetune.runlog import RunLog
+from domainclip.finetune.validate import ValFeatures, class_texts, validation_metrics
+
+log = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = {"loss"}
+
+
+@dataclass
+class TrainState:
+    """Everything about the loop's position that a resume needs (weights/optimizer aside)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_value: float | None = None
+    best_step: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    initial_metrics: dict[str, float] = field(default_factory=dict)
+    bad_evals: int = 0
+    skipped_batches: int = 0
+    skipped_images: int = 0
+    last_eval_step: int = -1
+    train_seconds: float = 0.0
+
+
+class StepModule(nn.Module):
+    """Features of one micro-batch (DDP wraps this, so gradient sync sees every trained module).
+
+    forward(pooled_image=[b,Dpre] | pixels=[b,3,H,W], text_ids=[u,L] | pooled_text=[u,Dpre])
+        -> (image_feats [b,D], text_feats [u,D], logit_scale scalar), features unnormalised.
+    """
+
+    def __init__(self, adapt: Adaptation) -> None:
+        super().__init__()
+        self.model = adapt.model  # registered: its parameters are the ones DDP synchronises
+        object.__setattr__(self, "adapt", adapt)  # not a submodule (same parameters)
+
+    def forward(
+        self,
+        pooled_image: torch.Tensor | None = None,
+        pixels: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        pooled_text: torch.Tensor | None = None,
+    ):
+        a = self.adapt
+        img = (
+            a.image_from_pooled(pooled_image)
+            if pooled_image is not None
+            else a.model.encode_image(pixels)
+        )
+        txt = (
+            a.text_from_pooled(pooled_text)
+            if pooled_text is not None
+            else a.model.encode_text(text_ids)
+        )
+        return img, txt, a.model.logit_scale
+
+
+class Trainer:
+    """Runs the loop for one Adaptation on prepared data (see module docstring).
+
+    Args:
+        cfg: resolved config; adapt: the prepared model; splits: train/val data.
+        image_cache: pooled frozen-image features per split ("train"/"val"), or None to decode
+            images every step (image tower trained, or cache off).
+        image_transforms: {"train": augmenting transform, "val": eval transform}.
+        run_dir, dist, device, runlog: where to write, process placement, device, event log.
+    """
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        adapt: Adaptation,
+        splits: Splits,
+        image_cache: dict[str, CachedFeatures] | None,
+        image_transforms: dict[str, Any],
+        run_dir: Path,
+        dist: DistInfo,
+        device: torch.device,
+        runlog: RunLog,
+        prompts=None,
+        meta: dict | None = None,
+    ) -> None:
+        self.cfg, self.adapt, self.splits = cfg, adapt, splits
+        self.image_cache, self.transforms = image_cache, image_transforms
+        self.run_dir, self.dist, self.device, self.runlog = run_dir, dist, device, runlog
+        self.prompts, self.meta = prompts, dict(meta or {})
+        t = cfg.train
+        self.sampler = GlobalBatches(len(splits.train), t.batch_size, t.seed, dist.rank, dist.world)
+        acc = cfg.optim.accumulate
+        if acc > len(self.sampler):
+            raise ConfigError(
+                f"optim.accumulate={acc} exceeds the {len(self.sampler)} batches of one epoch; lower it "
+                "or train.batch_size"
+            )
+        self.steps_per_epoch = len(self.sampler) // acc
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.params = adapt.trainable_parameters()
+        if not self.params:
+            raise ConfigError(
+                "nothing to train: every tower is locked and projections/logit scale are frozen"
+            )
+        self.optimizer = build_optimizer(self.params, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim)
+        self.step_module = StepModule(adapt)
+        self.ddp = self._wrap_ddp()
+        self.text_cache: dict[str, torch.Tensor] = {}
+        self.state = TrainState()
+        self.precision = _precision(cfg.backbone.precision, device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self._cache_pos = self._cache_positions()
+
+    # ------------------------------------------------------------------ setup helpers
+    def _wrap_ddp(self) -> nn.Module:
+        if not self.dist.enabled:
+            return self.step_module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
+
+    def _cache_positions(self) -> torch.Tensor | None:
+        """split row -> row of the train cache (-1: image unreadable, not cached)."""
+        if not self.image_cache:
+            return None
+        c = self.image_cache["train"]
+        pos = torch.full((len(self.splits.train),), -1, dtype=torch.long)
+        pos[c.rows] = torch.arange(len(c.rows))
+        return pos
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Restore optimizer, scheduler, RNG and loop position from a state.pt dict."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.state = TrainState(**state["loop"])
+        ckpt.set_rng_state(state["rng"])
+
+    def _autocast(self):
+        """Mixed precision context (bf16 on CUDA by default; fp32 = no autocast)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ------------------------------------------------------------------ features
+    def _text_features(self, texts: list[str]) -> torch.Tensor:
+        """Unique texts -> input for StepModule (ids, or cached pooled features if text is locked)."""
+        if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "off":
+            missing = [t for t in texts if t not in self.text_cache]
+            if missing:
+                ids = self.adapt.bb.tokenizer(missing).to(self.device)
+                pooled = self.adapt.pooled_text(ids).float()
+                self.text_cache.update(zip(missing, pooled, strict=True))
+            return torch.stack([self.text_cache[t] for t in texts])
+        return self.adapt.bb.tokenizer(texts).to(self.device)
+
+    def _micro_loss(self, item: tuple | None) -> torch.Tensor | None:
+        """Loss of one micro-batch over the global batch, or None when it is skipped.
+
+        item: (split rows, pixels or None for cached features), or None when every image failed.
+        Every process takes part in the size exchange, so all of them skip or none does.
+        """
+        split = self.splits.train
+        rows, pixels = item if item is not None else ([], None)
+        kw: dict[str, Any] = {}
+        if item is not None and pixels is None:
+            pos = self._cache_pos[rows]
+            self.state.skipped_images += int((pos < 0).sum())
+            rows = [r for r, p in zip(rows, pos.tolist(), strict=True) if p >= 0]
+            kw["pooled_image"] = self.image_cache["train"].feats[pos[pos >= 0]].to(self.device)
+        elif pixels is not None:
+            kw["pixels"] = pixels.to(
+                self.device, memory_format=_memory_format(self.adapt, self.cfg)
+            )
+        sizes = gather_objects(len(rows), self.dist)
+        if min(sizes) == 0 or sum(sizes) < 2:  # a slice without pairs, or no negative at all
+            return None
+        texts = [split.texts[r] for r in rows]
+        uniq = list(dict.fromkeys(texts))
+        text_in = self._text_features(uniq)
+        kw["pooled_text" if text_in.is_floating_point() else "text_ids"] = text_in
+        with self._autocast():
+            img, txt_u, log_scale = self.ddp(**kw)
+            where = {t: i for i, t in enumerate(uniq)}
+            txt = txt_u[[where[t] for t in texts]]
+            img = _gather_padded(F.normalize(img.float(), dim=-1), sizes, self.dist)
+            txt = _gather_padded(F.normalize(txt.float(), dim=-1), sizes, self.dist)
+            all_texts = sum(gather_objects(texts, self.dist), [])
+            all_labels = sum(gather_objects([split.labels[r] for r in rows], self.dist), [])
+            scale = log_scale.float().exp().clamp(max=self.cfg.loss.max_logit_scale)
+            pos_mask = positive_mask(all_texts, all_labels, self.cfg.loss.positives, img.device)
+            loss = multi_positive_loss(img, txt, scale, pos_mask)
+            if self.cfg.loss.supervised_weight > 0:
+                loss = loss + self.cfg.loss.supervised_weight * self._supervised(
+                    img, all_labels, scale
+                )
+        return loss
+
+    def _supervised(
+        self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor
+    ) -> torch.Tensor:
+        ct = class_texts(self.prompts, self.splits.classes)
+        prompts = list(dict.fromkeys(t for ts in ct.values() for t in ts))
+        feats = F.normalize(
+            self.adapt.model.encode_text(self.adapt.bb.tokenizer(prompts).to(self.device)).float(),
+            dim=-1,
+        )
+        where = {t: i for i, t in enumerate(prompts)}
+        W = F.normalize(
+            torch.stack([feats[[where[t] for t in ts]].mean(0) for ts in ct.values()]), dim=-1
+        )
+        lookup = {c: i for i, c in enumerate(self.splits.classes)}
+        y = torch.tensor(
+            [lookup.get(lab[0], -1) if lab else -1 for lab in labels], device=img.device
+        )
+        return supervised_loss(img, W, scale, y)
+
+    # ------------------------------------------------------------------ one step
+    def _micro_batches(self, epoch: int, start_step: int):
+        """Yield (step_in_epoch, [(rows, pixels | None) or None for a failed batch] * accumulate)."""
+        acc = self.cfg.optim.accumulate
+        batches = self.sampler.epoch(epoch)[start_step * acc : self.steps_per_epoch * acc]
+        if self.image_cache:
+            stream = ((b, None) for b in batches)
+        else:
+            stream = (
+                None if batch is None else (batch["rows"], batch["image"])
+                for batch in image_batches(
+                    self.splits.train,
+                    self.transforms["train"],
+                    batches,
+                    self.cfg.train.seed,
+                    epoch,
+                    self.cfg.data.num_workers,
+                )
+            )
+        group: list = []
+        step = start_step
+        for item in stream:
+            group.append(item)
+            if len(group) == acc:
+                yield step, group
+                group, step = [], step + 1
+
+    def _train_step(self, group: list) -> float | None:
+        """One optimizer step over `accumulate` micro-batches. Returns the mean loss (None: all skipped)."""
+        acc = len(group)
+        self.adapt.set_train(True)
+        losses = []
+        for item in group:
+            # No DDP no_sync() for accumulation: a skipped last micro-batch would leave gradients
+            # unsynchronised; syncing every micro-batch costs only communication.
+            loss = self._micro_loss(item)
+            if loss is None:
+                self.state.skipped_batches += 1
+                log.warning(
+                    "step %d: a batch without usable pairs (unreadable images) was skipped",
+                    self.state.step + 1,
+                )
+                continue
+            if not torch.isfinite(loss):
+                self._diverged(f"the loss became {float(loss)}")
+            scaled = loss / acc
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            losses.append(float(loss.detach()))
+        if losses:
+            if self.scaler:
+                self.scaler.unscale_(self.optimizer)
+            norm = _grad_norm(self.params.values(), self.cfg.optim.grad_clip)
+            if not math.isfinite(norm):
+                self._diverged(f"the gradient norm became {norm}")
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return sum(losses) / len(losses) if losses else None
+
+    def _diverged(self, what: str) -> None:
+        """Stop: keep the last good weights (not yet touched by this step) as checkpoints/last."""
+        step = self.state.step
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        where = self._save("last", with_state=True, reason="diverged")
+        raise TrainingDiverged(
+            f"{what} at step {step + 1} (learning rate {lr:.3g}). Training stopped; the last good "
+            f"weights (after step {step}) are in {where}. Lower the learning rate, e.g. "
+            f"--set optim.lr={self.cfg.optim.lr / 10:g}, or check the data for broken pairs."
+        )
+
+    # ------------------------------------------------------------------ validation
+    def _val_image_features(self) -> ValFeatures:
+        a = self.adapt
+        if self.image_cache:
+            c = self.image_cache["val"]
+            with torch.no_grad(), self._autocast():
+                f = torch.cat(
+                    [
+                        a.image_from_pooled(c.feats[i : i + 1024].to(self.device)).float()
+                        for i in range(0, len(c.feats), 1024)
+                    ]
+                )
+            return ValFeatures(F.normalize(f, dim=-1).cpu(), c.rows.tolist())
+        split = self.splits.val
+        order = list(range(len(split)))
+        bs = self.cfg.train.batch_size
+        feats, rows = [], []
+        it = image_batches(
+            split,
+            self.transforms["val"],
+            [order[i : i + bs] for i in range(0, len(order), bs)],
+            0,
+            0,
+            self.cfg.data.num_workers,
+        )
+        with torch.no_grad(), self._autocast():
+            for batch in it:
+                if batch is None:
+                    continue
+                pix = batch["image"].to(self.device, memory_format=_memory_format(a, self.cfg))
+                feats.append(a.model.encode_image(pix).float().cpu())
+                rows += batch["rows"]
+        return ValFeatures(F.normalize(torch.cat(feats), dim=-1), rows)
+
+    @torch.no_grad()
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        with self._autocast():
+            if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "off":
+                return self.adapt.text_from_pooled(self._text_features(texts)).float().cpu()
+            return (
+                self.adapt.model.encode_text(self.adapt.bb.tokenizer(texts).to(self.device))
+                .float()
+                .cpu()
+            )
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics of the current weights (every process computes the same numbers)."""
+        self.adapt.set_train(False)
+        t0 = time.perf_counter()
+        metrics = validation_metrics(
+            self.adapt,
+            self.splits.val,
+            self._val_image_features(),
+            self._encode_texts,
+            self.prompts,
+            self.cfg.loss.positives,
+            self.cfg.train.batch_size,
+            self.cfg.loss.max_logit_scale,
+        )
+        metrics["seconds"] = time.perf_counter() - t0
+        metrics["logit_scale"] = float(self.adapt.model.logit_scale.detach().float().exp())
+        return metrics
+
+    def _after_eval(self, metrics: dict[str, float]) -> bool:
+        """Record best, write checkpoints. Returns True when early stopping triggers."""
+        s, name = self.state, self.cfg.eval.metric
+        if name not in metrics:
+            raise ConfigError(
+                f"eval.metric={name} is not available on this data (the val rows have no labels or "
+                f"the prompt set is multi-label); available: {', '.join(sorted(k for k in metrics if k != 'n'))}"
+            )
+        value = metrics[name]
+        lower = name in LOWER_IS_BETTER
+        better = s.best_value is None or (value < s.best_value if lower else value > s.best_value)
+        s.last_eval_step = s.step
+        self.runlog.event("val", s.step, epoch=s.epoch, **metrics)
+        log.info(
+            "step %d: val %s",
+            s.step,
+            ", ".join(
+                f"{k} {v:.4f}"
+                for k, v in metrics.items()
+                if k in ("loss", "zero_shot_acc", "t2i_R@1", "i2t_R@1")
+            ),
+        )
+        if better:
+            s.best_value, s.best_step, s.bad_evals = value, s.step, 0
+            s.best_metrics = {k: float(v) for k, v in metrics.items()}
+            self._save("best", with_state=False, reason="best")
+        else:
+            s.bad_evals += 1
+        self._save("last", with_state=True, reason="eval")
+        patience = self.cfg.eval.patience
+        return bool(patience and s.bad_evals >= patience)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, name: str, with_state: bool, reason: str) -> Path:
+        """Write checkpoint `name` (rank 0 only; others return the path)."""
+        path = self.run_dir / "checkpoints" / name
+        if not self.dist.is_main:
+            return path
+        state = None
+        if with_state:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "loop": asdict(self.state),
+                "rng": ckpt.rng_state(),  # ranks share seeds and RNG use: rank 0's serves all
+                "config": self.cfg.to_dict(),
+                "world": self.dist.world,
+            }
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+        meta = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "reason": reason,
+            "best_step": self.state.best_step,
+            "best_metrics": self.state.best_metrics,
+            **self.meta,
+        }
+        return ckpt.write_checkpoint(self.run_dir, name, self.adapt.save, meta, state)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainState:
+        """Train until total_steps (or early stop). Returns the final loop state."""
+        from tqdm.auto import tqdm
+
+        s, t = self.state, self.cfg.train
+        bar = tqdm(
+            total=self.total_steps,
+            initial=s.step,
+            desc="fine-tuning",
+            disable=not (t.progress and self.dist.is_main),
+        )
+        stop = False
+        t_start = time.perf_counter() - s.train_seconds
+        if s.step == 0 and self.cfg.eval.at_start:
+            metrics = self.evaluate()
+            s.initial_metrics = {k: float(v) for k, v in metrics.items()}
+            stop = self._after_eval(metrics)
+        while s.step < self.total_steps and not stop:
+            for step_in_epoch, group in self._micro_batches(s.epoch, s.step_in_epoch):
+                loss = self._train_step(group)
+                s.step += 1
+                s.step_in_epoch = step_in_epoch + 1
+                s.train_seconds = time.perf_counter() - t_start
+                bar.update(1)
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if s.step % t.log_every == 0 or s.step == 1:
+                    self.runlog.event(
+                        "train",
+                        s.step,
+                        epoch=s.epoch,
+                        loss=loss if loss is not None else float("nan"),
+                        lr=self.optimizer.param_groups[0]["lr"],
+                        skipped_batches=s.skipped_batches,
+                        skipped_images=s.skipped_images,
+                    )
+                if (
+                    s.step_in_epoch == self.steps_per_epoch
+                ):  # epoch done: next position is a new epoch
+                    s.epoch, s.step_in_epoch = s.epoch + 1, 0
+                    if not self.cfg.eval.every_steps and s.epoch % self.cfg.eval.every_epochs == 0:
+                        stop = self._after_eval(self.evaluate())
+                if self.cfg.eval.every_steps and s.step % self.cfg.eval.every_steps == 0:
+                    stop = self._after_eval(self.evaluate())
+                if (
+                    t.checkpoint_every
+                    and s.step % t.checkpoint_every == 0
+                    and s.last_eval_step != s.step
+                ):
+                    self._save("last", with_state=True, reason="periodic")
+                if stop or s.step >= self.total_steps:
+                    break
+        bar.close()
+        if s.last_eval_step != s.step:
+            self._after_eval(self.evaluate())
+        if stop:
+            log.info(
+                "early stopping at step %d: no improvement of %s for %d evaluations",
+                s.step,
+                self.cfg.eval.metric,
+                s.bad_evals,
+            )
+        return s
+
+
+def _gather_padded(x: torch.Tensor, sizes: list[int], dist: DistInfo) -> torch.Tensor:
+    """All-gather [b_r, D] slices of different sizes (with gradients): pad, gather, unpad."""
+    if not dist.enabled:
+        return x
+    m = max(sizes)
+    padded = torch.cat([x, x.new_zeros(m - len(x), *x.shape[1:])]) if len(x) < m else x
+    full = gather_features(padded, dist)
+    return torch.cat([full[r * m : r * m + n] for r, n in enumerate(sizes)])
+
+
+def _grad_norm(params, clip: float) -> float:
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return 0.0
+    if clip > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, clip))
+    return float(
+        torch.linalg.vector_norm(torch.stack([p.grad.detach().float().norm() for p in params]))
+    )
+
+
+def _precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _memory_format(adapt: Adaptation, cfg: FinetuneConfig) -> torch.memory_format:
+    if cfg.backbone.channels_last and adapt.bb.image_arch == "cnn":
+        return torch.channels_last
+    return torch.contiguous_format

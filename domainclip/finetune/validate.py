@@ -1,0 +1,134 @@
+"""Per-epoch validation of a training run: loss, zero-shot accuracy, retrieval.
+
+Uses the evaluation helpers (prompt sets, class embeddings, duplicate-aware retrieval), so the
+numbers logged during training are computed exactly like `domainclip evaluate` computes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from domainclip.evaluation.prompts import PromptSet
+from domainclip.evaluation.retrieval import retrieval_metrics
+from domainclip.evaluation.zeroshot import class_embeddings
+from domainclip.finetune.adaptation import Adaptation
+from domainclip.finetune.data import SplitData
+from domainclip.finetune.losses import multi_positive_loss, positive_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValFeatures:
+    """Normalised val image features [N, D] and the split rows they belong to (readable images)."""
+
+    image: torch.Tensor
+    rows: list[int]
+
+
+def class_texts(prompts: PromptSet | None, classes: list[str]) -> dict[str, list[str]]:
+    """Prompts per class; without a prompt set, the class name itself (underscores as spaces)."""
+    if prompts is None:
+        return {c: [c.replace("_", " ").replace("-", " ")] for c in classes}
+    return prompts.class_texts(classes)
+
+
+def encoder_for(adapt: Adaptation, device: torch.device) -> Callable[[list[str]], torch.Tensor]:
+    """texts -> [n, D] unnormalised features with the adapted model (no grad, on the CPU)."""
+
+    @torch.no_grad()
+    def encode(texts: list[str]) -> torch.Tensor:
+        ids = adapt.bb.tokenizer(texts).to(device)
+        return adapt.model.encode_text(ids).float().cpu()
+
+    return encode
+
+
+@torch.no_grad()
+def encode_texts_unique(
+    encode: Callable[[list[str]], torch.Tensor], texts: list[str], batch: int = 256
+) -> torch.Tensor:
+    """Encode each distinct text once (normalised [N, D] in the order of `texts`)."""
+    uniq = list(dict.fromkeys(texts))
+    feats = torch.cat([encode(uniq[i : i + batch]) for i in range(0, len(uniq), batch)])
+    where = {t: i for i, t in enumerate(uniq)}
+    return F.normalize(feats.float(), dim=-1)[[where[t] for t in texts]]
+
+
+@torch.no_grad()
+def validation_metrics(
+    adapt: Adaptation,
+    split: SplitData,
+    image: ValFeatures,
+    encode_texts: Callable[[list[str]], torch.Tensor],
+    prompts: PromptSet | None,
+    positives: str,
+    batch_size: int,
+    max_logit_scale: float,
+) -> dict[str, float]:
+    """Validation metrics for the current weights.
+
+    Args:
+        image: normalised image features of the val rows that could be read.
+        encode_texts: list[str] -> [n, D] features with the current text tower (+ adapters).
+        prompts: prompt set for zero-shot classification (None: class names).
+        positives: the loss's positive mode; batch_size: chunk size of the val loss.
+
+    Returns:
+        {"loss", "zero_shot_acc", "zero_shot_macro_f1" (single-label sets; labelled rows only),
+         "i2t_R@1", "t2i_R@1", "t2i_R@5", ... (retrieval_metrics), "n"}.
+    """
+    rows = image.rows
+    texts = [split.texts[r] for r in rows]
+    txt = encode_texts_unique(encode_texts, texts)
+    img = image.image
+    scale = adapt.model.logit_scale.detach().float().exp().clamp(max=max_logit_scale).cpu()
+    losses = []
+    for i in range(0, len(rows), batch_size):
+        sl = slice(i, i + batch_size)
+        if len(texts[sl]) < 2:
+            continue
+        pos = positive_mask(texts[sl], [split.labels[r] for r in rows[sl]], positives)
+        losses.append(float(multi_positive_loss(img[sl], txt[sl], scale, pos)))
+    out: dict[str, float] = {"n": float(len(rows))}
+    out["loss"] = sum(losses) / len(losses) if losses else float("nan")
+    out.update(retrieval_metrics(img, txt, text_groups=texts))
+    out.update(zero_shot(adapt, split, image, encode_texts, prompts))
+    return out
+
+
+def zero_shot(
+    adapt: Adaptation,
+    split: SplitData,
+    image: ValFeatures,
+    encode_texts: Callable[[list[str]], torch.Tensor],
+    prompts: PromptSet | None,
+) -> dict[str, float]:
+    """Zero-shot accuracy and macro-F1 through `bb.class_logits` (a head, if any, included)."""
+    from sklearn.metrics import f1_score
+
+    if prompts is not None and prompts.multi_label:
+        return {}  # multi-label sets are scored by `domainclip evaluate` (AUROC per finding)
+    y = split.label_index[image.rows]
+    keep = y >= 0
+    if not bool(keep.any()):
+        return {}
+    ct = class_texts(prompts, split.classes)
+    all_texts = [t for ts in ct.values() for t in ts]
+    feats = encode_texts_unique(encode_texts, all_texts)
+    cache = dict(zip(all_texts, feats, strict=True))
+    W = class_embeddings(adapt.bb, ct, cache=cache)
+    logits = adapt.bb.class_logits(image.image[keep], W)
+    pred = logits.argmax(1)
+    yk = y[keep]
+    return {
+        "zero_shot_acc": float((pred == yk).float().mean()),
+        "zero_shot_macro_f1": float(
+            f1_score(yk.numpy(), pred.numpy(), average="macro", zero_division=0)
+        ),
+    }
