@@ -112,8 +112,13 @@ def shift_cell(
     n_boot: int,
     seed: int,
     min_n: int,
+    detail: bool = True,
 ) -> Cell:
-    """Statistics of paired shifts `d` (float [n]), raw shifts `raw_d` and `flips` (bool [n])."""
+    """Statistics of paired shifts `d` (float [n]), raw shifts `raw_d` and `flips` (bool [n]).
+
+    detail=False computes only what the gate reads (mean-shift test and flips) and leaves the
+    median, raw-similarity and Wilcoxon entries undefined: for simulations and quick scans.
+    """
     n = len(d)
     n_flips = int(np.sum(flips))
     lo, hi = proportion_ci(n_flips, n)
@@ -135,15 +140,18 @@ def shift_cell(
     idx = cell_indices(strata, n_boot, seed, key)
     mean_shift, p_value, means = mean_shift_test(d, idx)
     tested = n >= min_n
+    skipped = Estimate.undefined("not computed (detail=False)")
     return Cell(
         key=key,
         n=n,
         tested=tested,
         mean_shift=mean_shift,
-        median_shift=estimate(float(np.median(d)), np.median(d[idx], axis=1)),
-        raw_shift=estimate(raw_d.mean(), raw_d[idx].mean(1)),
+        median_shift=(
+            estimate(float(np.median(d)), np.median(d[idx], axis=1)) if detail else skipped
+        ),
+        raw_shift=estimate(raw_d.mean(), raw_d[idx].mean(1)) if detail else skipped,
         p_value=p_value,
-        wilcoxon=wilcoxon_test(d),
+        wilcoxon=wilcoxon_test(d) if detail else {"note": "not computed (detail=False)"},
         n_flips=n_flips,
         flip_rate=flip_rate,
         reason=None if tested else f"n={n} < min_cell_images={min_n}: reported, not tested",
@@ -162,8 +170,12 @@ def compare_framing(
     n_boot: int,
     seed: int,
     min_n: int,
+    detail: bool = True,
 ) -> FramingComparison:
-    """Shifts of `framing` vs `reference`: all images, each class, each subgroup value."""
+    """Shifts of `framing` vs `reference`: all images, each class, each subgroup value.
+
+    detail: see `shift_cell` (False: only the gate's mean-shift tests and flips).
+    """
     k, r = table.k(framing), table.k(reference)
     d = table.scores[k] - table.scores[r]
     raw_d = table.raw[k] - table.raw[r]
@@ -175,7 +187,7 @@ def compare_framing(
         sel = np.flatnonzero(mask)
         strata = np.zeros(len(sel), dtype=np.int64)
         return shift_cell(
-            f"{framing}/{key}", d[sel], raw_d[sel], flips[sel], strata, n_boot, seed, min_n
+            f"{framing}/{key}", d[sel], raw_d[sel], flips[sel], strata, n_boot, seed, min_n, detail
         )
 
     everyone = np.ones(table.n, dtype=bool)

@@ -60,9 +60,19 @@ def plot_shift_distributions(
     for ax in list(axes.flat)[len(others) :]:
         ax.axis("off")
     fig.suptitle(f"Score shifts per framing (n = {table.n} images)", fontsize=11)
-    fig.tight_layout()
+    # Fixed margins (in inches) instead of tight_layout, which measures every text: a third of
+    # the plotting time.
+    height = 3.2 * nrows
+    fig.subplots_adjust(
+        left=0.07,
+        right=0.98,
+        bottom=0.6 / height,
+        top=1 - 0.95 / height,
+        wspace=0.3,
+        hspace=1.35 / 3.2,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

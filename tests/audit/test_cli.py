@@ -1,0 +1,120 @@
+"""`domainclip audit` through the real CLI entry point: exit codes of the gate, errors, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import domainclip.audit.api as audit_api
+from domainclip.audit import PlantedBiasBackbone
+from domainclip.cli import main
+from tests.audit.conftest import POSSIBLY, SEVERE, small_spec
+
+
+@pytest.fixture()
+def spec_file(tmp_path: Path) -> Path:
+    # ECE is off here: a random tiny model is not calibrated, and this test is about framings.
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(small_spec(max_ece=None), sort_keys=False))
+    return path
+
+
+@pytest.fixture()
+def models(monkeypatch, tiny_backbone):
+    """Model names the CLI resolves to a planted-bias and a clean (delta 0) model."""
+    table = {
+        "planted-model": PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 2.0, POSSIBLY: 0.0}),
+        "clean-model": PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 0.0, POSSIBLY: 0.0}),
+    }
+    real = audit_api.load_for_eval
+
+    def fake(model_or_run, *args, **kwargs):
+        if str(model_or_run) in table:
+            return table[str(model_or_run)], None
+        return real(model_or_run, *args, **kwargs)
+
+    monkeypatch.setattr(audit_api, "load_for_eval", fake)
+    return table
+
+
+def _audit(run: str, spec: Path, manifest: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "audit",
+            run,
+            "--spec",
+            str(spec),
+            "--data",
+            str(manifest),
+            "--split",
+            "all",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_gate_exits_1_on_the_planted_bias_model_and_lists_the_checks(
+    models, spec_file, manifest_path, tmp_path, capsys
+):
+    rc = _audit(
+        "planted-model",
+        spec_file,
+        manifest_path,
+        tmp_path / "p",
+        "--gate",
+        "--compare",
+        "clean-model",
+    )
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "vs base, alarming:" in captured.out and "vs base, hedged:" in captured.out
+    assert "verdict: FAIL" in captured.out
+    assert "gate: FAILED (" in captured.err and "mean_shift/alarming/class=clean" in captured.err
+    data = json.loads((tmp_path / "p" / "audit.json").read_text())
+    assert data["gate"]["verdict"] == "fail"
+    for check_id in data["gate"]["failed"]:
+        assert f"FAILED {check_id}:" in captured.out
+
+
+def test_gate_exits_0_on_a_clean_model(models, spec_file, manifest_path, tmp_path, capsys):
+    rc = _audit("clean-model", spec_file, manifest_path, tmp_path / "c", "--gate")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "verdict: PASS" in out
+    assert json.loads((tmp_path / "c" / "audit.json").read_text())["gate"]["failed"] == []
+
+
+def test_without_gate_a_failing_audit_still_exits_0(models, spec_file, manifest_path, tmp_path):
+    assert _audit("planted-model", spec_file, manifest_path, tmp_path / "p") == 0
+
+
+def test_bad_spec_and_missing_out_are_clear_errors(models, tmp_path, manifest_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    raw = small_spec()
+    raw["framings"]["alarming"] = "a metal surface with a severe defect"
+    bad.write_text(yaml.safe_dump(raw))
+    assert _audit("clean-model", bad, manifest_path, tmp_path / "x") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(bad) in err and "{finding}" in err
+    rc = main(["audit", "clean-model", "--spec", str(bad), "--data", str(manifest_path)])
+    assert rc == 2 and "pass --out DIR" in capsys.readouterr().err
+
+
+def test_a_saved_backbone_directory_is_audited_through_the_real_loader(
+    tiny_backbone, spec_file, manifest_path, tmp_path, capsys
+):
+    from domainclip.models import save_backbone
+
+    saved = save_backbone(tiny_backbone, tmp_path / "tiny")
+    rc = _audit(str(saved), spec_file, manifest_path, tmp_path / "real")
+    assert rc == 0
+    data = json.loads((tmp_path / "real" / "audit.json").read_text())
+    assert data["model"]["backbone_spec"] == str(saved)
+    # No planted bias, but the texts really differ here ("SEVERE", "POSSIBLY" are embedded):
+    # a random model's scores move, and the audit measures it.
+    assert data["comparisons"]["alarming"]["overall"]["wilcoxon"]["n_nonzero"] > 0
