@@ -42,6 +42,7 @@ from domainclip.evaluation.retrieval import retrieval_ranks, summarize_ranks
 from domainclip.evaluation.task import (
     Targets,
     ZeroShotTask,
+    align_with_head,
     build_targets,
     probabilities,
     resolve_classes,
@@ -234,7 +235,7 @@ def evaluate(
     classes = classes or run_setting(cfg, "data.classes") or None
     ps = load_prompt_set(prompts)
     man = read_manifest(manifest)
-    classes = resolve_classes(ps, man, classes)
+    classes = align_with_head(bb, resolve_classes(ps, man, classes))
     name = name or f"{Path(manifest).resolve().parent.name}_{split}"
     if out_dir is None:
         if run_dir is None and write:

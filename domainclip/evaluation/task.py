@@ -53,6 +53,27 @@ def resolve_classes(
     return chosen
 
 
+def align_with_head(bb: Backbone, classes: Sequence[str]) -> list[str]:
+    """Classes in the column order of the backbone's classifier head (Tip-Adapter, linear probe).
+
+    A head returns logits in its own class order, whatever order the prompt set lists; scoring
+    them under another order would silently mislabel every column.
+
+    Raises:
+        PromptError: the head scores a different set of classes than the evaluation asks for.
+    """
+    head_classes = getattr(bb.head, "classes", None) if bb.head is not None else None
+    if head_classes is None:
+        return list(classes)
+    if set(head_classes) != set(classes):
+        raise PromptError(
+            f"{bb.spec}: its classifier head scores {', '.join(head_classes)}, but the evaluation "
+            f"asks for {', '.join(classes)}; pass --classes {','.join(head_classes)} (or a prompt "
+            "set covering exactly those classes)"
+        )
+    return list(head_classes)
+
+
 @dataclass
 class Targets:
     """Evaluation targets of embedded rows.

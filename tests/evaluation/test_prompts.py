@@ -169,11 +169,12 @@ def test_shipped_covid_set_is_multi_label_and_covers_the_collection_findings():
         "Varicella",
         "E.Coli",
         "Bacterial",
-        "Chlamydophila",
         "Influenza",
         "No Finding",
-    ]
+    ]  # every finding of the 575 usable rows
     assert ps.uncovered(findings) == []
+    # Chlamydophila's images are missing upstream: not a class, so listed when it occurs.
+    assert ps.uncovered([*findings, "Chlamydophila"]) == ["Chlamydophila"]
     pos, neg = ps.class_texts(ps.class_names), ps.negative_texts(ps.class_names)
     for c in ps.class_names:
         assert len(pos[c]) == len(neg[c]) and not set(pos[c]) & set(neg[c])

@@ -16,19 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 PROMPTS = REPO / "configs" / "prompts" / "synthetic.yaml"
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory, synthetic_manifest) -> tuple[Path, Path]:
+def _finetune(run: Path, backbone: Path, manifest: Path, method: str) -> Path:
     from domainclip.finetune import finetune, load_config
 
-    base = tmp_path_factory.mktemp("run")
-    backbone = save_backbone(tiny_open_clip_backbone("cnn", seed=2), base / "backbone")
     cfg = load_config(
         None,
         [
             f"backbone.spec={backbone}",
-            f"data.manifest={synthetic_manifest}",
+            f"data.manifest={manifest}",
             f"eval.prompts={PROMPTS}",
-            "method.name=lora",
+            f"method.name={method}",
             "train.max_steps=4",
             "train.batch_size=4",
             "eval.every_steps=2",
@@ -36,8 +33,21 @@ def lora_run(tmp_path_factory, synthetic_manifest) -> tuple[Path, Path]:
             "train.progress=false",
         ],
     )
-    finetune(cfg, base / "lora")
-    return base / "lora", backbone
+    finetune(cfg, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory) -> Path:
+    return save_backbone(
+        tiny_open_clip_backbone("cnn", seed=2), tmp_path_factory.mktemp("bb") / "backbone"
+    )
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, synthetic_manifest, backbone) -> tuple[Path, Path]:
+    run = _finetune(tmp_path_factory.mktemp("run") / "lora", backbone, synthetic_manifest, "lora")
+    return run, backbone
 
 
 def test_run_evaluation_temperature_and_forgetting_curve(
@@ -95,3 +105,28 @@ def test_run_evaluation_temperature_and_forgetting_curve(
         again["temperature"]["source"] == "run calibration.json"
         and again["temperature"]["value"] == t
     )
+
+
+def test_head_is_scored_in_its_own_class_order(tmp_path, synthetic_manifest, backbone):
+    from domainclip.datasets.manifest import read_manifest
+    from domainclip.evaluation.embed import embed_split
+    from domainclip.evaluation.prompts import PromptError, load_prompt_set
+    from domainclip.evaluation.zeroshot import class_embeddings
+    from domainclip.finetune import load_model
+
+    run = _finetune(tmp_path / "probe", backbone, synthetic_manifest, "linear_probe")
+    r = evaluate(run, split="test", n_boot=0, write=False)
+    bb = load_model(run)
+    head_classes = list(bb.head.classes)
+    ps = load_prompt_set(PROMPTS)
+    assert head_classes != ps.class_names  # the prompt set lists another order
+    assert r["prompts"]["classes"] == head_classes
+    # Independent check: the head's own argmax, mapped through its own class list.
+    emb = embed_split(bb, read_manifest(synthetic_manifest), "test")
+    W = class_embeddings(bb, ps.class_texts(head_classes))
+    pred = bb.class_logits(emb.image_feats, W).argmax(1)
+    truth = [row.label[0] for row in emb.rows]
+    expected = sum(head_classes[int(p)] == t for p, t in zip(pred, truth, strict=True)) / len(truth)
+    assert r["classification"]["accuracy"]["value"] == pytest.approx(expected)
+    with pytest.raises(PromptError, match="classifier head scores"):
+        evaluate(run, split="test", classes=["scratch", "pit"], n_boot=0, write=False)
