@@ -32,32 +32,20 @@ def class_balance_chart(balance: dict[str, dict[str, int]]) -> alt.Chart:
     )
 
 
-def curves_chart(df: pd.DataFrame, title: str, color: str = "metric") -> alt.Chart:
-    """Line chart of long-format curves: columns step, value, and `color` (one line each)."""
-    return (
-        alt.Chart(df, title=title)
-        .mark_line(point=alt.OverlayMarkDef(size=20))
-        .encode(
-            x=alt.X("step:Q", title="optimizer step"),
-            y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
-            color=alt.Color(f"{color}:N", title=color),
-            tooltip=[color, "step", alt.Tooltip("value:Q", format=".4f")],
-        )
-    )
-
-
 def facet_curves_chart(df: pd.DataFrame, title: str, color: str = "run") -> alt.Chart:
     """One small line chart per metric (independent y scales), lines coloured by `color`."""
     base = (
         alt.Chart(df)
         .mark_line(point=alt.OverlayMarkDef(size=20))
         .encode(
-            x=alt.X("step:Q", title="optimizer step"),
-            y=alt.Y("value:Q", title="value", scale=alt.Scale(zero=False)),
+            x=alt.X("step:Q", title="optimizer step", axis=alt.Axis(format="d")),
+            y=alt.Y(
+                "value:Q", title="value", scale=alt.Scale(zero=False), axis=alt.Axis(format=".4~g")
+            ),
             color=alt.Color(f"{color}:N", title=color),
             tooltip=[color, "metric", "step", alt.Tooltip("value:Q", format=".4f")],
         )
-        .properties(width=260, height=180)
+        .properties(width=300, height=190)
     )
     return (
         base.facet(facet=alt.Facet("metric:N", title=None), columns=3)

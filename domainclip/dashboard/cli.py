@@ -36,6 +36,9 @@ def streamlit_command(host: str, port: int, app: Path = APP_SCRIPT) -> list[str]
         "true",
         "--browser.gatherUsageStats",
         "false",
+        # Viewers inspect results; the developer toolbar (deploy, rerun settings) is noise here.
+        "--client.toolbarMode",
+        "viewer",
         "--server.maxUploadSize",
         str(MAX_UPLOAD_MB),
         # The app's code does not change while it runs; polling files would only cost CPU.

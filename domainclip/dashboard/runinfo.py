@@ -115,6 +115,28 @@ def lower_is_better(metric: str) -> bool:
     return any(part in name for part in _LOWER_IS_BETTER)
 
 
+# Curves shown by default on the Runs page (when logged): the rest is one click away.
+DEFAULT_CURVES = ("train/loss", "val/loss", "val/zero_shot_acc", "val/t2i_R@1", "val/i2t_R@1")
+
+
+def curve_keys(df: pd.DataFrame) -> list[str]:
+    """'kind/metric' names of the logged curves, sorted."""
+    return sorted({f"{k}/{m}" for k, m in zip(df["kind"], df["metric"], strict=True)})
+
+
+def select_curves(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The rows of `curves(...)` whose 'kind/metric' is in `keys`, with that name as `metric`."""
+    named = df.assign(metric=df["kind"] + "/" + df["metric"])
+    return named[named["metric"].isin(keys)]
+
+
+def backbone_label(spec: str) -> str:
+    """Short display name of a backbone spec (a saved directory shows as its folder name)."""
+    if spec.startswith(("open_clip:", "hf-clip:")) or "/" not in spec:
+        return spec if len(spec) <= 40 else spec[:37] + "..."
+    return Path(spec).name
+
+
 @dataclass
 class RunSummary:
     """What the runs table shows for one run."""
@@ -138,7 +160,7 @@ class RunSummary:
         """One row of the runs table."""
         return {
             "run": self.name,
-            "backbone": self.backbone,
+            "backbone": backbone_label(self.backbone),
             "method": self.method,
             "towers (image/text)": self.towers,
             "trainable params": self.trainable_params,

@@ -189,7 +189,7 @@ def overlay_png(
     smap: np.ndarray,
     *,
     alpha: float,
-    title: str,
+    title: str = "",
     diverging: bool = False,
     label: str = "attribution",
 ) -> bytes:
@@ -201,7 +201,7 @@ def overlay_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.2, 3.6), dpi=100)
+    fig = Figure(figsize=(3.6, 3.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.imshow(view)
@@ -214,7 +214,8 @@ def overlay_png(
             smap, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, alpha=alpha
         )
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9, wrap=True)
+    if title:
+        ax.set_title(title, fontsize=8, wrap=True)
     bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)

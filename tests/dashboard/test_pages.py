@@ -41,7 +41,16 @@ def test_runs_page(app: AppTest, dash_runs: DashRuns) -> None:
     assert shown["Method"] == "lora"
     assert shown["Trainable parameters"] == f"{lora['trainable_params']:,}"
     assert shown["Best zero_shot_acc"] == f"{lora['best_metrics']['zero_shot_acc']:.4f}"
-    assert len(app.get("vega_lite_chart")) >= 2  # train + val curves, comparison
+    charts = [c.proto.spec for c in app.get("vega_lite_chart")]
+    assert "Training curves" in charts[0] and "Curves of both runs" in charts[1]
+    curves = widget(app, "multiselect", "Curves")
+    assert curves.value == [
+        "train/loss",
+        "val/loss",
+        "val/zero_shot_acc",
+        "val/t2i_R@1",
+        "val/i2t_R@1",
+    ]
     text = page_text(app)
     assert f"Validation metrics at the best step ({lora['best_step']})" in text
     diffs = next(df.value for df in app.dataframe if "key" in df.value.columns)

@@ -16,7 +16,7 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 def _run_details(summary: runinfo.RunSummary) -> None:
     st.header(f"Run `{summary.name}`")
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Backbone", summary.backbone)
+    c1.metric("Backbone", runinfo.backbone_label(summary.backbone), help=summary.backbone)
     c2.metric("Method", summary.method, help=f"towers (image/text): {summary.towers}")
     c3.metric(
         "Trainable parameters",
@@ -36,11 +36,12 @@ def _run_details(summary: runinfo.RunSummary) -> None:
         st.info("No metrics logged yet (metrics.jsonl is empty or missing).")
     else:
         st.subheader("Training curves")
-        for kind, part in df.groupby("kind", sort=True):
-            st.altair_chart(
-                charts.facet_curves_chart(part.assign(run=summary.name), f"{kind} metrics"),
-                width="content",
-            )
+        keys = runinfo.curve_keys(df)
+        default = [k for k in runinfo.DEFAULT_CURVES if k in keys] or keys[:4]
+        chosen = st.multiselect("Curves", keys, default=default, help="train/* and val/* metrics")
+        if chosen:
+            part = runinfo.select_curves(df, chosen).assign(run=summary.name)
+            st.altair_chart(charts.facet_curves_chart(part, "Training curves"), width="content")
     if summary.best_metrics:
         st.subheader(f"Validation metrics at the best step ({summary.best_step})")
         st.dataframe(
@@ -87,8 +88,8 @@ def _compare(summaries: dict[str, runinfo.RunSummary]) -> None:
         width="stretch",
     )
     both = pd.concat([da.assign(run=f"A: {a}"), db.assign(run=f"B: {b}")])
-    shared = set(da["metric"]) & set(db["metric"])
-    both = both[both["metric"].isin(shared)]
+    shared = set(runinfo.curve_keys(da)) & set(runinfo.curve_keys(db))
+    both = runinfo.select_curves(both, [k for k in runinfo.DEFAULT_CURVES if k in shared])
     if not both.empty:
         st.altair_chart(charts.facet_curves_chart(both, "Curves of both runs"), width="content")
 

@@ -146,15 +146,9 @@ def _maps(run: RunRef, picked: PickedImage, a: str, b: str, method: str, alpha: 
     unit = "attribution (similarity units)"
     cols = st.columns(3)
     for col, m, name, p in ((cols[0], ma, "A", probs[0]), (cols[1], mb, "B", probs[1])):
+        col.markdown(f"**{name}:** {m.prompt}")
         col.image(
-            saliency.overlay_png(
-                m.view,
-                m.map,
-                alpha=alpha,
-                title=f"{name}: {m.prompt}",
-                diverging=signed,
-                label=unit,
-            ),
+            saliency.overlay_png(m.view, m.map, alpha=alpha, diverging=signed, label=unit),
             caption=f"prompt {name} · {METHOD_NAMES.get(method, method)}",
         )
         col.metric(f"Similarity {name}", f"{m.similarity:.3f}")
@@ -164,10 +158,9 @@ def _maps(run: RunRef, picked: PickedImage, a: str, b: str, method: str, alpha: 
             help=f"softmax over the two prompts, temperature T={model.temperature:.3g}",
         )
     diff = ma.map - mb.map
+    cols[2].markdown("**Contrast:** A minus B")
     cols[2].image(
-        saliency.overlay_png(
-            ma.view, diff, alpha=alpha, title="contrast: A minus B", diverging=True, label=unit
-        ),
+        saliency.overlay_png(ma.view, diff, alpha=alpha, diverging=True, label=unit),
         caption="contrast map (red: A more than B, blue: B more than A)",
     )
     cols[2].metric("Map time A + B", f"{ma.seconds + mb.seconds:.2f} s")
@@ -255,7 +248,7 @@ def render() -> None:
     except DomainClipError as exc:
         st.error(f"The model of run `{run.name}` cannot be loaded: {exc}")
         return
-    left, right = st.columns([1, 2], gap="large")
+    left, right = st.columns([1, 2.4], gap="large")
     with left:
         source = st.radio("Image source", ["Run's manifest", "Upload"], horizontal=True)
         picked = _from_manifest(run) if source == "Run's manifest" else _from_upload()
