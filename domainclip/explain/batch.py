@@ -32,7 +32,7 @@ import numpy as np
 from domainclip.errors import DomainClipError
 from domainclip.explain.errors import ExplainError
 from domainclip.explain.forward import check_prompts
-from domainclip.explain.image import ImageExplainer, SaliencyMap, methods_for
+from domainclip.explain.image import ImageExplainer, SaliencyMap, is_signed, methods_for
 from domainclip.explain.inputs import ModelInput, mask_to_view, prepare_image
 from domainclip.explain.localisation import Localisation, localise, summarise
 from domainclip.explain.render import render_overlay, save_html, save_map
@@ -169,7 +169,7 @@ def _explain_row(
         sal = sess.explain(sess.explainer, inp, prompt, method)
         stem = f"{row:05d}_{method}"
         title = f"{method}: {prompt[:70]}\nscore {sal.score:.3f}"
-        map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=method == "ig")
+        map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
         loc = None
         if view_mask is not None and "localisation" in sess.s.checks:
             loc = localise(sal.map, view_mask, sess.s.tolerance).to_dict()

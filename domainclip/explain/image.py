@@ -37,6 +37,7 @@ from domainclip.models import Backbone
 METHODS = ("gradcam", "ig", "occlusion", "rollout", "chefer")
 VIT_ONLY = ("rollout", "chefer")
 BASELINES = ("black", "blur", "mean")
+SIGNED = ("ig", "occlusion")  # the others are non-negative (ReLU'd CAM, attention relevance)
 
 
 @dataclass
@@ -67,6 +68,11 @@ class ContrastMap:
     a: SaliencyMap
     b: SaliencyMap
     diff: np.ndarray
+
+
+def is_signed(method: str) -> bool:
+    """True for methods whose maps carry a sign (draw them with a diverging colour map)."""
+    return method in SIGNED
 
 
 def methods_for(bb: Backbone) -> tuple[str, ...]:

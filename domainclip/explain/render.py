@@ -20,24 +20,23 @@ def save_map(smap: np.ndarray, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def render_overlay(
+def overlay_figure(
     view: np.ndarray,
     smap: np.ndarray,
-    path: str | os.PathLike[str],
     *,
     title: str = "",
     alpha: float = 0.5,
     diverging: bool = False,
     label: str = "attribution",
-) -> Path:
-    """Write a PNG: the image with the map on top and a colour bar.
+):
+    """A matplotlib Figure (Agg canvas): the image with the map on top and a colour bar.
 
     Args:
         view: [H, W, 3] uint8, the image as the model saw it (`ModelInput.view`).
         smap: [H, W] map at the same resolution.
         title: figure title (e.g. method, prompt and score).
         alpha: opacity of the heatmap.
-        diverging: True for signed maps where 0 is neutral (contrast maps, signed IG): a
+        diverging: True for signed maps where 0 is neutral (contrast maps, IG, occlusion): a
             blue-white-red colour map symmetric around 0, saturating at the 99.5th percentile of
             |map|. Otherwise `inferno` from min to max.
         label: colour-bar label (units of the map).
@@ -69,10 +68,26 @@ def render_overlay(
     bar.set_label(label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
     fig.tight_layout()
+    return fig
+
+
+def render_overlay(
+    view: np.ndarray, smap: np.ndarray, path: str | os.PathLike[str], **kwargs: object
+) -> Path:
+    """Write `overlay_figure(view, smap, **kwargs)` as a PNG file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    overlay_figure(view, smap, **kwargs).savefig(path, format="png")
     return path
+
+
+def overlay_png(view: np.ndarray, smap: np.ndarray, **kwargs: object) -> bytes:
+    """`overlay_figure(view, smap, **kwargs)` as PNG bytes (in memory, e.g. for uploads)."""
+    import io
+
+    buf = io.BytesIO()
+    overlay_figure(view, smap, **kwargs).savefig(buf, format="png")
+    return buf.getvalue()
 
 
 def save_html(

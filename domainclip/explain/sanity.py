@@ -102,27 +102,55 @@ def _reinit_(params: Sequence[torch.nn.Parameter], generator: torch.Generator) -
             p.copy_((noise * std + mean).to(p.dtype).to(p.device))
 
 
+def tower_parameters_top_down(bb: Backbone) -> list[str]:
+    """Names of the image tower's parameters from the output towards the input.
+
+    Registration order is not execution order (open_clip's ViT registers its output projection
+    next to the class embedding), so the order is measured: one backward pass through a copy of
+    the tower, recording when each parameter's gradient is accumulated (output layers first).
+    Parameters that get no gradient come last.
+    """
+    model = copy.deepcopy(bb.model)
+    prefixes = [name for name, _ in image_tower(model)]
+    named = [
+        (n, p)
+        for n, p in model.named_parameters()
+        if any(n == t or n.startswith(f"{t}.") for t in prefixes)
+    ]
+    order: list[str] = []
+    handles = []
+    for name, p in named:
+        p.requires_grad_(True)
+        handles.append(p.register_post_accumulate_grad_hook(lambda _p, n=name: order.append(n)))
+    try:
+        model.eval()
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 3, bb.image_size, bb.image_size, generator=gen).to(bb.device)
+        model.encode_image(x).float().square().sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    seen = set(order)
+    return list(dict.fromkeys(order)) + [n for n, _ in named if n not in seen]
+
+
 def randomised_copy(
-    bb: Backbone, fraction: float = 1.0, seed: int = 0
+    bb: Backbone, fraction: float = 1.0, seed: int = 0, order: Sequence[str] | None = None
 ) -> tuple[Backbone, list[str]]:
     """A deep copy of `bb` whose image tower's top `fraction` of parameter tensors is random.
 
-    Top = closest to the output (reverse registration order: projection, last blocks first).
-    Returns the copy and the names of the re-initialised tensors. The text tower is untouched.
+    Args:
+        order: parameter names from output to input (`tower_parameters_top_down(bb)`, computed
+            if not given).
+    Returns:
+        the copy and the names of the re-initialised tensors. The text tower is untouched.
     """
+    order = list(order) if order is not None else tower_parameters_top_down(bb)
+    k = max(1, round(fraction * len(order)))
     model = copy.deepcopy(bb.model)
-    named = [
-        (f"{tname}.{pname}" if tname else pname, p)
-        for tname, tower in image_tower(model)
-        for pname, p in tower.named_parameters()
-    ]
-    k = max(1, round(fraction * len(named)))
-    chosen = named[::-1][:k]
     gen = torch.Generator().manual_seed(seed)
-    _reinit_([p for _, p in chosen], gen)
-    return dataclasses.replace(bb, model=model, info={**bb.info, "randomised": k}), [
-        n for n, _ in chosen
-    ]
+    _reinit_([model.get_parameter(n) for n in order[:k]], gen)
+    return dataclasses.replace(bb, model=model, info={**bb.info, "randomised": k}), order[:k]
 
 
 def randomisation_check(
@@ -148,8 +176,9 @@ def randomisation_check(
     original = explain(bb, pixels, prompt)
     fractions = [(i + 1) / stages for i in range(stages)] if mode == "cascading" else [1.0]
     result = RandomisationResult(mode=mode, threshold=threshold)
+    order = tower_parameters_top_down(bb)
     for frac in fractions:
-        rand_bb, names = randomised_copy(bb, frac, seed)
+        rand_bb, names = randomised_copy(bb, frac, seed, order)
         rho = spearman(original, explain(rand_bb, pixels, prompt))
         result.stages.append(
             {

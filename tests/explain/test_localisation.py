@@ -1,0 +1,124 @@
+"""Pointing game and energy-in-region on hand-built maps, masks and boxes in the model's view."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from domainclip.explain import ExplainError
+from domainclip.explain.inputs import boxes_to_mask, mask_to_view, region_from_meta
+from domainclip.explain.localisation import (
+    energy_in_mask,
+    localise,
+    pointing_game,
+    random_map_baseline,
+    summarise,
+)
+
+
+def _square_mask(n=10, y=slice(2, 5), x=slice(3, 7)):
+    m = np.zeros((n, n), dtype=bool)
+    m[y, x] = True
+    return m  # 12 pixels of 100
+
+
+def test_pointing_game_hits_and_misses():
+    mask = _square_mask()
+    smap = np.zeros((10, 10))
+    smap[3, 4] = 5.0
+    assert pointing_game(smap, mask) == 1.0
+    smap[3, 4], smap[9, 9] = 0.0, 5.0
+    assert pointing_game(smap, mask) == 0.0
+    # (9, 9) is 5 rows below and 3 columns right of the region's corner (4, 6): sqrt(34) = 5.83.
+    assert pointing_game(smap, mask, tolerance=5.84) == 1.0
+    assert pointing_game(smap, mask, tolerance=5.82) == 0.0
+
+
+def test_pointing_game_ties_score_the_expected_hit():
+    mask = _square_mask()
+    smap = np.zeros((10, 10))
+    smap[3, 4] = smap[9, 9] = smap[0, 0] = smap[4, 6] = 1.0  # two of four maxima inside
+    assert pointing_game(smap, mask) == 0.5
+    assert pointing_game(np.ones((10, 10)), mask) == pytest.approx(0.12)  # constant = random
+
+
+def test_energy_in_mask_is_the_positive_mass_share():
+    mask = _square_mask()
+    smap = np.zeros((10, 10))
+    smap[2, 3] = 3.0  # inside
+    smap[8, 8] = 1.0  # outside
+    smap[0, 0] = -50.0  # negative evidence does not count
+    assert energy_in_mask(smap, mask) == pytest.approx(0.75)
+    assert math.isnan(energy_in_mask(-np.ones((10, 10)), mask))
+    assert energy_in_mask(np.ones((10, 10)), mask) == pytest.approx(0.12)
+
+
+def test_localise_reports_random_baselines_and_they_match_random_maps():
+    mask = _square_mask()
+    smap = np.zeros((10, 10))
+    smap[3, 4] = 1.0
+    loc = localise(smap, mask, tolerance=1.0)
+    assert loc.pointing == 1.0 and loc.energy == 1.0
+    assert loc.area == pytest.approx(0.12)
+    # Dilating a 3x4 block by 1 px (Euclidean) adds its 4 sides: 12 + 2*4 + 2*3 = 26 pixels.
+    assert loc.pointing_baseline == pytest.approx(0.26)
+    emp = random_map_baseline(mask, n=2000, seed=1, tolerance=1.0)
+    assert emp["pointing"] == pytest.approx(loc.pointing_baseline, abs=0.03)
+    assert emp["energy"] == pytest.approx(loc.area, abs=0.01)
+
+
+def test_summarise_compares_with_random():
+    mask = _square_mask()
+    inside, outside = np.zeros((10, 10)), np.zeros((10, 10))
+    inside[3, 4] = 1.0
+    outside[9, 9] = 1.0
+    s = summarise([localise(inside, mask), localise(outside, mask)])
+    assert s["n"] == 2
+    assert s["pointing"] == 0.5 and s["pointing_random"] == pytest.approx(0.12)
+    assert s["energy"] == 0.5 and s["energy_gain"] == pytest.approx(0.38)
+
+
+def test_bad_regions_are_refused():
+    with pytest.raises(ExplainError, match="empty"):
+        localise(np.ones((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ExplainError, match="same"):
+        localise(np.ones((4, 4)), np.ones((5, 5)))
+
+
+def test_boxes_to_mask_uses_inclusive_pixel_corners():
+    m = boxes_to_mask([[1, 2, 3, 4, "scratch"], [8, 8, 20, 20]], width=10, height=10)
+    assert m[2:5, 1:4].all() and m[2:5, 1:4].sum() == 9
+    assert m[8:, 8:].all()  # clipped to the image
+    assert m.sum() == 9 + 4
+    with pytest.raises(ExplainError, match="box"):
+        boxes_to_mask([[1, 2]], 10, 10)
+
+
+def test_masks_follow_the_backbone_resize_and_centre_crop(tiny_vit):
+    """A 128x256 mask goes through the same shortest-side resize + centre crop as the image."""
+    mask = np.zeros((128, 256), dtype=bool)
+    mask[:, 96:160] = True  # the middle quarter of the width = the middle half of the crop
+    view = mask_to_view(tiny_vit, mask)  # 64 px: resize to 64x128, crop x in [32, 96)
+    assert view.shape == (64, 64)
+    assert view[:, 17:47].all()
+    assert not view[:, :15].any() and not view[:, 49:].any()
+    left = np.zeros((128, 256), dtype=bool)
+    left[:, :64] = True  # cropped away entirely
+    assert not mask_to_view(tiny_vit, left).any()
+
+
+def test_region_from_meta_prefers_masks(tmp_path):
+    mask = np.zeros((20, 30), dtype=np.uint8)
+    mask[5:10, 5:10] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    meta = {"mask": "m.png", "boxes": '[[0, 0, 29, 19, "x"]]'}
+    got, kind = region_from_meta(meta, tmp_path, (30, 20))
+    assert kind == "mask" and got.sum() == 25
+    got, kind = region_from_meta({"boxes": meta["boxes"]}, tmp_path, (30, 20))
+    assert kind == "boxes" and got.all()
+    assert region_from_meta({}, tmp_path, (30, 20)) is None
+    with pytest.raises(ExplainError, match="30x20"):
+        region_from_meta(meta, tmp_path, (40, 20))
