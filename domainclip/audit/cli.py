@@ -15,7 +15,7 @@ def _print_summary(result) -> None:
     d = result.data
     print(
         f"audit {d['spec']['name']} ({d['spec']['version']}) of {d['model']['label']}: "
-        f"{d['data']['n_images']} images, split {d['data']['split']}, "
+        f"{d['data']['n_images']} images, split {d['data']['split'] or 'all'}, "
         f"temperature {d['model']['temperature']:.3g}"
     )
     for name, f in d["framings"].items():

@@ -20,7 +20,8 @@ from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
 from domainclip.audit.results import score_rows
 from domainclip.datasets.manifest import Manifest
 
-Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("table", header, rows) | ("img", path, alt)
+# ("h1"|"h2"|"h3"|"p"|"code", text) | ("ul", [items]) | ("table", header, rows) | ("img", path, alt)
+Block = tuple
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
@@ -101,7 +102,7 @@ def report_blocks(data: dict[str, Any], files: dict[str, Path], out_dir: Path) -
             f"**Verdict: {verdict}** ({gate['n_failed']} of {gate['n_checks']} checks failed, "
             f"{gate['n_skipped']} skipped). Model: `{model['label']}` ({model['family']}, "
             f"temperature {model['temperature']:.3g}: {model['temperature_source']}). "
-            f"Data: `{data['data']['manifest']}`, split `{data['data']['split']}`, "
+            f"Data: `{data['data']['manifest']}`, split `{data['data']['split'] or 'all'}`, "
             f"{data['data']['n_images']} images. Reference framing: `{ref}`.",
         ),
     ]
@@ -280,6 +281,10 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("#" * int(kind[1]) + " " + blk[1])
         elif kind == "p":
             out.append(blk[1])
+        elif kind == "ul":
+            out += [f"- {item}" for item in blk[1]]
+        elif kind == "code":
+            out += ["```", blk[1], "```"]
         elif kind == "table":
             header, rows = blk[1], blk[2]
             out.append("| " + " | ".join(header) + " |")
@@ -316,6 +321,10 @@ def to_html(blocks: list[Block], out_dir: Path, title: str) -> str:
             parts.append(f"<{kind}>{html.escape(blk[1])}</{kind}>")
         elif kind == "p":
             parts.append(f"<p>{_inline_md(blk[1])}</p>")
+        elif kind == "ul":
+            parts.append("<ul>" + "".join(f"<li>{_inline_md(i)}</li>" for i in blk[1]) + "</ul>")
+        elif kind == "code":
+            parts.append(f"<pre><code>{html.escape(blk[1])}</code></pre>")
         elif kind == "table":
             parts.append(
                 "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in blk[1]) + "</tr>"

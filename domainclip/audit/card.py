@@ -1,0 +1,493 @@
+"""`write_card(run_dir)`: a model card collected from what a run directory holds.
+
+Sources (each optional; a missing one becomes "not run yet: <the command that produces it>"):
+  config.yaml              backbone, method, data manifest, hyper-parameters (the trainer's schema)
+  result.json              trainable parameters, steps, best validation metrics, wall time
+  the run's manifest       counts per class / split / group, text sources
+  eval/*/metrics.json      evaluation metrics with their 95% CIs
+  calibration.json         fitted temperature, NLL / ECE before and after
+  audit/*/audit.json       framing audit results and the gate verdict
+  explain/**/index.json    saliency sanity checks and localisation (per method means)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from domainclip import __version__
+from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
+from domainclip.audit.spec import SPEC_DIR
+from domainclip.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CARD_NAME = "MODEL_CARD.md"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        log.warning("model card: %s is unreadable (%s); section left out", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _get(d: Any, dotted: str, default: Any = None) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def _not_run(what: str, command: str) -> Block:
+    return ("p", f"Not run yet: {what}. Run `{command}`.")
+
+
+def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
+    method = _get(cfg, "method.name", "?")
+    spec = _get(cfg, "backbone.spec", "?")
+    items = [
+        f"Run: `{run}`",
+        f"Backbone: `{spec}`; method: **{method}** (image tower: "
+        f"{_get(cfg, 'method.image_tower', '?')}, text tower: {_get(cfg, 'method.text_tower', '?')})",
+    ]
+    towers = (_get(cfg, "method.image_tower"), _get(cfg, "method.text_tower"))
+    if "lora" in towers and _get(cfg, "method.lora"):
+        lora = _get(cfg, "method.lora")
+        items.append(
+            f"LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}"
+        )
+    if result:
+        items.append(
+            f"Trainable parameters: {result.get('trainable_params', '?'):,} of "
+            f"{result.get('total_params', '?'):,} ({100 * float(result.get('trainable_fraction', 0)):.2f}%)"
+        )
+        items.append(
+            f"Training: {result.get('steps', '?')} steps, best at step {result.get('best_step', '?')} "
+            f"({', '.join(f'{k} {v:.4g}' for k, v in (result.get('best_metrics') or {}).items())}); "
+            f"wall time {float(result.get('wall_seconds', 0)):.0f} s"
+        )
+    else:
+        items.append("Training summary (result.json) not found: the run may not have finished.")
+    items.append(f"domainclip {__version__}")
+    out: list[Block] = [("h2", "Model"), ("ul", items)]
+    if spec == "default":
+        out.append(
+            (
+                "p",
+                "The embedded default joins two separately pretrained encoders (ImageNet "
+                "EfficientNet-Lite0, all-MiniLM-L6-v2 sentence encoder) with linear projections. "
+                "They were never trained together: every image-text alignment this model has comes "
+                "from the fine-tuning data described below.",
+            )
+        )
+    return out
+
+
+def _intended_use(classes: list[str], manifest: str | None) -> list[Block]:
+    scope = ", ".join(classes) if classes else "the classes of the training data"
+    return [
+        ("h2", "Intended use"),
+        (
+            "ul",
+            [
+                f"Decision support: ranking or flagging images for the findings {scope}, on images "
+                f"acquired like the training data (`{manifest or '?'}`), reviewed by a qualified "
+                "person before any action.",
+                "Retrieval of similar cases and their reports; research on adaptation, calibration "
+                "and framing bias.",
+            ],
+        ),
+        ("h2", "Out-of-scope use"),
+        (
+            "ul",
+            [
+                "Autonomous diagnosis, release or rejection decisions without human review.",
+                "Images from other modalities, devices, sites, populations or products than the "
+                "training data; findings outside the list above (the model can only rank the "
+                "prompts it is given).",
+                "Generating reports: scores are similarities between an image and a given text.",
+                "Deployment while the prompt-framing audit gate fails or has not been run.",
+            ],
+        ),
+    ]
+
+
+def _data(cfg: dict, run: Path) -> tuple[list[Block], list[str], list[str]]:
+    """Training-data section, the class list, and data caveats for the limitations."""
+    from domainclip.audit.data import manifest_from_run
+    from domainclip.datasets.manifest import read_manifest
+
+    blocks: list[Block] = [("h2", "Training data")]
+    try:
+        path = manifest_from_run(run)
+        man = read_manifest(path)
+    except Exception as exc:  # noqa: BLE001 - any reason the manifest cannot be read is reported
+        blocks.append(("p", f"The run's manifest could not be read: {exc}"))
+        return blocks, list(_get(cfg, "data.classes") or []), []
+    splits = sorted({r.split for r in man.rows})
+    counts: Counter[tuple[str, str]] = Counter()
+    for r in man.rows:
+        for lab in r.label or ["(no label)"]:
+            counts[(lab, r.split)] += 1
+    classes = sorted({lab for lab, _ in counts})
+    blocks.append(
+        (
+            "p",
+            f"Manifest `{path}`: {len(man.rows)} rows"
+            + (
+                f" ({man.n_skipped} rows skipped on reading: {man.skipped})"
+                if man.n_skipped
+                else ""
+            )
+            + f"; training split `{_get(cfg, 'data.train_split', 'train')}`, validation split "
+            f"`{_get(cfg, 'data.val_split', 'val')}`.",
+        )
+    )
+    blocks.append(
+        (
+            "table",
+            ["class", *splits, "total"],
+            [
+                [
+                    c,
+                    *[str(counts[(c, s)]) for s in splits],
+                    str(sum(counts[(c, s)] for s in splits)),
+                ]
+                for c in classes
+            ],
+        )
+    )
+    groups = {s: len({r.group for r in man.rows if r.split == s and r.group}) for s in splits}
+    sources = Counter(r.meta.get("text_source", "(not recorded)") for r in man.rows)
+    blocks.append(
+        (
+            "ul",
+            [
+                "Groups (patients / lots) per split: "
+                + ", ".join(f"{s} {n}" for s, n in groups.items()),
+                "Text sources: " + ", ".join(f"{k} {v}" for k, v in sources.most_common()),
+            ],
+        )
+    )
+    caveats = []
+    if sources.get("finding_template"):
+        caveats.append(
+            f"{sources['finding_template']} texts were generated from the label "
+            "(text_source=finding_template) and state it outright: retrieval on them partly "
+            "measures reading the label."
+        )
+    if sources.get("describe_boxes") or sources.get("clean_template"):
+        caveats.append(
+            "Texts were generated from class labels and boxes, not written by inspectors or "
+            "radiologists: the model learned this template language."
+        )
+    small = [c for c in classes if sum(counts[(c, s)] for s in splits) < 30]
+    if small:
+        caveats.append(
+            f"Classes with fewer than 30 images ({', '.join(small)}): their metrics have wide "
+            "intervals or are undefined."
+        )
+    if any("synthetic" in (r.group or "") for r in man.rows[:5]):
+        caveats.append(
+            "The data is synthetic (procedurally generated surfaces), not real inspections."
+        )
+    return blocks, classes, caveats
+
+
+def _evaluation(run: Path) -> list[Block]:
+    blocks: list[Block] = [("h2", "Evaluation")]
+    files = sorted(run.glob("eval/*/metrics.json"))
+    if not files:
+        return [*blocks, _not_run("evaluation", f"domainclip evaluate {run} --fit-temperature")]
+    for f in files:
+        m = _read_json(f)
+        if m is None:
+            continue
+        cls = m.get("classification") or {}
+        data = m.get("data") or {}
+        blocks.append(
+            (
+                "h3",
+                f"{m.get('name', f.parent.name)}: `{data.get('manifest', '?')}`, split "
+                f"{data.get('split', '?')}, {data.get('n_evaluated', '?')} images",
+            )
+        )
+        keys = [
+            k
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "macro_f1",
+                "macro_auroc",
+                "macro_ap",
+                "subset_accuracy",
+            )
+            if isinstance(cls.get(k), dict)
+        ]
+        rows = [[k, fmt_est(cls[k])] for k in keys]
+        retrieval = m.get("retrieval") or {}
+        rows += [
+            [f"retrieval {k}", fmt_est(retrieval[k])]
+            for k in ("t2i_R@1", "i2t_R@1")
+            if isinstance(retrieval.get(k), dict)
+        ]
+        blocks.append(("table", ["metric", "value [95% CI]"], rows))
+        cal = m.get("calibration") or {}
+        if cal.get("before"):
+            after = cal.get("after") or {}
+            blocks.append(
+                (
+                    "table",
+                    ["calibration", "before temperature", "after temperature"],
+                    [
+                        [k, fmt_est(cal["before"].get(k)), fmt_est(after.get(k)) if after else "-"]
+                        for k in ("ece", "mce", "brier", "nll")
+                        if cal["before"].get(k) is not None
+                    ],
+                )
+            )
+    return blocks
+
+
+def _calibration(run: Path) -> list[Block]:
+    blocks: list[Block] = [("h2", "Calibration (temperature scaling)")]
+    cal = _read_json(run / "calibration.json") if (run / "calibration.json").is_file() else None
+    if cal is None:
+        return [
+            *blocks,
+            _not_run("temperature scaling", f"domainclip evaluate {run} --fit-temperature"),
+        ]
+
+    def num(key: str) -> str:
+        v = cal.get(key)
+        return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+    blocks.append(
+        (
+            "p",
+            f"Temperature T = {cal['temperature']:.4g}, fitted on split `{cal.get('split', '?')}` "
+            f"({cal.get('n', '?')} images) by minimising NLL; applied by evaluate, audit and the "
+            "dashboard.",
+        )
+    )
+    blocks.append(
+        (
+            "table",
+            ["metric", "before (T = 1)", f"after (T = {cal['temperature']:.3g})"],
+            [
+                ["NLL", num("nll_before"), num("nll_after")],
+                ["ECE", num("ece_before"), num("ece_after")],
+            ],
+        )
+    )
+    return blocks
+
+
+def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
+    blocks: list[Block] = [("h2", "Prompt-framing audit and deployment gate")]
+    files = sorted(run.glob("audit/*/audit.json"))
+    if not files:
+        return [
+            *blocks,
+            _not_run("the framing audit", f"domainclip audit {run} --spec SPEC --gate"),
+        ], []
+    notes = []
+    for f in files:
+        a = _read_json(f)
+        if a is None:
+            continue
+        gate = a["gate"]
+        spec = a["spec"]
+        blocks.append(("h3", f"{spec['name']} ({spec['version']}): gate {gate['verdict'].upper()}"))
+        blocks.append(
+            (
+                "p",
+                f"{a['data']['n_images']} images of split `{a['data']['split'] or 'all'}`; "
+                f"{gate['n_failed']} of {gate['n_checks']} checks failed"
+                + (f": {', '.join(gate['failed'])}" if gate["failed"] else "")
+                + f". Temperature {a['model']['temperature']:.3g}. Report: `{f.parent / 'report.md'}`.",
+            )
+        )
+        rows = []
+        for name, fr in a["framings"].items():
+            comp = a["comparisons"].get(name, {}).get("overall")
+            rows.append(
+                [
+                    name + (" (reference)" if fr["is_reference"] else ""),
+                    fmt_est(comp["mean_shift"], signed=True) if comp else "-",
+                    fmt_est(comp["flip_rate"]) if comp else "-",
+                    fmt_est(fr["ece"]),
+                ]
+            )
+        blocks.append(("table", ["framing", "mean shift", "flip rate", "ECE"], rows))
+        plot = f.parent / "shift_distributions.png"
+        if plot.is_file():
+            try:
+                blocks.append(("img", plot.relative_to(card_dir), "score shifts per framing"))
+            except ValueError:  # the card is written outside the run: link instead of embedding
+                blocks.append(("p", f"Shift distributions: `{plot}`"))
+        for name, c in ((a.get("compare") or {}).get("sensitivity_change") or {}).items():
+            o = c.get("overall", {})
+            if "verdict" in o:
+                blocks.append(
+                    (
+                        "p",
+                        f"Against the base model, `{name}`: {o['verdict']} "
+                        f"(|shift| {o['abs_mean_shift_model']:.3f} vs {o['abs_mean_shift_base']:.3f}).",
+                    )
+                )
+        for name, neg in (a.get("negation") or {}).items():
+            if not neg["lowers_score"]:
+                notes.append(
+                    f"Under the negated framing `{name}` the score does not drop: the model may ignore negation."
+                )
+        if gate["verdict"] == "fail":
+            notes.append(
+                f"The framing audit `{spec['name']}` fails its gate: scores depend on wording."
+            )
+    return blocks, notes
+
+
+def _explanations(run: Path) -> list[Block]:
+    blocks: list[Block] = [("h2", "Explanations: sanity checks")]
+    files = sorted((run / "explain").rglob("index.json")) if (run / "explain").is_dir() else []
+    if not files:
+        return [
+            *blocks,
+            _not_run(
+                "saliency sanity checks", f"domainclip explain {run} --data MANIFEST --sanity"
+            ),
+        ]
+    for f in files:
+        idx = _read_json(f)
+        if idx is None:
+            continue
+        summary = idx.get("summary") or {}
+        blocks.append(
+            (
+                "p",
+                f"`{f}`: {len(idx.get('items', []))} maps, methods {', '.join(idx.get('methods', []))}.",
+            )
+        )
+        rows = []
+        for method, s in summary.items():
+            nums = {
+                **(s.get("sanity") or {}),
+                **{f"localisation {k}": v for k, v in (s.get("localisation") or {}).items()},
+            }
+            rows += [
+                [method, k, "-" if v is None else f"{v:.3f}"]
+                for k, v in nums.items()
+                if isinstance(v, (int, float)) or v is None
+            ]
+        if rows:
+            blocks.append(("table", ["method", "check (mean)", "value"], rows))
+        else:
+            blocks.append(("p", "No sanity checks were run for these maps (use --sanity)."))
+    return blocks
+
+
+def _num(v: float | int | None) -> str:
+    if v is None:
+        return "-"
+    return str(v) if isinstance(v, int) or float(v).is_integer() else f"{v:.3f}"
+
+
+def _reproduce(run: Path, cfg: dict) -> list[Block]:
+    manifest = _get(cfg, "data.manifest", "MANIFEST")
+    specs = []
+    for p in sorted(run.glob("audit/*/audit.json")):
+        spec = (_read_json(p) or {}).get("spec") or {}
+        source = spec.get("source") or ""
+        # A shipped spec is named; any other file is given by path, as it was audited.
+        shipped = Path(source).parent.resolve() == SPEC_DIR.resolve() if source else False
+        specs.append(spec.get("name", p.parent.name) if shipped or not source else source)
+    specs = specs or ["SPEC"]
+    return [
+        ("h2", "How to reproduce"),
+        (
+            "p",
+            f"The resolved configuration is `{run / 'config.yaml'}` (every setting that ran). "
+            "From the same data and a domainclip of the same version:",
+        ),
+        (
+            "code",
+            "\n".join(
+                [
+                    f"domainclip finetune {run / 'config.yaml'} --out NEW_RUN",
+                    f"domainclip evaluate NEW_RUN --data {manifest} --fit-temperature",
+                    *[f"domainclip audit NEW_RUN --spec {name} --gate" for name in specs],
+                    "domainclip card NEW_RUN --html",
+                ]
+            ),
+        ),
+    ]
+
+
+def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]:
+    """The card as report blocks (see `domainclip.audit.report`)."""
+    from domainclip.evaluation.loading import RUN_CONFIG, read_run_config
+
+    run = Path(run_dir).expanduser().resolve()
+    if not (run / RUN_CONFIG).is_file():
+        raise ConfigError(
+            f"{run} is not a fine-tuning run (no {RUN_CONFIG}); a model card describes a run made "
+            "by `domainclip finetune`"
+        )
+    cfg = read_run_config(run)
+    result = _read_json(run / "result.json") if (run / "result.json").is_file() else None
+    data_blocks, classes, caveats = _data(cfg, run)
+    audit_blocks, audit_notes = _audits(run, card_dir or run)
+    limitations = []
+    if _get(cfg, "backbone.spec") == "default":
+        limitations.append(
+            "Embedded default backbone: its image-text alignment comes only from the fine-tuning "
+            "data; expect it to know nothing about findings, wordings or image types absent there."
+        )
+    limitations += caveats + audit_notes
+    limitations += [
+        "Metrics come from one held-out split of the same source as the training data; they do "
+        "not show performance on other sites, devices or time periods.",
+        "The temperature is fitted on the validation split; calibration can drift on new data.",
+        "Saliency maps show what moved the score, not a clinical or physical cause.",
+    ]
+    return [
+        ("h1", f"Model card: {run.name}"),
+        *_overview(run, cfg, result),
+        *_intended_use(classes, _get(cfg, "data.manifest")),
+        *data_blocks,
+        *_evaluation(run),
+        *_calibration(run),
+        *audit_blocks,
+        *_explanations(run),
+        ("h2", "Limitations"),
+        ("ul", limitations),
+        *_reproduce(run, cfg),
+    ]
+
+
+def write_card(run_dir: str | Path, out: str | Path | None = None, html: bool = False) -> Path:
+    """Write RUN/MODEL_CARD.md (or `out`), and the same as .html when `html`. Returns the .md path.
+
+    Sections whose inputs do not exist yet say "Not run yet: ..." with the command to run.
+
+    Raises:
+        ConfigError: `run_dir` is not a fine-tuning run.
+    """
+    run = Path(run_dir).expanduser().resolve()
+    path = Path(out).expanduser() if out else run / CARD_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blocks = build_card(run, path.parent.resolve())
+    path.write_text(to_markdown(blocks), encoding="utf-8")
+    if html:
+        path.with_suffix(".html").write_text(
+            to_html(blocks, path.parent.resolve(), f"Model card: {run.name}"), encoding="utf-8"
+        )
+    return path

@@ -1,0 +1,117 @@
+"""Model cards from run directories: every section read from the real files, or "not run yet"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from domainclip.audit import PlantedBiasBackbone, run_audit, write_card
+from domainclip.cli import main
+from domainclip.errors import ConfigError
+from tests.audit.conftest import POSSIBLY, SEVERE, small_spec
+
+
+def _config(manifest: Path) -> dict:
+    from domainclip.finetune import load_config
+
+    cfg = load_config(
+        "configs/demo_synthetic_lora.yaml", [f"data.manifest={manifest}", "train.max_steps=4"]
+    )
+    return cfg.to_dict()
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tiny_backbone, manifest_path):
+    """A run directory holding real evaluation, calibration, audit and explanation outputs of
+    the tiny model (produced by the library functions that write them; the training itself is
+    the finetune package's to test)."""
+    from domainclip.evaluation.evaluate import evaluate
+    from domainclip.evaluation.temperature import save_calibration
+    from domainclip.explain.batch import ExplainSettings, explain_manifest
+
+    run = tmp_path_factory.mktemp("card_run")
+    (run / "config.yaml").write_text(yaml.safe_dump(_config(manifest_path), sort_keys=False))
+    metrics = evaluate(
+        tiny_backbone,
+        manifest_path,
+        split="test",
+        prompts="configs/prompts/synthetic.yaml",
+        out_dir=run / "eval" / "synthetic_test",
+        fit_temperature=True,
+        n_boot=50,
+    )
+    save_calibration(run, metrics["temperature"]["fit"])
+    model = PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 3.0, POSSIBLY: 0.0})
+    audit = run_audit(
+        model, small_spec(), manifest_path, split=None, out_dir=run / "audit" / "small"
+    )
+    explain_manifest(
+        tiny_backbone,
+        manifest_path,
+        run / "explain" / "test",
+        ExplainSettings(methods=("gradcam",), checks=("text", "localisation")),
+        split="test",
+        limit=2,
+    )
+    return run, metrics, audit
+
+
+def test_full_card_quotes_every_source(full_run):
+    run, metrics, audit = full_run
+    path = write_card(run, html=True)
+    assert path == run / "MODEL_CARD.md"
+    md = path.read_text()
+    acc = metrics["classification"]["accuracy"]
+    assert f"{acc['value']:.3f} [{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]" in md
+    cal = json.loads((run / "calibration.json").read_text())
+    assert f"Temperature T = {cal['temperature']:.4g}" in md
+    assert f"{cal['ece_before']:.4f}" in md and f"{cal['ece_after']:.4f}" in md
+    assert "small (small-1): gate FAIL" in md
+    for check in audit.data["gate"]["failed"]:
+        assert check in md
+    assert "gradcam" in md and "text_max_spearman" in md
+    assert "Not run yet" not in md
+    # training data from the run's manifest: per-class counts per split and the text sources
+    assert "| scratch |" in md and "describe_boxes" in md
+    assert "two separately pretrained encoders" in md  # the config's backbone is the default
+    assert "Out-of-scope use" in md and "How to reproduce" in md
+    assert f"domainclip finetune {run / 'config.yaml'} --out NEW_RUN" in md
+    html = path.with_suffix(".html").read_text()
+    assert "<h2>Limitations</h2>" in html and "data:image/png;base64," in html
+
+
+def test_missing_sections_say_which_command_produces_them(tmp_path, manifest_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(_config(manifest_path)))
+    md = write_card(run).read_text()
+    assert f"Not run yet: evaluation. Run `domainclip evaluate {run} --fit-temperature`." in md
+    assert f"domainclip audit {run} --spec SPEC --gate" in md
+    assert f"domainclip explain {run} --data MANIFEST --sanity" in md
+    assert "Training summary (result.json) not found" in md
+
+
+def test_card_cli_and_errors(full_run, tmp_path, capsys):
+    run, _, _ = full_run
+    out = tmp_path / "cards" / "card.md"
+    assert main(["card", str(run), "--out", str(out), "--html"]) == 0
+    assert out.is_file() and out.with_suffix(".html").is_file()
+    assert f"wrote {out}" in capsys.readouterr().out
+    # outside the run, the audit plot is linked rather than embedded
+    assert "Shift distributions: `" in out.read_text()
+    with pytest.raises(ConfigError, match="not a fine-tuning run"):
+        write_card(tmp_path)
+    assert main(["card", str(tmp_path)]) == 2
+
+
+def test_unreadable_inputs_are_left_out_not_fatal(full_run, tmp_path):
+    run, _, _ = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "eval" / "synthetic_test" / "metrics.json").write_text("{not json")
+    md = write_card(copy).read_text()
+    assert "## Evaluation" in md and "## Prompt-framing audit" in md
