@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from domainclip.errors import ConfigError
+from domainclip.resources import CONFIGS_DIR, resolve_config_path
 
 PLACEHOLDERS: tuple[str, ...] = ("finding", "defect")
 EXPECTATIONS: tuple[str, ...] = ("invariant", "lower")
@@ -60,7 +61,7 @@ _FINDING_KEYS = ("name", "framed", "text")
 _FRAMING_KEYS = ("template", "expect")
 _THRESHOLD_KEYS = ("max_abs_mean_shift", "max_flip_rate", "max_ece", "alpha")
 _STATS_KEYS = ("n_bootstrap", "seed", "min_cell_images", "ece_bins", "max_flip_examples")
-SPEC_DIR = Path(__file__).resolve().parents[2] / "configs" / "audits"
+SPEC_DIR = CONFIGS_DIR / "audits"
 
 
 class AuditSpecError(ConfigError):
@@ -481,7 +482,7 @@ def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:
     """A spec file path, or the name of a spec shipped in configs/audits/ (e.g. "neu_det")."""
-    path = Path(name_or_path).expanduser()
+    path = resolve_config_path(name_or_path)
     if path.is_file():
         return path
     candidate = SPEC_DIR / f"{name_or_path}.yaml"

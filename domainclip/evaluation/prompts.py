@@ -310,7 +310,9 @@ def load_prompt_set(path_or_dict: str | Path | Mapping[str, Any] | PromptSet) ->
         return _parse(dict(path_or_dict), "<dict>")
     import yaml
 
-    path = Path(path_or_dict).expanduser()
+    from domainclip.resources import resolve_config_path
+
+    path = resolve_config_path(path_or_dict)
     if not path.is_file():
         raise PromptError(f"prompt set {path} not found (see configs/prompts/ for examples)")
     try:

@@ -232,8 +232,8 @@ class TrainConfig:
     epochs: int = _f(0, "epochs when max_steps is 0", range=(0, None, "[]"))
     cache_features: str = _f(
         "auto",
-        "reuse frozen-tower features computed once: auto (whenever a tower is locked) | on | off",
-        choices=("auto", "on", "off"),
+        "reuse frozen-tower features computed once: auto (whenever a tower is locked) | always | never",
+        choices=("auto", "always", "never"),
     )
     feature_cache_dir: str = _f(
         "",
@@ -418,6 +418,11 @@ def _coerce(path: str, value: Any, typ: Any, f: dataclasses.Field) -> Any:
             else:
                 raise ConfigError(f"{path} must be an integer, got {value!r}")
     elif typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         value = float(value)
@@ -516,7 +521,9 @@ def load_config(
     elif isinstance(source, dict):
         data = copy.deepcopy(source)
     else:
-        path = Path(source).expanduser()
+        from domainclip.resources import resolve_config_path
+
+        path = resolve_config_path(source)
         where = str(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found (examples are in configs/)")
