@@ -257,7 +257,9 @@ def subgroup_ece(
         min_count: groups with fewer images get ECE undefined with the reason.
 
     Returns:
-        {column: {value: {"n": int, "ece": Estimate dict, "accuracy"/"mean_confidence": float}}}.
+        {column: {value: {"n": int, "ece": Estimate dict, "accuracy": float, "mean_confidence": float}}};
+        "accuracy" / "mean_confidence" are the means of what calibration judges (see module doc):
+        top-1 accuracy and confidence, or, multi-label, the positive rate and mean probability.
     """
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels)

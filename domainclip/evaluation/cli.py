@@ -27,7 +27,7 @@ def _summary(r: dict) -> str:
         f"{r['name']}: {r['data']['n_evaluated']} images of split {r['data']['split']} "
         f"(prompts {r['prompts']['version']}, T={t['value']:.4g} {t['source']})",
         f"  {main}: {fmt(cls[main])}",
-        f"  macro AUROC: {fmt(cls['macro_auroc'])}",
+        *([f"  macro AUROC: {fmt(cls['macro_auroc'])}"] if main != "macro_auroc" else []),
         f"  ECE before: {fmt(cal['before']['ece'])}"
         + (f", after: {fmt(cal['after']['ece'])}" if cal["after"] else ""),
         f"  t2i R@1: {fmt(r['retrieval']['t2i_R@1'])}, i2t R@1: {fmt(r['retrieval']['i2t_R@1'])}",

@@ -66,9 +66,9 @@ def single_class_reason(y: np.ndarray) -> str | None:
     """Why AUROC/AP is undefined for binary labels y (None when both values occur)."""
     n_pos = int(y.sum())
     if n_pos == 0:
-        return f"no positive images among {len(y)} (only one label value in this split)"
+        return f"no positive images among {len(y)} (one label value only)"
     if n_pos == len(y):
-        return f"all {len(y)} images are positive (only one label value in this split)"
+        return f"all {len(y)} images are positive (one label value only)"
     return None
 
 

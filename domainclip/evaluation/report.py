@@ -85,8 +85,11 @@ def render_markdown(r: dict[str, Any]) -> str:
     ]
     for col, groups in cal.get("subgroups", {}).items():
         lines += ["", f"ECE by `{col}`:", ""]
+        observed = (
+            ["positive rate", "mean probability"] if multi else ["accuracy", "mean confidence"]
+        )
         lines += _table(
-            ["value", "n", "ECE", "accuracy", "mean confidence"],
+            ["value", "n", "ECE", *observed],
             [
                 [
                     g,

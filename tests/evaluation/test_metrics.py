@@ -144,7 +144,7 @@ def test_bootstrap_ci_covers_true_accuracy_and_auroc_at_nominal_rate():
         def stat(idx, scores=scores, y=y, correct=correct):
             return {"auc": roc_auc(y[idx], scores[idx]), "acc": float(correct[idx].mean())}
 
-        est = bootstrap_metrics(stat, y.astype(int), n_boot=250, seed=s)
+        est = bootstrap_metrics(stat, y.astype(int), n_boot=200, seed=s)
         cover_auc += est["auc"].low <= true_auc <= est["auc"].high
         # accuracy resampled within the same two strata: the true rate is p_correct in both
         cover_acc += est["acc"].low <= p_correct <= est["acc"].high
