@@ -24,9 +24,15 @@ from domainclip.audit.spec import AuditSpec
 from domainclip.datasets.manifest import Manifest, ManifestRow
 
 
-def _image_ref(manifest: Manifest, row: ManifestRow) -> dict[str, Any]:
+def row_number(row: ManifestRow, position: int) -> int:
+    """The manifest row number; in-memory rows have none, so their 1-based position stands in
+    (as in `PairedDataset`), keeping scores.csv's `row` a unique key per image."""
+    return row.row or position + 1
+
+
+def _image_ref(manifest: Manifest, row: ManifestRow, position: int) -> dict[str, Any]:
     return {
-        "row": row.row,
+        "row": row_number(row, position),
         "image": row.image,
         "path": str(manifest.image_path(row)),
         "label": list(row.label),
@@ -63,7 +69,7 @@ def flip_examples(
 
         out.append(
             {
-                **_image_ref(manifest, rows[i]),
+                **_image_ref(manifest, rows[i], int(i)),
                 "target": target,
                 "shift": float(shift[i]),
                 "reference": side(r, reference),
@@ -219,7 +225,7 @@ def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any
         for k, name in enumerate(t.framings):
             out.append(
                 {
-                    "row": row.row,
+                    "row": row_number(row, i),
                     "image": row.image,
                     "label": "|".join(row.label),
                     "target": t.classes[t.target[i]],
