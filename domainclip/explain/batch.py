@@ -32,7 +32,13 @@ import numpy as np
 from domainclip.errors import DomainClipError
 from domainclip.explain.errors import ExplainError
 from domainclip.explain.forward import check_prompts
-from domainclip.explain.image import ImageExplainer, SaliencyMap, is_signed, methods_for
+from domainclip.explain.image import (
+    ImageExplainer,
+    SaliencyMap,
+    competitors,
+    is_signed,
+    methods_for,
+)
 from domainclip.explain.inputs import ModelInput, mask_to_view, prepare_image
 from domainclip.explain.localisation import Localisation, localise, summarise
 from domainclip.explain.render import render_overlay, save_html, save_map
@@ -105,12 +111,15 @@ class _Session:
             self._random = ImageExplainer(rand_bb)
         return self._random
 
-    def explain(self, explainer: ImageExplainer, inp: ModelInput, prompt: str, method: str):
+    def explain(
+        self, explainer: ImageExplainer, inp: ModelInput, prompt: str, method: str, pool: list[str]
+    ) -> SaliencyMap:
+        """`pool`: the row's prompts (text, prompt_b); with `others` they form the softmax set."""
         return explainer.explain(
             inp.pixels,
             prompt,
             method,
-            others=self.s.others,
+            others=competitors(prompt, [*pool, *self.s.others]),
             score=self.s.score,
             temperature=self.s.temperature,
             **self.s.options.get(method, {}),
@@ -127,22 +136,21 @@ def _write_map(
     return str(npy.relative_to(sess.out)), str(png.relative_to(sess.out))
 
 
-def _sanity(sess: _Session, inp: ModelInput, sal: SaliencyMap) -> dict:
+def _sanity(sess: _Session, inp: ModelInput, sal: SaliencyMap, pool: list[str]) -> dict:
     checks, out = sess.s.checks, {}
     if "randomisation" in checks:
-        rand = sess.explain(sess.random_explainer(), inp, sal.prompt, sal.method)
+        rand = sess.explain(sess.random_explainer(), inp, sal.prompt, sal.method, pool)
         out["randomisation_spearman"] = spearman(sal.map, rand.map)
     if "text" in checks:
         corr = {
-            o: spearman(sal.map, sess.explain(sess.explainer, inp, o, sal.method).map)
+            o: spearman(sal.map, sess.explain(sess.explainer, inp, o, sal.method, pool).map)
             for o in UNRELATED_PROMPTS
         }
         out["text_spearman"] = corr
         out["text_max_spearman"] = max(corr.values())
     if "deletion" in checks:
-        scorer = sess.explainer.scorer(
-            [sal.prompt, *sess.s.others], sess.s.score, sess.s.temperature
-        )
+        prompts = [sal.prompt, *competitors(sal.prompt, [*pool, *sess.s.others])]
+        scorer = sess.explainer.scorer(prompts, sess.s.score, sess.s.temperature)
         d = deletion_insertion(
             sess.bb, inp.pixels, sal.prompt, sal.map, scorer=scorer, seed=sess.s.seed
         )
@@ -165,8 +173,9 @@ def _explain_row(
     view_mask = mask_to_view(sess.bb, region[0]) if region is not None else None
     if view_mask is not None and not view_mask.any():
         view_mask = None  # the region was cropped away by the centre crop
+    pool = [prompt, *([sess.s.prompt_b] if sess.s.prompt_b else [])]
     for method in sess.s.methods:
-        sal = sess.explain(sess.explainer, inp, prompt, method)
+        sal = sess.explain(sess.explainer, inp, prompt, method, pool)
         stem = f"{row:05d}_{method}"
         title = f"{method}: {prompt[:70]}\nscore {sal.score:.3f}"
         map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
@@ -188,11 +197,11 @@ def _explain_row(
                 "params": sal.params,
                 "region": region[1] if region is not None and view_mask is not None else None,
                 "localisation": loc,
-                "sanity": _sanity(sess, inp, sal),
+                "sanity": _sanity(sess, inp, sal, pool),
             }
         )
         if sess.s.prompt_b:
-            b = sess.explain(sess.explainer, inp, sess.s.prompt_b, method)
+            b = sess.explain(sess.explainer, inp, sess.s.prompt_b, method, pool)
             diff = (sal.map - b.map).astype(np.float32)
             title = f"{method}: A - B\nA: {prompt[:50]}\nB: {sess.s.prompt_b[:50]}"
             map_file, overlay = _write_map(sess, inp, f"{stem}_contrast", diff, title, True)

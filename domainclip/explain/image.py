@@ -195,10 +195,23 @@ class ImageExplainer:
         method: str = "gradcam",
         **kwargs: object,
     ) -> ContrastMap:
-        """What changes when the framing changes: map(prompt_a) - map(prompt_b)."""
-        a = self.explain(pixels, prompt_a, method, **kwargs)
-        b = self.explain(pixels, prompt_b, method, **kwargs)
+        """What changes when the framing changes: map(prompt_a) - map(prompt_b).
+
+        With score="probability" both maps use the same softmax over A, B and `others`.
+        """
+        others = list(kwargs.pop("others", ()))
+        a = self.explain(
+            pixels, prompt_a, method, others=competitors(prompt_a, [prompt_b, *others]), **kwargs
+        )
+        b = self.explain(
+            pixels, prompt_b, method, others=competitors(prompt_b, [prompt_a, *others]), **kwargs
+        )
         return ContrastMap(a=a, b=b, diff=(a.map - b.map).astype(np.float32))
+
+
+def competitors(prompt: str, pool: Sequence[str]) -> list[str]:
+    """The other prompts of a softmax pool, without duplicates or `prompt` itself."""
+    return [p for p in dict.fromkeys(pool) if p != prompt]
 
 
 def explain_image(
