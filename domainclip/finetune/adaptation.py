@@ -82,14 +82,13 @@ class Adaptation:
         return {k: named[k] for k in sorted(named) if named[k].requires_grad}
 
     def parameter_counts(self) -> dict[str, float]:
-        """{"trainable", "total", "fraction"}; a fitted head counts as trainable."""
+        """{"trainable", "total", "fraction"}; a head's learned numbers count as trainable (the
+        linear probe's weights, Tip-Adapter-F's keys; a training-free cache learns nothing)."""
         total = sum(p.numel() for p in self.model.parameters())
-        trainable = sum(p.numel() for p in self.trainable_parameters().values())
+        trainable = sum(p.numel() for p in self.trainable_parameters().values() if p.requires_grad)
         if self.head is not None:
-            head_n = sum(t.numel() for t in self.head.state_dict().values())
-            total += head_n
-            if not any(p.requires_grad for p in self.head.parameters()):
-                trainable += head_n  # fitted in closed form, still learned from the data
+            total += sum(t.numel() for t in self.head.state_dict().values())
+            trainable += int(getattr(self.head, "n_learned", 0))
         return {"trainable": trainable, "total": total, "fraction": trainable / max(total, 1)}
 
     # ------------------------------------------------------------------ modes
@@ -100,7 +99,7 @@ class Adaptation:
             return
         prefixes = self.layout.image_prefixes
         for name, module in self.base.named_modules():
-            if not name or any(p.startswith(name + ".") for p in prefixes):
+            if not name or any(p.startswith(name + ".") and p != name + "." for p in prefixes):
                 continue  # the root and containers holding both towers
             tower = "image" if (name + ".").startswith(prefixes) else "text"
             mode = self.modes[tower]
@@ -185,6 +184,7 @@ class Adaptation:
                 "alpha": self.head.alpha,
                 "beta": self.head.beta,
                 "scale": self.head.scale,
+                "keys_trained": self.head.keys_trained,
             }
         elif isinstance(self.head, LinearProbeHead):
             meta["head"] = {"kind": "linear_probe", "classes": self.head.classes}

@@ -9,6 +9,7 @@ config.yaml written into a run says exactly what ran.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -419,10 +420,8 @@ def _coerce(path: str, value: Any, typ: Any, f: dataclasses.Field) -> Any:
                 raise ConfigError(f"{path} must be an integer, got {value!r}")
     elif typ is float:
         if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         value = float(value)

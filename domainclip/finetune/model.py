@@ -78,7 +78,7 @@ def load_adaptation(
         step=meta.get("step"),
         merged=merge,
     )
-    return bb
+    return adapt
 
 
 def export_merged(run: str | Path, out_dir: str | Path, checkpoint: str = "best") -> Path:

@@ -128,13 +128,13 @@ def _image_cache(
     """Frozen image-tower outputs for train and val, or None when the image tower is trained."""
     locked = adapt.modes["image"] == "locked"
     mode = cfg.train.cache_features
-    if mode == "on" and not locked:
+    if mode == "always" and not locked:
         from domainclip.errors import ConfigError
 
         raise ConfigError(
-            "train.cache_features=on needs a locked image tower (method.image_tower=locked)"
+            "train.cache_features=always needs a locked image tower (method.image_tower=locked)"
         )
-    if not locked or (mode == "off" and cfg.needs_training):
+    if not locked or (mode == "never" and cfg.needs_training):
         return None
     bb = adapt.bb
     # The backbone's own eval transform: `domainclip evaluate` embeds with it too, so features seen
@@ -228,6 +228,11 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
             )
         else:
             result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
+        counts = adapt.parameter_counts()  # again: fitted heads exist only now
+        if cache:
+            result.setdefault("info", {})["unreadable_images"] = {
+                k: c.n_failed for k, c in cache.items()
+            }
         result.update(
             run_dir=run_dir,
             method=cfg.method.name,

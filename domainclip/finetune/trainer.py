@@ -184,7 +184,7 @@ class Trainer:
     # ------------------------------------------------------------------ features
     def _text_features(self, texts: list[str]) -> torch.Tensor:
         """Unique texts -> input for StepModule (ids, or cached pooled features if text is locked)."""
-        if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "off":
+        if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "never":
             missing = [t for t in texts if t not in self.text_cache]
             if missing:
                 ids = self.adapt.bb.tokenizer(missing).to(self.device)
@@ -366,7 +366,7 @@ class Trainer:
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         with self._autocast():
-            if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "off":
+            if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "never":
                 return self.adapt.text_from_pooled(self._text_features(texts)).float().cpu()
             return (
                 self.adapt.model.encode_text(self.adapt.bb.tokenizer(texts).to(self.device))

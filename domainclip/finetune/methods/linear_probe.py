@@ -33,6 +33,10 @@ class LinearProbeHead(nn.Module):
         self.register_buffer("bias", bias.float().clone())
         self.classes = list(classes)
 
+    @property
+    def n_learned(self) -> int:
+        return self.weight.numel() + self.bias.numel()
+
     def forward(self, image_feats: torch.Tensor, class_text_feats: torch.Tensor) -> torch.Tensor:
         """image_feats [N, D], class_text_feats [C, D] (only its C is checked) -> logits [N, C]."""
         if class_text_feats.shape[0] != len(self.classes):

@@ -44,10 +44,18 @@ class TipAdapterHead(nn.Module):
         scale: float,
     ) -> None:
         super().__init__()
-        self.keys = nn.Parameter(keys.float().clone())
+        self.keys = nn.Parameter(
+            keys.float().clone(), requires_grad=False
+        )  # Tip-Adapter-F trains them
         self.register_buffer("values", values.float().clone())
         self.classes = list(classes)
         self.alpha, self.beta, self.scale = float(alpha), float(beta), float(scale)
+        self.keys_trained = False  # Tip-Adapter-F sets it
+
+    @property
+    def n_learned(self) -> int:
+        """Numbers learned by gradient descent: the keys for Tip-Adapter-F, none training-free."""
+        return self.keys.numel() if self.keys_trained else 0
 
     def cache_logits(
         self, f: torch.Tensor, exclude_self: torch.Tensor | None = None
@@ -154,6 +162,7 @@ def _train_keys(head: TipAdapterHead, feats, y, W, settings: TipAdapterSettings,
     # Middle of the grids while training (the paper trains at its initial alpha/beta, then searches).
     head.alpha = sorted(settings.alpha)[len(settings.alpha) // 2]
     head.beta = sorted(settings.beta)[len(settings.beta) // 2]
+    head.keys.requires_grad_(True)
     opt = torch.optim.AdamW([head.keys], lr=settings.lr, eps=1e-4)
     g = torch.Generator().manual_seed(seed)
     bs = 256
@@ -171,3 +180,4 @@ def _train_keys(head: TipAdapterHead, feats, y, W, settings: TipAdapterSettings,
             opt.step()
             sched.step()
     head.keys.requires_grad_(False)
+    head.keys_trained = True
