@@ -58,13 +58,12 @@ def resolve_model(model_or_run: Any, temperature: float | None = None) -> Resolv
     from domainclip.evaluation.temperature import CALIBRATION_FILE, load_temperature
 
     bb, run_dir = load_for_eval(model_or_run)
-    label = (
-        str(Path(run_dir).resolve())
-        if run_dir is not None
-        else str(getattr(bb, "spec", model_or_run))
-    )
-    if isinstance(model_or_run, (str, Path)) and run_dir is None:
+    if run_dir is not None:
+        label = str(Path(run_dir).resolve())
+    elif isinstance(model_or_run, (str, Path)):
         label = str(model_or_run)
+    else:
+        label = bb.spec
     if temperature is not None:
         return ResolvedModel(bb, run_dir, float(temperature), "given", label)
     if run_dir is None:

@@ -21,7 +21,7 @@ from typing import Any
 from domainclip import __version__
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
 from domainclip.audit.spec import SPEC_DIR
-from domainclip.errors import ConfigError
+from domainclip.errors import ConfigError, DomainClipError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def _data(cfg: dict, run: Path) -> tuple[list[Block], list[str], list[str]]:
     try:
         path = manifest_from_run(run)
         man = read_manifest(path)
-    except Exception as exc:  # noqa: BLE001 - any reason the manifest cannot be read is reported
+    except (DomainClipError, OSError) as exc:  # reported in the card instead of failing it
         blocks.append(("p", f"The run's manifest could not be read: {exc}"))
         return blocks, list(_get(cfg, "data.classes") or []), []
     splits = sorted({r.split for r in man.rows})

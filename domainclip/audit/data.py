@@ -77,6 +77,11 @@ def select_rows(manifest: Manifest, split: str | None, spec: AuditSpec) -> Audit
             f"findings: {', '.join(spec.labels)}; labels in the split: "
             f"{', '.join(sorted({lab for r in rows for lab in r.label})) or 'none'}"
         )
+    if not any(f.framed and f.label in present for f in spec.findings):
+        raise DataError(
+            f"{where}: split {split!r} has images only of control findings (framed: false), whose "
+            "texts never change with the framing: there is nothing to audit"
+        )
     columns = {k for r in rows for k in r.meta}
     missing_cols = [c for c in spec.subgroups if c not in columns]
     if missing_cols:

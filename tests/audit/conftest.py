@@ -8,6 +8,8 @@ import pytest
 
 from domainclip.datasets.importers.synthetic import generate_synthetic
 
+REPO = Path(__file__).resolve().parents[2]
+
 # Framings of the test spec differ from the reference only by a marker phrase that
 # PlantedBiasBackbone removes before embedding, so without a planted delta they are *exactly*
 # the reference and any shift the audit reports is the planted one.
@@ -60,3 +62,37 @@ def tiny_backbone():
     from domainclip.models.testing import tiny_open_clip_backbone
 
     return tiny_open_clip_backbone("vit", image_size=64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, manifest_path) -> Path:
+    """A real fine-tuning run (tiny CNN CLIP, LoRA, 4 steps) with a fitted temperature.
+
+    Made by `domainclip.finetune.finetune` and `domainclip.evaluation.evaluate`, so its files
+    (config.yaml, result.json, checkpoints, calibration.json, eval/) are the real thing.
+    """
+    from domainclip.evaluation.evaluate import evaluate
+    from domainclip.finetune import finetune, load_config
+    from domainclip.models import save_backbone
+    from domainclip.models.testing import tiny_open_clip_backbone
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    backbone = save_backbone(tiny_open_clip_backbone("cnn", image_size=64, seed=2), root / "bb")
+    cfg = load_config(
+        None,
+        [
+            f"backbone.spec={backbone}",
+            f"data.manifest={manifest_path}",
+            f"eval.prompts={REPO / 'configs' / 'prompts' / 'synthetic.yaml'}",
+            "method.name=lora",
+            "train.max_steps=4",
+            "train.batch_size=8",
+            "eval.every_steps=2",
+            "optim.warmup_steps=1",
+            "train.progress=false",
+        ],
+    )
+    run = root / "run"
+    finetune(cfg, run)
+    evaluate(run, fit_temperature=True, n_boot=50)
+    return run

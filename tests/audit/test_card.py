@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from domainclip.audit import PlantedBiasBackbone, run_audit, write_card
+from domainclip.audit import run_audit, write_card
 from domainclip.cli import main
 from domainclip.errors import ConfigError
-from tests.audit.conftest import POSSIBLY, SEVERE, small_spec
+from tests.audit.conftest import small_spec
 
 
 def _config(manifest: Path) -> dict:
@@ -25,33 +25,28 @@ def _config(manifest: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, tiny_backbone, manifest_path):
-    """A run directory holding real evaluation, calibration, audit and explanation outputs of
-    the tiny model (produced by the library functions that write them; the training itself is
-    the finetune package's to test)."""
-    from domainclip.evaluation.evaluate import evaluate
-    from domainclip.evaluation.temperature import save_calibration
+def full_run(tmp_path_factory, tiny_run):
+    """A copy of the tiny run with an audit and a saliency batch with sanity checks, written by
+    the library into the run's default places (the model is loaded once for both)."""
+    from domainclip.evaluation.temperature import load_temperature
     from domainclip.explain.batch import ExplainSettings, explain_manifest
+    from domainclip.finetune import load_model
 
-    run = tmp_path_factory.mktemp("card_run")
-    (run / "config.yaml").write_text(yaml.safe_dump(_config(manifest_path), sort_keys=False))
-    metrics = evaluate(
-        tiny_backbone,
-        manifest_path,
-        split="test",
-        prompts="configs/prompts/synthetic.yaml",
-        out_dir=run / "eval" / "synthetic_test",
-        fit_temperature=True,
-        n_boot=50,
-    )
-    save_calibration(run, metrics["temperature"]["fit"])
-    model = PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 3.0, POSSIBLY: 0.0})
+    run = tmp_path_factory.mktemp("card") / "run"
+    shutil.copytree(tiny_run, run)
+    metrics = json.loads(next(run.glob("eval/*/metrics.json")).read_text())
+    model = load_model(run)
+    manifest = metrics["data"]["manifest"]
     audit = run_audit(
-        model, small_spec(), manifest_path, split=None, out_dir=run / "audit" / "small"
+        model,
+        small_spec(max_ece=None),
+        manifest,
+        out_dir=run / "audit" / "small",
+        temperature=load_temperature(run),
     )
     explain_manifest(
-        tiny_backbone,
-        manifest_path,
+        model,
+        manifest,
         run / "explain" / "test",
         ExplainSettings(methods=("gradcam",), checks=("text", "localisation")),
         split="test",
@@ -70,14 +65,16 @@ def test_full_card_quotes_every_source(full_run):
     cal = json.loads((run / "calibration.json").read_text())
     assert f"Temperature T = {cal['temperature']:.4g}" in md
     assert f"{cal['ece_before']:.4f}" in md and f"{cal['ece_after']:.4f}" in md
-    assert "small (small-1): gate FAIL" in md
+    assert f"small (small-1): gate {audit.verdict.upper()}" in md
     for check in audit.data["gate"]["failed"]:
         assert check in md
+    result = json.loads((run / "result.json").read_text())
+    assert f"{result['trainable_params']:,} of {result['total_params']:,}" in md
     assert "gradcam" in md and "text_max_spearman" in md
     assert "Not run yet" not in md
     # training data from the run's manifest: per-class counts per split and the text sources
     assert "| scratch |" in md and "describe_boxes" in md
-    assert "two separately pretrained encoders" in md  # the config's backbone is the default
+    assert "two separately pretrained encoders" not in md  # a tiny CLIP, not the default
     assert "Out-of-scope use" in md and "How to reproduce" in md
     assert f"domainclip finetune {run / 'config.yaml'} --out NEW_RUN" in md
     html = path.with_suffix(".html").read_text()
@@ -89,6 +86,7 @@ def test_missing_sections_say_which_command_produces_them(tmp_path, manifest_pat
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(_config(manifest_path)))
     md = write_card(run).read_text()
+    assert "two separately pretrained encoders" in md  # this config's backbone is the default
     assert f"Not run yet: evaluation. Run `domainclip evaluate {run} --fit-temperature`." in md
     assert f"domainclip audit {run} --spec SPEC --gate" in md
     assert f"domainclip explain {run} --data MANIFEST --sanity" in md
@@ -112,6 +110,6 @@ def test_unreadable_inputs_are_left_out_not_fatal(full_run, tmp_path):
     run, _, _ = full_run
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
-    (copy / "eval" / "synthetic_test" / "metrics.json").write_text("{not json")
+    next(copy.glob("eval/*/metrics.json")).write_text("{not json")
     md = write_card(copy).read_text()
     assert "## Evaluation" in md and "## Prompt-framing audit" in md

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,24 @@ def test_a_saved_backbone_directory_is_audited_through_the_real_loader(
     # No planted bias, but the texts really differ here ("SEVERE", "POSSIBLY" are embedded):
     # a random model's scores move, and the audit measures it.
     assert data["comparisons"]["alarming"]["overall"]["wilcoxon"]["n_nonzero"] > 0
+
+
+def test_a_run_directory_uses_its_manifest_temperature_and_output_folder(
+    tiny_run, spec_file, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rc = main(["audit", str(run), "--spec", str(spec_file)])
+    assert rc == 0
+    data = json.loads((run / "audit" / "small" / "audit.json").read_text())
+    fitted = json.loads((run / "calibration.json").read_text())["temperature"]
+    assert data["model"]["temperature"] == pytest.approx(fitted)
+    assert data["model"]["temperature_source"] == str(run.resolve() / "calibration.json")
+    assert data["model"]["run"] == str(run.resolve())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert data["data"]["manifest"] == str(Path(config["data"]["manifest"]).resolve())
+    assert data["data"]["split"] == "test"
+    # probabilities are softmax(logits / T) with the run's T
+    scores = (run / "audit" / "small" / "scores.csv").read_text().splitlines()
+    assert len(scores) == 1 + data["data"]["n_images"] * 4
+    assert f"wrote {run.resolve() / 'audit' / 'small'}" in capsys.readouterr().out
