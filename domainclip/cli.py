@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "domainclip.evaluation.cli",
     "domainclip.audit.cli",
     "domainclip.finetune.cli",
+    "domainclip.demo",
 )
 
 
@@ -45,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point. Returns the process exit code (also used by tests)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    # Third-party libraries (open_clip logs through the root logger) stay at WARNING; our own
+    # messages (skips, fallbacks, what was written) at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("domainclip").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
