@@ -45,7 +45,7 @@ def facet_curves_chart(df: pd.DataFrame, title: str, color: str = "run") -> alt.
             color=alt.Color(f"{color}:N", title=color),
             tooltip=[color, "metric", "step", alt.Tooltip("value:Q", format=".4f")],
         )
-        .properties(width=300, height=190)
+        .properties(width=240, height=180)
     )
     return (
         base.facet(facet=alt.Facet("metric:N", title=None), columns=3)
@@ -106,6 +106,7 @@ def reliability_chart(bins: pd.DataFrame, title: str) -> alt.LayerChart:
             y=alt.Y(
                 "accuracy:Q", title="accuracy (fraction correct)", scale=alt.Scale(domain=[0, 1])
             ),
+            y2=alt.datum(0),
             tooltip=[
                 alt.Tooltip("lower:Q", format=".2f", title="bin from"),
                 alt.Tooltip("upper:Q", format=".2f", title="bin to"),
@@ -136,7 +137,8 @@ def confidence_histogram_chart(bins: pd.DataFrame) -> alt.Chart:
                 scale=alt.Scale(domain=[0, 1]),
             ),
             x2="upper:Q",
-            y=alt.Y("count:Q", title="predictions (count)", stack=None),
+            y=alt.Y("count:Q", title="predictions (count)", stack=None, axis=alt.Axis(format="d")),
+            y2=alt.datum(0),
             color=alt.Color("when:N", title="temperature scaling", sort=["before", "after"]),
             tooltip=[
                 "when",
@@ -162,7 +164,7 @@ def estimate_bars_chart(
         .encode(x=alt.X(f"{value}:Q", title=x_title), tooltip=list(df.columns), **enc)
     )
     whiskers = alt.Chart(df).mark_rule().encode(x="ci_low:Q", x2="ci_high:Q", **enc)
-    return alt.layer(whiskers, points, title=title).properties(width=420)
+    return alt.layer(whiskers, points, title=title).properties(width=420, height=alt.Step(26))
 
 
 def shift_distribution_chart(

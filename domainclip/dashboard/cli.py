@@ -82,11 +82,19 @@ def _run(args: argparse.Namespace) -> int:
     cmd = streamlit_command(args.host, args.port)
     env = {**os.environ, RUNS_ENV: str(runs)}
     shown = "localhost" if args.host in LOOPBACK_HOSTS else args.host
-    print(f"domainclip dashboard on {runs}: http://{shown}:{args.port}  (Ctrl+C to stop)")
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    print(
+        f"domainclip dashboard on {runs}: http://{shown}:{args.port}  (Ctrl+C to stop)", flush=True
+    )
+    if os.name != "posix":
+        try:
+            return subprocess.call(cmd, env=env)
+        except KeyboardInterrupt:
+            return 0
+    # Become the Streamlit server: signals (Ctrl+C, a supervisor's SIGTERM) reach it directly and
+    # no parent process is left behind to orphan it. execve only returns when it is replaced in
+    # tests.
+    os.execve(cmd[0], cmd, env)
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,8 +1,8 @@
 """Computations behind the Saliency explorer (no Streamlit; the page caches the results).
 
 The model comes from `domainclip.finetune.load_model` (through `evaluation.loading`), maps from
-`domainclip.explain`. Uploaded images are decoded from bytes in memory and never written.
-Overlays are rendered to PNG bytes in memory for the same reason.
+`domainclip.explain`. Uploaded images are decoded from bytes in memory and never written;
+overlays are rendered to PNG bytes in memory (`domainclip.explain.render.overlay_png`).
 """
 
 from __future__ import annotations
@@ -182,49 +182,3 @@ def sanity_numbers(
             "insertion": di.insertion,
         },
     }
-
-
-def overlay_png(
-    view: np.ndarray,
-    smap: np.ndarray,
-    *,
-    alpha: float,
-    title: str = "",
-    diverging: bool = False,
-    label: str = "attribution",
-) -> bytes:
-    """PNG bytes of the image with the map on top and a colour bar (in memory).
-
-    Same look as `domainclip.explain.render.render_overlay` (which writes files): `inferno`
-    from min to max, or blue-white-red symmetric around 0 for signed maps (contrast, IG).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.6, 3.0), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(view)
-    if diverging:
-        peak = float(np.abs(smap).max()) or 1.0
-        im = ax.imshow(smap, cmap="RdBu_r", vmin=-peak, vmax=peak, alpha=alpha)
-    else:
-        lo, hi = float(smap.min()), float(smap.max())
-        im = ax.imshow(
-            smap, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, alpha=alpha
-        )
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title, fontsize=8, wrap=True)
-    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    bar.set_label(label, fontsize=8)
-    bar.ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def signed_method(method: str) -> bool:
-    """Maps that carry a sign (IG and occlusion score changes) are drawn with a diverging map."""
-    return method in ("ig", "occlusion")

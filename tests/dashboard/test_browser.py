@@ -132,9 +132,12 @@ def _select(page, label: str, option: str) -> None:
     _idle(page)
 
 
-def _metric(page, label: str) -> str:
-    box = page.locator('[data-testid="stMetric"]').filter(has_text=label).first
-    return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
+def _metric(page, label: str):
+    """The value element of the metric labelled `label` (assert on it with `expect`)."""
+    box = page.locator('[data-testid="stMetric"]').filter(
+        has=page.locator('[data-testid="stMetricLabel"]', has_text=label)
+    )
+    return box.first.locator('[data-testid="stMetricValue"]')
 
 
 def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Path) -> None:
@@ -166,8 +169,10 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         page.get_by_role("heading", name="Runs", exact=True).wait_for()
         page.get_by_text("Training curves").wait_for()
         _idle(page)
-        assert _metric(page, "Trainable parameters") == f"{result['trainable_params']:,}"
-        assert _metric(page, "Method") == "lora"
+        expect(_metric(page, "Trainable parameters")).to_have_text(
+            f"{result['trainable_params']:,}"
+        )
+        expect(_metric(page, "Method")).to_have_text("lora")
         expect(page.locator('[data-testid="stVegaLiteChart"]').first).to_be_visible()
         _shot(page, artifacts, "01_runs")
 
@@ -176,9 +181,8 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         page.get_by_role("heading", name="Data", exact=True).wait_for()
         page.get_by_text("Skipped and flagged rows").wait_for()
         _idle(page)
-        assert _metric(page, "Skipped rows") == "1"
-        gallery = page.locator('[data-testid="stImage"] img')
-        assert gallery.count() == 12
+        expect(_metric(page, "Skipped rows")).to_have_text("1")
+        expect(page.locator('[data-testid="stImage"] img')).to_have_count(12)
         assert "Jane Roe" not in page.content()
         _shot(page, artifacts, "02_data")
 
@@ -189,23 +193,22 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         row = man.rows[3]
         _select(page, "Image", f"row {row.row} · {row.label[0]} · {row.image}")
         page.get_by_text(f"row {row.row} · {row.label[0]} · {row.split}").wait_for()
-        assert page.get_by_role("combobox", name="Prompt A").input_value() == row.text
+        expect(page.get_by_role("combobox", name="Prompt A")).to_have_value(row.text)
         pixels = prepare_image(bb, man.image_path(row)).pixels
         score = explainer.explain(pixels, row.text, "gradcam").score
-        assert _metric(page, "Similarity A") == f"{score:.3f}"
+        expect(_metric(page, "Similarity A")).to_have_text(f"{score:.3f}")
         other_class = next(c for c in ("crack", "pit") if c != row.label[0])
         other = load_prompt_set(PROMPTS).class_texts([other_class])[other_class][0]
         _select(page, "Prompt A", other)
         expected = explainer.explain(pixels, other, "gradcam").score
-        expect(
-            page.locator('[data-testid="stMetric"]').filter(has_text="Similarity A")
-        ).to_contain_text(f"{expected:.3f}")
+        expect(_metric(page, "Similarity A")).to_have_text(f"{expected:.3f}")
         page.get_by_text("Occlusion", exact=True).click()
         page.get_by_text("prompt A · Occlusion").wait_for()
         _idle(page)
-        assert _metric(page, "Similarity A") == f"{expected:.3f}"
+        expect(_metric(page, "Similarity A")).to_have_text(f"{expected:.3f}")
         page.get_by_text("Red words raise the image-text similarity").wait_for()
-        assert page.locator(".domainclip-token-attribution span").count() == len(row.text.split())
+        words = page.locator(".domainclip-token-attribution span")
+        expect(words).to_have_count(len(row.text.split()))
         _shot(page, artifacts, "03_saliency", doc="saliency_explorer.png")
 
         # Framing audit
@@ -215,7 +218,7 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         _idle(page)
         verdict = page.get_by_text("Gate verdict").inner_text()
         assert audit["gate"]["verdict"].upper() in verdict
-        assert page.locator('[data-testid="stVegaLiteChart"]').count() == 2
+        expect(page.locator('[data-testid="stVegaLiteChart"]')).to_have_count(2)
         _shot(page, artifacts, "04_audit", doc="audit.png")
         page.get_by_text(
             "Flipped decisions, with saliency under both framings"
@@ -227,8 +230,8 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         page.get_by_text("Reliability diagrams", exact=True).wait_for()
         _idle(page)
         temp = json.loads((dash_runs.lora / "calibration.json").read_text())["temperature"]
-        assert _metric(page, "Temperature T") == f"{temp:.4g}"
-        assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 4
+        expect(_metric(page, "Temperature T")).to_have_text(f"{temp:.4g}")
+        expect(page.locator('[data-testid="stVegaLiteChart"]').nth(3)).to_be_visible()
         _shot(page, artifacts, "06_calibration")
         browser.close()
     assert len(list(artifacts.glob("*.png"))) >= 6

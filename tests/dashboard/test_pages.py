@@ -95,14 +95,20 @@ def test_data_page(app: AppTest, dash_runs: DashRuns) -> None:
     assert f"{n_f} of {len(rows)} rows match the filters" in page_text(app)
 
 
+@pytest.fixture(scope="module")
+def lora_model(dash_runs: DashRuns):
+    """The LoRA run's model, loaded independently of the app (for expected values)."""
+    from domainclip.finetune import load_model
+
+    return load_model(dash_runs.lora)
+
+
 def _explain_score(
-    run, image_path, prompt: str, method: str = "gradcam"
+    bb, image_path, prompt: str, method: str = "gradcam"
 ) -> tuple[float, np.ndarray]:
     from domainclip.explain.image import ImageExplainer
     from domainclip.explain.inputs import prepare_image
-    from domainclip.finetune import load_model
 
-    bb = load_model(run)
     inp = prepare_image(bb, image_path)
     sal = ImageExplainer(bb).explain(inp.pixels, prompt, method)
     return sal.score, sal.map

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from pathlib import Path
 
@@ -70,11 +71,15 @@ def test_cli_passes_runs_dir_and_warns_on_non_loopback(
 ) -> None:
     calls: list[tuple[list[str], dict]] = []
 
-    def fake_call(cmd: list[str], env: dict) -> int:  # records instead of starting a server
+    def record(cmd: list[str], env: dict) -> int:  # records instead of starting a server
         calls.append((cmd, env))
         return 0
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+    # POSIX replaces the process with Streamlit (os.execve), elsewhere it waits on a child
+    if os.name == "posix":
+        monkeypatch.setattr(os, "execve", lambda path, cmd, env: record(cmd, env))
+    else:
+        monkeypatch.setattr(subprocess, "call", record)
     assert main(["dashboard", "--runs", str(dash_runs.lora), "--port", "8611"]) == 0
     cmd, env = calls[-1]
     assert env[RUNS_ENV] == str(dash_runs.lora.resolve())

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from domainclip.dashboard import auditdata, charts, saliency, state
+from domainclip.dashboard import auditdata, charts, state
 from domainclip.dashboard.access import PathAccessError, RunRef
 from domainclip.dashboard.privacy import pseudonym
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
+from domainclip.explain.image import is_signed
+from domainclip.explain.render import overlay_png
 
 FLIPS_PER_PAGE = 4
 
@@ -59,12 +61,12 @@ def _flip_card(run: RunRef, view, example: dict, method: str, alpha: float) -> N
     for col, side in ((cols[1], ref), (cols[2], framed)):
         m = state.saliency_map(str(run.path), token, key, image, side["prompt_decision"], method)
         col.image(
-            saliency.overlay_png(
+            overlay_png(
                 m.view,
                 m.map,
                 alpha=alpha,
                 title=f"{side['framing']}: {side['prompt_decision']}",
-                diverging=saliency.signed_method(method),
+                diverging=is_signed(method),
                 label="attribution (similarity units)",
             ),
             caption=(

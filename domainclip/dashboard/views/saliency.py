@@ -14,10 +14,12 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from domainclip.dashboard import charts, saliency, state
+from domainclip.dashboard import charts, manifests, saliency, state
 from domainclip.dashboard.access import RunRef
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
+from domainclip.explain.image import is_signed
+from domainclip.explain.render import overlay_png
 
 METHOD_NAMES = {
     "gradcam": "GradCAM",
@@ -112,8 +114,6 @@ def _prompt_options(run: RunRef, picked: PickedImage) -> list[str]:
     classes = sorted({c for c in picked.label.split("|") if c})
     path = state.run_manifest(run)
     if path is not None and path.is_file():
-        from domainclip.dashboard import manifests
-
         classes = manifests.labels_of(state.load_manifest_view(path).table)
     try:
         per_class = saliency.prompt_choices(acc.prompt_set_of(run), classes)
@@ -142,13 +142,13 @@ def _maps(run: RunRef, picked: PickedImage, a: str, b: str, method: str, alpha: 
         ma = state.saliency_map(str(run.path), token, picked.key, picked.image, a, method)
         mb = state.saliency_map(str(run.path), token, picked.key, picked.image, b, method)
         probs = saliency.pair_probabilities(model, picked.image, [a, b])
-    signed = saliency.signed_method(method)
+    signed = is_signed(method)
     unit = "attribution (similarity units)"
     cols = st.columns(3)
     for col, m, name, p in ((cols[0], ma, "A", probs[0]), (cols[1], mb, "B", probs[1])):
         col.markdown(f"**{name}:** {m.prompt}")
         col.image(
-            saliency.overlay_png(m.view, m.map, alpha=alpha, diverging=signed, label=unit),
+            overlay_png(m.view, m.map, alpha=alpha, diverging=signed, label=unit),
             caption=f"prompt {name} · {METHOD_NAMES.get(method, method)}",
         )
         col.metric(f"Similarity {name}", f"{m.similarity:.3f}")
@@ -160,7 +160,7 @@ def _maps(run: RunRef, picked: PickedImage, a: str, b: str, method: str, alpha: 
     diff = ma.map - mb.map
     cols[2].markdown("**Contrast:** A minus B")
     cols[2].image(
-        saliency.overlay_png(ma.view, diff, alpha=alpha, diverging=True, label=unit),
+        overlay_png(ma.view, diff, alpha=alpha, diverging=True, label=unit),
         caption="contrast map (red: A more than B, blue: B more than A)",
     )
     cols[2].metric("Map time A + B", f"{ma.seconds + mb.seconds:.2f} s")
@@ -258,8 +258,10 @@ def render() -> None:
         if picked.report:
             st.caption(f"Report: {picked.report}")
         options = _prompt_options(run, picked)
-        a = _prompt_picker("Prompt A", options, 0, "prompt_a")
-        b = _prompt_picker("Prompt B", options, _default_b(options, picked), "prompt_b")
+        # Keys carry the image: a new image starts from its own report (A) and another class (B).
+        tag = hashlib.sha256(picked.key.encode()).hexdigest()[:12]
+        a = _prompt_picker("Prompt A", options, 0, f"prompt_a_{tag}")
+        b = _prompt_picker("Prompt B", options, _default_b(options, picked), f"prompt_b_{tag}")
         method = st.radio(
             "Method",
             list(model.methods),
