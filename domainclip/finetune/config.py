@@ -268,7 +268,7 @@ class EvalConfig:
     metric: str = _f(
         "zero_shot_acc",
         "metric that picks the best checkpoint and drives early stopping",
-        choices=("zero_shot_acc", "loss", "t2i_R@1", "i2t_R@1"),
+        choices=("zero_shot_acc", "zero_shot_macro_f1", "loss", "t2i_R@1", "i2t_R@1"),
     )
     patience: int = _f(
         0, "stop after this many evaluations without improvement; 0 = never", range=(0, None, "[]")
