@@ -24,7 +24,7 @@ from domainclip.audit.analysis import (
     subgroup_ece,
 )
 from domainclip.audit.compare import compare_models
-from domainclip.audit.gate import Check, gate_checks, verdict
+from domainclip.audit.gate import Check, check_resolution, gate_checks, verdict
 from domainclip.audit.scores import ScoreTable, score_table
 from domainclip.audit.spec import AuditSpec, load_audit_spec
 from domainclip.datasets.manifest import Manifest, ManifestRow, read_manifest
@@ -230,6 +230,7 @@ def run_audit(
     """
     started = time.perf_counter()
     spec = load_audit_spec(spec)
+    check_resolution(spec)
     resolved = resolve_model(model_or_run, temperature)
     mf = _load_manifest(manifest, resolved)
     selection = audit_data.select_rows(mf, split, spec)

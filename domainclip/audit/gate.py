@@ -27,6 +27,7 @@ from typing import Any
 from domainclip.audit.analysis import Cell, FramingComparison
 from domainclip.audit.spec import AuditSpec
 from domainclip.audit.stats import holm
+from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import Estimate
 
 PASS, FAIL, SKIPPED = "pass", "fail", "skipped"
@@ -54,6 +55,29 @@ class Check:
 
 def _ci(e: Estimate) -> list[float] | None:
     return None if e.low is None else [e.low, e.high]
+
+
+def check_resolution(spec: AuditSpec) -> None:
+    """Refuse specs whose bootstrap is too coarse for the Holm correction of its gate.
+
+    A bootstrap p-value is at least 1 / (B + 1), so with m tests Holm's smallest adjusted p is
+    m / (B + 1). If that is not well below alpha, no shift could ever fail the gate: a silent pass.
+
+    Raises:
+        ConfigError: naming statistics.n_bootstrap and the smallest sensible value.
+    """
+    th, st = spec.thresholds, spec.statistics
+    if th.max_abs_mean_shift is None:
+        return
+    n_gated = sum(1 for f in spec.framings if f.gated and f.name != spec.reference)
+    m = n_gated * (1 + len(spec.findings))
+    if m / (st.n_bootstrap + 1) > th.alpha / 2:
+        need = int(2 * m / th.alpha)
+        raise ConfigError(
+            f"{spec.source}: statistics.n_bootstrap = {st.n_bootstrap} is too small for {m} "
+            f"mean-shift tests at alpha {th.alpha} (the smallest Holm-adjusted p would be "
+            f"{m / (st.n_bootstrap + 1):.3g}); use at least {need}"
+        )
 
 
 def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:

@@ -40,7 +40,7 @@ def small_spec(**thresholds) -> dict:
         },
         "subgroups": ["texture"],
         "thresholds": th,
-        "statistics": {"n_bootstrap": 400, "seed": 0, "min_cell_images": 8},
+        "statistics": {"n_bootstrap": 600, "seed": 0, "min_cell_images": 8},
     }
 
 

@@ -179,3 +179,16 @@ def test_junit_has_one_testcase_per_check(tmp_path):
     failed = [c.get("name") for c in cases if c.find("failure") is not None]
     assert failed == ["f1/all", "f1/all"]  # the mean shift and the flip rate of f1
     assert "Holm-adjusted" in cases[0].find("failure").get("message")
+
+
+def test_a_bootstrap_too_coarse_for_the_holm_correction_is_refused():
+    from domainclip.audit.gate import check_resolution
+    from domainclip.errors import ConfigError
+
+    raw = _spec().to_dict()
+    raw["findings"] = {f"c{i}": f"c{i}" for i in range(60)}  # 1 gated framing x 61 cells
+    raw["statistics"]["n_bootstrap"] = 2000  # smallest adjusted p = 61 / 2001 > alpha / 2
+    with pytest.raises(ConfigError, match=r"n_bootstrap = 2000 is too small .* at least 2440"):
+        check_resolution(parse_audit_spec(raw, "big.yaml"))
+    raw["statistics"]["n_bootstrap"] = 2440
+    check_resolution(parse_audit_spec(raw))
