@@ -95,23 +95,30 @@ class Adaptation:
     def set_train(self, training: bool = True) -> None:
         """Train/eval mode; locked towers always run in eval mode, frozen BatchNorm stats stay frozen."""
         self.model.train(training)
-        if not training:
-            return
+        if training:
+            for module in self._frozen_modules():
+                # `.training = False` on each module, not `.eval()`, which would recurse into
+                # children that belong to the other tower or to a trainable projection.
+                module.training = False
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        """Modules that stay in eval mode while training (computed once per Adaptation)."""
+        cached = self.info.get("_frozen_modules")
+        if cached is not None:
+            return cached
         prefixes = self.layout.image_prefixes
+        out = []
         for name, module in self.base.named_modules():
             if not name or any(p.startswith(name + ".") and p != name + "." for p in prefixes):
                 continue  # the root and containers holding both towers
             tower = "image" if (name + ".").startswith(prefixes) else "text"
             mode = self.modes[tower]
-            # `.training = False` on each module, not `.eval()`, which would recurse into children
-            # that belong to the other tower or to a trainable projection.
-            if (
-                mode == "locked"
-                and not self._is_projection(name)
-                or mode == "lora"
-                and isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if (mode == "locked" and not self._is_projection(name)) or (
+                mode == "lora" and isinstance(module, nn.modules.batchnorm._BatchNorm)
             ):
-                module.training = False
+                out.append(module)
+        self.info["_frozen_modules"] = out
+        return out
 
     def _is_projection(self, name: str) -> bool:
         return any(

@@ -182,7 +182,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
     from domainclip.models import load_backbone
 
     t0 = time.perf_counter()
-    cfg = config
+    cfg = absolute_paths(config)
     run_dir = Path(out_dir)
     kind = (
         "cuda"
@@ -251,6 +251,31 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         return rr
     finally:
         shutdown(dist)
+
+
+def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """A copy with file paths made absolute (relative = to the current directory), so the run's
+    config.yaml stays valid from anywhere and a resume from another directory compares equal."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+
+    def absolute(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    cfg.data.manifest = absolute(cfg.data.manifest)
+    cfg.eval.prompts = absolute(cfg.eval.prompts)
+    cfg.train.feature_cache_dir = absolute(cfg.train.feature_cache_dir)
+    spec = cfg.backbone.spec
+    if spec.startswith("hf-clip:"):
+        cfg.backbone.spec = "hf-clip:" + absolute(spec[len("hf-clip:") :])
+    elif spec.startswith("open_clip:") and "@" in spec:
+        arch, _, weights = spec.partition("@")
+        if Path(weights).expanduser().exists():
+            cfg.backbone.spec = f"{arch}@{absolute(weights)}"
+    elif spec != "default" and Path(spec).expanduser().exists():  # a saved backbone directory
+        cfg.backbone.spec = absolute(spec)
+    return cfg
 
 
 def _prompts(cfg: FinetuneConfig, splits: Splits):

@@ -154,7 +154,12 @@ class Trainer:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.step_module, device_ids=ids, broadcast_buffers=False)
+        # A fully trained tower can hold parameters the forward never uses (e.g. BERT's pooler
+        # under mean pooling); DDP must then look for them, which costs a graph walk per step.
+        full = "full" in self.adapt.modes.values()
+        return DistributedDataParallel(
+            self.step_module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=full
+        )
 
     def _cache_positions(self) -> torch.Tensor | None:
         """split row -> row of the train cache (-1: image unreadable, not cached)."""
