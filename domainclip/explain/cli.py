@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ExplainError("give exactly one of --image PATH (with --text) or --manifest FILE")
     if args.image and args.text is None:
         raise ExplainError("--image needs --text 'the description to explain'")
-    bb, run = load_model_or_backbone(args.model, device=args.device)
+    bb, run = load_model_or_backbone(args.model, device=args.device, checkpoint=args.checkpoint)
     valid = methods_for(bb)
     methods = _methods(args.method, valid)
     wrong = [m for m in methods if m not in valid]
@@ -219,6 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--split", default="test", help="manifest split ('' for all rows)")
     batch.add_argument("--limit", type=int, help="at most N rows")
     p.add_argument("--out", help="output folder (default RUN/explain or ./explain-out)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_run)
