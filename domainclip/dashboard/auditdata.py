@@ -32,7 +32,8 @@ def audit_names(run_dir: Path) -> list[str]:
 def _ci(est: dict[str, Any] | None) -> tuple[float | None, float | None]:
     ci = (est or {}).get("ci95") or [None, None]
     lo, hi = ci
-    ok = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
+    # NaN or infinite bounds (a degenerate bootstrap) cannot be drawn: the table shows them.
+    ok = lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi)
     return (lo, hi) if ok else (None, None)
 
 
