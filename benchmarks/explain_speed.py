@@ -5,8 +5,10 @@
 Targets (issue 5): GradCAM well under a second per image; IG with 32 steps (batched through
 `internal_batch_size`) in a few seconds. Times exclude model loading; each row is measured
 --repeats times after one warm-up call (first-call allocations and lazy imports are paid once
-per process) and reported as min and median. The load average is printed because on a shared
-machine other processes inflate the numbers: read the min.
+per process) and reported as min and median wall time, plus the CPU seconds the process used
+(min). The load average is printed because on a shared machine other processes inflate wall
+times: read the min, and compare with the CPU seconds (on an idle machine with N threads, wall is
+roughly CPU / N or more).
 
 --vit adds the attention methods on an untrained open_clip ViT-B-32 (224 px, 88M parameters),
 since the default model's CNN tower has none.
@@ -26,16 +28,18 @@ import numpy as np
 import torch
 
 
-def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+def _time(fn: Callable[[], object], repeats: int) -> tuple[float, float, float, float]:
+    """(min wall, median wall, min CPU seconds of this process, first-call wall)."""
     t0 = time.perf_counter()
     fn()  # warm-up
     warm = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times), warm
+        cpu.append(time.process_time() - c0)
+    return min(times), statistics.median(times), min(cpu), warm
 
 
 def _image(size: int) -> Path:
@@ -55,9 +59,9 @@ def _rows(bb, x, prompt: str, repeats: int, methods: list[tuple[str, dict]]) -> 
     ex = ImageExplainer(bb)
     rows = []
     for method, opts in methods:
-        best, med, warm = _time(lambda m=method, o=opts: ex.explain(x, prompt, m, **o), repeats)
+        timing = _time(lambda m=method, o=opts: ex.explain(x, prompt, m, **o), repeats)
         label = method + (" " + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
-        rows.append((label, best, med, warm))
+        rows.append((label, *timing))
     return rows
 
 
@@ -132,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, load average {load:.2f}, repeats {args.repeats}"
     )
-    print(f"{'what':42} {'min s':>8} {'median s':>9} {'first s':>8}")
-    for label, best, med, warm in rows:
-        print(f"{label:42} {best:8.3f} {med:9.3f} {warm:8.3f}")
+    print(f"{'what':42} {'min s':>8} {'median s':>9} {'cpu s':>8} {'1st call':>8}")
+    for label, best, med, cpu, warm in rows:
+        print(f"{label:42} {best:8.3f} {med:9.3f} {cpu:8.3f} {warm:8.3f}")
     gc = next(r for r in rows if r[0] == "gradcam")
     ig = min((r for r in rows if r[0].startswith("ig steps=32")), key=lambda r: r[1])
     print(

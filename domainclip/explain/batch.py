@@ -347,6 +347,8 @@ def explain_manifest(
             f"{manifest}: no rows in split {split!r} (splits: {man.split_counts()}); "
             "pick another with --split"
         )
+    if limit is not None and limit < 1:
+        raise ExplainError(f"--limit must be at least 1, got {limit}")
     rows = rows[:limit] if limit else rows
     out = Path(out)
     sess = _Session(bb, settings, out)

@@ -52,9 +52,11 @@ class PromptScorer(nn.Module):
     Args:
         bb: the backbone (used through `encode_image`, `encode_texts` and `class_logits`).
         prompts: P texts; column i of the output belongs to prompts[i].
-        score: "similarity" -> the logits `bb.class_logits` (exp(logit_scale) * cosine, or the
-            run's classifier head); "probability" -> softmax(logits / temperature) over the P
-            prompts (needs P >= 2: with one prompt the probability is constantly 1).
+        score: "similarity" -> exp(logit_scale) * cosine(image, prompt), the image-text score
+            itself (never a run's classifier head: a linear probe ignores the text, so its logits
+            would not explain the prompt); "probability" -> softmax(bb.class_logits / T) over the P
+            prompts, i.e. what a run classifies with (a head, if any, needs its class prompts in
+            `head.classes` order). Needs P >= 2 (with one prompt the probability is constantly 1).
         temperature: T of temperature scaling (`domainclip.evaluation.load_temperature(run)`).
     """
 
@@ -85,10 +87,10 @@ class PromptScorer(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels: [B, 3, H, W] normalised -> [B, P] logits or probabilities."""
         img = nn.functional.normalize(self.bb.model.encode_image(pixels).float(), dim=-1)
-        logits = self.bb.class_logits(img, self.text_feats)
         if self.score == "probability":
+            logits = self.bb.class_logits(img, self.text_feats)
             return torch.softmax(logits / self.temperature, dim=-1)
-        return logits
+        return self.bb.logit_scale_value() * img @ self.text_feats.T
 
 
 class TextScorer(nn.Module):
@@ -106,6 +108,6 @@ class TextScorer(nn.Module):
             self.register_buffer("image_feats", bb.encode_images(pixels).to(bb.device))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids: [B, L] token ids -> [B] logits (exp(logit_scale) * cosine, or the run's head)."""
+        """ids: [B, L] token ids -> [B] similarity exp(logit_scale) * cosine(image, text)."""
         txt = nn.functional.normalize(self.bb.model.encode_text(ids).float(), dim=-1)
-        return self.bb.class_logits(self.image_feats, txt)[0]
+        return self.bb.logit_scale_value() * (txt @ self.image_feats[0])

@@ -58,7 +58,7 @@ def prepare_image(bb: Backbone, image: str | os.PathLike[str] | Image.Image) -> 
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
     else:
-        path = str(image)
+        path = str(Path(image).resolve())
         pil = load_image(path)
     pixels = bb.preprocess_val(pil).unsqueeze(0).to(bb.device)
     return ModelInput(pixels=pixels, view=to_view(bb, pixels), original_size=pil.size, path=path)

@@ -99,6 +99,8 @@ def token_attribution(
         ExplainError: empty text, or a text with no word tokens.
     """
     text = check_prompts([text])[0]
+    if steps < 2:
+        raise ExplainError(f"token attribution needs at least 2 integration steps, got {steps}")
     t0 = time.perf_counter()
     ids = bb.tokenizer([text]).to(bb.device)  # [1, L]
     special = bb.tokenizer.special_ids()
