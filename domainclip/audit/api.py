@@ -306,7 +306,7 @@ def run_audit(
         t0 = time.perf_counter()
         result.out_dir = Path(out_dir)
         data["timing"]["write_outputs_s"] = None  # filled in below, after the files exist
-        result.files = write_outputs(result, mf)
+        result.files = write_outputs(result)
         data["timing"]["write_outputs_s"] = round(time.perf_counter() - t0, 3)
     data["timing"]["total_s"] = round(time.perf_counter() - started, 3)
     if result.out_dir is not None:

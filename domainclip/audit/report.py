@@ -18,7 +18,6 @@ from typing import Any
 from domainclip.audit.gate import Check, write_junit
 from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
 from domainclip.audit.results import score_rows
-from domainclip.datasets.manifest import Manifest
 
 # ("h1"|"h2"|"h3"|"p"|"code", text) | ("ul", [items]) | ("table", header, rows) | ("img", path, alt)
 Block = tuple
@@ -346,7 +345,7 @@ def to_html(blocks: list[Block], out_dir: Path, title: str) -> str:
     return "\n".join(parts)
 
 
-def write_outputs(result, manifest: Manifest) -> dict[str, Path]:
+def write_outputs(result) -> dict[str, Path]:
     """Write every audit file into `result.out_dir`; returns kind -> path (also in data["files"])."""
     out = Path(result.out_dir)
     out.mkdir(parents=True, exist_ok=True)
