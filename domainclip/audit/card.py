@@ -340,7 +340,7 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
                     (
                         "p",
                         f"Against the base model, `{name}`: {o['verdict']} "
-                        f"(|shift| {o['abs_mean_shift_model']:.3f} vs {o['abs_mean_shift_base']:.3f}).",
+                        f"(mean |shift| per image {o['mean_abs_shift_model']:.3f} vs {o['mean_abs_shift_base']:.3f}).",
                     )
                 )
         for name, neg in (a.get("negation") or {}).items():

@@ -30,10 +30,10 @@ def _print_summary(result) -> None:
     change = (d.get("compare") or {}).get("sensitivity_change") or {}
     for name, c in change.items():
         o = c["overall"]
-        if "abs_shift_difference" in o:
+        if "mean_abs_shift_difference" in o:
             print(
-                f"  vs base, {name}: |shift| {o['abs_mean_shift_model']:.3f} vs "
-                f"{o['abs_mean_shift_base']:.3f} -> {o['verdict']}"
+                f"  vs base, {name}: mean |shift| {o['mean_abs_shift_model']:.3f} vs "
+                f"{o['mean_abs_shift_base']:.3f} -> {o['verdict']}"
             )
     gate = d["gate"]
     print(

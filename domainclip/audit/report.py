@@ -29,7 +29,7 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
+            json.dump(data, fh, indent=2, default=_json_default, allow_nan=False)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -230,22 +230,22 @@ def _compare_blocks(data: dict[str, Any]) -> list[Block]:
         (
             "p",
             f"Base model gate verdict: {base['gate']['verdict'].upper()} "
-            f"({base['gate']['n_failed']} failed). A positive difference means fine-tuning "
-            "amplified the framing sensitivity.",
+            f"({base['gate']['n_failed']} failed). Sensitivity = mean absolute per-image shift of "
+            "the target-class probability; a positive difference means fine-tuning amplified it.",
         ),
     ]
     rows = []
     for name, framing in comp["sensitivity_change"].items():
         for cell_name, cell in [("all", framing["overall"]), *framing["per_class"].items()]:
-            if "abs_shift_difference" not in cell:
+            if "mean_abs_shift_difference" not in cell:
                 continue
             rows.append(
                 [
                     name,
                     cell_name,
-                    f"{cell['abs_mean_shift_model']:.3f}",
-                    f"{cell['abs_mean_shift_base']:.3f}",
-                    fmt_est(cell["abs_shift_difference"], signed=True),
+                    f"{cell['mean_abs_shift_model']:.3f}",
+                    f"{cell['mean_abs_shift_base']:.3f}",
+                    fmt_est(cell["mean_abs_shift_difference"], signed=True),
                     f"{cell['flip_rate_model']:.3f} vs {cell['flip_rate_base']:.3f}",
                     cell["verdict"],
                 ]
@@ -256,8 +256,8 @@ def _compare_blocks(data: dict[str, Any]) -> list[Block]:
             [
                 "framing",
                 "cell",
-                "|shift| model",
-                "|shift| base",
+                "mean |shift| model",
+                "mean |shift| base",
                 "difference [95% CI]",
                 "flip rate model vs base",
                 "verdict",

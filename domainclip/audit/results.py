@@ -215,7 +215,23 @@ def build_audit_json(
             },
             "sensitivity_change": comparison,
         }
-    return data
+    return strict_json(data)
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with every NaN / infinity replaced by None: audit.json must be strict JSON (CI tools
+    and the dashboard parse it), and a number that is not finite carries no information anyway."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any]]:

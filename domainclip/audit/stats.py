@@ -73,7 +73,9 @@ def mean_shift_test(
         Interval: mean -/+ c * se with se = sd(d) / sqrt(n) and c the `confidence` quantile of
         |t*| = |mean* - mean| / se* over the replicates; p = (#{|t*| >= |mean / se|} + 1) / (B + 1).
         Differences that are all equal have se = 0: the interval collapses to the value and
-        p = 1 when that value is 0 (nothing changed), else the smallest attainable p.
+        p = 1 when that value is 0 (nothing changed), else the smallest attainable p. When over
+        `1 - confidence` of the replicates have se* = 0 (nearly constant differences) the pivot is
+        undefined and the percentile interval and its p-value are returned instead.
     """
     d = np.asarray(d, dtype=float)
     n = len(d)
@@ -96,6 +98,12 @@ def mean_shift_test(
     t_star = np.where(se_star > 0, t_star, np.where(np.abs(means - mean) > 0, np.inf, 0.0))
     # "higher": no interpolation between replicates (conservative, and inf - inf never arises).
     c = float(np.quantile(t_star, confidence, method="higher"))
+    if not np.isfinite(c):
+        # Nearly constant differences (e.g. saturated probabilities: one image moved, the rest
+        # exactly 0): so many replicates have se* = 0 that the pivot is undefined. The percentile
+        # interval still says something true, so it stands in (the cell records which was used).
+        lo, hi = percentile_interval(means, confidence)
+        return Estimate(mean, lo, hi), bootstrap_p_value(means), means
     t_obs = abs(mean) / se
     p = float(min(1.0, (np.sum(t_star >= t_obs) + 1) / (b + 1)))
     return Estimate(mean, mean - c * se, mean + c * se), p, means

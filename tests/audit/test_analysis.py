@@ -192,3 +192,33 @@ def test_a_bootstrap_too_coarse_for_the_holm_correction_is_refused():
         check_resolution(parse_audit_spec(raw, "big.yaml"))
     raw["statistics"]["n_bootstrap"] = 2440
     check_resolution(parse_audit_spec(raw))
+
+
+def _shift_only_cell(key, d):
+    from domainclip.audit.analysis import shift_cell
+
+    d = np.asarray(d, float)
+    return shift_cell(key, d, d, d != 0, np.zeros(len(d), int), 500, 0, 5)
+
+
+def test_model_comparison_uses_paired_mean_absolute_shifts():
+    from domainclip.audit.compare import AMPLIFIED, REDUCED, UNCLEAR, compare_cells
+
+    rng = np.random.default_rng(0)
+    base_d = rng.normal(0.0, 0.02, 40)
+    louder = compare_cells(
+        _shift_only_cell("f/all", 3 * base_d), _shift_only_cell("f/all", base_d), 500, 0
+    )
+    assert louder["verdict"] == AMPLIFIED
+    assert louder["mean_abs_shift_model"] == pytest.approx(3 * louder["mean_abs_shift_base"])
+    quieter = compare_cells(
+        _shift_only_cell("f/all", base_d / 2), _shift_only_cell("f/all", base_d), 500, 0
+    )
+    assert quieter["verdict"] == REDUCED
+    # the same per-image magnitudes with opposite signs: no change in sensitivity at all
+    mirrored = compare_cells(
+        _shift_only_cell("f/all", -base_d), _shift_only_cell("f/all", base_d), 500, 0
+    )
+    assert mirrored["verdict"] == UNCLEAR
+    assert mirrored["mean_abs_shift_difference"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    assert mirrored["flip_rate_difference"]["value"] == 0.0

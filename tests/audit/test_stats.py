@@ -108,3 +108,13 @@ def test_vectorised_ece_equals_evaluation_ece_on_every_replicate():
     fast = ece_replicates(conf, corr, idx, 15)
     slow = [reliability_bins(conf[i], corr[i], 15, "width").ece() for i in idx]
     assert fast == pytest.approx(slow, abs=1e-12)
+
+
+def test_nearly_constant_differences_fall_back_to_a_finite_percentile_interval():
+    # Saturated probabilities: one image of 36 drops from 1 to 0, the others do not move.
+    d = np.r_[-1.0, np.zeros(35)]
+    est, p, reps = mean_shift_test(d, stratified_indices(np.zeros(36, int), 2000, 0))
+    assert np.isfinite(est.low) and np.isfinite(est.high)
+    assert est.low <= est.value <= est.high == 0.0
+    assert p > 0.05  # one image in 36 is no evidence of a systematic shift
+    assert p == pytest.approx(bootstrap_p_value(reps))
