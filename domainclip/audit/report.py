@@ -239,9 +239,11 @@ def _compare_blocks(data: dict[str, Any]) -> list[Block]:
         for cell_name, cell in [("all", framing["overall"]), *framing["per_class"].items()]:
             if "mean_abs_shift_difference" not in cell:
                 continue
+            negation = data["framings"].get(name, {}).get("expect") == "lower"
             rows.append(
                 [
-                    name,
+                    # For a negation, *more* sensitivity is the wanted direction.
+                    name + (" (negation: higher is better)" if negation else ""),
                     cell_name,
                     f"{cell['mean_abs_shift_model']:.3f}",
                     f"{cell['mean_abs_shift_base']:.3f}",
