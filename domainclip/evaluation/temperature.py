@@ -75,6 +75,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, multi_label: boo
     def loss(log_t: float) -> float:
         return nll_from_logits(z / math.exp(log_t), y, multi_label)
 
+    if _perfectly_separated(z, y, multi_label):
+        # Every validation decision is already right, so the NLL keeps falling as T -> 0: the
+        # "optimum" is unbounded overconfidence that the data do not support (numerically the
+        # search stops wherever the loss underflows). Keep the model's own scale instead.
+        log.warning(
+            "the validation split is perfectly separated (every prediction correct): its NLL has no "
+            "minimum in T, so no temperature is identifiable; keeping T = 1. Use a larger or harder "
+            "validation split to calibrate."
+        )
+        return 1.0
     res = minimize_scalar(loss, bounds=_LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
     log_t = float(res.x)
     if min(abs(log_t - b) for b in _LOG_T_BOUNDS) < 1e-3:
@@ -83,6 +93,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, multi_label: boo
             math.exp(log_t),
         )
     return math.exp(log_t)
+
+
+def _perfectly_separated(z: torch.Tensor, y: torch.Tensor, multi_label: bool) -> bool:
+    """Whether every decision on (z, y) is correct (single-label argmax; multi-label sign)."""
+    if multi_label:
+        return bool(((z > 0).long() == y.long()).all())
+    return bool((z.argmax(dim=1) == y.long()).all())
 
 
 def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:

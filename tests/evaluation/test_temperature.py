@@ -89,3 +89,21 @@ def test_bad_temperatures_rejected():
     with pytest.raises(ConfigError):
         fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
     assert np.isclose(apply_temperature(torch.tensor([2.0, 4.0]), 2.0).tolist(), [1.0, 2.0]).all()
+
+
+def test_perfectly_separated_validation_keeps_t_equal_one():
+    """All-correct val data: NLL falls forever as T -> 0; fitting must not deploy T at the bound."""
+    import torch
+
+    from domainclip.evaluation.temperature import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 4
+    logits = torch.randn(40, 4, generator=g)
+    logits[torch.arange(40), y] += 6.0  # every argmax right
+    assert (logits.argmax(1) == y).all()
+    assert fit_temperature(logits, y) == 1.0
+    # One mistake makes the NLL bounded again: a real fit (T > the search bound).
+    logits[0] = torch.tensor([0.0, 8.0, 0.0, 0.0])
+    t = fit_temperature(logits, y)
+    assert t != 1.0 and t > 0.01
