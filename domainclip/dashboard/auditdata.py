@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from domainclip.dashboard.calibdata import fmt_estimate
-from domainclip.dashboard.privacy import is_identifying_column
+from domainclip.privacy import is_identifying_column
 
 AUDIT_DIR = "audit"
 AUDIT_JSON = "audit.json"

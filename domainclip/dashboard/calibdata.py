@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from domainclip.dashboard.privacy import is_identifying_column
+from domainclip.privacy import is_identifying_column
 
 EVAL_DIR = "eval"
 EVAL_METRICS = "metrics.json"

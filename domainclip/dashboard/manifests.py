@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from domainclip.dashboard.privacy import displayable_columns, hidden_columns, pseudonym
 from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.privacy import displayable_columns, hidden_columns, pseudonym
 
 THUMBNAIL_PX = 160
 # Metadata columns with more distinct values than this are filtered by substring, not by a

@@ -57,6 +57,7 @@ from domainclip.evaluation.temperature import (
 )
 from domainclip.evaluation.zeroshot import embed_unique_texts
 from domainclip.models import Backbone
+from domainclip.privacy import is_identifying_column
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,11 @@ MAX_SUBGROUP_VALUES = 12
 
 
 def auto_subgroup_columns(rows: Sequence[Any]) -> list[str]:
-    """Metadata columns with 2..MAX_SUBGROUP_VALUES distinct values among `rows` (e.g. view, sex)."""
+    """Metadata columns with 2..MAX_SUBGROUP_VALUES distinct values among `rows` (e.g. view, sex).
+
+    Columns whose name looks like a direct identifier (patient name, MRN, ...) are never chosen:
+    their values would be written into metrics.json as subgroup names.
+    """
     values: dict[str, set[str]] = {}
     for r in rows:
         for k, v in r.meta.items():
@@ -74,7 +79,9 @@ def auto_subgroup_columns(rows: Sequence[Any]) -> list[str]:
     return sorted(
         k
         for k, vs in values.items()
-        if k not in _NOT_SUBGROUPS and 2 <= len(vs) <= MAX_SUBGROUP_VALUES
+        if k not in _NOT_SUBGROUPS
+        and not is_identifying_column(k)
+        and 2 <= len(vs) <= MAX_SUBGROUP_VALUES
     )
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from domainclip.dashboard.privacy import pseudonym
 from domainclip.datasets import read_manifest, validate_manifest
 from domainclip.datasets.stats import manifest_stats
+from domainclip.privacy import pseudonym
 
 from .conftest import PATIENT_NAMES, DashRuns
 from .helpers import captions, metrics, no_exceptions, page_text, widget

@@ -11,7 +11,7 @@ import pytest
 
 from domainclip.cli import main
 from domainclip.dashboard import RUNS_ENV, cli, manifests
-from domainclip.dashboard.privacy import displayable_columns, is_identifying_column, pseudonym
+from domainclip.privacy import displayable_columns, is_identifying_column, pseudonym
 
 from .conftest import PATIENT_NAMES, DashRuns
 

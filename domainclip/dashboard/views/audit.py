@@ -11,11 +11,11 @@ import streamlit as st
 
 from domainclip.dashboard import auditdata, charts, state
 from domainclip.dashboard.access import PathAccessError, RunRef
-from domainclip.dashboard.privacy import pseudonym
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
 from domainclip.explain.image import is_signed
 from domainclip.explain.render import overlay_png
+from domainclip.privacy import pseudonym
 
 FLIPS_PER_PAGE = 4
 

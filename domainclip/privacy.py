@@ -1,4 +1,4 @@
-"""What manifest metadata the dashboard may show.
+"""What manifest metadata may be shown or reported (dashboard tables, evaluation subgroups).
 
 Conservative by design, because people look at the dashboard together (reviews, screen sharing):
 
