@@ -311,7 +311,8 @@ class Trainer:
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             norm = _grad_norm(self.params.values(), self.cfg.optim.grad_clip)
-            if not math.isfinite(norm):
+            # fp16: the GradScaler skips steps with inf gradients itself (expected while it calibrates)
+            if not math.isfinite(norm) and self.scaler is None:
                 self._diverged(f"the gradient norm became {norm}")
             if self.scaler:
                 self.scaler.step(self.optimizer)
