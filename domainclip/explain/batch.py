@@ -3,16 +3,19 @@
 The index (`index.json`, format `domainclip.explain.index/1`) is what the dashboard reads:
 
     {"format": ..., "backbone": spec, "run": dir|null, "manifest": path|null, "split": str|null,
-     "score": "similarity"|"probability", "methods": [...], "checks": [...], "created": iso time,
+     "score": "similarity"|"probability", "temperature": T, "methods": [...], "checks": [...],
+     "settings": {ExplainSettings as a dict}, "created": iso time,
      "items": [{"row", "image" (absolute), "prompt", "label", "method", "kind": "saliency"|"contrast",
                 "prompt_b" (contrast only), "map", "overlay" (paths relative to the index folder),
                 "score", "seconds", "params", "region": "mask"|"boxes"|null,
                 "localisation": {pointing, energy, area, pointing_baseline}|null,
                 "sanity": {randomisation_spearman, text_max_spearman, text_spearman: {prompt: rho},
                            deletion_auc, insertion_auc, random_deletion_auc, random_insertion_auc}}],
-     "tokens": [{"row", "image", "text", "html", "words", "scores", "score"}],
+     "tokens": [{"row", "image", "text", "html", "words", "scores", "score", "convergence_delta"}],
      "skipped": [{"row", "image", "reason"}],
-     "summary": {method: {"localisation": {...}, "sanity": {mean of each number}}}}
+     "summary": {method: {"n", "mean_seconds", "localisation": {`localisation.summarise`},
+                          "sanity": {mean of each number}}}}
+NaN values are written as null.
 """
 
 from __future__ import annotations
