@@ -80,15 +80,19 @@ def fit_linear_probe(
         raise ConfigError(
             f"the linear probe needs at least 2 classes in the training split, found {len(present)}"
         )
+    from sklearn.metrics import log_loss
+
     best = None
     for c in settings.C:
         clf = LogisticRegression(C=c, max_iter=settings.max_iter, random_state=seed)
         clf.fit(x, y)
         acc = float((clf.predict(vx) == vy).mean()) if len(vy) else float("nan")
-        log.info("linear probe C=%g: val accuracy %.4f", c, acc)
-        if best is None or acc > best[0]:
-            best = (acc, c, clf)
-    acc, c, clf = best
+        # Accuracy ties are common on small val splits; the val log-loss breaks them.
+        nll = float(log_loss(vy, clf.predict_proba(vx), labels=clf.classes_)) if len(vy) else 0.0
+        log.info("linear probe C=%g: val accuracy %.4f, log-loss %.4f", c, acc, nll)
+        if best is None or (acc, -nll) > (best[0], -best[3]):
+            best = (acc, c, clf, nll)
+    acc, c, clf, _ = best
     weight = torch.full((len(classes), x.shape[1]), 0.0)
     bias = torch.full((len(classes),), -1e4)  # classes never seen in training are never predicted
     coef, intercept = clf.coef_, clf.intercept_
