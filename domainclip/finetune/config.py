@@ -127,8 +127,9 @@ class TipAdapterSettings:
     train_keys: bool = _f(True, "Tip-Adapter-F: fine-tune the cache keys (False: training-free)")
     alpha: list[float] = _f(
         None,
-        "cache weights tried on the val split (best kept)",
-        factory=lambda: [0.5, 1.0, 2.0, 5.0],
+        "cache weights tried on the val split (best val accuracy, ties broken by val loss); the "
+        "zero-shot logits they are added to are exp(logit_scale) * cosine",
+        factory=lambda: [0.5, 1.0, 2.0, 5.0, 10.0, 20.0],
     )
     beta: list[float] = _f(
         None, "cache sharpness values tried on the val split", factory=lambda: [1.0, 3.0, 5.5, 8.0]

@@ -94,18 +94,23 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _search(head: TipAdapterHead, W, vf, vy, settings: TipAdapterSettings) -> float:
-    """Set head.alpha/beta to the best grid point on the val split; return that accuracy."""
-    best = (-1.0, head.alpha, head.beta)
+    """Set head.alpha/beta to the best grid point on the val split (accuracy, ties broken by the
+    val cross-entropy); return that accuracy."""
+    best = (-1.0, float("-inf"), head.alpha, head.beta)
     with torch.no_grad():
         zs = head.scale * vf @ W.T
         for beta in settings.beta:
             head.beta = beta
             cache = head.cache_logits(vf)
             for alpha in settings.alpha:
-                acc = _accuracy(zs + alpha * cache, vy)
-                if acc > best[0]:
-                    best = (acc, alpha, beta)
-    head.alpha, head.beta = best[1], best[2]
+                logits = zs + alpha * cache
+                key = (
+                    _accuracy(logits, vy),
+                    -float(F.cross_entropy(logits, vy)) if len(vy) else 0.0,
+                )
+                if key > best[:2]:
+                    best = (*key, alpha, beta)
+    head.alpha, head.beta = best[2], best[3]
     return best[0]
 
 
