@@ -106,6 +106,10 @@ def _run(args: argparse.Namespace) -> int:
         raise ExplainError("give exactly one of --image PATH (with --text) or --manifest FILE")
     if args.image and args.text is None:
         raise ExplainError("--image needs --text 'the description to explain'")
+    if args.image and args.check_localisation and not (args.mask or args.boxes):
+        raise ExplainError(
+            "--check-localisation with --image needs the ground truth: --mask PNG or --boxes JSON"
+        )
     bb, run = load_model_or_backbone(args.model, device=args.device, checkpoint=args.checkpoint)
     valid = methods_for(bb)
     methods = _methods(args.method, valid)

@@ -166,6 +166,8 @@ def test_cli_manifest_mode(saved, synthetic_dir, tmp_path, capsys):
         (["--image", "{img}"], "--text"),
         (["--image", "{img}", "--manifest", "m.csv", "--text", "x"], "exactly one"),
         (["--image", "{img}", "--text", "x", "--score", "probability"], "two prompts"),
+        (["--image", "{img}", "--text", "x", "--check-localisation"], "--mask PNG or --boxes"),
+        (["--image", "{img}", "--text", "x", "--boxes", "[[1, 2"], "--boxes must be JSON"),
     ],
 )
 def test_cli_errors_are_clear(saved, defect_image, tmp_path, capsys, args, message):
