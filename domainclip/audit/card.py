@@ -63,6 +63,7 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
         items.append(
             f"LoRA: r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}"
         )
+    shown = ("zero_shot_acc", "zero_shot_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
     if result:
         items.append(
             f"Trainable parameters: {result.get('trainable_params', '?'):,} of "
@@ -70,7 +71,7 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
         )
         items.append(
             f"Training: {result.get('steps', '?')} steps, best at step {result.get('best_step', '?')} "
-            f"({', '.join(f'{k} {v:.4g}' for k, v in (result.get('best_metrics') or {}).items())}); "
+            f"({', '.join(f'{k} {v:.4g}' for k, v in (result.get('best_metrics') or {}).items() if k in shown)}); "
             f"wall time {float(result.get('wall_seconds', 0)):.0f} s"
         )
     else:
@@ -355,14 +356,15 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
     return blocks, notes
 
 
-def _explanations(run: Path) -> list[Block]:
+def _explanations(run: Path, manifest: str) -> list[Block]:
     blocks: list[Block] = [("h2", "Explanations: sanity checks")]
     files = sorted((run / "explain").rglob("index.json")) if (run / "explain").is_dir() else []
     if not files:
         return [
             *blocks,
             _not_run(
-                "saliency sanity checks", f"domainclip explain {run} --data MANIFEST --sanity"
+                "saliency sanity checks",
+                f"domainclip explain {run} --manifest {manifest} --limit 20 --sanity",
             ),
         ]
     for f in files:
@@ -466,7 +468,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
         *_evaluation(run),
         *_calibration(run),
         *audit_blocks,
-        *_explanations(run),
+        *_explanations(run, _get(cfg, "data.manifest") or "MANIFEST"),
         ("h2", "Limitations"),
         ("ul", limitations),
         *_reproduce(run, cfg),

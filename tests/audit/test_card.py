@@ -89,7 +89,7 @@ def test_missing_sections_say_which_command_produces_them(tmp_path, manifest_pat
     assert "two separately pretrained encoders" in md  # this config's backbone is the default
     assert f"Not run yet: evaluation. Run `domainclip evaluate {run} --fit-temperature`." in md
     assert f"domainclip audit {run} --spec SPEC --gate" in md
-    assert f"domainclip explain {run} --data MANIFEST --sanity" in md
+    assert f"domainclip explain {run} --manifest {manifest_path} --limit 20 --sanity" in md
     assert "Training summary (result.json) not found" in md
 
 
