@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 VARIANTS = ("default", "lora_nocache", "full", "bare")
 TARGETS = {"speedup_vs_full": 7.0, "memory_vs_full": 0.5, "matmul_fraction": 0.60, "overhead": 0.10}
@@ -176,6 +177,7 @@ def _child(args: argparse.Namespace) -> dict:
 def _config(args, variant: str):
     from domainclip.finetune.config import load_config
 
+    base = REPO / "configs" / "neu_det_lora.yaml"  # the default recipe as shipped
     overrides = [
         f"data.manifest={args.manifest}",
         f"train.batch_size={args.batch}",
@@ -186,8 +188,13 @@ def _config(args, variant: str):
     if variant == "lora_nocache":
         overrides.append("train.cache_features=never")
     if variant == "full":
-        overrides += ["method.name=full", "optim.lr=1e-5"]
-    return load_config(None, overrides)
+        overrides += [
+            "method.name=full",
+            "method.image_tower=",
+            "method.text_tower=",
+            "optim.lr=1e-5",
+        ]
+    return load_config(base, overrides)
 
 
 def _toolkit(args):

@@ -189,7 +189,8 @@ class LossConfig:
     )
     supervised_weight: float = _f(
         0.0,
-        "weight of cross-entropy over class-prompt embeddings (needs labels + prompts)",
+        "weight of a cross-entropy over class-prompt embeddings (one prompt per class drawn per "
+        "step from eval.prompts, or the class names); rows without a label are ignored",
         range=(0, None, "[]"),
     )
     max_logit_scale: float = _f(100.0, "clamp of exp(logit_scale)", range=(1, 1000, "[]"))

@@ -243,16 +243,17 @@ class Trainer:
     def _supervised(
         self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor
     ) -> torch.Tensor:
+        """Cross-entropy against class weights from ONE prompt per class, drawn per step.
+
+        Encoding every prompt of every class each step would cost more than the batch itself
+        (NEU-DET: 48 prompts); one draw per class is an unbiased sample of the prompt ensemble.
+        The draw is seeded by (seed, step), so every process and a resumed run draw alike.
+        """
         ct = class_texts(self.prompts, self.splits.classes)
-        prompts = list(dict.fromkeys(t for ts in ct.values() for t in ts))
-        feats = F.normalize(
-            self.adapt.model.encode_text(self.adapt.bb.tokenizer(prompts).to(self.device)).float(),
-            dim=-1,
-        )
-        where = {t: i for i, t in enumerate(prompts)}
-        W = F.normalize(
-            torch.stack([feats[[where[t] for t in ts]].mean(0) for ts in ct.values()]), dim=-1
-        )
+        g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
+        prompts = [ts[int(torch.randint(len(ts), (1,), generator=g))] for ts in ct.values()]
+        ids = self.adapt.bb.tokenizer(prompts).to(self.device)
+        W = F.normalize(self.adapt.model.encode_text(ids).float(), dim=-1)
         lookup = {c: i for i, c in enumerate(self.splits.classes)}
         y = torch.tensor(
             [lookup.get(lab[0], -1) if lab else -1 for lab in labels], device=img.device

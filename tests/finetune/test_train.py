@@ -78,6 +78,7 @@ def test_default_recipe_optimises(tiny_vit, syn_manifest, tmp_path):
         ["method.name=tip_adapter"],
         ["method.name=tip_adapter", "method.tip_adapter.train_keys=false"],
         ["method.name=linear_probe"],
+        ["loss.supervised_weight=1.0", "loss.positives=label"],
     ],
     ids=[
         "lora-both-towers",
@@ -86,6 +87,7 @@ def test_default_recipe_optimises(tiny_vit, syn_manifest, tmp_path):
         "tip-adapter-f",
         "tip-adapter",
         "linear-probe",
+        "supervised-label-positives",
     ],
 )
 def test_methods_train_and_reload(tiny_vit, syn_manifest, tmp_path, overrides):
