@@ -318,6 +318,11 @@ def explain_files(
     out = Path(out)
     sess = _Session(bb, settings, out)
     inp = prepare_image(bb, image)
+    w, h = inp.original_size
+    if region is not None and region[0].shape != (h, w):
+        raise ExplainError(
+            f"the {region[1]} is {region[0].shape[1]}x{region[0].shape[0]} but {image} is {w}x{h}"
+        )
     items, tokens = _explain_row(sess, inp, prompt, 0, [], region)
     index = _header(bb, settings, run=run, manifest=None, split=None)
     index.update(

@@ -168,12 +168,15 @@ def test_cli_manifest_mode(saved, synthetic_dir, tmp_path, capsys):
         (["--image", "{img}", "--text", "x", "--score", "probability"], "two prompts"),
         (["--image", "{img}", "--text", "x", "--check-localisation"], "--mask PNG or --boxes"),
         (["--image", "{img}", "--text", "x", "--boxes", "[[1, 2"], "--boxes must be JSON"),
+        (["--image", "{img}", "--text", "x", "--mask", "{small}"], "mask is 8x8"),
     ],
 )
 def test_cli_errors_are_clear(saved, defect_image, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"GIF89a not really")
-    args = [a.format(img=defect_image, bad=bad) for a in args]
+    small = tmp_path / "small.png"
+    Image.new("L", (8, 8), 255).save(small)
+    args = [a.format(img=defect_image, bad=bad, small=small) for a in args]
     rc = main(["explain", str(saved["cnn"]), *args, "--out", str(tmp_path / "o")])
     assert rc == 2
     assert message in capsys.readouterr().err
