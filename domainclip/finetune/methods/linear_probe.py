@@ -88,7 +88,14 @@ def fit_linear_probe(
         clf.fit(x, y)
         acc = float((clf.predict(vx) == vy).mean()) if len(vy) else float("nan")
         # Accuracy ties are common on small val splits; the val log-loss breaks them.
-        nll = float(log_loss(vy, clf.predict_proba(vx), labels=clf.classes_)) if len(vy) else 0.0
+        # Val rows of classes absent from train cannot enter log_loss (no probability column);
+        # they already count as errors in the accuracy.
+        seen = np.isin(vy, clf.classes_)
+        nll = (
+            float(log_loss(vy[seen], clf.predict_proba(vx[seen]), labels=clf.classes_))
+            if seen.any()
+            else 0.0
+        )
         log.info("linear probe C=%g: val accuracy %.4f, log-loss %.4f", c, acc, nll)
         if best is None or (acc, -nll) > (best[0], -best[3]):
             best = (acc, c, clf, nll)
