@@ -2,7 +2,8 @@
 
 The index (`index.json`, format `domainclip.explain.index/1`) is what the dashboard reads:
 
-    {"format": ..., "backbone": spec, "run": dir|null, "manifest": path|null, "split": str|null,
+    {"format": ..., "complete": bool (false while a batch runs or after it was interrupted),
+     "backbone": spec, "run": dir|null, "manifest": path|null, "split": str|null,
      "score": "similarity"|"probability", "temperature": T, "methods": [...], "checks": [...],
      "settings": {ExplainSettings as a dict}, "created": iso time,
      "items": [{"row", "image" (absolute), "prompt", "label", "method", "kind": "saliency"|"contrast",
@@ -284,6 +285,19 @@ def _nan_to_none(x: object) -> object:
     return x
 
 
+def _index(
+    header: dict, complete: bool, items: list[dict], tokens: list[dict], skipped: list[dict]
+) -> dict:
+    return {
+        **header,
+        "complete": complete,
+        "items": items,
+        "tokens": tokens,
+        "skipped": skipped,
+        "summary": _summary(items),
+    }
+
+
 def _header(bb: Backbone, s: ExplainSettings, **extra: object) -> dict:
     return {
         "format": INDEX_FORMAT,
@@ -324,11 +338,8 @@ def explain_files(
             f"the {region[1]} is {region[0].shape[1]}x{region[0].shape[0]} but {image} is {w}x{h}"
         )
     items, tokens = _explain_row(sess, inp, prompt, 0, [], region)
-    index = _header(bb, settings, run=run, manifest=None, split=None)
-    index.update(
-        items=items, tokens=[tokens] if tokens else [], skipped=[], summary=_summary(items)
-    )
-    return _write_index(out, index)
+    header = _header(bb, settings, run=run, manifest=None, split=None)
+    return _write_index(out, _index(header, True, items, [tokens] if tokens else [], []))
 
 
 def explain_manifest(
@@ -361,6 +372,7 @@ def explain_manifest(
     out = Path(out)
     sess = _Session(bb, settings, out)
     items, tokens, skipped = [], [], []
+    header = _header(bb, settings, run=run, manifest=str(Path(manifest).resolve()), split=split)
     t0 = time.perf_counter()
     for n, row in enumerate(rows):
         image = man.image_path(row)
@@ -375,6 +387,7 @@ def explain_manifest(
         items.extend(got)
         tokens.extend([tok] if tok else [])
         log.info("explained %d/%d (%.1f s)", n + 1, len(rows), time.perf_counter() - t0)
-    index = _header(bb, settings, run=run, manifest=str(Path(manifest).resolve()), split=split)
-    index.update(items=items, tokens=tokens, skipped=skipped, summary=_summary(items))
-    return _write_index(out, index)
+        # Rewritten after every row (atomically): an interrupted batch keeps what it computed,
+        # and a reader sees progress ("complete" stays false until the last row).
+        _write_index(out, _index(header, n + 1 == len(rows), items, tokens, skipped))
+    return _write_index(out, _index(header, True, items, tokens, skipped))

@@ -48,7 +48,7 @@ def test_manifest_batch_writes_index_maps_and_localisation(tiny_vit, synthetic_d
         tiny_vit, data / "manifest.csv", tmp_path / "out", settings, split=None
     )
     index = _strict_json(index_path)
-    assert index["format"] == "domainclip.explain.index/1"
+    assert index["format"] == "domainclip.explain.index/1" and index["complete"] is True
     assert index["methods"] == ["gradcam", "rollout"]
     assert [s["row"] for s in index["skipped"]] == [man.rows[-1].row]
     assert broken.name in index["skipped"][0]["reason"]
@@ -191,3 +191,24 @@ def test_prepare_image_keeps_what_the_model_sees(tiny_vit, defect_image):
         # 64 px synthetic image at 64 px input: the view is the image itself (up to rounding).
         diff = np.abs(inp.view.astype(int) - np.asarray(im.convert("RGB")).astype(int))
     assert diff.max() <= 1
+
+
+def test_interrupted_batch_keeps_finished_rows(tiny_vit, synthetic_dir, tmp_path, monkeypatch):
+    import domainclip.explain.batch as batch
+
+    real, calls = batch._explain_row, []
+
+    def stop_at_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "_explain_row", stop_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        explain_manifest(
+            tiny_vit, synthetic_dir / "manifest.csv", tmp_path, ExplainSettings(), split=None
+        )
+    index = _strict_json(tmp_path / "index.json")
+    assert index["complete"] is False
+    assert len(index["items"]) == 2 and all((tmp_path / i["map"]).is_file() for i in index["items"])
