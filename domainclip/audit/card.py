@@ -385,7 +385,7 @@ def _explanations(run: Path, manifest: str) -> list[Block]:
                 **{f"localisation {k}": v for k, v in (s.get("localisation") or {}).items()},
             }
             rows += [
-                [method, k, "-" if v is None else f"{v:.3f}"]
+                [method, k, _num(k, v)]
                 for k, v in nums.items()
                 if isinstance(v, (int, float)) or v is None
             ]
@@ -396,10 +396,11 @@ def _explanations(run: Path, manifest: str) -> list[Block]:
     return blocks
 
 
-def _num(v: float | int | None) -> str:
+def _num(key: str, v: float | None) -> str:
+    """A sanity/localisation number; counts ("n") without decimals."""
     if v is None:
         return "-"
-    return str(v) if isinstance(v, int) or float(v).is_integer() else f"{v:.3f}"
+    return str(round(v)) if key.split()[-1] == "n" else f"{v:.3f}"
 
 
 def _reproduce(run: Path, cfg: dict) -> list[Block]:
