@@ -340,11 +340,15 @@ def _bare(args):
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     texts = [r.text for r in read_manifest(args.manifest).rows if r.split == "train"]
     feats = torch.randn(len(texts), 1280)
-    g = torch.Generator().manual_seed(0)
+    # The toolkit's batch order (same seed): the same texts in the same steps as its Trainer.
+    from domainclip.finetune.data import GlobalBatches
+
+    sampler = GlobalBatches(len(texts), args.batch, seed=0)
+    order = (b for epoch in range(10**6) for b in sampler.epoch(epoch))
     state = {"i": 0}
 
     def step():
-        idx = torch.randperm(len(texts), generator=g)[: args.batch]
+        idx = torch.tensor(next(order))
         batch = [texts[i] for i in idx]
         uniq = list(dict.fromkeys(batch))
         img = F.normalize(m.visual.head(feats[idx]), dim=-1)
