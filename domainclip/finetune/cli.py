@@ -25,7 +25,12 @@ def _finetune(args: argparse.Namespace) -> int:
             print(f"{key} (default {default!r}): {help_}")
         return 0
     if not args.config:
-        raise SystemExit("domainclip finetune: give a CONFIG file (examples in configs/)")
+        from domainclip.errors import ConfigError
+
+        raise ConfigError(
+            "domainclip finetune needs a CONFIG file, e.g. configs/neu_det_lora.yaml "
+            "(--list-keys prints every key)"
+        )
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = finetune(cfg, out, resume=args.resume)
