@@ -336,3 +336,29 @@ def test_result_json_and_cli_output(tiny_vit, syn_manifest, tmp_path, capsys):
     assert "--merge" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--merge", "--out", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "open_clip_config.json").is_file()
+
+
+def test_early_stopping_on_a_flat_metric(tiny_vit, syn_manifest, tmp_path):
+    """lr ~ 0: the metric never improves, so patience=1 stops at the first epoch's evaluation."""
+    cfg = tiny_config(
+        tiny_vit, syn_manifest, "optim.lr=1e-12", "eval.patience=1", "train.max_steps=20"
+    )
+    res = finetune(cfg, tmp_path / "run")
+    per_epoch = _n_train(syn_manifest) // cfg.train.batch_size
+    assert res.stopped_early and res.steps == per_epoch < 20
+    assert res.best_step == 0
+
+
+def test_gradient_accumulation_steps_per_epoch(tiny_vit, syn_manifest, tmp_path):
+    cfg = tiny_config(
+        tiny_vit,
+        syn_manifest,
+        "optim.accumulate=2",
+        "train.batch_size=4",
+        "train.epochs=1",
+        "train.max_steps=0",
+    )
+    res = finetune(cfg, tmp_path / "run")
+    assert res.steps == (_n_train(syn_manifest) // 4) // 2
+    vals = [e["step"] for e in read_metrics(res.run_dir) if e["event"] == "val"]
+    assert vals == [0, res.steps]
