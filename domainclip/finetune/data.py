@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,7 +65,6 @@ class Splits:
     classes: list[str]
     train: SplitData
     val: SplitData
-    notes: list[str] = field(default_factory=list)
 
 
 def _subset(n: int, limit: int, seed: int) -> list[int]:
