@@ -145,6 +145,9 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _unavailable("playwright (pip) is not installed")
+    # expect() has its own 5 s default, separate from the page's; a saliency rerun on a busy
+    # CI machine can take longer than that (CI failed here once with the metric not yet drawn).
+    expect.set_options(timeout=TIMEOUT_MS)
     from domainclip.datasets import read_manifest
     from domainclip.evaluation import load_prompt_set
     from domainclip.explain.image import ImageExplainer
