@@ -233,6 +233,10 @@ def calibration_report(
     return {
         **{k: v.to_dict() for k, v in est.items()},
         "n_bins": n_bins,
+        # accuracy (single-label) or positive rate (multi-label) next to the mean confidence:
+        # a gap between them is a base-rate offset, which one temperature cannot remove
+        "mean_confidence": float(np.mean(conf)) if len(conf) else float("nan"),
+        "observed_rate": float(np.mean(corr)) if len(corr) else float("nan"),
         "bins_width": reliability_bins(conf, corr, n_bins, "width").to_dict(),
         "bins_mass": reliability_bins(conf, corr, n_bins, "mass").to_dict(),
     }

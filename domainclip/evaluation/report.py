@@ -83,6 +83,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             else "top-1 confidence."
         ),
     ]
+    lines += _base_rate_note(cal, multi)
     for col, groups in cal.get("subgroups", {}).items():
         lines += ["", f"ECE by `{col}`:", ""]
         observed = (
@@ -130,3 +131,24 @@ def render_markdown(r: dict[str, Any]) -> str:
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
     return "\n".join(lines) + "\n"
+
+
+def _base_rate_note(cal: dict, multi: bool) -> list[str]:
+    """Warn when miscalibration is a base-rate offset that temperature scaling cannot remove.
+
+    Dividing logits by T rescales them around 0 but never shifts them: with a positive/negated
+    prompt pair centred near p = 0.5 and findings present in only a few percent of images, the
+    mean probability stays far above the positive rate at every T (seen on covid-cxr).
+    """
+    final = cal["after"] or cal["before"]
+    mean_p, observed = final.get("mean_confidence"), final.get("observed_rate")
+    if mean_p is None or observed is None or abs(mean_p - observed) <= 0.10:
+        return []
+    what = "positive rate" if multi else "accuracy"
+    return [
+        "",
+        f"- Warning: mean predicted probability {mean_p:.3f} vs observed {what} {observed:.3f}. "
+        "Temperature scaling rescales logits but cannot shift them, so an offset this large "
+        "survives it; treat these probabilities as scores (use AUROC/AP, or pick decision "
+        "thresholds on validation data) until the model is recalibrated with a bias term.",
+    ]

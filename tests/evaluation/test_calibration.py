@@ -145,3 +145,28 @@ def test_subgroup_ece_equals_ece_on_each_subset():
         tiny["sex"]["M"]["ece"]["value"] is None
         and "only 1 images" in tiny["sex"]["M"]["ece"]["reason"]
     )
+
+
+def test_base_rate_offset_is_reported_and_survives_temperature():
+    """Multi-label pos/neg prompt pairs centred at p=0.5 on rare findings (covid-cxr's case):
+    no temperature brings the mean probability down to the positive rate, and the report says so.
+    """
+    from domainclip.evaluation.report import _base_rate_note
+    from domainclip.evaluation.temperature import fit_temperature
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((400, 5)) < 0.08).astype(int)  # rare findings
+    logits = rng.normal(size=(400, 5)) + 0.8 * y  # informative but centred at 0 (p ~ 0.5)
+    t = fit_temperature(torch.tensor(logits), torch.tensor(y), multi_label=True)
+    probs = 1 / (1 + np.exp(-logits / t))
+    rep = calibration_report(probs, y, multi_label=True, n_boot=0)
+    assert rep["observed_rate"] == pytest.approx(y.mean())
+    assert rep["mean_confidence"] == pytest.approx(probs.mean())
+    assert rep["mean_confidence"] - rep["observed_rate"] > 0.2  # T alone cannot shift the logits
+    note = _base_rate_note({"before": rep, "after": None}, multi=True)
+    assert note and "cannot shift" in note[-1] and f"{y.mean():.3f}" in note[-1]
+
+    shifted = 1 / (1 + np.exp(-(logits - 3.0)))  # with a bias term the offset disappears
+    ok = calibration_report(shifted, y, multi_label=True, n_boot=0)
+    assert abs(ok["mean_confidence"] - ok["observed_rate"]) < 0.1
+    assert _base_rate_note({"before": ok, "after": None}, multi=True) == []
