@@ -49,9 +49,14 @@ def fmt_estimate(est: dict[str, Any] | None, digits: int = 3) -> str:
     if est.get("value") is None:
         return f"undefined ({est.get('reason', 'no value')})"
     ci = est.get("ci95")
+
+    def num(x: float) -> str:
+        # round first, then add 0.0: tiny negatives print as 0.0000, not -0.0000
+        return f"{round(float(x), digits) + 0.0:.{digits}f}"
+
     if not ci:
-        return f"{est['value']:.{digits}f}"
-    return f"{est['value']:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        return num(est["value"])
+    return f"{num(est['value'])} [{num(ci[0])}, {num(ci[1])}]"
 
 
 def calibration_table(calib: dict[str, Any]) -> pd.DataFrame:
