@@ -11,8 +11,13 @@ three targets are explained, because "saliency for an image-text score" depends 
 A random map's expected pointing hit and energy share both equal the region's area fraction, so
 "gain" = score - area fraction; the 95% CI of the mean gain is a bootstrap over images.
 
+With --sanity, the class_prob maps also get the sanity checks of `domainclip explain --sanity`:
+Spearman correlation with the map of a fully randomised image tower (low is good) and
+deletion/insertion AUC of the class probability vs a random pixel order (deletion lower and
+insertion higher than random is good).
+
     python benchmarks/localisation.py RUN --manifest /tmp/neu/manifest.csv --per-class 10 \
-        --method gradcam --method occlusion
+        --method gradcam --method occlusion --sanity
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from domainclip.explain.image import ImageExplainer
 from domainclip.explain.inputs import mask_to_view, prepare_image, region_from_meta
 from domainclip.explain.loading import load_model_or_backbone, run_temperature
 from domainclip.explain.localisation import localise
+from domainclip.explain.sanity import deletion_insertion, randomised_copy, spearman
 
 TARGETS = ("report", "class_sim", "class_prob")
 
@@ -64,6 +70,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--method", action="append", help="repeatable (default gradcam)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--sanity", action="store_true", help="sanity checks of the class_prob maps")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -84,6 +91,8 @@ def main() -> None:
         c: ts[0] for c, ts in load_prompt_set(prompts_path).class_texts(classes).items()
     }
     explainer = ImageExplainer(bb)
+    random_explainer = ImageExplainer(randomised_copy(bb, 1.0, seed=0)[0]) if args.sanity else None
+    sanity: dict[str, list[dict]] = collections.defaultdict(list)
     methods = args.method or ["gradcam"]
 
     # results[method][target] -> list of (class, Localisation)
@@ -110,10 +119,30 @@ def main() -> None:
                         temperature=temperature,
                     ),
                 }
+                maps = {}
                 for target, kw in calls.items():
-                    sal = explainer.explain(inp.pixels, method=m, **kw)
+                    sal = maps[target] = explainer.explain(inp.pixels, method=m, **kw)
                     seconds[m].append(sal.seconds)
                     results[m][target].append((c, localise(sal.map, view)))
+                if random_explainer is not None:
+                    kw, sal = calls["class_prob"], maps["class_prob"]
+                    rand = random_explainer.explain(inp.pixels, method=m, **kw)
+                    scorer = explainer.scorer(
+                        [kw["prompt"], *others], "probability", temperature=temperature
+                    )
+                    d = deletion_insertion(bb, inp.pixels, kw["prompt"], sal.map, scorer=scorer)
+                    sanity[m].append(
+                        {"randomisation_spearman": spearman(sal.map, rand.map)}
+                        | {
+                            k: getattr(d, k)
+                            for k in (
+                                "deletion_auc",
+                                "random_deletion_auc",
+                                "insertion_auc",
+                                "random_insertion_auc",
+                            )
+                        }
+                    )
 
     print(
         f"{args.model}: {sum(len(v) for v in picked.values()) - skipped} images of split "
@@ -161,6 +190,15 @@ def main() -> None:
         print(
             f"  {m}: "
             + ", ".join(f"{c} {v['pointing']:.2f}/{v['random']:.2f}" for c, v in pc.items())
+        )
+    for m, items in sanity.items():
+        mean = {k: float(np.nanmean([x[k] for x in items])) for k in items[0]}
+        out[m]["class_prob"]["sanity"] = mean
+        print(
+            f"sanity {m} (class_prob, {len(items)} maps): randomisation Spearman "
+            f"{mean['randomisation_spearman']:+.3f}; deletion AUC {mean['deletion_auc']:.3f} "
+            f"(random {mean['random_deletion_auc']:.3f}); insertion AUC "
+            f"{mean['insertion_auc']:.3f} (random {mean['random_insertion_auc']:.3f})"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": out}, indent=2))
