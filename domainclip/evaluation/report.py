@@ -140,14 +140,15 @@ def _base_rate_note(cal: dict, multi: bool) -> list[str]:
     prompt pair centred near p = 0.5 and findings present in only a few percent of images, the
     mean probability stays far above the positive rate at every T (seen on covid-cxr).
     """
+    if not multi:  # single-label over/under-confidence is what a temperature does fix
+        return []
     final = cal["after"] or cal["before"]
     mean_p, observed = final.get("mean_confidence"), final.get("observed_rate")
-    if mean_p is None or observed is None or abs(mean_p - observed) <= 0.10:
+    if mean_p is None or observed is None or not abs(mean_p - observed) > 0.10:  # also NaN
         return []
-    what = "positive rate" if multi else "accuracy"
     return [
         "",
-        f"- Warning: mean predicted probability {mean_p:.3f} vs observed {what} {observed:.3f}. "
+        f"- Warning: mean predicted probability {mean_p:.3f} vs positive rate {observed:.3f}. "
         "Temperature scaling rescales logits but cannot shift them, so an offset this large "
         "survives it; treat these probabilities as scores (use AUROC/AP, or pick decision "
         "thresholds on validation data) until the model is recalibrated with a bias term.",

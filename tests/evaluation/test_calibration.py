@@ -170,3 +170,13 @@ def test_base_rate_offset_is_reported_and_survives_temperature():
     ok = calibration_report(shifted, y, multi_label=True, n_boot=0)
     assert abs(ok["mean_confidence"] - ok["observed_rate"]) < 0.1
     assert _base_rate_note({"before": ok, "after": None}, multi=True) == []
+
+
+def test_base_rate_note_only_for_multi_label_and_finite_gaps():
+    from domainclip.evaluation.report import _base_rate_note
+
+    gap = {"mean_confidence": 0.9, "observed_rate": 0.5}
+    assert _base_rate_note({"before": gap, "after": None}, multi=False) == []
+    nan = {"mean_confidence": float("nan"), "observed_rate": 0.5}
+    assert _base_rate_note({"before": nan, "after": None}, multi=True) == []
+    assert _base_rate_note({"before": {}, "after": None}, multi=True) == []  # older metrics.json
