@@ -286,3 +286,31 @@ def test_audit_page_without_audit(app: AppTest) -> None:
     app.switch_page("views/audit.py").run()
     no_exceptions(app)
     assert any("domainclip audit" in i.value and "--spec" in i.value for i in app.info)
+
+
+def test_calibration_page_when_the_fit_kept_t_1(
+    dash_runs: DashRuns, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate skips the 'after' report when the fit keeps T = 1 (the demo's perfectly separated
+    val split): the page must say a temperature was fitted, not ask the user to fit one."""
+    import shutil
+
+    from domainclip.dashboard import RUNS_ENV
+
+    from .conftest import APP
+
+    root = tmp_path / "runs"
+    run = root / "lora"
+    shutil.copytree(dash_runs.lora, run)
+    metrics_file = next((run / "eval").glob("*/metrics.json"))
+    m = json.loads(metrics_file.read_text())
+    assert m["temperature"].get("fit")  # the fixture's evaluation fitted a temperature
+    m["temperature"]["value"] = 1.0
+    m["calibration"]["after"] = None
+    metrics_file.write_text(json.dumps(m))
+    monkeypatch.setenv(RUNS_ENV, str(root))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    at.switch_page("views/calibration.py").run()
+    no_exceptions(at)
+    assert any("kept at T = 1" in i.value for i in at.info)
+    assert not any("No temperature fitted" in w.value for w in at.warning)

@@ -37,7 +37,14 @@ def render() -> None:
     c1.metric("Temperature T", f"{temp.get('value', 1.0):.4g}", help=str(temp.get("source", "")))
     c2.metric("Images evaluated", data.get("n_evaluated", "n/a"))
     c3.metric("Split", data.get("split", "n/a"))
-    if calib.get("after") is None:
+    if calib.get("after") is None and temp.get("fit"):
+        # evaluate stores the fit but skips the "after" report when the fit kept T = 1
+        st.info(
+            "A temperature was fitted on the validation split and kept at T = 1 (scaling did not "
+            "lower the validation NLL, e.g. a perfectly separated split): the probabilities below "
+            "are the model's own."
+        )
+    elif calib.get("after") is None:
         st.warning(
             "No temperature fitted (T = 1): only the uncalibrated model is shown. Fit one with "
             f"`domainclip evaluate {run.path} --fit-temperature`."
