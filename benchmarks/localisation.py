@@ -9,7 +9,7 @@ three targets are explained, because "saliency for an image-text score" depends 
                 prompt: what the run classifies with, so class-agnostic texture evidence cancels
 
 A random map's expected pointing hit and energy share both equal the region's area fraction, so
-"gain" = score - area fraction; the 95% CI of the mean gain is a bootstrap over images.
+"gain" = score - area fraction; the 95% CI of the mean gain is a bootstrap over images, stratified by class.
 
 With --sanity, the class_prob maps also get the sanity checks of `domainclip explain --sanity`:
 Spearman correlation with the map of a fully randomised image tower (low is good) and
@@ -33,6 +33,7 @@ import torch
 
 from domainclip.datasets import read_manifest
 from domainclip.evaluation import load_prompt_set
+from domainclip.evaluation.bootstrap import bootstrap_metrics
 from domainclip.explain.image import ImageExplainer
 from domainclip.explain.inputs import mask_to_view, prepare_image, region_from_meta
 from domainclip.explain.loading import load_model_or_backbone, run_temperature
@@ -42,14 +43,17 @@ from domainclip.explain.sanity import deletion_insertion, randomised_copy, spear
 TARGETS = ("report", "class_sim", "class_prob")
 
 
-def _ci(gains: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
-    g = np.asarray(gains, dtype=float)
-    g = g[~np.isnan(g)]
-    if len(g) < 2:
-        return (float("nan"), float("nan"))
-    idx = np.random.default_rng(seed).integers(0, len(g), size=(n, len(g)))
-    means = g[idx].mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+def _gain_estimates(results: list) -> dict:
+    """Mean pointing and energy gain over images, with class-stratified bootstrap 95% CIs."""
+    classes = sorted({c for c, _ in results})
+    strata = np.array([classes.index(c) for c, _ in results])
+    p = np.array([x.pointing - x.pointing_baseline for _, x in results])
+    e = np.array([x.energy - x.area for _, x in results])
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        return {"pointing_gain": float(p[idx].mean()), "energy_gain": float(np.nanmean(e[idx]))}
+
+    return bootstrap_metrics(stat, strata, n_boot=2000, seed=0)
 
 
 def _rows(man, split: str, per_class: int):
@@ -101,6 +105,20 @@ def main() -> None:
     skipped = 0
     for c in classes:
         others = [class_prompt[o] for o in classes if o != c]
+        # class prompts are encoded once per class, not once per image and method
+        class_scorers = {
+            "class_sim": explainer.scorer([class_prompt[c]]),
+            "class_prob": explainer.scorer(
+                [class_prompt[c], *others], "probability", temperature=temperature
+            ),
+        }
+        random_scorer = (
+            random_explainer.scorer(
+                [class_prompt[c], *others], "probability", temperature=temperature
+            )
+            if random_explainer is not None
+            else None
+        )
         for r in picked[c]:
             inp = prepare_image(bb, man.image_path(r))
             region = region_from_meta(r.meta, man.root, inp.original_size)
@@ -111,13 +129,8 @@ def main() -> None:
             for m in methods:
                 calls = {
                     "report": dict(prompt=r.text),
-                    "class_sim": dict(prompt=class_prompt[c]),
-                    "class_prob": dict(
-                        prompt=class_prompt[c],
-                        others=others,
-                        score="probability",
-                        temperature=temperature,
-                    ),
+                    "class_sim": dict(prompt=class_prompt[c], scorer=class_scorers["class_sim"]),
+                    "class_prob": dict(prompt=class_prompt[c], scorer=class_scorers["class_prob"]),
                 }
                 maps = {}
                 for target, kw in calls.items():
@@ -125,12 +138,11 @@ def main() -> None:
                     seconds[m].append(sal.seconds)
                     results[m][target].append((c, localise(sal.map, view)))
                 if random_explainer is not None:
-                    kw, sal = calls["class_prob"], maps["class_prob"]
-                    rand = random_explainer.explain(inp.pixels, method=m, **kw)
-                    scorer = explainer.scorer(
-                        [kw["prompt"], *others], "probability", temperature=temperature
+                    sal, scorer = maps["class_prob"], class_scorers["class_prob"]
+                    rand = random_explainer.explain(
+                        inp.pixels, class_prompt[c], m, scorer=random_scorer
                     )
-                    d = deletion_insertion(bb, inp.pixels, kw["prompt"], sal.map, scorer=scorer)
+                    d = deletion_insertion(bb, inp.pixels, class_prompt[c], sal.map, scorer=scorer)
                     sanity[m].append(
                         {"randomisation_spearman": spearman(sal.map, rand.map)}
                         | {
@@ -154,17 +166,16 @@ def main() -> None:
     for m in methods:
         for t in TARGETS:
             locs = [loc for _, loc in results[m][t]]
-            p = [x.pointing - x.pointing_baseline for x in locs]
-            e = [x.energy - x.area for x in locs]
+            est = _gain_estimates(results[m][t])
             row = {
                 "n": len(locs),
                 "pointing": float(np.mean([x.pointing for x in locs])),
                 "energy": float(np.nanmean([x.energy for x in locs])),
                 "random": float(np.mean([x.area for x in locs])),
-                "pointing_gain": float(np.mean(p)),
-                "pointing_gain_ci": _ci(p),
-                "energy_gain": float(np.nanmean(e)),
-                "energy_gain_ci": _ci(e),
+                "pointing_gain": est["pointing_gain"].value,
+                "pointing_gain_ci": (est["pointing_gain"].low, est["pointing_gain"].high),
+                "energy_gain": est["energy_gain"].value,
+                "energy_gain_ci": (est["energy_gain"].low, est["energy_gain"].high),
                 "per_class": {
                     c: {
                         "pointing": float(
