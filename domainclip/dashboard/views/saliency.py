@@ -101,9 +101,18 @@ def _from_upload() -> PickedImage | None:
     )
 
 
-def _prompt_picker(title: str, options: list[str], default: int, key: str) -> str:
+def _prompt_picker(title: str, options: list[str], default: int, key: str, image_key: str) -> str:
     choices = [*options, FREE_TEXT]
-    picked = st.selectbox(title, choices, index=min(default, len(choices) - 1), key=f"{key}_pick")
+    pick_key = f"{key}_pick"
+    # A new image starts from its default prompt. The widget key stays fixed and its value is
+    # reset here: a key that changes with the image made the browser occasionally keep talking
+    # to the old widget, so later prompt changes were ignored (seen in the e2e test).
+    if st.session_state.get(f"{key}_image") != image_key or (
+        st.session_state.get(pick_key) not in choices
+    ):
+        st.session_state[pick_key] = choices[min(default, len(choices) - 1)]
+        st.session_state[f"{key}_image"] = image_key
+    picked = st.selectbox(title, choices, key=pick_key)
     if picked == FREE_TEXT:
         return st.text_input(f"{title} (free text)", key=f"{key}_text").strip()
     return picked
@@ -258,10 +267,9 @@ def render() -> None:
         if picked.report:
             st.caption(f"Report: {picked.report}")
         options = _prompt_options(run, picked)
-        # Keys carry the image: a new image starts from its own report (A) and another class (B).
-        tag = hashlib.sha256(picked.key.encode()).hexdigest()[:12]
-        a = _prompt_picker("Prompt A", options, 0, f"prompt_a_{tag}")
-        b = _prompt_picker("Prompt B", options, _default_b(options, picked), f"prompt_b_{tag}")
+        # A new image starts from its own report (A) and another class (B).
+        a = _prompt_picker("Prompt A", options, 0, "prompt_a", picked.key)
+        b = _prompt_picker("Prompt B", options, _default_b(options, picked), "prompt_b", picked.key)
         method = st.radio(
             "Method",
             list(model.methods),
