@@ -8,7 +8,8 @@ overlays are rendered to PNG bytes in memory (`domainclip.explain.render.overlay
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,18 @@ class LoadedModel:
         explainer: `ImageExplainer` reused for every map (it caches layer lookups).
         temperature: the run's fitted temperature (1.0 if none).
         methods: saliency methods that apply to this backbone.
+        lock: held by every computation on `bb`. Streamlit shares one model between sessions
+            and, on a widget change, starts a new script thread while the old one may still be
+            computing; maps and token attribution put temporary hooks on the model (and merge
+            LoRA weights), so overlapping calls would see each other's hooks and return wrong
+            scores, which the page would then cache.
     """
 
     bb: Backbone
     explainer: Any
     temperature: float
     methods: tuple[str, ...]
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
 
 def load_run_model(run_dir: Path) -> LoadedModel:
@@ -109,7 +116,8 @@ def compute_map(model: LoadedModel, image: Image.Image, prompt: str, method: str
     from domainclip.explain.inputs import prepare_image
 
     inp = prepare_image(model.bb, image)
-    sal = model.explainer.explain(inp.pixels, prompt, method)
+    with model.lock:
+        sal = model.explainer.explain(inp.pixels, prompt, method)
     return MapResult(sal.map, inp.view, method, prompt, sal.score, sal.seconds, sal.params)
 
 
@@ -121,8 +129,8 @@ def pair_probabilities(model: LoadedModel, image: Image.Image, prompts: list[str
     from domainclip.explain.inputs import prepare_image
 
     inp = prepare_image(model.bb, image)
-    scorer = PromptScorer(model.bb, prompts, score="probability", temperature=model.temperature)
-    with torch.no_grad():
+    with model.lock, torch.no_grad():
+        scorer = PromptScorer(model.bb, prompts, "probability", temperature=model.temperature)
         return [float(v) for v in scorer(inp.pixels)[0]]
 
 
@@ -132,7 +140,8 @@ def token_attribution_html(model: LoadedModel, image: Image.Image, text: str) ->
     from domainclip.explain.text import token_attribution
 
     inp = prepare_image(model.bb, image)
-    ta = token_attribution(model.bb, inp.pixels, text)
+    with model.lock:
+        ta = token_attribution(model.bb, inp.pixels, text)
     numbers = {
         "similarity": ta.score,
         "reference similarity": ta.baseline_score,
@@ -156,9 +165,10 @@ def sanity_numbers(
 
     inp = prepare_image(model.bb, image)
     explain = method_explainer(method)
-    rand = randomisation_check(explain, model.bb, inp.pixels, prompt, mode="full")
-    text = text_sensitivity_check(explain, model.bb, inp.pixels, prompt)
-    di = deletion_insertion(model.bb, inp.pixels, prompt, smap)
+    with model.lock:
+        rand = randomisation_check(explain, model.bb, inp.pixels, prompt, mode="full")
+        text = text_sensitivity_check(explain, model.bb, inp.pixels, prompt)
+        di = deletion_insertion(model.bb, inp.pixels, prompt, smap)
     return {
         "randomisation": {
             "spearman_full": rand.spearman_full,

@@ -110,6 +110,9 @@ def _upsample(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 class ImageExplainer:
     """Saliency methods for one backbone; finds its layers once and reuses them.
 
+    Not thread-safe on a shared model: methods put temporary hooks on its layers, which other
+    threads using the same model would run through. Serialise calls per model.
+
     Args:
         bb: any Backbone (default, open_clip, HF CLIP, fine-tuned/peft-wrapped).
     """

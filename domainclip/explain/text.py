@@ -95,6 +95,10 @@ def token_attribution(
 ) -> TokenAttribution:
     """Attribute the similarity of `text` to image `pixels` [1, 3, H, W] to its words.
 
+    Not thread-safe on a shared model: while it runs, hooks on the text tower's embedding layer
+    change what every other caller of that model computes. Serialise calls per model (the
+    dashboard holds a lock per loaded model).
+
     Raises:
         ExplainError: empty text, or a text with no word tokens.
     """

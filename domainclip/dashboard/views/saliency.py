@@ -104,9 +104,8 @@ def _from_upload() -> PickedImage | None:
 def _prompt_picker(title: str, options: list[str], default: int, key: str, image_key: str) -> str:
     choices = [*options, FREE_TEXT]
     pick_key = f"{key}_pick"
-    # A new image starts from its default prompt. The widget key stays fixed and its value is
-    # reset here: a key that changes with the image made the browser occasionally keep talking
-    # to the old widget, so later prompt changes were ignored (seen in the e2e test).
+    # A new image starts from its default prompt: the widget key stays fixed and its value is
+    # reset here when the image changes (the user's later picks for the same image are kept).
     if st.session_state.get(f"{key}_image") != image_key or (
         st.session_state.get(pick_key) not in choices
     ):
