@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import PurePath
 
 import pandas as pd
 import streamlit as st
@@ -55,11 +56,14 @@ def _from_manifest(run: RunRef) -> PickedImage | None:
     if rows.empty:
         st.info("No rows in this split.")
         return None
+    # The file name only: manifests written outside their data folder hold long relative paths
+    # ('../../data/...'); the row number keeps the choice unambiguous.
     idx = st.selectbox(
         "Image",
         list(rows.index),
         format_func=lambda i: (
-            f"row {table.at[i, 'row']} · {table.at[i, 'label'] or '(no label)'} · {table.at[i, 'image']}"
+            f"row {table.at[i, 'row']} · {table.at[i, 'label'] or '(no label)'} · "
+            f"{PurePath(str(table.at[i, 'image'])).name}"
         ),
     )
     img_path = state.listed_image(view, view.images[idx])
