@@ -35,9 +35,9 @@ class LoadedModel:
         methods: saliency methods that apply to this backbone.
         lock: held by every computation on `bb`. Streamlit shares one model between sessions
             and, on a widget change, starts a new script thread while the old one may still be
-            computing; maps and token attribution put temporary hooks on the model (and merge
-            LoRA weights), so overlapping calls would see each other's hooks and return wrong
-            scores, which the page would then cache.
+            computing; maps and token attribution put temporary hooks on the model, so
+            overlapping calls would run through each other's hooks and return wrong scores,
+            which the page would then cache.
     """
 
     bb: Backbone
