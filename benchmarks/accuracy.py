@@ -146,7 +146,7 @@ def run_method(
 ) -> dict:
     """Fine-tune (unless untrained) and score on the test split."""
     from domainclip.finetune import finetune, load_config
-    from domainclip.finetune.model import load_adaptation
+    from domainclip.runs import load_adaptation
 
     classes = _classes(manifest)
     test = _split_data(manifest, "test", classes)

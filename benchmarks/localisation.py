@@ -36,9 +36,9 @@ from domainclip.evaluation import load_prompt_set
 from domainclip.evaluation.bootstrap import bootstrap_metrics
 from domainclip.explain.image import ImageExplainer
 from domainclip.explain.inputs import mask_to_view, prepare_image, region_from_meta
-from domainclip.explain.loading import load_model_or_backbone, run_temperature
 from domainclip.explain.localisation import localise
 from domainclip.explain.sanity import deletion_insertion, randomised_copy, spearman
+from domainclip.runs import resolve_model
 
 TARGETS = ("report", "class_sim", "class_prob")
 
@@ -79,13 +79,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    bb, run = load_model_or_backbone(args.model)
-    temperature = run_temperature(run)
+    resolved = resolve_model(args.model)
+    bb, run, temperature = resolved.backbone, resolved.run, resolved.temperature
     prompts_path = args.prompts
     if prompts_path is None and run is not None:
-        from domainclip.finetune import load_config
-
-        prompts_path = load_config(Path(run) / "config.yaml").eval.prompts
+        prompts_path = run.config().eval.prompts
     if not prompts_path:
         raise SystemExit("no prompt set: pass --prompts")
     man = read_manifest(args.manifest)

@@ -73,9 +73,10 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     from domainclip.evaluation.cli import _summary
     from domainclip.evaluation.evaluate import evaluate
     from domainclip.explain.batch import ExplainSettings, explain_manifest
-    from domainclip.finetune import finetune, load_config, load_model
+    from domainclip.finetune import finetune, load_config
     from domainclip.models import load_backbone, load_tokenizer
     from domainclip.resources import resolve_config_path
+    from domainclip.runs import Run
 
     out = settings.out.expanduser().resolve()
     _prepare_out(out)
@@ -165,13 +166,13 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     )
     print("   " + _summary(after).replace("\n", "\n   "))
 
-    model = load_model(run_dir)
+    model = Run(run_dir).load()
     index = _step(
         f"7/8 explain {settings.explain_images} test images (GradCAM, localisation vs masks, sanity checks)",
         lambda: explain_manifest(
             model,
             manifest,
-            run_dir / "explain" / "demo",
+            Run(run_dir).layout.explain / "demo",
             ExplainSettings(
                 # GradCAM is the fast method (well under a second per image on 2 cores); IG,
                 # occlusion and the ViT attention methods are one flag away in `domainclip explain`.

@@ -17,7 +17,6 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "AuditResult": "api",
     "run_audit": "api",
-    "resolve_model": "api",
     "AuditSpec": "spec",
     "AuditSpecError": "spec",
     "Finding": "spec",

@@ -30,56 +30,11 @@ from domainclip.audit.spec import AuditSpec, load_audit_spec
 from domainclip.datasets.manifest import Manifest, ManifestRow, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import Estimate
-from domainclip.evaluation.loading import load_for_eval
+from domainclip.runs.run import ResolvedModel, resolve_model
 
 log = logging.getLogger(__name__)
 
 SCHEMA = "domainclip.audit/1"
-
-
-@dataclass
-class ResolvedModel:
-    """A model to audit with where it came from and the temperature its probabilities use."""
-
-    backbone: Any
-    run_dir: Path | None
-    temperature: float
-    temperature_source: str
-    label: str
-
-
-def resolve_model(model_or_run: Any, temperature: float | None = None) -> ResolvedModel:
-    """A Backbone, a run directory or a backbone spec -> ResolvedModel.
-
-    Loading goes through `evaluation.loading.load_for_eval` (runs via `finetune.load_model`), so
-    audit and evaluation recognise runs the same way. Runs use their fitted temperature
-    (`RUN/calibration.json`); anything else T = 1 unless `temperature` is given.
-    """
-    from domainclip.evaluation.temperature import CALIBRATION_FILE, load_temperature
-
-    bb, run_dir = load_for_eval(model_or_run)
-    if run_dir is not None:
-        label = str(Path(run_dir).resolve())
-    elif isinstance(model_or_run, (str, Path)):
-        label = str(model_or_run)
-    else:
-        label = bb.spec
-    if temperature is not None:
-        return ResolvedModel(bb, run_dir, float(temperature), "given", label)
-    if run_dir is None:
-        return ResolvedModel(bb, None, 1.0, "none fitted (T = 1)", label)
-    run_dir = Path(run_dir).resolve()
-    if (run_dir / CALIBRATION_FILE).is_file():
-        return ResolvedModel(
-            bb, run_dir, load_temperature(run_dir), str(run_dir / CALIBRATION_FILE), label
-        )
-    return ResolvedModel(
-        bb,
-        run_dir,
-        1.0,
-        f"none fitted (T = 1; run `domainclip evaluate {run_dir} --fit-temperature`)",
-        label,
-    )
 
 
 @dataclass
@@ -123,7 +78,7 @@ def audit_features(
         spec.labels,
         target,
         positives,
-        resolved.temperature,
+        resolved.calibrator,
     )
     st = spec.statistics
     comparisons = {
@@ -193,7 +148,7 @@ def _model_info(r: ResolvedModel) -> dict[str, Any]:
         "image_arch": bb.image_arch,
         "head": bb.head is not None,
         "temperature": r.temperature,
-        "temperature_source": r.temperature_source,
+        "temperature_source": r.calibrator.source,
     }
 
 
@@ -231,7 +186,7 @@ def run_audit(
     started = time.perf_counter()
     spec = load_audit_spec(spec)
     check_resolution(spec)
-    resolved = resolve_model(model_or_run, temperature)
+    resolved = resolve_model(model_or_run, temperature=temperature)
     mf = _load_manifest(manifest, resolved)
     selection = audit_data.select_rows(mf, split, spec)
     spec_used = selection.spec
@@ -299,7 +254,7 @@ def run_audit(
     )
     result = AuditResult(data=data, table=main.table, rows=rows)
     if out_dir is None and resolved.run_dir is not None:
-        out_dir = resolved.run_dir / "audit" / spec.name
+        out_dir = resolved.run.layout.audit_dir(spec.name)
     if out_dir is not None:
         from domainclip.audit.report import write_outputs
 

@@ -21,7 +21,9 @@ from typing import Any
 from domainclip import __version__
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
 from domainclip.audit.spec import SPEC_DIR
-from domainclip.errors import ConfigError, DomainClipError
+from domainclip.errors import DomainClipError
+from domainclip.io import atomic_write_text
+from domainclip.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +261,8 @@ def _evaluation(run: Path) -> list[Block]:
 
 def _calibration(run: Path) -> list[Block]:
     blocks: list[Block] = [("h2", "Calibration (temperature scaling)")]
-    cal = _read_json(run / "calibration.json") if (run / "calibration.json").is_file() else None
+    path = RunLayout(run).calibration
+    cal = _read_json(path) if path.is_file() else None
     if cal is None:
         return [
             *blocks,
@@ -358,7 +361,8 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
 
 def _explanations(run: Path, manifest: str) -> list[Block]:
     blocks: list[Block] = [("h2", "Explanations: sanity checks")]
-    files = sorted((run / "explain").rglob("index.json")) if (run / "explain").is_dir() else []
+    explain = RunLayout(run).explain
+    files = sorted(explain.rglob("index.json")) if explain.is_dir() else []
     if not files:
         return [
             *blocks,
@@ -436,16 +440,11 @@ def _reproduce(run: Path, cfg: dict) -> list[Block]:
 
 def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]:
     """The card as report blocks (see `domainclip.audit.report`)."""
-    from domainclip.evaluation.loading import RUN_CONFIG, read_run_config
+    from domainclip.runs import Run
 
-    run = Path(run_dir).expanduser().resolve()
-    if not (run / RUN_CONFIG).is_file():
-        raise ConfigError(
-            f"{run} is not a fine-tuning run (no {RUN_CONFIG}); a model card describes a run made "
-            "by `domainclip finetune`"
-        )
-    cfg = read_run_config(run)
-    result = _read_json(run / "result.json") if (run / "result.json").is_file() else None
+    r = Run(run_dir)
+    run, cfg = r.root, r.config_dict()
+    result = _read_json(r.layout.result) if r.layout.result.is_file() else None
     data_blocks, classes, caveats = _data(cfg, run)
     audit_blocks, audit_notes = _audits(run, card_dir or run)
     limitations = []
@@ -488,9 +487,9 @@ def write_card(run_dir: str | Path, out: str | Path | None = None, html: bool = 
     path = Path(out).expanduser() if out else run / CARD_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     blocks = build_card(run, path.parent.resolve())
-    path.write_text(to_markdown(blocks), encoding="utf-8")
+    atomic_write_text(path, to_markdown(blocks))
     if html:
-        path.with_suffix(".html").write_text(
-            to_html(blocks, path.parent.resolve(), f"Model card: {run.name}"), encoding="utf-8"
+        atomic_write_text(
+            path.with_suffix(".html"), to_html(blocks, path.parent.resolve(), f"Model card: {run.name}")
         )
     return path

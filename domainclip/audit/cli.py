@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from domainclip.errors import ConfigError
 
@@ -47,9 +46,9 @@ def _print_summary(result) -> None:
 
 def _audit(args: argparse.Namespace) -> int:
     from domainclip.audit.api import run_audit
-    from domainclip.evaluation.loading import is_run_dir
+    from domainclip.runs.layout import is_run
 
-    if args.out is None and not is_run_dir(Path(args.run).expanduser()):
+    if args.out is None and not is_run(args.run):
         raise ConfigError(
             f"{args.run} is not a fine-tuning run directory (no config.yaml), so there is no "
             "default output folder: pass --out DIR"

@@ -177,11 +177,12 @@ def embed_rows(
 
 def manifest_from_run(run_dir: Path) -> Path:
     """The manifest a fine-tuning run was trained on (its config.yaml `data.manifest`)."""
-    from domainclip.evaluation.loading import RUN_CONFIG, read_run_config, run_setting
+    from domainclip.runs import Run
 
-    value = run_setting(read_run_config(run_dir), "data.manifest")
+    run = Run(run_dir)
+    value = run.setting("data.manifest")
     if not value:
-        raise ConfigError(f"{run_dir / RUN_CONFIG} names no data.manifest; pass --data MANIFEST")
+        raise ConfigError(f"{run.layout.config} names no data.manifest; pass --data MANIFEST")
     path = Path(value).expanduser()
     # The trainer resolves relative manifest paths against its working directory; a run that was
     # moved together with its data may hold it relative to the run instead.
@@ -189,6 +190,6 @@ def manifest_from_run(run_dir: Path) -> Path:
         if candidate.is_file():
             return candidate.resolve()
     raise ConfigError(
-        f"{run_dir / RUN_CONFIG}: data.manifest {value!r} not found (relative to the current "
+        f"{run.layout.config}: data.manifest {value!r} not found (relative to the current "
         "directory or the run); pass --data MANIFEST"
     )

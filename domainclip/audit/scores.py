@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from domainclip.evaluation.temperature import apply_temperature
+from domainclip.calibrators import Calibrator, TemperatureCalibrator
 
 
 @dataclass
@@ -26,7 +26,8 @@ class ScoreTable:
         logits: float [K, N, C] class logits from `Backbone.class_logits` (before temperature).
         cos: float [K, N, C] raw similarity: dot product of the image and prompt features (the
             cosine for normalised features), independent of any classifier head and temperature.
-        temperature: T; probabilities are softmax(logits / T) over the C classes of one framing.
+        calibrator: the model's calibrator (a float T is taken as temperature scaling);
+            probabilities are softmax(calibrator(logits)) over the C classes of one framing.
         target: int [N] index of each image's target class (its first label among `classes`).
         positives: bool [N, C] every label of the image among `classes` (a top-1 decision is
             correct when it is any of them).
@@ -36,7 +37,7 @@ class ScoreTable:
     classes: list[str]
     logits: np.ndarray
     cos: np.ndarray
-    temperature: float
+    calibrator: Calibrator | float
     target: np.ndarray
     positives: np.ndarray
     probs: np.ndarray = field(init=False, repr=False)
@@ -52,7 +53,9 @@ class ScoreTable:
             raise ValueError(f"cos {self.cos.shape} and logits {self.logits.shape} differ")
         if self.target.shape != (n,) or self.positives.shape != (n, c):
             raise ValueError("target must be [N] and positives [N, C]")
-        scaled = apply_temperature(torch.from_numpy(self.logits).double(), self.temperature)
+        if not isinstance(self.calibrator, Calibrator):
+            self.calibrator = TemperatureCalibrator(float(self.calibrator))
+        scaled = self.calibrator.calibrate(torch.from_numpy(self.logits).double())
         self.probs = torch.softmax(scaled, dim=-1).numpy()
 
     @property
@@ -95,7 +98,7 @@ class ScoreTable:
             classes=list(self.classes),
             logits=self.logits[:, idx],
             cos=self.cos[:, idx],
-            temperature=self.temperature,
+            calibrator=self.calibrator,
             target=self.target[idx],
             positives=self.positives[idx],
         )
@@ -109,7 +112,7 @@ def score_table(
     classes: Sequence[str],
     target: np.ndarray,
     positives: np.ndarray,
-    temperature: float = 1.0,
+    calibrator: Calibrator | float = 1.0,
 ) -> ScoreTable:
     """Score precomputed features.
 
@@ -130,7 +133,7 @@ def score_table(
         classes=list(classes),
         logits=torch.stack(logits).numpy(),
         cos=torch.stack(cos).numpy(),
-        temperature=float(temperature),
+        calibrator=calibrator,
         target=np.asarray(target, dtype=np.int64),
         positives=np.asarray(positives, dtype=bool),
     )

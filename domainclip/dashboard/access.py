@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domainclip.errors import DomainClipError
+from domainclip.runs.layout import CONFIG_FILE as RUN_CONFIG
+from domainclip.runs.layout import is_run
 
-RUN_CONFIG = "config.yaml"
 # How deep below the runs directory runs are looked for: DIR/run and DIR/experiment/run.
 _MAX_DEPTH = 2
 
@@ -42,11 +43,6 @@ def resolve_inside(base: Path, path: str | os.PathLike[str]) -> Path:
     if target != base and not target.is_relative_to(base):
         raise PathAccessError(f"refusing to read {text!r}: it resolves to {target}, outside {base}")
     return target
-
-
-def is_run_dir(path: Path) -> bool:
-    """A fine-tuning run directory is recognised by its resolved config.yaml."""
-    return path.is_dir() and (path / RUN_CONFIG).is_file()
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class RunsAccess:
     # ------------------------------------------------------------------ runs
     def runs(self) -> list[RunRef]:
         """Every run directory, sorted by name; the root itself when it is a run."""
-        if is_run_dir(self.root):
+        if is_run(self.root):
             return [RunRef(self.root.name, self.root)]
         found: list[RunRef] = []
         self._scan(self.root, 1, found)
@@ -98,7 +94,7 @@ class RunsAccess:
                 resolved = resolve_inside(self.root, child)
             except PathAccessError:
                 continue  # a symlink out of the runs directory: never listed
-            if is_run_dir(resolved):
+            if is_run(resolved):
                 found.append(RunRef(child.relative_to(self.root).as_posix(), resolved))
             elif depth < _MAX_DEPTH:
                 self._scan(child, depth + 1, found)
@@ -131,10 +127,10 @@ class RunsAccess:
         A relative path is taken relative to the run directory first, then to the current
         directory (the trainer resolves paths against the directory it was started from).
         """
-        from domainclip.evaluation.loading import read_run_config, run_setting
+        from domainclip.runs import Run
 
         self.run_file(run, RUN_CONFIG)  # config.yaml itself must not be a link out of the run
-        value = run_setting(read_run_config(run.path), key)
+        value = Run(run.path).setting(key)
         if not value:
             return None
         p = Path(str(value)).expanduser()

@@ -14,10 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from domainclip.evaluation.loading import read_run_config, run_setting
+from domainclip.runs import Run
+from domainclip.runs.layout import METRICS_FILE, RESULT_FILE
 
-METRICS_FILE = "metrics.jsonl"
-RESULT_FILE = "result.json"  # written by `domainclip finetune` when a run finishes
 # Keys of a metrics record that locate or count rather than measure the model.
 _POSITION_KEYS = (
     "step",
@@ -199,10 +198,10 @@ def summarise_run(name: str, run_dir: Path) -> RunSummary:
     A finished run's numbers come from result.json as the trainer wrote them; a run still in
     progress (or killed) is summarised from its metrics log.
     """
-    cfg = read_run_config(run_dir)
+    run = Run(run_dir)
     log = read_metrics(run_dir / METRICS_FILE)
     df = curves(log)
-    metric = run_setting(cfg, "eval.metric")
+    metric = run.setting("eval.metric")
     result_path = run_dir / RESULT_FILE
     result = json.loads(result_path.read_text(encoding="utf-8")) if result_path.is_file() else None
     if result is not None:
@@ -217,11 +216,11 @@ def summarise_run(name: str, run_dir: Path) -> RunSummary:
             _best_from_log(df, metric) if metric else (None, None, {})
         )
         steps = int(df["step"].max()) if not df.empty else None
-    img, txt = run_setting(cfg, "method.image_tower"), run_setting(cfg, "method.text_tower")
+    img, txt = run.setting("method.image_tower"), run.setting("method.text_tower")
     return RunSummary(
         name=name,
-        backbone=str(run_setting(cfg, "backbone.spec") or "?"),
-        method=str(run_setting(cfg, "method.name") or "?"),
+        backbone=str(run.setting("backbone.spec") or "?"),
+        method=str(run.setting("method.name") or "?"),
         towers=f"{img or '?'}/{txt or '?'}",
         trainable_params=None if result is None else int(result["trainable_params"]),
         trainable_fraction=None if result is None else float(result["trainable_fraction"]),
@@ -231,7 +230,7 @@ def summarise_run(name: str, run_dir: Path) -> RunSummary:
         best_step=best_step,
         finished=result is not None,
         best_metrics=best_metrics,
-        config=cfg,
+        config=run.config_dict(),
         log=log,
     )
 

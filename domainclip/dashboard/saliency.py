@@ -1,6 +1,6 @@
 """Computations behind the Saliency explorer (no Streamlit; the page caches the results).
 
-The model comes from `domainclip.finetune.load_model` (through `evaluation.loading`), maps from
+The model comes from `domainclip.runs.resolve_model` (with the run's calibrator), maps from
 `domainclip.explain`. Uploaded images are decoded from bytes in memory and never written;
 overlays are rendered to PNG bytes in memory (`domainclip.explain.render.overlay_png`).
 """
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from domainclip.calibrators import Calibrator, TemperatureCalibrator
 from domainclip.explain.errors import ExplainError
 from domainclip.models import Backbone
 
@@ -31,7 +32,7 @@ class LoadedModel:
     Attributes:
         bb: the adapted backbone (best checkpoint).
         explainer: `ImageExplainer` reused for every map (it caches layer lookups).
-        temperature: the run's fitted temperature (1.0 if none).
+        calibrator: the run's calibrator (identity if none was fitted); `temperature` is its T.
         methods: saliency methods that apply to this backbone.
         lock: held by every computation on `bb`. Streamlit shares one model between sessions
             and, on a widget change, starts a new script thread while the old one may still be
@@ -42,20 +43,25 @@ class LoadedModel:
 
     bb: Backbone
     explainer: Any
-    temperature: float
+    calibrator: Calibrator
     methods: tuple[str, ...]
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
 
-def load_run_model(run_dir: Path) -> LoadedModel:
-    """Load a run's best checkpoint on the CPU, with its explainer and temperature."""
-    from domainclip.evaluation.loading import load_for_eval
-    from domainclip.evaluation.temperature import load_temperature
-    from domainclip.explain.image import ImageExplainer, methods_for
+    @property
+    def temperature(self) -> float:
+        cal = self.calibrator
+        return cal.temperature if isinstance(cal, TemperatureCalibrator) else 1.0
 
-    bb, _ = load_for_eval(run_dir, checkpoint="best", device="cpu")
-    bb.model.eval()
-    return LoadedModel(bb, ImageExplainer(bb), load_temperature(run_dir), methods_for(bb))
+
+def load_run_model(run_dir: Path) -> LoadedModel:
+    """Load a run's best checkpoint on the CPU, with its explainer and calibrator."""
+    from domainclip.explain.image import ImageExplainer, methods_for
+    from domainclip.runs import resolve_model
+
+    resolved = resolve_model(run_dir, checkpoint="best", device="cpu")
+    bb = resolved.backbone
+    return LoadedModel(bb, ImageExplainer(bb), resolved.calibrator, methods_for(bb))
 
 
 def decode_upload(data: bytes) -> Image.Image:
@@ -130,7 +136,7 @@ def pair_probabilities(model: LoadedModel, image: Image.Image, prompts: list[str
 
     inp = prepare_image(model.bb, image)
     with model.lock, torch.no_grad():
-        scorer = PromptScorer(model.bb, prompts, "probability", temperature=model.temperature)
+        scorer = PromptScorer(model.bb, prompts, "probability", calibrator=model.calibrator)
         return [float(v) for v in scorer(inp.pixels)[0]]
 
 

@@ -1,7 +1,7 @@
-"""Evaluation: zero-shot classification, retrieval, AUROC/AP with bootstrap CIs, calibration,
-temperature scaling and the forgetting monitor.
+"""Evaluation: zero-shot classification, retrieval, AUROC/AP with bootstrap CIs, calibration
+metrics and the forgetting monitor (calibrators themselves: `domainclip.calibrators`).
 
-Names are re-exported lazily so that importing a light submodule (prompts, temperature) does not
+Names are re-exported lazily so that importing a light submodule (prompts) does not
 pull in matplotlib or scikit-learn.
 """
 
@@ -21,12 +21,6 @@ _EXPORTS: dict[str, str] = {
     "multilabel_logits": "zeroshot",
     "zero_shot_logits": "zeroshot",
     "retrieval_metrics": "retrieval",
-    "apply_temperature": "temperature",
-    "fit_temperature": "temperature",
-    "load_calibration": "temperature",
-    "load_temperature": "temperature",
-    "nll_from_logits": "temperature",
-    "save_calibration": "temperature",
 }
 
 __all__ = sorted(_EXPORTS)

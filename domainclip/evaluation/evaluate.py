@@ -18,6 +18,15 @@ import numpy as np
 import torch
 
 from domainclip import __version__
+from domainclip.calibrators import (
+    Calibrator,
+    TemperatureCalibrator,
+    nll_from_logits,
+    save_calibration,
+)
+from domainclip.calibrators import (
+    fit_temperature as fit_temperature_fn,
+)
 from domainclip.datasets.manifest import Manifest, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
@@ -28,12 +37,6 @@ from domainclip.evaluation.forgetting import (
     TaskSpec,
     forgetting_curve,
     write_forgetting,
-)
-from domainclip.evaluation.loading import (
-    load_for_eval,
-    read_run_config,
-    resolve_device,
-    run_setting,
 )
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
@@ -47,17 +50,11 @@ from domainclip.evaluation.task import (
     probabilities,
     resolve_classes,
 )
-from domainclip.evaluation.temperature import (
-    fit_temperature as fit_temperature_fn,
-)
-from domainclip.evaluation.temperature import (
-    load_calibration,
-    nll_from_logits,
-    save_calibration,
-)
 from domainclip.evaluation.zeroshot import embed_unique_texts
 from domainclip.models import Backbone
 from domainclip.privacy import is_identifying_column
+from domainclip.runs import ResolvedModel, Run
+from domainclip.runs.run import resolve_device, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -142,42 +139,33 @@ def _fit_on_val(
     }
 
 
-def _temperature(
-    given: float | None,
-    fit: bool,
-    run_dir: Path | None,
-    out_dir: Path,
-    fit_args: tuple,
-    ps: PromptSet,
-) -> tuple[float, dict[str, Any]]:
-    if given is not None:
-        return float(given), {"value": float(given), "source": "given"}
+def _calibrator(
+    resolved: ResolvedModel, fit: bool, out_dir: Path, fit_args: tuple, ps: PromptSet
+) -> tuple[Calibrator, dict[str, Any]]:
+    """The calibrator to evaluate with and its description for metrics.json.
+
+    The precedence (given > run's fitted > identity) is `resolve_model`'s; `fit` refits on the
+    validation split and stores the result in the run (or `out_dir` for a plain backbone).
+    """
+    cal = resolved.calibrator
+    if resolved.calibration_origin == "given":
+        return cal, {"value": resolved.temperature, "source": "given"}
     if fit:
         record = _fit_on_val(*fit_args)
-        path = save_calibration(run_dir or out_dir, record)
-        log.info(
-            "fitted temperature %.4f on %s (saved to %s)",
-            record["temperature"],
-            record["split"],
-            path,
-        )
-        return record["temperature"], {
-            "value": record["temperature"],
-            "source": "fitted",
-            "file": str(path),
-            "fit": record,
-        }
-    record = load_calibration(run_dir) if run_dir is not None else None
-    if record is None:
-        return 1.0, {"value": 1.0, "source": "none (no calibration.json; use --fit-temperature)"}
-    info = {"value": float(record["temperature"]), "source": "run calibration.json", "fit": record}
-    if record.get("prompts_version") not in (None, ps.version):
+        path = save_calibration(resolved.run_dir or out_dir, record)
+        log.info("fitted temperature %.4f on %s (saved to %s)", record["temperature"], record["split"], path)
+        cal = TemperatureCalibrator(record["temperature"], str(path), record)
+        return cal, {"value": cal.temperature, "source": "fitted", "file": str(path), "fit": record}
+    if resolved.calibration_origin == "none":
+        return cal, {"value": 1.0, "source": "none (no calibration.json; use --fit-temperature)"}
+    info = {"value": resolved.temperature, "source": "run calibration.json", "fit": cal.to_record()}
+    if cal.fit.get("prompts_version") not in (None, ps.version):
         info["warning"] = (
-            f"temperature was fitted with prompt set {record.get('prompts_version')}, evaluated with "
+            f"temperature was fitted with prompt set {cal.fit.get('prompts_version')}, evaluated with "
             f"{ps.version}; refit with --fit-temperature"
         )
         log.warning(info["warning"])
-    return float(record["temperature"]), info
+    return cal, info
 
 
 def evaluate(
@@ -228,18 +216,21 @@ def evaluate(
         The metrics dict written to metrics.json (see docs/DESIGN.md), with "outputs" listing files.
     """
     t0 = time.perf_counter()
-    bb, run_dir = load_for_eval(model_or_run, checkpoint, resolve_device(device))
-    cfg = read_run_config(run_dir) if run_dir is not None else {}
-    manifest = manifest or run_setting(cfg, "data.manifest")
+    resolved = resolve_model(
+        model_or_run, checkpoint=checkpoint, device=device, temperature=temperature
+    )
+    bb, run = resolved.backbone, resolved.run
+    run_dir = resolved.run_dir
+    manifest = manifest or (run.setting("data.manifest") if run else None)
     if not manifest:
         raise ConfigError("no manifest to evaluate on: pass --data MANIFEST")
-    prompts = prompts or run_setting(cfg, "eval.prompts")
+    prompts = prompts or (run.setting("eval.prompts") if run else None)
     if not prompts:
         raise ConfigError(
             "no prompt set: pass --prompts (e.g. configs/prompts/neu_det.yaml); zero-shot "
             "classification needs class prompts"
         )
-    classes = classes or run_setting(cfg, "data.classes") or None
+    classes = classes or (run.setting("data.classes") if run else None) or None
     ps = load_prompt_set(prompts)
     man = read_manifest(manifest)
     classes = align_with_head(bb, resolve_classes(ps, man, classes))
@@ -247,7 +238,7 @@ def evaluate(
     if out_dir is None:
         if run_dir is None and write:
             raise ConfigError(f"{bb.spec} is not a run directory: pass --out DIR for the results")
-        out_dir = (run_dir / "eval" / name) if run_dir is not None else Path(".")
+        out_dir = run.layout.eval_dir(name) if run is not None else Path(".")
     out_dir = Path(out_dir)
 
     emb = embed_split(bb, man, split)
@@ -260,17 +251,12 @@ def evaluate(
     task = ZeroShotTask.build(bb, ps, classes, cache=text_feats)
     logits = task.logits(bb, emb.image_feats[tgt.keep])
 
-    T, t_info = _temperature(
-        temperature,
-        fit_temperature,
-        run_dir,
-        out_dir,
-        (bb, man, task, val_split, n_bins, skip_uncovered),
-        ps,
+    cal, t_info = _calibrator(
+        resolved, fit_temperature, out_dir, (bb, man, task, val_split, n_bins, skip_uncovered), ps
     )
     multi = ps.multi_label
     p_raw = probabilities(logits, multi)
-    p_cal = probabilities(logits, multi, T)
+    p_cal = cal.probabilities(logits, multi)
     report = (
         multi_label_report(p_cal, tgt.y, classes, n_boot=n_boot, seed=seed)
         if multi
@@ -279,7 +265,7 @@ def evaluate(
     calib: dict[str, Any] = {
         "before": calibration_report(p_raw, tgt.y, multi, n_bins, n_boot, seed),
         "after": calibration_report(p_cal, tgt.y, multi, n_bins, n_boot, seed)
-        if T != 1.0
+        if not cal.is_identity
         else None,
     }
     kept_rows = [emb.rows[i] for i in tgt.keep]
@@ -333,7 +319,7 @@ def evaluate(
         target = TaskSpec(name, man, split, ps, classes, use_head=True)
         result["forgetting"] = _forgetting(
             bb,
-            cfg,
+            run,
             target,
             reference,
             reference_prompts,
@@ -355,7 +341,7 @@ def evaluate(
 
 def _forgetting(
     ft: Backbone,
-    cfg: dict[str, Any],
+    run: Run,
     target: TaskSpec,
     reference: str | Path,
     reference_prompts: Any,
@@ -369,7 +355,7 @@ def _forgetting(
 
     if not reference_prompts:
         raise ConfigError("--reference needs --reference-prompts (the reference task's prompt set)")
-    spec = run_setting(cfg, "backbone.spec")
+    spec = run.setting("backbone.spec")
     if not spec:
         raise ConfigError(
             "the run's config.yaml names no backbone.spec: cannot load the base model"

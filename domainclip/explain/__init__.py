@@ -54,7 +54,6 @@ _EXPORTS: dict[str, str] = {
     "ExplainSettings": "batch",
     "explain_files": "batch",
     "explain_manifest": "batch",
-    "load_model_or_backbone": "loading",
 }
 
 __all__ = sorted(_EXPORTS)

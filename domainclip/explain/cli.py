@@ -100,7 +100,7 @@ def _print_summary(index_path: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     from domainclip.explain.batch import ExplainSettings, explain_files, explain_manifest
     from domainclip.explain.image import methods_for
-    from domainclip.explain.loading import load_model_or_backbone, run_temperature
+    from domainclip.runs import resolve_model
 
     if bool(args.image) == bool(args.manifest):
         raise ExplainError("give exactly one of --image PATH (with --text) or --manifest FILE")
@@ -110,7 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ExplainError(
             "--check-localisation with --image needs the ground truth: --mask PNG or --boxes JSON"
         )
-    bb, run = load_model_or_backbone(args.model, device=args.device, checkpoint=args.checkpoint)
+    resolved = resolve_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    bb, run = resolved.backbone, resolved.run_dir
     valid = methods_for(bb)
     methods = _methods(args.method, valid)
     wrong = [m for m in methods if m not in valid]
@@ -123,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         methods=methods,
         checks=_checks(args),
         score=args.score,
-        temperature=run_temperature(run) if args.score == "probability" else 1.0,
+        temperature=resolved.temperature if args.score == "probability" else 1.0,
         others=args.against or (),
         prompt_b=args.text_b,
         token_attribution=args.token_attribution,
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
     )
-    out = Path(args.out) if args.out else (run / "explain" if run else Path("explain-out"))
+    out = Path(args.out) if args.out else (resolved.run.layout.explain if resolved.run else Path("explain-out"))
     if args.image:
         index = explain_files(
             bb,

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from domainclip.calibrators import Calibrator, TemperatureCalibrator
 from domainclip.explain.errors import ExplainError
 from domainclip.models import Backbone
 
@@ -57,7 +58,9 @@ class PromptScorer(nn.Module):
             would not explain the prompt); "probability" -> softmax(bb.class_logits / T) over the P
             prompts, i.e. what a run classifies with (a head, if any, needs its class prompts in
             `head.classes` order). Needs P >= 2 (with one prompt the probability is constantly 1).
-        temperature: T of temperature scaling (`domainclip.evaluation.load_temperature(run)`).
+        temperature: T of temperature scaling (used when no `calibrator` is given).
+        calibrator: the run's calibrator (`domainclip.runs.resolve_model(...).calibrator`); the
+            probability score is softmax(calibrator(class_logits)). Overrides `temperature`.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class PromptScorer(nn.Module):
         prompts: Sequence[str],
         score: str = "similarity",
         temperature: float = 1.0,
+        calibrator: Calibrator | None = None,
     ) -> None:
         super().__init__()
         self.prompts = check_prompts(prompts)
@@ -76,11 +80,13 @@ class PromptScorer(nn.Module):
                 "score='probability' needs at least two prompts to compete in the softmax "
                 "(add alternatives, e.g. --against '...'), or use score='similarity'"
             )
-        if not temperature > 0:
-            raise ExplainError(f"temperature must be > 0, got {temperature}")
+        if calibrator is None:
+            if not temperature > 0:
+                raise ExplainError(f"temperature must be > 0, got {temperature}")
+            calibrator = TemperatureCalibrator(float(temperature))
         self.bb = bb
         self.score = score
-        self.temperature = float(temperature)
+        self.calibrator = calibrator
         with eval_mode(bb.model):
             self.register_buffer("text_feats", bb.encode_texts(self.prompts).to(bb.device))
 
@@ -89,7 +95,7 @@ class PromptScorer(nn.Module):
         img = nn.functional.normalize(self.bb.model.encode_image(pixels).float(), dim=-1)
         if self.score == "probability":
             logits = self.bb.class_logits(img, self.text_feats)
-            return torch.softmax(logits / self.temperature, dim=-1)
+            return torch.softmax(self.calibrator.calibrate(logits), dim=-1)
         return self.bb.logit_scale_value() * img @ self.text_feats.T
 
 

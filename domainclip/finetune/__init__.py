@@ -1,9 +1,9 @@
 """Fine-tuning: LoRA / CLIP-Adapter / Tip-Adapter / linear probe / full fine-tuning of a Backbone.
 
-    from domainclip.finetune import load_config, finetune, load_model
+    from domainclip.finetune import load_config, finetune
     cfg = load_config("configs/demo_synthetic_lora.yaml", ["data.manifest=/tmp/syn/manifest.csv"])
     result = finetune(cfg, "runs/demo")          # RunResult: run_dir, best_metrics, params, timings
-    bb = load_model(result.run_dir)              # Backbone with the adapters applied
+    bb = domainclip.runs.Run(result.run_dir).load()   # Backbone with the adapters applied
 
 Names are imported lazily so `import domainclip.finetune.config` stays light.
 """
@@ -18,9 +18,6 @@ _EXPORTS: dict[str, str] = {
     "load_config": "config",
     "RunResult": "run",
     "finetune": "run",
-    "load_model": "model",
-    "export_merged": "model",
-    "is_run_dir": "model",
     "CheckpointError": "errors",
     "TrainingDiverged": "errors",
 }

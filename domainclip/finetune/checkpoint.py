@@ -20,7 +20,6 @@ import contextlib
 import errno
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,44 +29,13 @@ from typing import Any
 import torch
 
 from domainclip.finetune.errors import CheckpointError
+from domainclip.io import atomic_write_text, fsync_path
+from domainclip.runs.layout import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (directory fsync makes renames durable; skipped where unsupported)."""
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via temp file + fsync + os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
 
 
 def _complete(d: Path) -> bool:
@@ -80,7 +48,7 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
     Raises:
         CheckpointError: no complete checkpoint of that name exists.
     """
-    ckpts = Path(run_dir) / "checkpoints"
+    ckpts = Path(run_dir) / CHECKPOINTS_DIR
     for cand in (ckpts / name, ckpts / f".old-{name}"):
         if cand.is_dir() and _complete(cand):
             return cand
@@ -108,7 +76,7 @@ def write_checkpoint(
     Raises:
         CheckpointError: writing failed (e.g. disk full); the previous checkpoint is intact.
     """
-    ckpts = Path(run_dir) / "checkpoints"
+    ckpts = Path(run_dir) / CHECKPOINTS_DIR
     ckpts.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=ckpts))
     try:
@@ -164,7 +132,7 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
 
 def cleanup_temp(run_dir: Path) -> None:
     """Remove temporary directories left by a killed writer."""
-    ckpts = Path(run_dir) / "checkpoints"
+    ckpts = Path(run_dir) / CHECKPOINTS_DIR
     if ckpts.is_dir():
         for d in ckpts.glob(".tmp-*"):
             shutil.rmtree(d, ignore_errors=True)

@@ -56,7 +56,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from domainclip.errors import ConfigError
-    from domainclip.finetune.model import export_merged
+    from domainclip.runs import export_merged
 
     if not args.merge:
         raise ConfigError(

@@ -34,6 +34,8 @@ from domainclip.finetune.data import (
 from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
 from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.runlog import RunLog
+from domainclip.io import atomic_write_text
+from domainclip.runs.layout import CHECKPOINTS_DIR, CONFIG_FILE, RESULT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +100,15 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
 
 def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path | None:
     """Check/create the run dir. Returns the checkpoint to resume from (None for a fresh run)."""
-    cfg_path = run_dir / ckpt.CONFIG_FILE
+    cfg_path = run_dir / CONFIG_FILE
     if not resume:
-        if (run_dir / "checkpoints").exists() or cfg_path.exists():
+        if (run_dir / CHECKPOINTS_DIR).exists() or cfg_path.exists():
             raise CheckpointError(
                 f"{run_dir} already holds a run. Continue it with --resume, or choose another --out."
             )
         return None
     if not cfg_path.is_file():
-        raise CheckpointError(f"--resume: {run_dir} is not a run directory (no {ckpt.CONFIG_FILE})")
+        raise CheckpointError(f"--resume: {run_dir} is not a run directory (no {CONFIG_FILE})")
     saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     diff = config_diff(saved, cfg.to_dict())
     if diff:
@@ -199,8 +201,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         if dist.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             ckpt.cleanup_temp(run_dir)
-            ckpt.atomic_write_text(
-                run_dir / ckpt.CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            atomic_write_text(
+                run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             )
         bb = load_backbone(cfg.backbone.spec, device=device)
         torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on how the backbone was built
@@ -244,8 +246,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         )
         rr = RunResult(**result)
         if dist.is_main:
-            ckpt.atomic_write_text(
-                run_dir / "result.json", json.dumps(rr.to_dict(), indent=2, default=float)
+            atomic_write_text(
+                run_dir / RESULT_FILE, json.dumps(rr.to_dict(), indent=2, default=float)
             )
         barrier(dist)
         return rr

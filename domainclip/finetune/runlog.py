@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domainclip.finetune.checkpoint import METRICS_FILE, atomic_write_text
+from domainclip.io import atomic_write_text
+from domainclip.runs.layout import METRICS_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=resume_step)
+                self._tb = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=resume_step)
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 log.warning("tensorboard is not installed; metrics go to metrics.jsonl only")
 

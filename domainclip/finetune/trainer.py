@@ -36,6 +36,7 @@ from domainclip.finetune.losses import multi_positive_loss, positive_mask, super
 from domainclip.finetune.optim import build_optimizer, build_scheduler
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.validate import ValFeatures, class_texts, validation_metrics
+from domainclip.runs.layout import CHECKPOINTS_DIR
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +435,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _save(self, name: str, with_state: bool, reason: str) -> Path:
         """Write checkpoint `name` (rank 0 only; others return the path)."""
-        path = self.run_dir / "checkpoints" / name
+        path = self.run_dir / CHECKPOINTS_DIR / name
         if not self.dist.is_main:
             return path
         state = None

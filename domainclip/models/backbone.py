@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FAMILIES = ("default", "open_clip", "hf_clip")
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
+# Beside a saved HF CLIP directory: what the HF format has no field for (the logit-scale clamp).
+DOMAINCLIP_HF_FILE = "domainclip.json"
 
 
 @dataclass
@@ -67,6 +69,9 @@ class Backbone:
     model_cfg: dict | None = None
     head: Callable | None = None
     info: dict = field(default_factory=dict)
+    # Clamp of exp(logit_scale). It travels with the model (fine-tuning runs set it from
+    # `loss.max_logit_scale`, saved backbones store it) so a model scores as it trained.
+    max_logit_scale: float = 100.0
 
     @property
     def device(self) -> torch.device:
@@ -98,7 +103,7 @@ class Backbone:
 
     def logit_scale_value(self) -> float:
         """exp(logit_scale): the multiplier that turns cosine similarity into logits."""
-        return float(self.model.logit_scale.detach().exp().clamp(max=100.0))
+        return float(self.model.logit_scale.detach().exp().clamp(max=self.max_logit_scale))
 
     def similarity(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
         """[N,D] x [M,D] normalised features -> [N,M] logits (scaled cosine similarity)."""
@@ -244,6 +249,42 @@ def _finish_open_clip(model: nn.Module, spec: str, tokenizer, model_cfg: dict | 
     )
 
 
+def _cached_tag_file(arch: str, tag: str) -> str:
+    """The local file of open_clip's pretrained `tag`, looked up in the caches only.
+
+    Never a download, whatever HF_HUB_OFFLINE says: the Hugging Face cache is read with
+    `try_to_load_from_cache` (a file lookup), the URL cache by file name. Offline mode is set once
+    at import (`domainclip/__init__.py`), never toggled: toggling it per call raced between the
+    dashboard's threads and did not reach huggingface_hub, which reads it only at its import.
+    """
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    found: str | None = None
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        hub = cfg["hf_hub"]  # 'org/model/file.bin', or 'org/model/' for open_clip's default name
+        repo, filename = os.path.split(hub) if not hub.endswith("/") else (hub[:-1], "")
+        filename = filename or "open_clip_pytorch_model.bin"
+        for name in (filename.rsplit(".", 1)[0] + ".safetensors", filename):
+            hit = try_to_load_from_cache(repo, name)
+            if isinstance(hit, str):
+                found = hit
+                break
+    if found is None and cfg.get("url"):
+        candidate = Path("~/.cache/clip").expanduser() / os.path.basename(cfg["url"])
+        found = str(candidate) if candidate.is_file() else None
+    if found is None:
+        raise BackboneError(
+            f"pretrained weights {arch}@{tag} are not available offline. Download them on a "
+            f"connected machine (open_clip.create_model('{arch}', pretrained='{tag}') fills "
+            f"the Hugging Face cache), copy the checkpoint here and use "
+            f"open_clip:{arch}@/path/to/open_clip_model.safetensors"
+        )
+    return found
+
+
 def _load_open_clip(spec: str, arch: str, pretrained: str | None) -> Backbone:
     import open_clip
 
@@ -273,26 +314,11 @@ def _load_open_clip(spec: str, arch: str, pretrained: str | None) -> Backbone:
                 raise BackboneError(
                     f"{arch} has no pretrained tag {pretrained!r}; known tags: {tags}"
                 )
-            kwargs["pretrained"] = pretrained
-    # Force offline: a tag resolves only from the local cache, never from the network.
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
+            kwargs["pretrained"] = _cached_tag_file(arch, pretrained)
     try:
         model = open_clip.create_model(arch, **kwargs)
-    except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for missing weights
-        if "pretrained" in kwargs and not Path(kwargs["pretrained"]).exists():
-            raise BackboneError(
-                f"pretrained weights {arch}@{pretrained} are not available offline. Download them on a "
-                f"connected machine (open_clip.create_model('{arch}', pretrained='{pretrained}') fills "
-                f"the Hugging Face cache), copy the checkpoint here and use "
-                f"open_clip:{arch}@/path/to/open_clip_model.safetensors"
-            ) from exc
+    except Exception as exc:  # open_clip raises RuntimeError/OSError/HF errors for bad weights
         raise BackboneError(f"cannot build open_clip model {spec!r}: {exc}") from exc
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
     return _finish_open_clip(
         model, spec, open_clip.get_tokenizer(arch), open_clip.get_model_config(arch)
     )
@@ -311,13 +337,15 @@ def _load_open_clip_dir(spec: str, path: Path) -> Backbone:
         if weights is None:
             raise BackboneError(f"{path} has {CONFIG_NAME} but no {WEIGHTS_NAME}")
         bb = _load_default(spec, cfg["model_cfg"], weights)
-        return bb
-    with _quiet_transformers():
-        model = open_clip.create_model(
-            f"local-dir:{path}", pretrained_text=False, pretrained_image=False
-        )
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
-    return _finish_open_clip(model, spec, tokenizer, cfg.get("model_cfg"))
+    else:
+        with _quiet_transformers():
+            model = open_clip.create_model(
+                f"local-dir:{path}", pretrained_text=False, pretrained_image=False
+            )
+            tokenizer = open_clip.get_tokenizer(f"local-dir:{path}")
+        bb = _finish_open_clip(model, spec, tokenizer, cfg.get("model_cfg"))
+    bb.max_logit_scale = float(cfg.get("domainclip", {}).get("max_logit_scale", bb.max_logit_scale))
+    return bb
 
 
 def _load_hf(spec: str, path: Path) -> Backbone:
@@ -338,7 +366,19 @@ def _load_hf(spec: str, path: Path) -> Backbone:
         image_size=pre["size"],
         mean=tuple(pre["mean"]),
         std=tuple(pre["std"]),
+        max_logit_scale=_saved_hf_clamp(path),
     )
+
+
+def _saved_hf_clamp(path: Path) -> float:
+    """The logit-scale clamp `save_backbone` stored beside an HF CLIP directory (100 otherwise)."""
+    extra = path / DOMAINCLIP_HF_FILE
+    if not extra.is_file():
+        return 100.0
+    try:
+        return float(json.loads(extra.read_text())["max_logit_scale"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackboneError(f"{extra} is unreadable ({exc}); delete it to use the default 100") from exc
 
 
 def parse_spec(spec: str) -> tuple[str, str, str | None]:
@@ -419,6 +459,9 @@ def save_backbone(bb: Backbone, out_dir: str | Path) -> Path:
         if bb.family == "hf_clip":
             bb.model.clip.save_pretrained(tmp)
             bb.tokenizer.impl.save_pretrained(tmp)
+            (tmp / DOMAINCLIP_HF_FILE).write_text(
+                json.dumps({"max_logit_scale": bb.max_logit_scale})
+            )
             (tmp / "preprocessor_config.json").write_text(
                 json.dumps(
                     {
@@ -440,7 +483,11 @@ def save_backbone(bb: Backbone, out_dir: str | Path) -> Path:
                     "interpolation": "bicubic",
                     "resize_mode": "shortest",
                 },
-                "domainclip": {"family": bb.family, "source_spec": bb.spec},
+                "domainclip": {
+                    "family": bb.family,
+                    "source_spec": bb.spec,
+                    "max_logit_scale": bb.max_logit_scale,
+                },
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
             state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}

@@ -28,9 +28,9 @@ def _config(manifest: Path) -> dict:
 def full_run(tmp_path_factory, tiny_run):
     """A copy of the tiny run with an audit and a saliency batch with sanity checks, written by
     the library into the run's default places (the model is loaded once for both)."""
-    from domainclip.evaluation.temperature import load_temperature
+    from domainclip.calibrators import load_temperature
     from domainclip.explain.batch import ExplainSettings, explain_manifest
-    from domainclip.finetune import load_model
+    from domainclip.runs import load_model
 
     run = tmp_path_factory.mktemp("card") / "run"
     shutil.copytree(tiny_run, run)

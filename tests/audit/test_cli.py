@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -30,14 +31,14 @@ def models(monkeypatch, tiny_backbone):
         "planted-model": PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 2.0, POSSIBLY: 0.0}),
         "clean-model": PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 0.0, POSSIBLY: 0.0}),
     }
-    real = audit_api.load_for_eval
+    real = audit_api.resolve_model
 
     def fake(model_or_run, *args, **kwargs):
         if str(model_or_run) in table:
-            return table[str(model_or_run)], None
+            return dataclasses.replace(real(table[str(model_or_run)], *args, **kwargs), label=str(model_or_run))
         return real(model_or_run, *args, **kwargs)
 
-    monkeypatch.setattr(audit_api, "load_for_eval", fake)
+    monkeypatch.setattr(audit_api, "resolve_model", fake)
     return table
 
 

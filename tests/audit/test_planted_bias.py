@@ -107,7 +107,7 @@ def _noisy(table: ScoreTable, rng: np.random.Generator) -> ScoreTable:
         table.classes,
         logits,
         table.cos,
-        table.temperature,
+        table.calibrator,
         table.target,
         table.positives,
     )

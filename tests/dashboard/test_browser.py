@@ -217,7 +217,7 @@ def test_every_page_in_chromium(server: str, dash_runs: DashRuns, artifacts: Pat
     expect.set_options(timeout=TIMEOUT_MS)
     from domainclip.datasets import read_manifest
     from domainclip.explain.image import ImageExplainer
-    from domainclip.finetune import load_model
+    from domainclip.runs import load_model
 
     result = json.loads((dash_runs.lora / "result.json").read_text())
     audit = json.loads((dash_runs.lora / "audit" / "synthetic" / "audit.json").read_text())

@@ -98,7 +98,7 @@ def test_data_page(app: AppTest, dash_runs: DashRuns) -> None:
 @pytest.fixture(scope="module")
 def lora_model(dash_runs: DashRuns):
     """The LoRA run's model, loaded independently of the app (for expected values)."""
-    from domainclip.finetune import load_model
+    from domainclip.runs import load_model
 
     return load_model(dash_runs.lora)
 
@@ -198,7 +198,7 @@ def test_saliency_upload_in_memory(app: AppTest, dash_runs: DashRuns) -> None:
 
 
 def test_calibration_page(app: AppTest, dash_runs: DashRuns) -> None:
-    from domainclip.evaluation import load_temperature
+    from domainclip.calibrators import load_temperature
 
     app.switch_page("views/calibration.py").run()
     no_exceptions(app)

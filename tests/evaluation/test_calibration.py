@@ -151,8 +151,8 @@ def test_base_rate_offset_is_reported_and_survives_temperature():
     """Multi-label pos/neg prompt pairs centred at p=0.5 on rare findings (covid-cxr's case):
     no temperature brings the mean probability down to the positive rate, and the report says so.
     """
+    from domainclip.calibrators import fit_temperature
     from domainclip.evaluation.report import _base_rate_note
-    from domainclip.evaluation.temperature import fit_temperature
 
     rng = np.random.default_rng(0)
     y = (rng.random((400, 5)) < 0.08).astype(int)  # rare findings

@@ -112,7 +112,7 @@ def test_head_is_scored_in_its_own_class_order(tmp_path, synthetic_manifest, bac
     from domainclip.evaluation.embed import embed_split
     from domainclip.evaluation.prompts import PromptError, load_prompt_set
     from domainclip.evaluation.zeroshot import class_embeddings
-    from domainclip.finetune import load_model
+    from domainclip.runs import load_model
 
     run = _finetune(tmp_path / "probe", backbone, synthetic_manifest, "linear_probe")
     r = evaluate(run, split="test", n_boot=0, write=False)

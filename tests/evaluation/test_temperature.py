@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from domainclip.errors import ConfigError
-from domainclip.evaluation.calibration import expected_calibration_error
-from domainclip.evaluation.temperature import (
+from domainclip.calibrators import (
     apply_temperature,
     fit_temperature,
     load_calibration,
@@ -18,6 +16,8 @@ from domainclip.evaluation.temperature import (
     nll_from_logits,
     save_calibration,
 )
+from domainclip.errors import ConfigError
+from domainclip.evaluation.calibration import expected_calibration_error
 
 
 def _overconfident(n, c, seed, factor):
@@ -95,7 +95,7 @@ def test_perfectly_separated_validation_keeps_t_equal_one():
     """All-correct val data: NLL falls forever as T -> 0; fitting must not deploy T at the bound."""
     import torch
 
-    from domainclip.evaluation.temperature import fit_temperature
+    from domainclip.calibrators import fit_temperature
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(40) % 4

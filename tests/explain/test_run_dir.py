@@ -48,13 +48,14 @@ def lora_run(tmp_path_factory, synthetic_dir, tiny_vit):
 
 
 def test_explain_a_run_writes_into_the_run(lora_run, synthetic_dir, capsys):
-    from domainclip.explain.loading import load_model_or_backbone, run_temperature
+    from domainclip.runs import resolve_model
 
     man = read_manifest(synthetic_dir / "manifest.csv")
     row = next(r for r in man.rows if r.label != ["clean"])
-    bb, run = load_model_or_backbone(str(lora_run))
+    resolved = resolve_model(str(lora_run))
+    run = resolved.run_dir
     assert run == lora_run.resolve()
-    assert run_temperature(run) == 0.5
+    assert resolved.temperature == 0.5
     rc = main(
         [
             "explain", str(lora_run), "--image", str(man.image_path(row)), "--text", row.text,

@@ -11,12 +11,12 @@ import torch
 
 from domainclip.errors import DataError
 from domainclip.finetune import checkpoint as ckpt
-from domainclip.finetune import finetune, load_model
+from domainclip.finetune import finetune
 from domainclip.finetune.errors import CheckpointError, TrainingDiverged
-from domainclip.finetune.model import export_merged, load_adaptation
 from domainclip.finetune.runlog import read_metrics
 from domainclip.finetune.validate import ValFeatures, encoder_for, validation_metrics
 from domainclip.models import load_backbone
+from domainclip.runs import export_merged, load_adaptation, load_model
 
 from .conftest import tiny_config
 

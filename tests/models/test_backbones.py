@@ -164,3 +164,14 @@ def test_load_tokenizer_matches_backbone_tokenizer(default_bb):
     text = ["three small pits spread across a metal surface"]
     assert torch.equal(tok(text), default_bb.tokenizer(text))
     assert tok.context_length == default_bb.tokenizer.context_length
+
+
+def test_a_missing_tag_never_touches_the_offline_switch(monkeypatch):
+    """Offline mode is set once at import; loading must not flip HF_HUB_OFFLINE (a race between
+    the dashboard's threads) and must refuse a tag absent from the cache without the hub."""
+    import os
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(BackboneError, match="not available offline"):
+        load_backbone("open_clip:ViT-B-32@laion2b_s34b_b79k")
+    assert os.environ["HF_HUB_OFFLINE"] == "0"

@@ -13,12 +13,8 @@ unchanged because dividing by a positive constant preserves order.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 
+from domainclip.calibrators.base import Calibrator, load_calibrator, positive_finite
 from domainclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 # Search range of log T. exp(+-5) = 0.0067 .. 148 covers any sensible model; hitting a bound means
 # the validation data cannot identify T (e.g. all predictions right at near-zero loss) and is logged.
 _LOG_T_BOUNDS = (-5.0, 5.0)
@@ -102,54 +98,38 @@ def _perfectly_separated(z: torch.Tensor, y: torch.Tensor, multi_label: bool) ->
     return bool((z.argmax(dim=1) == y.long()).all())
 
 
-def _atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class TemperatureCalibrator(Calibrator):
+    """logits / T: one positive scalar (T = 1 is the identity)."""
+
+    kind = "temperature"
+
+    def __init__(self, temperature: float = 1.0, source: str = "", fit: dict | None = None) -> None:
+        super().__init__(source, fit)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature
+
+    def parameters(self) -> dict[str, Any]:
+        return {"temperature": self.temperature}
+
+    @property
+    def is_identity(self) -> bool:
+        return self.temperature == 1.0
+
+    def describe(self) -> str:
+        return f"temperature T = {self.temperature:.4g}"
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str) -> TemperatureCalibrator:
+        t = positive_finite(record.get("temperature"), "temperature", source)
+        fit = {k: v for k, v in record.items() if k not in ("kind", "temperature")}
+        return cls(t, source, fit)
 
 
-def save_calibration(run_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write `RUN/calibration.json` atomically. `record` must contain "temperature"."""
-    t = record.get("temperature")
-    if not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-        raise ConfigError(f"calibration record needs a positive finite 'temperature', got {t!r}")
-    data = {**record, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = Path(run_dir) / CALIBRATION_FILE
-    _atomic_write_json(path, data)
-    return path
-
-
-def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's calibration record, or None when no temperature was fitted."""
-    path = Path(run_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is unreadable ({exc}); delete it and refit with `domainclip evaluate RUN --fit-temperature`"
-        ) from exc
-    t = data.get("temperature") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or not (math.isfinite(t) and t > 0):
-        raise ConfigError(
-            f"{path}: 'temperature' must be a positive number, got {t!r}; refit with "
-            "`domainclip evaluate RUN --fit-temperature`"
-        )
-    return data
-
-
-def load_temperature(run_dir: str | Path | None) -> float:
-    """The fitted temperature of a run (1.0 when none was fitted or `run_dir` is None)."""
-    if run_dir is None:
-        return 1.0
-    data = load_calibration(run_dir)
-    return 1.0 if data is None else float(data["temperature"])
+def load_temperature(directory: str | Path | None) -> float:
+    """The fitted temperature stored in `directory` (1.0 when none was fitted or it is None)."""
+    cal = None if directory is None else load_calibrator(directory)
+    return cal.temperature if isinstance(cal, TemperatureCalibrator) else 1.0
