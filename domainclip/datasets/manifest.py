@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from domainclip.errors import DataError
+from domainclip.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -551,24 +551,17 @@ def write_manifest(
         for r in items
     ]
     jsonl = out.suffix.lower() in (".jsonl", ".ndjson")
-    # Temp file in the same folder (os.replace is atomic only within a file system); a plain
-    # open() rather than mkstemp so the file gets the usual umask permissions, not 0600.
-    tmp = root / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            if jsonl:
-                for rec in records:
-                    fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            else:
-                columns = list(CORE_COLUMNS) + list(meta_keys)
-                writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-                writer.writeheader()
-                for rec in records:
-                    rec["label"] = LABEL_SEP.join(rec["label"])
-                    writer.writerow({k: rec.get(k, "") for k in columns})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.StringIO(newline="")
+    if jsonl:
+        for rec in records:
+            buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    else:
+        columns = list(CORE_COLUMNS) + list(meta_keys)
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for rec in records:
+            rec["label"] = LABEL_SEP.join(rec["label"])
+            writer.writerow({k: rec.get(k, "") for k in columns})
+    atomic_write_text(out, buf.getvalue())
     logger.info("wrote %d rows to %s", len(records), out)
     return out

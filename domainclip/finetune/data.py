@@ -26,6 +26,7 @@ from domainclip.datasets.manifest import Manifest, read_manifest
 from domainclip.datasets.torch_dataset import PairedDataset
 from domainclip.errors import ConfigError, DataError
 from domainclip.finetune.config import DataConfig
+from domainclip.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def load_or_compute(
 ) -> CachedFeatures:
     """`compute_pooled_features`, reusing a file under `cache_dir` keyed by model, transform and
     image files (path, size, mtime). cache_dir "" = compute every time (in memory only)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     if not cache_dir:
         return compute_pooled_features(split, encode, **kw)
@@ -311,17 +312,12 @@ def load_or_compute(
         except (OSError, KeyError, ValueError) as exc:
             log.warning("ignoring unreadable feature cache %s (%s); recomputing", path, exc)
     out = compute_pooled_features(split, encode, **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({"feats": out.feats.contiguous(), "rows": out.rows}, str(tmp))
-        path.with_suffix(".json").write_text(
-            json.dumps({"n_failed": out.n_failed, "n": len(split)})
-        )
-        os.replace(tmp, path)
+        # Sidecar first: a cache file is only trusted once its sidecar exists beside it.
+        atomic_write_json(path.with_suffix(".json"), {"n_failed": out.n_failed, "n": len(split)})
+        atomic_write_bytes(path, save({"feats": out.feats.contiguous(), "rows": out.rows}))
     except OSError as exc:  # a full or read-only cache disk must not stop training
         log.warning("could not write the feature cache %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
     return out
 
 
