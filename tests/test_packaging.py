@@ -26,7 +26,8 @@ SHIPPED = REPO / "domainclip" / "configs"
 
 # Resolves, in the installed copy, every config `domainclip demo` uses, exactly as the demo does
 # (domainclip/demo.py: resolve_config_path(PROMPTS), load_config(resolve_config_path(DEMO_CONFIG)),
-# run_audit(..., AUDIT_SPEC) -> load_audit_spec), plus the prompt set the recipe itself names.
+# run_audit(..., AUDIT_SPEC) -> load_audit_spec), plus the prompt set the recipe itself names, as
+# `domainclip finetune configs/demo_synthetic_lora.yaml` resolves it into the run's config.yaml.
 LOOKUP = """
 import json, sys
 import domainclip
@@ -34,18 +35,21 @@ from domainclip import demo
 from domainclip.audit.spec import load_audit_spec
 from domainclip.evaluation.prompts import load_prompt_set
 from domainclip.finetune import load_config
+from domainclip.finetune.run import absolute_paths
 from domainclip.resources import resolve_config_path
 
 manifest = sys.argv[1]
 prompts = resolve_config_path(demo.PROMPTS)
 cfg = load_config(resolve_config_path(demo.DEMO_CONFIG), [f"data.manifest={manifest}"])
 recipe_prompts = load_prompt_set(cfg.eval.prompts)
+run_prompts = absolute_paths(cfg).eval.prompts
 spec = load_audit_spec(demo.AUDIT_SPEC)
 print(json.dumps({
     "package": domainclip.__file__,
     "prompts": str(prompts),
     "prompt_classes": sorted(load_prompt_set(prompts).classes),
     "recipe_prompts": recipe_prompts.source,
+    "run_prompts": run_prompts,
     "recipe_manifest": cfg.data.manifest,
     "audit_spec": spec.source,
 }))
@@ -124,7 +128,7 @@ def test_wheel_ships_configs_and_an_install_finds_them_outside_the_repo(tmp_path
     package = Path(found["package"]).resolve()
     assert installed in package.parents, f"imported {package}, not the installed wheel"
     assert REPO not in package.parents
-    for key in ("prompts", "recipe_prompts", "audit_spec"):
+    for key in ("prompts", "recipe_prompts", "run_prompts", "audit_spec"):
         path = Path(found[key]).resolve()
         assert installed in path.parents and path.is_file(), f"{key}: {path}"
     assert Path(found["prompts"]).name == "synthetic.yaml"
