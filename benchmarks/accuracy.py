@@ -167,7 +167,7 @@ def run_method(
         f"eval.prompts={prompts}",
         *extra,
     ]
-    cfg = load_config(REPO / "configs" / CONFIGS[method], overrides)
+    cfg = load_config(REPO / "domainclip" / "configs" / CONFIGS[method], overrides)
     run = out / f"{manifest.parent.name}_{method}_s{seed}"
     if (run / "result.json").is_file() and not args.rerun:
         res = json.loads((run / "result.json").read_text())

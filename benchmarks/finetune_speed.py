@@ -236,7 +236,7 @@ def _overhead(args: argparse.Namespace) -> dict:
 def _config(args, variant: str):
     from domainclip.finetune.config import load_config
 
-    base = REPO / "configs" / "neu_det_lora.yaml"  # the default recipe as shipped
+    base = REPO / "domainclip" / "configs" / "neu_det_lora.yaml"  # the default recipe as shipped
     overrides = [
         f"data.manifest={args.manifest}",
         f"train.batch_size={args.batch}",

@@ -260,13 +260,16 @@ def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     config.yaml stays valid from anywhere and a resume from another directory compares equal."""
     import copy
 
+    from domainclip.resources import resolve_config_path
+
     cfg = copy.deepcopy(cfg)
 
     def absolute(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
 
     cfg.data.manifest = absolute(cfg.data.manifest)
-    cfg.eval.prompts = absolute(cfg.eval.prompts)
+    # A shipped `configs/...` prompt set names the package's file, wherever the run is started.
+    cfg.eval.prompts = absolute(str(resolve_config_path(cfg.eval.prompts)) if cfg.eval.prompts else "")
     cfg.train.feature_cache_dir = absolute(cfg.train.feature_cache_dir)
     spec = cfg.backbone.spec
     if spec.startswith("hf-clip:"):

@@ -83,7 +83,7 @@ def tiny_run(tmp_path_factory, manifest_path) -> Path:
         [
             f"backbone.spec={backbone}",
             f"data.manifest={manifest_path}",
-            f"eval.prompts={REPO / 'configs' / 'prompts' / 'synthetic.yaml'}",
+            f"eval.prompts={REPO / 'domainclip' / 'configs' / 'prompts' / 'synthetic.yaml'}",
             "method.name=lora",
             "train.max_steps=4",
             "train.batch_size=8",

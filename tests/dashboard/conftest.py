@@ -21,7 +21,7 @@ from domainclip.dashboard import RUNS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "domainclip" / "dashboard" / "app.py"
-PROMPTS = REPO / "configs" / "prompts" / "synthetic.yaml"
+PROMPTS = REPO / "domainclip" / "configs" / "prompts" / "synthetic.yaml"
 PATIENT_NAMES = ("Jane Roe", "John Doe", "Max Mustermann")
 AUDIT_SPEC = "synthetic"
 

@@ -15,7 +15,7 @@ from domainclip.models import save_backbone
 from domainclip.models.testing import tiny_open_clip_backbone
 
 REPO = Path(__file__).resolve().parents[2]
-SYNTHETIC_PROMPTS = str(REPO / "configs" / "prompts" / "synthetic.yaml")
+SYNTHETIC_PROMPTS = str(REPO / "domainclip" / "configs" / "prompts" / "synthetic.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_library_evaluate_multi_label_mode(backbone_dir, synthetic_manifest, tmp
 
 
 def test_cli_errors_are_clean(backbone_dir, synthetic_manifest, tmp_path, capsys):
-    neu = str(REPO / "configs" / "prompts" / "neu_det.yaml")
+    neu = str(REPO / "domainclip" / "configs" / "prompts" / "neu_det.yaml")
     base = ["evaluate", str(backbone_dir), "--data", str(synthetic_manifest), "--n-boot", "0"]
     assert main([*base, "--prompts", neu, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

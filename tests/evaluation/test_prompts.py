@@ -13,7 +13,7 @@ from domainclip.evaluation.prompts import PromptError, load_prompt_set
 from domainclip.evaluation.task import build_targets, resolve_classes
 
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = REPO / "configs" / "prompts"
+PROMPTS = REPO / "domainclip" / "configs" / "prompts"
 NEU_DET_CLASSES = (
     "crazing",
     "inclusion",

@@ -34,7 +34,7 @@ def test_untrained_default_on_neu_det_subset(neu_det_dir, tmp_path):
         "default",
         manifest,
         "test",
-        REPO / "configs" / "prompts" / "neu_det.yaml",
+        REPO / "domainclip" / "configs" / "prompts" / "neu_det.yaml",
         tmp_path / "eval",
         fit_temperature=True,
         n_boot=300,

@@ -12,7 +12,7 @@ import torch
 from domainclip.cli import main
 from domainclip.datasets import read_manifest
 
-PROMPTS = Path(__file__).resolve().parents[2] / "configs" / "prompts" / "synthetic.yaml"
+PROMPTS = Path(__file__).resolve().parents[2] / "domainclip" / "configs" / "prompts" / "synthetic.yaml"
 
 
 @pytest.fixture(scope="module")

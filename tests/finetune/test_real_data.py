@@ -18,7 +18,7 @@ def test_demo_config_lifts_zero_shot_accuracy_on_synthetic(tmp_path):
 
     man = generate_synthetic(tmp_path / "syn", seed=0).manifest_path
     cfg = load_config(
-        REPO / "configs" / "demo_synthetic_lora.yaml",
+        REPO / "domainclip" / "configs" / "demo_synthetic_lora.yaml",
         [f"data.manifest={man}", "train.progress=false"],
     )
     res = finetune(cfg, tmp_path / "run")
@@ -35,7 +35,7 @@ def test_neu_det_default_recipe_beats_untrained(neu_det_dir, tmp_path):
 
     man = run_import("neu-det", neu_det_dir, tmp_path / "neu").manifest_path
     cfg = load_config(
-        REPO / "configs" / "neu_det_lora.yaml",
+        REPO / "domainclip" / "configs" / "neu_det_lora.yaml",
         [
             f"data.manifest={man}",
             "data.max_train=120",
