@@ -85,8 +85,14 @@ def test_wheel_ships_configs_and_an_install_finds_them_outside_the_repo(tmp_path
 
     # --- build: what `pip wheel .` gives a user, minus the download of a build backend
     src, wheels = tmp_path / "src", tmp_path / "wheels"
-    junk = (".git", ".venv", "build", "*.egg-info", "__pycache__", ".*_cache", "runs", "*demo_out")
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*junk))
+    anywhere = shutil.ignore_patterns("*.egg-info", "__pycache__", ".*_cache")
+    top_level = {".git", ".venv", "build", "runs", "out", "demo_out"}  # outputs, not sources
+
+    def junk(folder: str, names: list[str]) -> set[str]:
+        skip = set(anywhere(folder, names))
+        return skip | (top_level & set(names)) if Path(folder) == REPO else skip
+
+    shutil.copytree(REPO, src, ignore=junk)
     _run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, "."],
         cwd=src,
