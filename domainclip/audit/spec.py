@@ -32,15 +32,17 @@ lower the score, so its shift is shown as a negation check, not as a bias.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import math
 import string
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domainclip.configschema import build, check_keys, option
 from domainclip.errors import ConfigError
+from domainclip.io import load_yaml
 from domainclip.resources import CONFIGS_DIR, resolve_config_path
 
 PLACEHOLDERS: tuple[str, ...] = ("finding", "defect")
@@ -59,8 +61,6 @@ _TOP_KEYS = (
 )
 _FINDING_KEYS = ("name", "framed", "text")
 _FRAMING_KEYS = ("template", "expect")
-_THRESHOLD_KEYS = ("max_abs_mean_shift", "max_flip_rate", "max_ece", "alpha")
-_STATS_KEYS = ("n_bootstrap", "seed", "min_cell_images", "ece_bins", "max_flip_examples")
 SPEC_DIR = CONFIGS_DIR / "audits"
 
 
@@ -103,24 +103,47 @@ class Framing:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Gate thresholds; None disables a check. alpha: family-wise level of the shift tests."""
+    """Gate thresholds; None (YAML null) disables a check."""
 
-    max_abs_mean_shift: float | None = 0.05
-    max_flip_rate: float | None = 0.02
-    max_ece: float | None = 0.10
-    alpha: float = 0.05
+    max_abs_mean_shift: float | None = option(
+        0.05,
+        "largest allowed |mean shift| of the target-class probability vs the reference framing "
+        "(counts only when significant at alpha); null = off",
+        range=(0.0, 1.0, "[]"),
+    )
+    max_flip_rate: float | None = option(
+        0.02,
+        "largest allowed fraction of top-1 decisions that change vs the reference; null = off",
+        range=(0.0, 1.0, "[]"),
+    )
+    max_ece: float | None = option(
+        0.10,
+        "largest allowed expected calibration error under each framing; null = off",
+        range=(0.0, 1.0, "[]"),
+    )
+    alpha: float = option(
+        0.05, "family-wise level of the (Holm-adjusted) shift tests", range=(0.0, 0.5, "(]")
+    )
 
 
 @dataclass(frozen=True)
 class StatsOptions:
-    """n_bootstrap: resamples per CI; min_cell_images: smaller class/subgroup cells are reported
-    but not tested (a bootstrap of 3 images says nothing); max_flip_examples: kept per framing."""
+    """How the audit's statistics are computed."""
 
-    n_bootstrap: int = 2000
-    seed: int = 0
-    min_cell_images: int = 10
-    ece_bins: int = 15
-    max_flip_examples: int = 12
+    n_bootstrap: int = option(
+        2000, "bootstrap resamples per confidence interval", range=(200, None, "[]")
+    )
+    seed: int = option(0, "seed of the bootstrap", range=(0, None, "[]"))
+    min_cell_images: int = option(
+        10,
+        "smaller class/subgroup cells are reported but not tested (a bootstrap of 3 images says "
+        "nothing)",
+        range=(2, None, "[]"),
+    )
+    ece_bins: int = option(15, "equal-width bins of the calibration error", range=(1, None, "[]"))
+    max_flip_examples: int = option(
+        12, "decision flips kept as examples per framing", range=(0, None, "[]")
+    )
 
 
 @dataclass(frozen=True)
@@ -197,72 +220,26 @@ class AuditSpec:
 
 
 # ----------------------------------------------------------------------------------------------
-# YAML with duplicate-key detection: PyYAML keeps the last of two equal keys silently, which would
-# hide "a framing named twice".
-
-
-def _yaml_loader():
-    import yaml
-
-    class _StrictLoader(yaml.SafeLoader):
-        pass
-
-    def construct_mapping(loader, node, deep=False):
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise _DuplicateKey(key, seen[key], line)
-            seen[key] = line
-        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-    _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
-    return _StrictLoader
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, first: int, second: int) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
-
-
-# ----------------------------------------------------------------------------------------------
 # Field parsing
 
 
-def _number(
-    value: Any, where: str, src: str, lo: float, hi: float, *, open_lo: bool = False
-) -> float:
-    # bool is an int subclass in Python: `true` must not pass as 1.0.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise AuditSpecError(
-            f"{src}: {where} must be a number, got {value!r} ({type(value).__name__}); "
-            f"write e.g. {where.split('.')[-1]}: {lo if not open_lo else 0.05}"
-        )
-    ok = (lo < value if open_lo else lo <= value) and value <= hi
-    if not ok:
-        bracket = "(" if open_lo else "["
-        raise AuditSpecError(f"{src}: {where} = {value} is outside {bracket}{lo}, {hi}]")
-    return float(value)
-
-
-def _integer(value: Any, where: str, src: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AuditSpecError(
-            f"{src}: {where} must be an integer, got {value!r} ({type(value).__name__})"
-        )
-    if value < lo:
-        raise AuditSpecError(f"{src}: {where} = {value} must be at least {lo}")
-    return value
+@contextlib.contextmanager
+def _spec_errors() -> Iterator[None]:
+    """Report the shared config checks' errors (`domainclip.configschema`, `domainclip.io`) as
+    AuditSpecError, the audit's own type (a ConfigError too)."""
+    try:
+        yield
+    except AuditSpecError:
+        raise
+    except ConfigError as exc:
+        raise AuditSpecError(str(exc)) from exc
 
 
 def _unknown(d: Mapping, valid: tuple[str, ...], where: str, src: str) -> None:
-    bad = sorted(str(k) for k in set(d) - set(valid))
-    if bad:
-        raise AuditSpecError(
-            f"{src}: unknown key(s) {', '.join(bad)} in {where}; valid: {', '.join(valid)}"
-        )
+    """Unknown keys of section `where` ("the spec" = top level), with did-you-mean suggestions."""
+    prefix = "" if where == "the spec" else f"{where}."
+    with _spec_errors():
+        check_keys(d, valid, src, prefix)
 
 
 def _text(value: Any, where: str, src: str) -> str:
@@ -392,46 +369,10 @@ def _parse_framings(raw: Any, src: str) -> tuple[Framing, ...]:
     return tuple(out)
 
 
-def _parse_thresholds(raw: Any, src: str) -> Thresholds:
-    if raw is None:
-        return Thresholds()
-    if not isinstance(raw, dict):
-        raise AuditSpecError(f"{src}: `thresholds` must be a mapping")
-    _unknown(raw, _THRESHOLD_KEYS, "thresholds", src)
-    default = Thresholds()
-    values: dict[str, Any] = {}
-    for key in ("max_abs_mean_shift", "max_flip_rate", "max_ece"):
-        value = raw.get(key, getattr(default, key))
-        values[key] = None if value is None else _number(value, f"thresholds.{key}", src, 0.0, 1.0)
-    values["alpha"] = _number(
-        raw.get("alpha", default.alpha), "thresholds.alpha", src, 0.0, 0.5, open_lo=True
-    )
-    return Thresholds(**values)
-
-
-def _parse_stats(raw: Any, src: str) -> StatsOptions:
-    if raw is None:
-        return StatsOptions()
-    if not isinstance(raw, dict):
-        raise AuditSpecError(f"{src}: `statistics` must be a mapping")
-    _unknown(raw, _STATS_KEYS, "statistics", src)
-    d = StatsOptions()
-    return StatsOptions(
-        n_bootstrap=_integer(
-            raw.get("n_bootstrap", d.n_bootstrap), "statistics.n_bootstrap", src, 200
-        ),
-        seed=_integer(raw.get("seed", d.seed), "statistics.seed", src, 0),
-        min_cell_images=_integer(
-            raw.get("min_cell_images", d.min_cell_images), "statistics.min_cell_images", src, 2
-        ),
-        ece_bins=_integer(raw.get("ece_bins", d.ece_bins), "statistics.ece_bins", src, 1),
-        max_flip_examples=_integer(
-            raw.get("max_flip_examples", d.max_flip_examples),
-            "statistics.max_flip_examples",
-            src,
-            0,
-        ),
-    )
+def _parse_section(cls: type, raw: Any, key: str, src: str) -> Any:
+    """`thresholds` / `statistics`: keys, types and ranges checked by the shared config schema."""
+    with _spec_errors():
+        return build(cls, raw, src, f"{key}.")
 
 
 def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
@@ -472,8 +413,8 @@ def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
         framings=framings,
         reference=reference,
         subgroups=tuple(dict.fromkeys(subgroups)),
-        thresholds=_parse_thresholds(data.get("thresholds"), src),
-        statistics=_parse_stats(data.get("statistics"), src),
+        thresholds=_parse_section(Thresholds, data.get("thresholds"), "thresholds", src),
+        statistics=_parse_section(StatsOptions, data.get("statistics"), "statistics", src),
         description=str(data.get("description") or ""),
         domain=str(data.get("domain") or ""),
         source=src,
@@ -501,18 +442,7 @@ def load_audit_spec(source: str | Path | Mapping[str, Any] | AuditSpec) -> Audit
         return source
     if isinstance(source, Mapping):
         return parse_audit_spec(dict(source))
-    import yaml
-
     path = resolve_spec_path(source)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader())  # noqa: S506 - SafeLoader subclass
-    except _DuplicateKey as dup:
-        raise AuditSpecError(
-            f"{path}: key {dup.key!r} appears twice (lines {dup.first} and {dup.second}); "
-            "each framing/finding/setting must be named once"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise AuditSpecError(f"{path}: not valid YAML: {exc}") from exc
-    except OSError as exc:
-        raise AuditSpecError(f"cannot read audit spec {path}: {exc}") from exc
+    with _spec_errors():  # a key named twice (both lines named), invalid YAML, unreadable file
+        data = load_yaml(path)
     return parse_audit_spec(data, str(path))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -175,7 +175,8 @@ class Adaptation:
         return "image" if name.startswith(self.layout.image_prefixes) else "text"
 
     def save(self, out_dir: Path) -> None:
-        """Write LoRA adapters (peft format per tower), heads.safetensors and method.json."""
+        """Write LoRA adapters (peft format per tower), heads.safetensors and method.json (method
+        name, tower modes, the method's settings section, the head's description)."""
         from safetensors.torch import save_file
 
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +185,8 @@ class Adaptation:
                 lora_mod.save_lora(self.base, wrap, out_dir / LORA_DIRS[tower])
         save_file(self.state_for_heads(), str(out_dir / HEADS_FILE))
         meta = {"method": self.method.name, "modes": self.modes}
+        if self.method.settings is not None:  # the chosen method's section, beside its weights
+            meta["settings"] = asdict(self.method.settings)
         if isinstance(self.head, TipAdapterHead):
             meta["head"] = {
                 "kind": "tip_adapter",

@@ -17,12 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from domainclip.finetune.config import describe_fields, load_config
+    from domainclip.finetune.config import list_keys_text, load_config
     from domainclip.finetune.run import finetune
 
     if args.list_keys:
-        for key, default, help_ in describe_fields():
-            print(f"{key} (default {default!r}): {help_}")
+        print(list_keys_text())
         return 0
     if not args.config:
         from domainclip.errors import ConfigError

@@ -23,7 +23,7 @@ import yaml
 
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import Adaptation, prepare
-from domainclip.finetune.config import FinetuneConfig, config_diff
+from domainclip.finetune.config import FinetuneConfig, config_diff, migrate_config_dict
 from domainclip.finetune.data import (
     CachedFeatures,
     Splits,
@@ -34,7 +34,7 @@ from domainclip.finetune.data import (
 from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
 from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.runlog import RunLog
-from domainclip.io import atomic_write_text
+from domainclip.io import atomic_write_text, load_yaml
 from domainclip.runs.layout import CHECKPOINTS_DIR, CONFIG_FILE, RESULT_FILE
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,14 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path |
         return None
     if not cfg_path.is_file():
         raise CheckpointError(f"--resume: {run_dir} is not a run directory (no {CONFIG_FILE})")
-    saved = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    diff = config_diff(saved, cfg.to_dict())
+    saved = load_yaml(cfg_path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(
+            f"--resume: {cfg_path} is not a config mapping; the run cannot resume"
+        )
+    # A run written before per-method sections recorded every method's settings: compare the
+    # chosen method's only.
+    diff = config_diff(migrate_config_dict(saved, str(cfg_path)), cfg.to_dict())
     if diff:
         raise CheckpointError(
             f"--resume: the config differs from the one {run_dir} was started with:\n  "
@@ -181,70 +187,32 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
     Raises:
         ConfigError / DataError / CheckpointError / TrainingDiverged with an actionable message.
     """
-    from domainclip.models import load_backbone
-
     t0 = time.perf_counter()
     cfg = absolute_paths(config)
     run_dir = Path(out_dir)
-    kind = (
-        "cuda"
-        if cfg.backbone.device.startswith("cuda")
-        or (cfg.backbone.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    dist = init_from_env(kind)
+    dist = init_from_env(_device_kind(cfg.backbone.device))
     try:
         device = resolve_device(cfg.backbone.device, dist)
         seed_everything(cfg.train.seed, cfg.train.deterministic, device)
-        resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
-        barrier(dist)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            ckpt.cleanup_temp(run_dir)
-            atomic_write_text(
-                run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            )
-        bb = load_backbone(cfg.backbone.spec, device=device)
-        torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on how the backbone was built
-        if cfg.needs_training:
-            adapt = prepare(bb, cfg.method, checkpoint=resume_ckpt, trainable=True)
-        else:
-            adapt = prepare(bb, cfg.method, trainable=False)
+        resume_ckpt = _start_run_dir(cfg, run_dir, resume, dist)
+        adapt = _adapt(cfg, device, resume_ckpt)
         splits = load_splits(cfg.data, cfg.train.seed)
         prompts = _prompts(cfg, splits)
-        counts = adapt.parameter_counts()
-        log.info(
-            "%s: %d trainable of %d parameters (%.3f%%)",
-            cfg.method.name,
-            counts["trainable"],
-            counts["total"],
-            100 * counts["fraction"],
-        )
+        meta = {"method": cfg.method.name, "parameters": adapt.parameter_counts()}
         tc = time.perf_counter()
         cache = _image_cache(cfg, adapt, splits, device)
         cache_s = time.perf_counter() - tc
-        meta = {"method": cfg.method.name, "parameters": counts}
         if cfg.needs_training:
             result = _train(
                 cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta
             )
         else:
             result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
-        counts = adapt.parameter_counts()  # again: fitted heads exist only now
         if cache:
             result.setdefault("info", {})["unreadable_images"] = {
                 k: c.n_failed for k, c in cache.items()
             }
-        result.update(
-            run_dir=run_dir,
-            method=cfg.method.name,
-            trainable_params=int(counts["trainable"]),
-            total_params=int(counts["total"]),
-            trainable_fraction=float(counts["fraction"]),
-            wall_seconds=time.perf_counter() - t0,
-            cache_seconds=cache_s,
-        )
-        rr = RunResult(**result)
+        rr = _result(cfg, adapt, run_dir, result, wall_s=time.perf_counter() - t0, cache_s=cache_s)
         if dist.is_main:
             atomic_write_text(
                 run_dir / RESULT_FILE, json.dumps(rr.to_dict(), indent=2, default=float)
@@ -253,6 +221,71 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         return rr
     finally:
         shutdown(dist)
+
+
+def _device_kind(spec: str) -> str:
+    """ "cuda" or "cpu": which process-group backend `backbone.device` needs."""
+    if spec.startswith("cuda") or (spec == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def _start_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool, dist: DistInfo) -> Path | None:
+    """Check the run dir on every rank, then (rank 0) create it and write the resolved config.
+
+    Returns the checkpoint to resume from (None for a fresh run)."""
+    resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
+    barrier(dist)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.cleanup_temp(run_dir)
+        atomic_write_text(
+            run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        )
+    return resume_ckpt
+
+
+def _adapt(cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None) -> Adaptation:
+    """Load the backbone and prepare it for the method (resumed adapters/heads when given)."""
+    from domainclip.models import load_backbone
+
+    bb = load_backbone(cfg.backbone.spec, device=device)
+    torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on how the backbone was built
+    if cfg.needs_training:
+        adapt = prepare(bb, cfg.method, checkpoint=resume_ckpt, trainable=True)
+    else:
+        adapt = prepare(bb, cfg.method, trainable=False)
+    counts = adapt.parameter_counts()
+    log.info(
+        "%s: %d trainable of %d parameters (%.3f%%)",
+        cfg.method.name,
+        counts["trainable"],
+        counts["total"],
+        100 * counts["fraction"],
+    )
+    return adapt
+
+
+def _result(
+    cfg: FinetuneConfig,
+    adapt: Adaptation,
+    run_dir: Path,
+    result: dict,
+    wall_s: float,
+    cache_s: float,
+) -> RunResult:
+    """The RunResult of a finished run; parameters are counted again (fitted heads exist only now)."""
+    counts = adapt.parameter_counts()
+    result.update(
+        run_dir=run_dir,
+        method=cfg.method.name,
+        trainable_params=int(counts["trainable"]),
+        total_params=int(counts["total"]),
+        trainable_fraction=float(counts["fraction"]),
+        wall_seconds=wall_s,
+        cache_seconds=cache_s,
+    )
+    return RunResult(**result)
 
 
 def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:

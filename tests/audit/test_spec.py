@@ -174,3 +174,23 @@ def test_missing_spec_file_lists_the_shipped_ones(tmp_path: Path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(AuditSpecError, match="not valid YAML"):
         load_audit_spec(bad)
+
+
+def test_setting_named_twice_in_yaml_names_the_key_and_both_lines(tmp_path: Path):
+    text = (SPEC_DIR / "synthetic.yaml").read_text()
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("max_ece:"))
+    lines.insert(at + 1, "  max_ece: 0.5")
+    path = tmp_path / "twice.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(AuditSpecError) as info:
+        load_audit_spec(path)
+    assert f"key 'max_ece' appears twice (lines {at + 1} and {at + 2})" in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_setting_suggests_the_closest_key():
+    raw = small_spec()
+    raw["statistics"]["n_bootstraps"] = 500
+    msg = _err(raw)
+    assert "'statistics.n_bootstraps'" in msg and "did you mean 'n_bootstrap'?" in msg

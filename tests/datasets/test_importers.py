@@ -401,3 +401,14 @@ def test_covid_cxr_real_data(covid_cxr_dir, tmp_path):
     assert len({r.group for r in m}) > 250  # patients, not images
     for row in m.rows[::53]:
         assert _resolves_to(result.manifest_path, row.image).is_file()
+
+
+def test_folder_templates_file_with_a_class_twice(tmp_path):
+    src = tmp_path / "src"
+    _class_tree(src)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text('ok: "a {class} part"\nrust_spot: "rust"\nok: "a fine {class} part"\n')
+    with pytest.raises(DataError) as info:
+        run_import("folder", src, tmp_path / "o", templates=str(twice))
+    msg = str(info.value)
+    assert str(twice) in msg and "key 'ok' appears twice (lines 1 and 3)" in msg

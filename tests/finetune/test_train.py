@@ -104,6 +104,15 @@ def test_methods_train_and_reload(tiny_vit, syn_manifest, tmp_path, overrides):
         assert res.trainable_params == 0
     else:
         assert res.trainable_params > 0
+    # config.yaml and the checkpoint's method.json record the chosen method's settings only
+    from domainclip.finetune.config import METHOD_SETTINGS
+    from domainclip.io import load_yaml
+
+    saved = load_yaml(res.run_dir / "config.yaml")["method"]
+    assert set(saved) & set(METHOD_SETTINGS) == ({cfg.method.name} - {"full"})
+    best = ckpt.checkpoint_dir(res.run_dir, "best")
+    meta = json.loads((best / "method.json").read_text())
+    assert meta.get("settings") == saved.get(cfg.method.name)
 
 
 def test_export_merged_equals_unmerged_and_loads_in_open_clip(tiny_vit, syn_manifest, tmp_path):

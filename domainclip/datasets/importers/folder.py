@@ -29,7 +29,8 @@ from domainclip.datasets.importers._common import (
     require_dir,
 )
 from domainclip.datasets.manifest import ManifestRow
-from domainclip.errors import DataError
+from domainclip.errors import ConfigError, DataError
+from domainclip.io import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,11 @@ def load_templates(templates: Mapping[str, str] | str | Path | None) -> dict[str
         data: object = dict(templates)
         origin = "templates"
     else:
-        import yaml
-
         path = Path(templates).expanduser()
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataError(f"{KIND}: cannot read templates file {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise DataError(f"{KIND}: templates file {path} is not valid YAML: {exc}") from exc
+            data = load_yaml(path)
+        except ConfigError as exc:  # unreadable, not YAML, or a class named twice (both lines)
+            raise DataError(f"{KIND}: templates file: {exc}") from exc
         origin = str(path)
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
