@@ -12,8 +12,11 @@ from pathlib import Path
 import streamlit as st
 from PIL import Image
 
+from domainclip.audit.results import AuditReport
 from domainclip.dashboard import RUNS_ENV, auditdata, calibdata, manifests, runinfo, saliency
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
+from domainclip.errors import ResultFileError
+from domainclip.evaluation.results import EvaluationResult
 
 RUN_KEY = "domainclip_run"
 
@@ -131,44 +134,75 @@ def validation(path: str, token: int) -> dict:
     return manifests.validation_summary(Path(path))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _json(path: str, token: int) -> dict:
-    return calibdata.read_json(Path(path))
+def result_error(exc: ResultFileError) -> None:
+    """Show why a result file cannot be used: a warning for an older (or newer) file, an error
+    for a damaged one. The message names the file and the command that writes it again."""
+    if exc.outdated:
+        st.warning(str(exc))
+    else:
+        st.error(str(exc))
 
 
-def run_json(run: RunRef, relative: str) -> dict:
-    """A JSON result file of a run (checked to stay inside it), cached until it changes."""
-    path = access().run_file(run, relative)
-    return _json(str(path), mtime(path))
+def no_result_yet(text: str, command: str) -> None:
+    """Say what the page needs and the command that produces it."""
+    st.info(f"{text}\n\n```\n{command}\n```")
+
+
+def _inside(run: RunRef, names: list[str], relative: str) -> list[str]:
+    """The `names` whose result file (`relative` with {name} filled in) really lies inside the
+    run: links out of it are left out."""
+    out = []
+    for name in names:
+        try:
+            access().run_file(run, relative.format(name=name))
+        except PathAccessError:
+            continue
+        out.append(name)
+    return out
+
+
+_EVALUATION = f"{calibdata.EVAL_DIR}/{{name}}/{calibdata.EVAL_METRICS}"
+_AUDIT = f"{auditdata.AUDIT_DIR}/{{name}}/{auditdata.AUDIT_JSON}"
 
 
 def evaluation_names(run: RunRef) -> list[str]:
-    """Evaluations of the run whose folder really lies inside it (links out are left out)."""
-    out = []
-    for name in calibdata.evaluation_names(run.path):
-        try:
-            access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
-        except PathAccessError:
-            continue
-        out.append(name)
-    return out
+    """Evaluations of the run whose folder really lies inside it."""
+    return _inside(run, calibdata.evaluation_names(run.path), _EVALUATION)
 
 
-def evaluation(run: RunRef, name: str) -> dict:
-    """RUN/eval/<name>/metrics.json."""
-    return run_json(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
+@st.cache_data(show_spinner=False, max_entries=256)
+def _evaluation(path: str, token: int, command: str) -> EvaluationResult:
+    return EvaluationResult.read(Path(path), command)
+
+
+def evaluation(run: RunRef, name: str) -> EvaluationResult:
+    """RUN/eval/<name>/metrics.json, checked; cached until it changes.
+
+    Raises:
+        ResultFileError: the file cannot be used (show it with `result_error`).
+    """
+    path = access().run_file(run, _EVALUATION.format(name=name))
+    return _evaluation(str(path), mtime(path), f"domainclip evaluate {run.path} --fit-temperature")
 
 
 def audit_names(run: RunRef) -> list[str]:
-    """Audits of the run whose folder really lies inside it (links out are left out)."""
-    out = []
-    for name in auditdata.audit_names(run.path):
-        try:
-            access().run_file(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
-        except PathAccessError:
-            continue
-        out.append(name)
-    return out
+    """Audits of the run whose folder really lies inside it."""
+    return _inside(run, auditdata.audit_names(run.path), _AUDIT)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _audit(path: str, token: int, command: str) -> AuditReport:
+    return AuditReport.read(Path(path), command)
+
+
+def audit(run: RunRef, name: str) -> AuditReport:
+    """RUN/audit/<name>/audit.json, checked; cached until it changes.
+
+    Raises:
+        ResultFileError: the file cannot be used (show it with `result_error`).
+    """
+    path = access().run_file(run, _AUDIT.format(name=name))
+    return _audit(str(path), mtime(path), f"domainclip audit {run.path} --spec {name}")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
