@@ -30,7 +30,7 @@ class ResultKind:
     """One kind of result file.
 
     Attributes:
-        what: its name in messages, e.g. "evaluation metrics (metrics.json)".
+        what: its name in messages, with its article, e.g. "an audit report (audit.json)".
         schema: the version this domainclip writes, e.g. "domainclip.evaluation/2".
         command: the command that writes it (again), e.g. "domainclip evaluate RUN".
         key: the JSON key holding the schema version.
@@ -71,8 +71,7 @@ def read_result_json(path: str | Path, kind: ResultKind, command: str | None = N
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ResultFileError(
-            f"{path}: this {kind.what} file cannot be read ({exc}); re-run `{command}` to write "
-            "it again"
+            f"{path}: cannot be read as {kind.what} ({exc}); re-run `{command}` to write it again"
         ) from exc
     return parse_result(data, kind, str(path), command)
 
@@ -84,8 +83,8 @@ def parse_result(
     command = command or kind.command
     if not isinstance(data, dict):
         raise ResultFileError(
-            f"{source}: not a {kind.what} file (it holds a JSON {type(data).__name__}, not an "
-            f"object); re-run `{command}`"
+            f"{source}: not {kind.what} (it holds a JSON {type(data).__name__}, not an object); "
+            f"re-run `{command}`"
         )
     return Fields(check_schema(data, kind, source, command), source, command)
 
@@ -102,7 +101,7 @@ def check_schema(
     value = data.get(kind.key)
     if value is None and kind.unversioned is None:
         raise ResultFileError(
-            f"{source}: not a {kind.what} file (no '{kind.key}' key; expected {kind.schema}); "
+            f"{source}: not {kind.what} (no '{kind.key}' key; expected {kind.schema}); "
             f"re-run `{command}`"
         )
     if value is None:
@@ -111,7 +110,7 @@ def check_schema(
         family, _, number = str(value).rpartition("/")
         if family != kind.family or not number.isdigit():
             raise ResultFileError(
-                f"{source}: not a {kind.what} file ('{kind.key}' is {value!r}, expected "
+                f"{source}: not {kind.what} ('{kind.key}' is {value!r}, expected "
                 f"{kind.schema}); re-run `{command}`"
             )
         version = int(number)

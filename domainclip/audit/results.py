@@ -33,7 +33,7 @@ from domainclip.resultfile import Fields, ResultKind, parse_result, read_result_
 SCHEMA = "domainclip.audit/1"
 AUDIT_FILE = "audit.json"
 AUDIT = ResultKind(
-    what="audit report (audit.json)", schema=SCHEMA, command="domainclip audit RUN --spec SPEC"
+    what="an audit report (audit.json)", schema=SCHEMA, command="domainclip audit RUN --spec SPEC"
 )
 _CELL_ESTIMATES = ("mean_shift", "median_shift", "raw_similarity_shift", "flip_rate")
 _FRAMING_ESTIMATES = ("accuracy", "ece", "mean_target_score")

@@ -41,7 +41,7 @@ def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 EVALUATION = ResultKind(
-    what="evaluation metrics (metrics.json)",
+    what="the metrics of an evaluation (metrics.json)",
     schema=SCHEMA,
     command="domainclip evaluate RUN_OR_BACKBONE",
     unversioned=1,

@@ -37,7 +37,7 @@ from domainclip.resultfile import Fields, ResultKind, parse_result, read_result_
 INDEX_FORMAT = "domainclip.explain.index/1"
 INDEX_FILE = "index.json"
 EXPLAIN_INDEX = ResultKind(
-    what="explanation index (index.json)",
+    what="an explanation index (index.json)",
     schema=INDEX_FORMAT,
     command="domainclip explain RUN_OR_BACKBONE --manifest MANIFEST",
     key="format",
