@@ -13,13 +13,18 @@ says which domainclip wrote it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Mapping
+import time
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from domainclip.errors import ResultFileError
+from domainclip.io import atomic_write_json
 
 # A migration turns the JSON of version n into that of version n + 1.
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
@@ -53,6 +58,46 @@ class ResultKind:
     @property
     def version(self) -> int:
         return int(self.schema.rsplit("/", 1)[1])
+
+
+def utc_now() -> str:
+    """The time a result is created, ISO 8601 in UTC ("2025-01-31T12:00:00Z")."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class ResultFile:
+    """Base of the typed result files (`EvaluationResult`, `AuditReport`, `ExplainIndex`).
+
+    A subclass sets `KIND` and implements `to_json()` and `_parse(fields)`; reading, checking
+    and writing are shared.
+    """
+
+    KIND: ClassVar[ResultKind]
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def _parse(cls, f: Fields) -> Any:
+        raise NotImplementedError
+
+    def write(self, path: str | Path) -> Path:
+        """Write the file atomically (NaN becomes null)."""
+        return atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: str | Path, command: str | None = None) -> Any:
+        """Read and check a result file (`command`: what to suggest re-running).
+
+        Raises:
+            ResultFileError: unreadable, malformed, or of a schema this version cannot read.
+        """
+        return cls._parse(read_result_json(path, cls.KIND, command))
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<memory>", command: str | None = None) -> Any:
+        """Inverse of `to_json` (older schema versions are migrated); see `read`."""
+        return cls._parse(parse_result(data, cls.KIND, source, command))
 
 
 def read_result_json(path: str | Path, kind: ResultKind, command: str | None = None) -> Fields:
@@ -129,6 +174,21 @@ def check_schema(
     )
 
 
+def _json_types(hint: Any) -> tuple[type, ...]:
+    """The JSON types a field annotation allows: `float | None` -> (float, NoneType),
+    `list[str]` -> (list,), `Any` -> () (anything)."""
+    if hint is Any:
+        return ()
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(hint) for t in _json_types(arg))
+    if origin is not None:
+        return (origin,)
+    if hint in (str, int, float, bool, list, dict, type(None)):
+        return (hint,)
+    raise TypeError(f"{hint!r} is not a plain JSON type; read it with its own parser")
+
+
 def _type_name(types: tuple[type, ...]) -> str:
     names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
     names |= {list: "a list", dict: "an object", type(None): "null"}
@@ -182,6 +242,30 @@ class Fields:
                 f"'{self.path(key)}' is {json.dumps(value)[:40]}, expected {_type_name(types)}"
             )
         return value
+
+    def values_for(
+        self, cls: type, *, skip: Collection[str] = (), require_all: bool = False
+    ) -> dict[str, Any]:
+        """Checked values of the dataclass `cls`'s fields, by their annotations (plain JSON types
+        only: str, int, float, bool, list, dict, Any, `X | None`); `skip` the others. A field
+        with a default may be absent (the default applies) unless `require_all`."""
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            has_default = (
+                f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            )
+            if has_default and not require_all and f.name not in self.data:
+                continue
+            out[f.name] = self.get(f.name, *_json_types(hints[f.name]))
+        return out
+
+    def build(self, cls: type, *, require_all: bool = False, **parsed: Any) -> Any:
+        """An instance of the dataclass `cls`: its plain fields read with `values_for`, the
+        others given already parsed (`parsed`, by field name)."""
+        return cls(**self.values_for(cls, skip=parsed, require_all=require_all), **parsed)
 
     def obj(self, key: str, *, optional: bool = False, nullable: bool = False) -> Fields | None:
         """The object under `key` as Fields (None when absent and optional, or null and nullable)."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from domainclip import __version__
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
@@ -29,6 +30,7 @@ from domainclip.explain.index import ExplainIndex
 log = logging.getLogger(__name__)
 
 CARD_NAME = "MODEL_CARD.md"
+T = TypeVar("T")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -205,10 +207,19 @@ def _data(cfg: dict, run: Path) -> tuple[list[Block], list[str], list[str]]:
     return blocks, classes, caveats
 
 
-def _left_out(exc: ResultFileError) -> Block:
-    """A result file the card cannot use: said in the card (and the log), the card goes on."""
-    log.warning("model card: %s; section left out", exc)
-    return ("p", f"Left out: {exc}")
+def _readable(
+    files: list[Path], read: Callable[[Path], T], blocks: list[Block]
+) -> Iterator[tuple[Path, T]]:
+    """(path, result) of each file `read` can use; each one it cannot is said in `blocks` (and
+    the log) and left out: the card goes on."""
+    for f in files:
+        try:
+            result = read(f)
+        except ResultFileError as exc:
+            log.warning("model card: %s; section left out", exc)
+            blocks.append(("p", f"Left out: {exc}"))
+            continue
+        yield f, result
 
 
 _CARD_METRICS = (
@@ -226,12 +237,8 @@ def _evaluation(run: Path) -> list[Block]:
     files = sorted(run.glob("eval/*/metrics.json"))
     if not files:
         return [*blocks, _not_run("evaluation", f"domainclip evaluate {run} --fit-temperature")]
-    for f in files:
-        try:
-            m = EvaluationResult.read(f, f"domainclip evaluate {run} --fit-temperature")
-        except ResultFileError as exc:
-            blocks.append(_left_out(exc))
-            continue
+    command = f"domainclip evaluate {run} --fit-temperature"
+    for _, m in _readable(files, lambda f: EvaluationResult.read(f, command), blocks):
         cls, data = m.classification, m.data
         blocks.append(
             (
@@ -299,12 +306,10 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
             _not_run("the framing audit", f"domainclip audit {run} --spec SPEC --gate"),
         ], []
     notes = []
-    for f in files:
-        try:
-            a = AuditReport.read(f, f"domainclip audit {run} --spec {f.parent.name} --gate")
-        except ResultFileError as exc:
-            blocks.append(_left_out(exc))
-            continue
+    def read(f: Path) -> AuditReport:
+        return AuditReport.read(f, f"domainclip audit {run} --spec {f.parent.name} --gate")
+
+    for f, a in _readable(files, read, blocks):
         blocks += _audit_blocks(a, f, card_dir)
         notes += [
             f"Under the negated framing `{name}` the score does not drop: the model may ignore "
@@ -375,12 +380,8 @@ def _explanations(run: Path, manifest: str) -> list[Block]:
                 f"domainclip explain {run} --manifest {manifest} --limit 20 --sanity",
             ),
         ]
-    for f in files:
-        try:
-            idx = ExplainIndex.read(f, f"domainclip explain {run} --manifest {manifest} --sanity")
-        except ResultFileError as exc:
-            blocks.append(_left_out(exc))
-            continue
+    command = f"domainclip explain {run} --manifest {manifest} --sanity"
+    for f, idx in _readable(files, lambda f: ExplainIndex.read(f, command), blocks):
         blocks.append(
             ("p", f"`{f}`: {len(idx.items)} maps, methods {', '.join(idx.methods)}.")
         )

@@ -12,11 +12,9 @@ damaged or older file is a `ResultFileError` naming the file, the key and the co
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +25,8 @@ from domainclip.audit.gate import Check, verdict
 from domainclip.audit.scores import ScoreTable
 from domainclip.audit.spec import AuditSpec, Thresholds
 from domainclip.datasets.manifest import Manifest, ManifestRow
-from domainclip.io import atomic_write_json, finite_json
-from domainclip.resultfile import Fields, ResultKind, parse_result, read_result_json
+from domainclip.io import finite_json
+from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
 
 SCHEMA = "domainclip.audit/1"
 AUDIT_FILE = "audit.json"
@@ -212,7 +210,7 @@ class BaseComparison:
 
 
 @dataclass
-class AuditReport:
+class AuditReport(ResultFile):
     """The content of audit.json (see docs/DESIGN.md); `main` is the audited model's section."""
 
     spec: dict[str, Any]
@@ -224,12 +222,10 @@ class AuditReport:
     files: dict[str, str] = field(default_factory=dict)
     timing: dict[str, float | None] = field(default_factory=dict)
     compare: BaseComparison | None = None
-    created: str = ""
+    created: str = field(default_factory=utc_now)
     schema: str = SCHEMA
 
-    def __post_init__(self) -> None:
-        if not self.created:
-            self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    KIND = AUDIT
 
     @property
     def reference(self) -> str:
@@ -255,23 +251,9 @@ class AuditReport:
             out["compare"] = self.compare.to_json()
         return finite_json(out)
 
-    def write(self, path: str | Path) -> Path:
-        """Write audit.json atomically."""
-        return atomic_write_json(path, self.to_json())
-
     @classmethod
-    def read(cls, path: str | Path, command: str | None = None) -> AuditReport:
-        """Read and check an audit.json (`command`: what to suggest re-running).
-
-        Raises:
-            ResultFileError: unreadable, malformed, or of a schema this version cannot read.
-        """
-        return _parse_report(read_result_json(path, AUDIT, command))
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "<memory>", command: str | None = None) -> AuditReport:
-        """Inverse of `to_json`; see `read`."""
-        return _parse_report(parse_result(data, AUDIT, source, command))
+    def _parse(cls, f: Fields) -> AuditReport:
+        return _parse_report(f)
 
 
 # ------------------------------------------------------------------------------------ building
@@ -496,7 +478,6 @@ def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any
 
 # ------------------------------------------------------------------------------------- reading
 
-_OPT_STR = (str, type(None))
 _OPT_NUM = (float, type(None))
 
 
@@ -505,73 +486,38 @@ def _parse_report(f: Fields) -> AuditReport:
     spec.get("name", str)
     spec.get("version", str, int, float)
     spec.get("reference", str)
-    spec.get("source", *_OPT_STR, optional=True)
+    spec.get("source", str, type(None), optional=True)
     compare = f.obj("compare", optional=True, nullable=True)
-    return AuditReport(
-        schema=f.get("schema", str),
-        created=f.get("created", str, optional=True) or "?",
+    return f.build(
+        AuditReport,
         spec=spec.data,
-        data=_parse_data(f.obj("data")),
-        method=f.get("method", dict),
+        data=f.obj("data").build(AuditedData),
         main=_parse_section(f),
         gate=_parse_gate(f.obj("gate"), with_thresholds=True),
         flip_examples={
             name: [_parse_flip(ex) for ex in examples]
             for name, examples in f.groups("flip_examples").items()
         },
-        files=f.get("files", dict, optional=True) or {},
-        timing=f.get("timing", dict, optional=True) or {},
         compare=None if compare is None else _parse_compare(compare),
     )
 
 
-def _parse_data(f: Fields) -> AuditedData:
-    skipped = f.obj("skipped")
-    skipped.get("unreadable_images", int, optional=True)
-    return AuditedData(
-        manifest=f.get("manifest", *_OPT_STR),
-        split=f.get("split", *_OPT_STR),
-        n_images=f.get("n_images", int),
-        n_per_class=f.get("n_per_class", dict),
-        subgroups=f.get("subgroups", dict),
-        skipped=skipped.data,
-    )
-
-
 def _parse_section(f: Fields) -> ModelSection:
-    m = f.obj("model")
-    model = AuditedModel(
-        label=m.get("label", str),
-        run=m.get("run", *_OPT_STR),
-        backbone_spec=m.get("backbone_spec", str),
-        family=m.get("family", str),
-        image_arch=m.get("image_arch", str),
-        head=m.get("head", bool),
-        temperature=m.get("temperature", float),
-        temperature_source=m.get("temperature_source", str),
-    )
     framings = {
-        name: FramingSummary(
-            template=fr.get("template", str),
-            expect=fr.get("expect", str),
-            gated=fr.get("gated", bool),
-            is_reference=fr.get("is_reference", bool),
-            prompts=fr.get("prompts", dict),
-            **fr.estimates(*_FRAMING_ESTIMATES),
-        )
+        name: fr.build(FramingSummary, **fr.estimates(*_FRAMING_ESTIMATES))
         for name, fr in f.mapping("framings").items()
     }
-    comparisons = {name: _parse_comparison(c) for name, c in f.mapping("comparisons").items()}
     negation = {
-        name: NegationNote(
-            mean_shift=n.estimate("mean_shift"),
-            lowers_score=n.get("lowers_score", bool),
-            note=n.get("note", str),
-        )
+        name: n.build(NegationNote, mean_shift=n.estimate("mean_shift"))
         for name, n in f.mapping("negation", optional=True).items()
     }
-    sub_cal = f.get("subgroup_calibration", dict, optional=True) or {}
-    return ModelSection(model, framings, comparisons, negation, sub_cal)
+    return ModelSection(
+        model=f.obj("model").build(AuditedModel),
+        framings=framings,
+        comparisons={name: _parse_comparison(c) for name, c in f.mapping("comparisons").items()},
+        negation=negation,
+        subgroup_calibration=f.get("subgroup_calibration", dict, optional=True) or {},
+    )
 
 
 def _parse_cell(f: Fields) -> dict[str, Any]:
@@ -597,70 +543,22 @@ def _parse_comparison(f: Fields) -> dict[str, Any]:
 
 
 def _parse_gate(f: Fields, with_thresholds: bool) -> GateSummary:
-    thresholds = None
-    if with_thresholds:
-        t = f.obj("thresholds")
-        thresholds = Thresholds(
-            max_abs_mean_shift=t.get("max_abs_mean_shift", *_OPT_NUM),
-            max_flip_rate=t.get("max_flip_rate", *_OPT_NUM),
-            max_ece=t.get("max_ece", *_OPT_NUM),
-            alpha=t.get("alpha", float),
-        )
-    checks = [
-        Check(
-            id=c.get("id", str),
-            kind=c.get("kind", str),
-            framing=c.get("framing", str),
-            cell=c.get("cell", str),
-            value=c.get("value", *_OPT_NUM),
-            threshold=c.get("threshold", float),
-            status=c.get("status", str),
-            message=c.get("message", str),
-            ci95=c.get("ci95", list, type(None), optional=True),
-            p_value=c.get("p_value", *_OPT_NUM, optional=True),
-            p_adjusted=c.get("p_adjusted", *_OPT_NUM, optional=True),
-        )
-        for c in f.objects("checks")
-    ]
-    verdict_ = f.get("verdict", str)
-    if verdict_ not in ("pass", "fail"):
-        raise f.error(f"'{f.path('verdict')}' is {verdict_!r}, expected pass or fail")
-    return GateSummary(
-        verdict=verdict_,
-        failed=f.get("failed", list),
-        n_checks=f.get("n_checks", int),
-        n_failed=f.get("n_failed", int),
-        n_skipped=f.get("n_skipped", int),
-        checks=checks,
-        thresholds=thresholds,
+    gate = f.build(
+        GateSummary,
+        checks=[c.build(Check) for c in f.objects("checks")],
+        thresholds=f.obj("thresholds").build(Thresholds, require_all=True) if with_thresholds else None,
         min_cell_images=f.get("min_cell_images", int) if with_thresholds else None,
     )
-
-
-def _parse_side(f: Fields) -> FlipSide:
-    return FlipSide(
-        framing=f.get("framing", str),
-        decision=f.get("decision", str),
-        decision_prob=f.get("decision_prob", float),
-        target_prob=f.get("target_prob", float),
-        raw_similarity=f.get("raw_similarity", float),
-        correct=f.get("correct", bool),
-        prompt_target=f.get("prompt_target", str),
-        prompt_decision=f.get("prompt_decision", str),
-    )
+    if gate.verdict not in ("pass", "fail"):
+        raise f.error(f"'{f.path('verdict')}' is {gate.verdict!r}, expected pass or fail")
+    return gate
 
 
 def _parse_flip(f: Fields) -> FlipExample:
-    return FlipExample(
-        row=f.get("row", int),
-        image=f.get("image", str),
-        path=f.get("path", str),
-        label=f.get("label", list),
-        group=f.get("group", str),
-        target=f.get("target", str),
-        shift=f.get("shift", float),
-        reference=_parse_side(f.obj("reference")),
-        framed=_parse_side(f.obj("framed")),
+    return f.build(
+        FlipExample,
+        reference=f.obj("reference").build(FlipSide),
+        framed=f.obj("framed").build(FlipSide),
     )
 
 

@@ -7,7 +7,9 @@ changes when a run is updated (a new evaluation, a resumed training) while the a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 from PIL import Image
@@ -19,6 +21,7 @@ from domainclip.errors import ResultFileError
 from domainclip.evaluation.results import EvaluationResult
 
 RUN_KEY = "domainclip_run"
+T = TypeVar("T")
 
 
 def mtime(path: Path) -> int:
@@ -134,18 +137,25 @@ def validation(path: str, token: int) -> dict:
     return manifests.validation_summary(Path(path))
 
 
-def result_error(exc: ResultFileError) -> None:
-    """Show why a result file cannot be used: a warning for an older (or newer) file, an error
-    for a damaged one. The message names the file and the command that writes it again."""
-    if exc.outdated:
-        st.warning(str(exc))
-    else:
-        st.error(str(exc))
+def pick_result(
+    label: str, folder: str, names: list[str], load: Callable[[str], T], missing: tuple[str, str]
+) -> tuple[str, T] | None:
+    """A select box over a run's result folders (RUN/`folder`/<name>) and the chosen result
+    file, read by `load`.
 
-
-def no_result_yet(text: str, command: str) -> None:
-    """Say what the page needs and the command that produces it."""
-    st.info(f"{text}\n\n```\n{command}\n```")
+    None, with the message on the page, when there is none (`missing`: what to say and the
+    command that produces one) or the file cannot be used: a warning for an older (or newer)
+    file, an error for a damaged one, naming the file and the command that writes it again.
+    """
+    if not names:
+        st.info(f"{missing[0]}\n\n```\n{missing[1]}\n```")
+        return None
+    name = st.selectbox(label, names, help=f"folders under RUN/{folder}/")
+    try:
+        return name, load(name)
+    except ResultFileError as exc:
+        (st.warning if exc.outdated else st.error)(str(exc))
+        return None
 
 
 def _inside(run: RunRef, names: list[str], relative: str) -> list[str]:
@@ -165,24 +175,23 @@ _EVALUATION = f"{calibdata.EVAL_DIR}/{{name}}/{calibdata.EVAL_METRICS}"
 _AUDIT = f"{auditdata.AUDIT_DIR}/{{name}}/{auditdata.AUDIT_JSON}"
 
 
+@st.cache_data(show_spinner=False, max_entries=256)
+def _result(kind: str, path: str, token: int, command: str) -> EvaluationResult | AuditReport:
+    """A checked result file (token: its mtime, so a rewritten file is read again)."""
+    reader = EvaluationResult if kind == "evaluation" else AuditReport
+    return reader.read(Path(path), command)
+
+
 def evaluation_names(run: RunRef) -> list[str]:
     """Evaluations of the run whose folder really lies inside it."""
     return _inside(run, calibdata.evaluation_names(run.path), _EVALUATION)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _evaluation(path: str, token: int, command: str) -> EvaluationResult:
-    return EvaluationResult.read(Path(path), command)
-
-
 def evaluation(run: RunRef, name: str) -> EvaluationResult:
-    """RUN/eval/<name>/metrics.json, checked; cached until it changes.
-
-    Raises:
-        ResultFileError: the file cannot be used (show it with `result_error`).
-    """
+    """RUN/eval/<name>/metrics.json, checked (ResultFileError when it cannot be used)."""
     path = access().run_file(run, _EVALUATION.format(name=name))
-    return _evaluation(str(path), mtime(path), f"domainclip evaluate {run.path} --fit-temperature")
+    command = f"domainclip evaluate {run.path} --fit-temperature"
+    return _result("evaluation", str(path), mtime(path), command)
 
 
 def audit_names(run: RunRef) -> list[str]:
@@ -190,19 +199,10 @@ def audit_names(run: RunRef) -> list[str]:
     return _inside(run, auditdata.audit_names(run.path), _AUDIT)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
-def _audit(path: str, token: int, command: str) -> AuditReport:
-    return AuditReport.read(Path(path), command)
-
-
 def audit(run: RunRef, name: str) -> AuditReport:
-    """RUN/audit/<name>/audit.json, checked; cached until it changes.
-
-    Raises:
-        ResultFileError: the file cannot be used (show it with `result_error`).
-    """
+    """RUN/audit/<name>/audit.json, checked (ResultFileError when it cannot be used)."""
     path = access().run_file(run, _AUDIT.format(name=name))
-    return _audit(str(path), mtime(path), f"domainclip audit {run.path} --spec {name}")
+    return _result("audit", str(path), mtime(path), f"domainclip audit {run.path} --spec {name}")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

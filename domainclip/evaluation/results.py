@@ -14,14 +14,12 @@ is migrated on read.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from domainclip import __version__
-from domainclip.io import atomic_write_json, finite_json
-from domainclip.resultfile import Fields, ResultKind, parse_result, read_result_json
+from domainclip.io import finite_json
+from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
 
 SCHEMA = "domainclip.evaluation/2"
 METRICS_FILE = "metrics.json"
@@ -128,7 +126,7 @@ class CalibrationSummary:
 
 
 @dataclass
-class EvaluationResult:
+class EvaluationResult(ResultFile):
     """One evaluation of a model on a manifest split (the content of metrics.json).
 
     classification: `metrics.single_label_report` / `multi_label_report` dict; retrieval: R@k and
@@ -147,13 +145,11 @@ class EvaluationResult:
     seconds: float | None = None
     forgetting: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
-    created: str = ""
+    created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
 
-    def __post_init__(self) -> None:
-        if not self.created:
-            self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    KIND = EVALUATION
 
     @property
     def headline_metric(self) -> str:
@@ -182,94 +178,25 @@ class EvaluationResult:
             out["outputs"] = self.outputs
         return finite_json(out)
 
-    def write(self, path: str | Path) -> Path:
-        """Write metrics.json atomically."""
-        return atomic_write_json(path, self.to_json())
-
-    @classmethod
-    def read(cls, path: str | Path, command: str | None = None) -> EvaluationResult:
-        """Read and check a metrics.json (`command`: what to suggest re-running).
-
-        Raises:
-            ResultFileError: unreadable, malformed, or of a schema this version cannot read.
-        """
-        return cls._parse(read_result_json(path, EVALUATION, command))
-
-    @classmethod
-    def from_json(
-        cls, data: Any, source: str = "<memory>", command: str | None = None
-    ) -> EvaluationResult:
-        """Inverse of `to_json` (older schema versions are migrated); see `read`."""
-        return cls._parse(parse_result(data, EVALUATION, source, command))
-
     @classmethod
     def _parse(cls, f: Fields) -> EvaluationResult:
-        prompts = _prompts(f.obj("prompts"))
-        return cls(
-            schema=f.get("schema", str),
-            domainclip_version=f.get("domainclip_version", str, optional=True) or "?",
-            created=f.get("created", str, optional=True) or "?",
-            name=f.get("name", str),
-            model=_model(f.obj("model")),
-            data=_data(f.obj("data")),
+        prompts = f.obj("prompts").build(PromptsUsed)
+        if prompts.mode not in ("single_label", "multi_label"):
+            raise f.error(f"'prompts.mode' is {prompts.mode!r}, expected single_label or multi_label")
+        return f.build(
+            cls,
+            model=f.obj("model").build(EvaluatedModel),
+            data=f.obj("data").build(EvaluatedData),
             prompts=prompts,
-            temperature=_temperature(f.obj("temperature")),
+            temperature=f.obj("temperature").build(TemperatureUsed),
             classification=_classification(f.obj("classification"), prompts.multi_label),
             calibration=_calibration(f.obj("calibration")),
             retrieval=_retrieval(f.obj("retrieval")),
-            seconds=f.get("seconds", float, type(None), optional=True),
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
-            outputs=f.get("outputs", dict, optional=True),
         )
 
 
 # ------------------------------------------------------------------------------- section parsers
-
-
-def _model(f: Fields) -> EvaluatedModel:
-    opt = (str, type(None))
-    return EvaluatedModel(
-        spec=f.get("spec", str),
-        family=f.get("family", str),
-        run=f.get("run", *opt, optional=True),
-        checkpoint=f.get("checkpoint", *opt, optional=True),
-    )
-
-
-def _data(f: Fields) -> EvaluatedData:
-    return EvaluatedData(
-        manifest=f.get("manifest", str),
-        split=f.get("split", str),
-        n_rows=f.get("n_rows", int),
-        n_unreadable=f.get("n_unreadable", int),
-        n_evaluated=f.get("n_evaluated", int),
-        skipped=f.get("skipped", dict),
-        uncovered_labels=f.get("uncovered_labels", dict),
-        notes=f.get("notes", list),
-    )
-
-
-def _prompts(f: Fields) -> PromptsUsed:
-    mode = f.get("mode", str)
-    if mode not in ("single_label", "multi_label"):
-        raise f.error(f"'{f.path('mode')}' is {mode!r}, expected single_label or multi_label")
-    return PromptsUsed(
-        source=f.get("source", str),
-        version=str(f.get("version", str, int, float)),
-        mode=mode,
-        n_prompts=f.get("n_prompts", int),
-        classes=f.get("classes", list),
-    )
-
-
-def _temperature(f: Fields) -> TemperatureUsed:
-    return TemperatureUsed(
-        value=f.get("value", float),
-        source=f.get("source", str),
-        file=f.get("file", str, optional=True),
-        fit=f.get("fit", dict, type(None), optional=True),
-        warning=f.get("warning", str, optional=True),
-    )
 
 
 def _classification(f: Fields, multi_label: bool) -> dict[str, Any]:
@@ -285,7 +212,7 @@ def _classification(f: Fields, multi_label: bool) -> dict[str, Any]:
     return f.data
 
 
-def calibration_report(f: Fields) -> dict[str, Any]:
+def _calibration_report(f: Fields) -> dict[str, Any]:
     """Check one `calibration_report` dict (before or after)."""
     f.estimates(*CALIBRATION_METRICS)
     f.get("n_bins", int)
@@ -311,8 +238,8 @@ def _calibration(f: Fields) -> CalibrationSummary:
             cell.get("mean_confidence", float, type(None))
         subgroups[column] = groups.data
     return CalibrationSummary(
-        before=calibration_report(f.obj("before")),
-        after=None if after is None else calibration_report(after),
+        before=_calibration_report(f.obj("before")),
+        after=None if after is None else _calibration_report(after),
         subgroups=subgroups,
     )
 

@@ -29,6 +29,7 @@ from domainclip.explain.image import (
     methods_for,
 )
 from domainclip.explain.index import (
+    INDEX_FILE,
     ExplainIndex,
     IndexItem,
     MethodSummary,
@@ -315,7 +316,7 @@ def explain_files(
         )
     items, tokens = _explain_row(sess, inp, prompt, 0, [], region)
     header = _header(bb, settings, run=run, manifest=None, split=None)
-    return _index(header, True, items, [tokens] if tokens else [], []).write(out)
+    return _index(header, True, items, [tokens] if tokens else [], []).write(out / INDEX_FILE)
 
 
 def explain_manifest(
@@ -367,5 +368,5 @@ def explain_manifest(
         log.info("explained %d/%d (%.1f s)", n + 1, len(rows), time.perf_counter() - t0)
         # Rewritten after every row (atomically): an interrupted batch keeps what it computed,
         # and a reader sees progress ("complete" stays false until the last row).
-        _index(header, n + 1 == len(rows), items, tokens, skipped).write(out)
-    return _index(header, True, items, tokens, skipped).write(out)
+        _index(header, n + 1 == len(rows), items, tokens, skipped).write(out / INDEX_FILE)
+    return _index(header, True, items, tokens, skipped).write(out / INDEX_FILE)

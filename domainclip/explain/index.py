@@ -26,13 +26,12 @@ NaN values are written as null.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from domainclip.explain.localisation import Localisation
-from domainclip.io import atomic_write_json, finite_json
-from domainclip.resultfile import Fields, ResultKind, parse_result, read_result_json
+from domainclip.io import finite_json
+from domainclip.resultfile import Fields, ResultFile, ResultKind
 
 INDEX_FORMAT = "domainclip.explain.index/1"
 INDEX_FILE = "index.json"
@@ -109,7 +108,7 @@ class MethodSummary:
 
 
 @dataclass
-class ExplainIndex:
+class ExplainIndex(ResultFile):
     """The index of an explanation batch (see the module docstring)."""
 
     backbone: str
@@ -126,12 +125,10 @@ class ExplainIndex:
     tokens: list[TokenRecord] = field(default_factory=list)
     skipped: list[SkippedRow] = field(default_factory=list)
     summary: dict[str, MethodSummary] = field(default_factory=dict)
-    created: str = ""
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     format: str = INDEX_FORMAT
 
-    def __post_init__(self) -> None:
-        if not self.created:
-            self.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    KIND = EXPLAIN_INDEX
 
     def to_json(self) -> dict[str, Any]:
         """The index.json content (strict JSON: NaN becomes null)."""
@@ -155,89 +152,31 @@ class ExplainIndex:
         }
         return finite_json(out)
 
-    def write(self, folder: str | Path) -> Path:
-        """Write `folder`/index.json atomically; returns its path."""
-        return atomic_write_json(Path(folder) / INDEX_FILE, self.to_json())
-
     @classmethod
-    def read(cls, path: str | Path, command: str | None = None) -> ExplainIndex:
-        """Read and check an index.json (`command`: what to suggest re-running).
-
-        Raises:
-            ResultFileError: unreadable, malformed, or of a format this version cannot read.
-        """
-        return _parse(read_result_json(path, EXPLAIN_INDEX, command))
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "<memory>", command: str | None = None) -> ExplainIndex:
-        """Inverse of `to_json`; see `read`."""
-        return _parse(parse_result(data, EXPLAIN_INDEX, source, command))
-
-
-def _parse(f: Fields) -> ExplainIndex:
-    opt = (str, type(None))
-    return ExplainIndex(
-        format=f.get("format", str),
-        backbone=f.get("backbone", str),
-        score=f.get("score", str),
-        temperature=f.get("temperature", float),
-        methods=f.get("methods", list),
-        checks=f.get("checks", list),
-        settings=f.get("settings", dict),
-        created=f.get("created", str, optional=True) or "?",
-        run=f.get("run", *opt, optional=True),
-        manifest=f.get("manifest", *opt, optional=True),
-        split=f.get("split", *opt, optional=True),
-        complete=f.get("complete", bool),
-        items=[_item(i) for i in f.objects("items")],
-        tokens=[_tokens(t) for t in f.objects("tokens", optional=True)],
-        skipped=[
-            SkippedRow(s.get("row", int), s.get("image", str), s.get("reason", str))
-            for s in f.objects("skipped", optional=True)
-        ],
-        summary={m: _method_summary(s) for m, s in f.mapping("summary").items()},
-    )
+    def _parse(cls, f: Fields) -> ExplainIndex:
+        return f.build(
+            cls,
+            items=[_item(i) for i in f.objects("items")],
+            tokens=[_tokens(t) for t in f.objects("tokens", optional=True)],
+            skipped=[s.build(SkippedRow) for s in f.objects("skipped", optional=True)],
+            summary={m: _method_summary(s) for m, s in f.mapping("summary").items()},
+        )
 
 
 def _item(f: Fields) -> IndexItem:
     loc = f.obj("localisation", nullable=True)
-    return IndexItem(
-        row=f.get("row", int),
-        image=f.get("image", str),
-        prompt=f.get("prompt", str),
-        label=f.get("label", list),
-        method=f.get("method", str),
-        kind=f.get("kind", str),
-        map=f.get("map", str),
-        overlay=f.get("overlay", str),
-        score=f.get("score", *_NUM),
-        seconds=f.get("seconds", float),
-        params=f.get("params", dict),
-        region=f.get("region", str, type(None)),
-        localisation=None
-        if loc is None
-        else Localisation(**{k: loc.get(k, *_NUM) for k in Localisation.__dataclass_fields__}),
-        sanity=f.get("sanity", dict),
-        prompt_b=f.get("prompt_b", str, optional=True),
-        score_b=f.get("score_b", *_NUM, optional=True),
-    )
+    localisation = None
+    if loc is not None:  # numbers may be null (NaN when written)
+        keys = [k.name for k in fields(Localisation)]
+        localisation = Localisation(**{k: loc.get(k, *_NUM) for k in keys})
+    return f.build(IndexItem, localisation=localisation)
 
 
 def _tokens(f: Fields) -> TokenRecord:
-    words = f.get("words", list)
-    scores = f.numbers("scores")
-    if len(words) != len(scores):
+    record = f.build(TokenRecord, scores=f.numbers("scores"))
+    if len(record.words) != len(record.scores):
         raise f.error(f"'{f.path('words')}' and '{f.path('scores')}' differ in length")
-    return TokenRecord(
-        row=f.get("row", int),
-        image=f.get("image", str),
-        text=f.get("text", str),
-        html=f.get("html", str),
-        words=words,
-        scores=scores,
-        score=f.get("score", *_NUM),
-        convergence_delta=f.get("convergence_delta", *_NUM),
-    )
+    return record
 
 
 def _method_summary(f: Fields) -> MethodSummary:
@@ -246,9 +185,8 @@ def _method_summary(f: Fields) -> MethodSummary:
         for key in ("pointing", "pointing_random", "energy", "energy_random"):
             loc.get(key, *_NUM)
     sanity = f.obj("sanity")
-    return MethodSummary(
-        n=f.get("n", int),
-        mean_seconds=f.get("mean_seconds", *_NUM),
+    return f.build(
+        MethodSummary,
         localisation=loc.data,
         sanity={k: sanity.get(k, *_NUM) for k in sanity.data},
     )

@@ -13,7 +13,7 @@ from domainclip.audit.results import AuditReport, FlipExample
 from domainclip.dashboard import auditdata, charts, state
 from domainclip.dashboard.access import PathAccessError, RunRef
 from domainclip.datasets.imageio import ImageReadError, load_image
-from domainclip.errors import DomainClipError, ResultFileError
+from domainclip.errors import DomainClipError
 from domainclip.explain.image import is_signed
 from domainclip.explain.render import overlay_png
 from domainclip.privacy import pseudonym
@@ -113,20 +113,20 @@ def render() -> None:
     """Render the Framing audit page."""
     st.title("Framing audit")
     run = state.current_run()
-    names = state.audit_names(run)
-    if not names:
-        state.no_result_yet(
+    picked = state.pick_result(
+        "Audit",
+        auditdata.AUDIT_DIR,
+        state.audit_names(run),
+        lambda name: state.audit(run, name),
+        missing=(
             f"Run `{run.name}` has no framing audit yet. Produce one (the shipped specs are "
             "`neu_det`, `covid_cxr` and `synthetic`, or a YAML path) with:",
             f"domainclip audit {run.path} --spec SPEC",
-        )
+        ),
+    )
+    if picked is None:
         return
-    name = st.selectbox("Audit", names, help="folders under RUN/audit/")
-    try:
-        audit = state.audit(run, name)
-    except ResultFileError as exc:
-        state.result_error(exc)
-        return
+    name, audit = picked
     spec, data = audit.spec, audit.data
     st.caption(
         f"Spec `{spec['name']}` version {spec.get('version', '?')} · reference framing "

@@ -10,7 +10,6 @@ import streamlit as st
 
 from domainclip.dashboard import calibdata, charts, state
 from domainclip.dashboard.access import RunRef
-from domainclip.errors import ResultFileError
 from domainclip.evaluation.results import CalibrationSummary, EvaluationResult
 
 
@@ -89,20 +88,20 @@ def render() -> None:
     """Render the Calibration page."""
     st.title("Calibration")
     run = state.current_run()
-    names = state.evaluation_names(run)
-    if not names:
-        state.no_result_yet(
+    picked = state.pick_result(
+        "Evaluation",
+        calibdata.EVAL_DIR,
+        state.evaluation_names(run),
+        lambda name: state.evaluation(run, name),
+        missing=(
             f"Run `{run.name}` has no evaluation yet. Produce one (with a temperature fitted on "
             "the validation split) with:",
             f"domainclip evaluate {run.path} --fit-temperature",
-        )
+        ),
+    )
+    if picked is None:
         return
-    name = st.selectbox("Evaluation", names, help="folders under RUN/eval/")
-    try:
-        result = state.evaluation(run, name)
-    except ResultFileError as exc:
-        state.result_error(exc)
-        return
+    name, result = picked
     _overview(run, result)
     st.subheader("Calibration metrics (95% bootstrap CI)")
     st.dataframe(calibdata.calibration_table(result.calibration), hide_index=True, width="stretch")
