@@ -16,9 +16,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domainclip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from domainclip.audit.api import AuditResult
+    from domainclip.evaluation.results import EvaluationResult
+    from domainclip.models import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -64,32 +69,67 @@ def _step(title: str, fn: Callable[[], Any], timings: dict[str, float]) -> Any:
     return result
 
 
+@dataclass
+class _Paths:
+    """Where the demo reads and writes (filled in as the stages run)."""
+
+    out: Path
+    data_dir: Path
+    run_dir: Path
+    prompts: Path
+    manifest: Path | None = None
+
+
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
     """Run every stage; returns the key numbers (also printed) and the paths written."""
-    from domainclip.audit.api import run_audit
-    from domainclip.audit.card import write_card
-    from domainclip.datasets.importers import run_import
-    from domainclip.datasets.validate import validate_manifest
-    from domainclip.evaluation.cli import _summary
-    from domainclip.evaluation.evaluate import evaluate
-    from domainclip.explain.batch import ExplainSettings, explain_manifest
-    from domainclip.finetune import finetune, load_config
-    from domainclip.models import load_backbone, load_tokenizer
     from domainclip.resources import resolve_config_path
-    from domainclip.runs import Run
 
     out = settings.out.expanduser().resolve()
     _prepare_out(out)
     timings: dict[str, float] = {}
-    data_dir, run_dir = out / "data", out / "runs" / "synthetic_lora"
-    prompts = resolve_config_path(PROMPTS)
+    paths = _Paths(
+        out=out,
+        data_dir=out / "data",
+        run_dir=out / "runs" / "synthetic_lora",
+        prompts=resolve_config_path(PROMPTS),
+    )
+    paths.manifest = _make_data(settings, paths, timings)
+    base, before = _baseline(settings, paths, timings)
+    _finetune(settings, paths, timings)
+    after = _evaluate_tuned(settings, paths, timings)
+    _explain(settings, paths, timings)
+    audit, card = _audit_and_card(paths, base, timings)
+
+    acc0 = before.classification["accuracy"]["value"]
+    acc1 = after.classification["accuracy"]["value"]
+    print("\n== summary")
+    print(f"   zero-shot accuracy on the test split: untrained {acc0:.3f} -> fine-tuned {acc1:.3f}")
+    print(f"   model card: {card}")
+    print(f"   total time: {sum(timings.values()):.0f} s")
+    print("\nOpen the dashboard on this run:")
+    print(f"   domainclip dashboard --runs {paths.run_dir.parent}")
+    return {
+        "run_dir": paths.run_dir,
+        "accuracy_before": acc0,
+        "accuracy_after": acc1,
+        "gate": audit.verdict,
+        "card": card,
+        "timings": timings,
+    }
+
+
+def _make_data(settings: DemoSettings, paths: _Paths, timings: dict[str, float]) -> Path:
+    """Stages 1-2: generate the synthetic data set and validate its manifest."""
+    from domainclip.datasets.importers import run_import
+    from domainclip.datasets.validate import validate_manifest
+    from domainclip.models import load_tokenizer
 
     imported = _step(
         "1/8 generate a synthetic defect data set (textures with scratches, pits, cracks, patches)",
         lambda: run_import(
             "synthetic",
             None,
-            data_dir,
+            paths.data_dir,
             seed=settings.seed,
             n=settings.n_images,
             size=settings.image_size,
@@ -107,6 +147,16 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     print("   " + report.format().replace("\n", "\n   "))
     if not report.ok:
         raise ConfigError(f"the generated manifest {manifest} did not validate; see above")
+    return manifest
+
+
+def _baseline(
+    settings: DemoSettings, paths: _Paths, timings: dict[str, float]
+) -> tuple[Backbone, EvaluationResult]:
+    """Stages 3-4: the untrained default backbone and its zero-shot evaluation."""
+    from domainclip.evaluation.cli import _summary
+    from domainclip.evaluation.evaluate import EvaluationOptions, run_evaluation
+    from domainclip.models import load_backbone
 
     base = _step(
         "3/8 load the embedded default backbone (not aligned until fine-tuned)",
@@ -115,30 +165,36 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     )
     before = _step(
         "4/8 baseline: zero-shot evaluation of the untrained default on the test split",
-        lambda: evaluate(
+        lambda: run_evaluation(
             base,
-            manifest,
+            paths.manifest,
             "test",
-            prompts,
-            out / "baseline_eval",
-            name="untrained_test",
-            n_boot=settings.n_boot,
+            paths.prompts,
+            paths.out / "baseline_eval",
+            EvaluationOptions(name="untrained_test", n_boot=settings.n_boot),
         ),
         timings,
     )
     print("   " + _summary(before).replace("\n", "\n   "))
+    return base, before
+
+
+def _finetune(settings: DemoSettings, paths: _Paths, timings: dict[str, float]) -> None:
+    """Stage 5: fine-tune with the demo recipe."""
+    from domainclip.finetune import finetune, load_config
+    from domainclip.resources import resolve_config_path
 
     overrides = [
-        f"data.manifest={manifest}",
+        f"data.manifest={paths.manifest}",
         f"train.seed={settings.seed}",
-        f"eval.prompts={prompts}",
+        f"eval.prompts={paths.prompts}",
     ]
     if settings.steps is not None:
         overrides.append(f"train.max_steps={settings.steps}")
     cfg = load_config(resolve_config_path(DEMO_CONFIG), overrides)
     result = _step(
         "5/8 fine-tune: locked image tower with cached features, LoRA on the text tower",
-        lambda: finetune(cfg, run_dir),
+        lambda: finetune(cfg, paths.run_dir),
         timings,
     )
     print(
@@ -147,32 +203,47 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         + ", ".join(f"{k}={v:.3f}" for k, v in result.best_metrics.items())
     )
 
+
+def _evaluate_tuned(
+    settings: DemoSettings, paths: _Paths, timings: dict[str, float]
+) -> EvaluationResult:
+    """Stage 6: evaluate the run with a fitted temperature and the forgetting curve."""
+    from domainclip.evaluation.cli import _summary
+    from domainclip.evaluation.evaluate import EvaluationOptions, run_evaluation
+
+    options = EvaluationOptions(
+        name="synthetic_test",
+        fit_temperature=True,
+        n_boot=settings.n_boot,
+        reference=paths.manifest,
+        reference_prompts=paths.prompts,
+        reference_split="val",
+        alphas=(0.0, 0.5, 1.0),
+    )
     after = _step(
         "6/8 evaluate the fine-tuned model (temperature fitted on val, forgetting curve vs base)",
-        lambda: evaluate(
-            run_dir,
-            manifest,
-            "test",
-            prompts,
-            name="synthetic_test",
-            fit_temperature=True,
-            n_boot=settings.n_boot,
-            reference=manifest,
-            reference_prompts=prompts,
-            reference_split="val",
-            alphas=(0.0, 0.5, 1.0),
+        lambda: run_evaluation(
+            paths.run_dir, paths.manifest, "test", paths.prompts, None, options
         ),
         timings,
     )
     print("   " + _summary(after).replace("\n", "\n   "))
+    return after
 
-    model = Run(run_dir).load()
+
+def _explain(settings: DemoSettings, paths: _Paths, timings: dict[str, float]) -> None:
+    """Stage 7: saliency maps of a few test images with localisation and sanity checks."""
+    from domainclip.explain.batch import ExplainSettings, explain_manifest
+    from domainclip.runs import Run
+
+    run = Run(paths.run_dir)
+    model = run.load()
     index = _step(
         f"7/8 explain {settings.explain_images} test images (GradCAM, localisation vs masks, sanity checks)",
         lambda: explain_manifest(
             model,
-            manifest,
-            Run(run_dir).layout.explain / "demo",
+            paths.manifest,
+            run.layout.explain / "demo",
             ExplainSettings(
                 # GradCAM is the fast method (well under a second per image on 2 cores); IG,
                 # occlusion and the ViT attention methods are one flag away in `domainclip explain`.
@@ -182,38 +253,29 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
             ),
             split="test",
             limit=settings.explain_images,
-            run=str(run_dir),
+            run=str(paths.run_dir),
         ),
         timings,
     )
     print(f"   overlays and index: {index}")
 
+
+def _audit_and_card(
+    paths: _Paths, base: Backbone, timings: dict[str, float]
+) -> tuple[AuditResult, Path]:
+    """Stage 8: the framing audit with its gate (fine-tuned vs base), then the model card."""
+    from domainclip.audit.api import run_audit
+    from domainclip.audit.card import write_card
+
     audit = _step(
         "8/8 prompt-framing audit with the deployment gate (fine-tuned vs the untrained base)",
-        lambda: run_audit(run_dir, AUDIT_SPEC, manifest, "test", compare=base),
+        lambda: run_audit(paths.run_dir, AUDIT_SPEC, paths.manifest, "test", compare=base),
         timings,
     )
     print(f"   gate verdict: {audit.verdict.upper()}")
     for check in audit.failed_checks:
         print(f"   - {check.get('message', check)}")
-    card = write_card(run_dir, html=True)
-
-    acc0 = before["classification"]["accuracy"]["value"]
-    acc1 = after["classification"]["accuracy"]["value"]
-    print("\n== summary")
-    print(f"   zero-shot accuracy on the test split: untrained {acc0:.3f} -> fine-tuned {acc1:.3f}")
-    print(f"   model card: {card}")
-    print(f"   total time: {sum(timings.values()):.0f} s")
-    print("\nOpen the dashboard on this run:")
-    print(f"   domainclip dashboard --runs {run_dir.parent}")
-    return {
-        "run_dir": run_dir,
-        "accuracy_before": acc0,
-        "accuracy_after": acc1,
-        "gate": audit.verdict,
-        "card": card,
-        "timings": timings,
-    }
+    return audit, write_card(paths.run_dir, html=True)
 
 
 def _cli(args: argparse.Namespace) -> int:

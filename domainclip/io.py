@@ -66,7 +66,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> Path:
     """JSON written atomically. NaN/inf become null (JSON has no NaN); numpy scalars and arrays,
     paths and sets are converted; anything else not serialisable raises TypeError."""
-    text = json.dumps(_finite(data), indent=indent, default=_json_default, allow_nan=False)
+    text = json.dumps(finite_json(data), indent=indent, default=_json_default, allow_nan=False)
     return atomic_write_text(path, text + "\n")
 
 
@@ -85,8 +85,11 @@ def _umask() -> int:
     return mask
 
 
-def _finite(x: Any) -> Any:
-    """NaN/inf -> None recursively (numpy scalars included)."""
+def finite_json(x: Any) -> Any:
+    """`x` as strict-JSON values: NaN/inf -> None recursively, numpy scalars -> Python numbers.
+
+    What `atomic_write_json` writes, so a result returned in memory can equal the file read back.
+    """
     import numpy as np
 
     if isinstance(x, np.generic):
@@ -94,9 +97,9 @@ def _finite(x: Any) -> Any:
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: finite_json(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [finite_json(v) for v in x]
     return x
 
 
@@ -107,7 +110,7 @@ def _json_default(o: Any) -> Any:
         v = o.item()
         return None if isinstance(v, float) and not math.isfinite(v) else v
     if isinstance(o, np.ndarray):
-        return _finite(o.tolist())
+        return finite_json(o.tolist())
     if isinstance(o, Path):
         return str(o)
     if isinstance(o, (set, frozenset)):

@@ -24,7 +24,15 @@ from domainclip.audit.analysis import (
     subgroup_ece,
 )
 from domainclip.audit.compare import compare_models
-from domainclip.audit.gate import Check, check_resolution, gate_checks, verdict
+from domainclip.audit.gate import Check, check_resolution, gate_checks
+from domainclip.audit.results import (
+    AUDIT_FILE,
+    AuditReport,
+    BaseComparison,
+    build_audit_report,
+    gate_summary,
+    model_section,
+)
 from domainclip.audit.scores import ScoreTable, score_table
 from domainclip.audit.spec import AuditSpec, load_audit_spec
 from domainclip.datasets.manifest import Manifest, ManifestRow, read_manifest
@@ -33,9 +41,6 @@ from domainclip.evaluation.bootstrap import Estimate
 from domainclip.runs.run import ResolvedModel, resolve_model
 
 log = logging.getLogger(__name__)
-
-SCHEMA = "domainclip.audit/1"
-
 
 @dataclass
 class ModelAudit:
@@ -99,22 +104,27 @@ class AuditResult:
     """The outcome of `run_audit`.
 
     Attributes:
-        data: the content of audit.json (every number with its interval, thresholds, verdict).
+        report: what audit.json holds (every number with its interval, thresholds, verdict).
         table: the score table (framings x images x classes) of the audited model.
         rows: the scored manifest rows, in the table's image order.
         out_dir: where the files were written (None when nothing was written).
         files: kind ("json", "markdown", "html", "junit", "scores", plot names) -> path.
     """
 
-    data: dict[str, Any]
+    report: AuditReport
     table: ScoreTable
     rows: list[ManifestRow]
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     @property
+    def data(self) -> dict[str, Any]:
+        """The content of audit.json as JSON data (`report.to_json()`)."""
+        return self.report.to_json()
+
+    @property
     def verdict(self) -> str:
-        return self.data["gate"]["verdict"]
+        return self.report.gate.verdict
 
     @property
     def passed(self) -> bool:
@@ -122,7 +132,31 @@ class AuditResult:
 
     @property
     def failed_checks(self) -> list[dict[str, Any]]:
-        return [c for c in self.data["gate"]["checks"] if c["status"] == "fail"]
+        return [c.to_dict() for c in self.report.gate.failed_checks]
+
+
+@dataclass
+class AuditedImages:
+    """The images an audit scores (embedded once), their targets and subgroup values.
+
+    feats: [N, D] image features of `rows`; target: int [N] class index (into spec.labels);
+    positives: bool [N, C] every label of the row among the findings.
+    """
+
+    manifest: Manifest
+    selection: audit_data.AuditRows
+    rows: list[ManifestRow]
+    failures: dict[str, str]
+    feats: torch.Tensor
+    target: np.ndarray
+    positives: np.ndarray
+    subgroups: dict[str, list[str]]
+    timings: dict[str, float]
+
+    @property
+    def spec(self) -> AuditSpec:
+        """The spec restricted to the findings present in the data."""
+        return self.selection.spec
 
 
 def _load_manifest(manifest: Any, resolved: ResolvedModel) -> Manifest:
@@ -136,20 +170,6 @@ def _load_manifest(manifest: Any, resolved: ResolvedModel) -> Manifest:
             )
         manifest = audit_data.manifest_from_run(resolved.run_dir)
     return read_manifest(manifest)
-
-
-def _model_info(r: ResolvedModel) -> dict[str, Any]:
-    bb = r.backbone
-    return {
-        "label": r.label,
-        "run": str(r.run_dir) if r.run_dir else None,
-        "backbone_spec": bb.spec,
-        "family": bb.family,
-        "image_arch": bb.image_arch,
-        "head": bb.head is not None,
-        "temperature": r.temperature,
-        "temperature_source": r.calibrator.source,
-    }
 
 
 def run_audit(
@@ -187,10 +207,46 @@ def run_audit(
     spec = load_audit_spec(spec)
     check_resolution(spec)
     resolved = resolve_model(model_or_run, temperature=temperature)
+    images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers)
+    main = audit_features(
+        resolved,
+        images.spec,
+        images.feats,
+        images.target,
+        images.positives,
+        images.subgroups,
+        images.timings,
+    )
+    base = None
+    if compare is not None:
+        base = _audit_base(resolve_model(compare), images, batch_size, num_workers)
+    result = AuditResult(_report(spec, main, base, images, split), main.table, images.rows)
+    if out_dir is None and resolved.run_dir is not None:
+        out_dir = resolved.run.layout.audit_dir(spec.name)
+    _write(result, out_dir, started)
+    log.info(
+        "audit %s of %s: %d images x %d framings, verdict %s",
+        spec.name,
+        resolved.label,
+        len(images.rows),
+        len(images.spec.framings),
+        result.verdict,
+    )
+    return result
+
+
+def _embed_images(
+    resolved: ResolvedModel,
+    spec: AuditSpec,
+    manifest: str | Path | Manifest | None,
+    split: str | None,
+    batch_size: int,
+    num_workers: int,
+) -> AuditedImages:
+    """Select the rows the spec can score, embed each image once, derive targets and subgroups."""
     mf = _load_manifest(manifest, resolved)
     selection = audit_data.select_rows(mf, split, spec)
     spec_used = selection.spec
-
     t0 = time.perf_counter()
     feats, kept, failures = audit_data.embed_rows(
         resolved.backbone, mf, selection.rows, batch_size, num_workers
@@ -200,80 +256,79 @@ def run_audit(
     target, positives = audit_data.targets(rows, spec_used.labels)
     columns = [c for c in spec_used.subgroups if c not in selection.subgroups_absent]
     subgroups = audit_data.subgroup_values(rows, columns)
-    main = audit_features(resolved, spec_used, feats, target, positives, subgroups, timings)
+    return AuditedImages(
+        mf, selection, rows, failures, feats, target, positives, subgroups, timings
+    )
 
-    base = None
-    if compare is not None:
-        base_model = resolve_model(compare)
-        t0 = time.perf_counter()
-        # The base model scores exactly the images the audited model scored (paired comparison).
-        base_feats, base_kept, _ = audit_data.embed_rows(
-            base_model.backbone, mf, rows, batch_size, num_workers
+
+def _audit_base(
+    base_model: ResolvedModel, images: AuditedImages, batch_size: int, num_workers: int
+) -> ModelAudit:
+    """The base model on exactly the images the audited model scored (paired comparison)."""
+    t0 = time.perf_counter()
+    base_feats, base_kept, _ = audit_data.embed_rows(
+        base_model.backbone, images.manifest, images.rows, batch_size, num_workers
+    )
+    if len(base_kept) != len(images.rows):
+        raise ConfigError(
+            f"the base model could read {len(base_kept)} of the {len(images.rows)} images the "
+            "audited model read; a paired comparison needs the same images"
         )
-        if len(base_kept) != len(rows):
-            raise ConfigError(
-                f"the base model could read {len(base_kept)} of the {len(rows)} images the audited "
-                "model read; a paired comparison needs the same images"
-            )
-        base = audit_features(
-            base_model,
-            spec_used,
-            base_feats,
-            target,
-            positives,
-            subgroups,
-            {"embed_images_s": time.perf_counter() - t0},
-        )
+    return audit_features(
+        base_model,
+        images.spec,
+        base_feats,
+        images.target,
+        images.positives,
+        images.subgroups,
+        {"embed_images_s": time.perf_counter() - t0},
+    )
 
-    from domainclip.audit.results import build_audit_json
 
+def _report(
+    spec: AuditSpec,
+    main: ModelAudit,
+    base: ModelAudit | None,
+    images: AuditedImages,
+    split: str | None,
+) -> AuditReport:
+    """Gate checks, the comparison with the base model, and the report."""
+    spec_used = images.spec
     checks: list[Check] = gate_checks(spec_used, main.comparisons, main.calibration)
-    comparison = None
+    compare = None
     if base is not None:
         st = spec_used.statistics
-        comparison = compare_models(main.comparisons, base.comparisons, st.n_bootstrap, st.seed)
-    data = build_audit_json(
+        change = compare_models(main.comparisons, base.comparisons, st.n_bootstrap, st.seed)
+        compare = BaseComparison(
+            base=model_section(spec_used, base),
+            base_gate=gate_summary(gate_checks(spec_used, base.comparisons, base.calibration)),
+            sensitivity_change=change,
+        )
+    return build_audit_report(
         spec=spec,
         spec_used=spec_used,
         main=main,
-        model_info=_model_info(resolved),
-        manifest=mf,
-        split=split,
-        selection=selection,
-        rows=rows,
-        failures=failures,
-        n_unreadable=len(selection.rows) - len(rows),
         checks=checks,
-        gate=verdict(checks),
-        base=base,
-        base_info=_model_info(base.model) if base is not None else None,
-        base_checks=(
-            gate_checks(spec_used, base.comparisons, base.calibration) if base is not None else None
-        ),
-        comparison=comparison,
+        manifest=images.manifest,
+        split=split,
+        selection=images.selection,
+        rows=images.rows,
+        failures=images.failures,
+        compare=compare,
     )
-    result = AuditResult(data=data, table=main.table, rows=rows)
-    if out_dir is None and resolved.run_dir is not None:
-        out_dir = resolved.run.layout.audit_dir(spec.name)
+
+
+def _write(result: AuditResult, out_dir: str | Path | None, started: float) -> None:
+    """Write every file into `out_dir` (nothing when None); audit.json last, with the timings."""
+    timing = result.report.timing
     if out_dir is not None:
         from domainclip.audit.report import write_outputs
 
         t0 = time.perf_counter()
         result.out_dir = Path(out_dir)
-        data["timing"]["write_outputs_s"] = None  # filled in below, after the files exist
+        timing["write_outputs_s"] = None  # filled in below, after the files exist
         result.files = write_outputs(result)
-        data["timing"]["write_outputs_s"] = round(time.perf_counter() - t0, 3)
-    data["timing"]["total_s"] = round(time.perf_counter() - started, 3)
+        timing["write_outputs_s"] = round(time.perf_counter() - t0, 3)
+    timing["total_s"] = round(time.perf_counter() - started, 3)
     if result.out_dir is not None:
-        from domainclip.audit.report import write_json
-
-        write_json(result.out_dir / "audit.json", data)
-    log.info(
-        "audit %s of %s: %d images x %d framings, verdict %s",
-        spec.name,
-        resolved.label,
-        len(rows),
-        len(spec_used.framings),
-        result.verdict,
-    )
-    return result
+        result.report.write(result.out_dir / AUDIT_FILE)

@@ -15,19 +15,24 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from domainclip import __version__
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
+from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
-from domainclip.errors import DomainClipError
+from domainclip.errors import DomainClipError, ResultFileError
+from domainclip.evaluation.results import EvaluationResult
+from domainclip.explain.index import ExplainIndex
 from domainclip.io import atomic_write_text
 from domainclip.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
 CARD_NAME = "MODEL_CARD.md"
+T = TypeVar("T")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -204,58 +209,59 @@ def _data(cfg: dict, run: Path) -> tuple[list[Block], list[str], list[str]]:
     return blocks, classes, caveats
 
 
+def _readable(
+    files: list[Path], read: Callable[[Path], T], blocks: list[Block]
+) -> Iterator[tuple[Path, T]]:
+    """(path, result) of each file `read` can use; each one it cannot is said in `blocks` (and
+    the log) and left out: the card goes on."""
+    for f in files:
+        try:
+            result = read(f)
+        except ResultFileError as exc:
+            log.warning("model card: %s; section left out", exc)
+            blocks.append(("p", f"Left out: {exc}"))
+            continue
+        yield f, result
+
+
+_CARD_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "macro_auroc",
+    "macro_ap",
+    "subset_accuracy",
+)
+
+
 def _evaluation(run: Path) -> list[Block]:
     blocks: list[Block] = [("h2", "Evaluation")]
     files = sorted(run.glob("eval/*/metrics.json"))
     if not files:
         return [*blocks, _not_run("evaluation", f"domainclip evaluate {run} --fit-temperature")]
-    for f in files:
-        m = _read_json(f)
-        if m is None:
-            continue
-        cls = m.get("classification") or {}
-        data = m.get("data") or {}
+    command = f"domainclip evaluate {run} --fit-temperature"
+    for _, m in _readable(files, lambda f: EvaluationResult.read(f, command), blocks):
+        cls, data = m.classification, m.data
         blocks.append(
             (
                 "h3",
-                f"{m.get('name', f.parent.name)}: `{data.get('manifest', '?')}`, split "
-                f"{data.get('split', '?')}, {data.get('n_evaluated', '?')} images",
+                f"{m.name}: `{data.manifest}`, split {data.split}, {data.n_evaluated} images",
             )
         )
-        keys = [
-            k
-            for k in (
-                "accuracy",
-                "balanced_accuracy",
-                "macro_f1",
-                "macro_auroc",
-                "macro_ap",
-                "subset_accuracy",
-            )
-            if isinstance(cls.get(k), dict)
-        ]
-        rows = [[k, fmt_est(cls[k])] for k in keys]
-        retrieval = m.get("retrieval") or {}
-        rows += [
-            [f"retrieval {k}", fmt_est(retrieval[k])]
-            for k in ("t2i_R@1", "i2t_R@1")
-            if isinstance(retrieval.get(k), dict)
-        ]
+        rows = [[k, fmt_est(cls[k])] for k in _CARD_METRICS if isinstance(cls.get(k), dict)]
+        rows += [[f"retrieval {k}", fmt_est(m.retrieval[k])] for k in ("t2i_R@1", "i2t_R@1")]
         blocks.append(("table", ["metric", "value [95% CI]"], rows))
-        cal = m.get("calibration") or {}
-        if cal.get("before"):
-            after = cal.get("after") or {}
-            blocks.append(
-                (
-                    "table",
-                    ["calibration", "before temperature", "after temperature"],
-                    [
-                        [k, fmt_est(cal["before"].get(k)), fmt_est(after.get(k)) if after else "-"]
-                        for k in ("ece", "mce", "brier", "nll")
-                        if cal["before"].get(k) is not None
-                    ],
-                )
+        before, after = m.calibration.before, m.calibration.after
+        blocks.append(
+            (
+                "table",
+                ["calibration", "before temperature", "after temperature"],
+                [
+                    [k, fmt_est(before[k]), fmt_est(after[k]) if after else "-"]
+                    for k in ("ece", "mce", "brier", "nll")
+                ],
             )
+        )
     return blocks
 
 
@@ -303,60 +309,67 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
             _not_run("the framing audit", f"domainclip audit {run} --spec SPEC --gate"),
         ], []
     notes = []
-    for f in files:
-        a = _read_json(f)
-        if a is None:
-            continue
-        gate = a["gate"]
-        spec = a["spec"]
-        blocks.append(("h3", f"{spec['name']} ({spec['version']}): gate {gate['verdict'].upper()}"))
-        blocks.append(
-            (
-                "p",
-                f"{a['data']['n_images']} images of split `{a['data']['split'] or 'all'}`; "
-                f"{gate['n_failed']} of {gate['n_checks']} checks failed"
-                + (f": {', '.join(gate['failed'])}" if gate["failed"] else "")
-                + f". Temperature {a['model']['temperature']:.3g}. Report: `{f.parent / 'report.md'}`.",
-            )
-        )
-        rows = []
-        for name, fr in a["framings"].items():
-            comp = a["comparisons"].get(name, {}).get("overall")
-            rows.append(
-                [
-                    name + (" (reference)" if fr["is_reference"] else ""),
-                    fmt_est(comp["mean_shift"], signed=True) if comp else "-",
-                    fmt_est(comp["flip_rate"]) if comp else "-",
-                    fmt_est(fr["ece"]),
-                ]
-            )
-        blocks.append(("table", ["framing", "mean shift", "flip rate", "ECE"], rows))
-        plot = f.parent / "shift_distributions.png"
-        if plot.is_file():
-            try:
-                blocks.append(("img", plot.relative_to(card_dir), "score shifts per framing"))
-            except ValueError:  # the card is written outside the run: link instead of embedding
-                blocks.append(("p", f"Shift distributions: `{plot}`"))
-        for name, c in ((a.get("compare") or {}).get("sensitivity_change") or {}).items():
-            o = c.get("overall", {})
-            if "verdict" in o:
-                blocks.append(
-                    (
-                        "p",
-                        f"Against the base model, `{name}`: {o['verdict']} "
-                        f"(mean |shift| per image {o['mean_abs_shift_model']:.3f} vs {o['mean_abs_shift_base']:.3f}).",
-                    )
-                )
-        for name, neg in (a.get("negation") or {}).items():
-            if not neg["lowers_score"]:
-                notes.append(
-                    f"Under the negated framing `{name}` the score does not drop: the model may ignore negation."
-                )
-        if gate["verdict"] == "fail":
+    def read(f: Path) -> AuditReport:
+        return AuditReport.read(f, f"domainclip audit {run} --spec {f.parent.name} --gate")
+
+    for f, a in _readable(files, read, blocks):
+        blocks += _audit_blocks(a, f, card_dir)
+        notes += [
+            f"Under the negated framing `{name}` the score does not drop: the model may ignore "
+            "negation."
+            for name, neg in a.main.negation.items()
+            if not neg.lowers_score
+        ]
+        if a.gate.verdict == "fail":
             notes.append(
-                f"The framing audit `{spec['name']}` fails its gate: scores depend on wording."
+                f"The framing audit `{a.spec['name']}` fails its gate: scores depend on wording."
             )
     return blocks, notes
+
+
+def _audit_blocks(a: AuditReport, path: Path, card_dir: Path) -> list[Block]:
+    """One audit: verdict, shift / flip / ECE per framing, the shift plot, the base comparison."""
+    gate, spec = a.gate, a.spec
+    blocks: list[Block] = [
+        ("h3", f"{spec['name']} ({spec['version']}): gate {gate.verdict.upper()}"),
+        (
+            "p",
+            f"{a.data.n_images} images of split `{a.data.split or 'all'}`; "
+            f"{gate.n_failed} of {gate.n_checks} checks failed"
+            + (f": {', '.join(gate.failed)}" if gate.failed else "")
+            + f". Temperature {a.main.model.temperature:.3g}. Report: `{path.parent / 'report.md'}`.",
+        ),
+    ]
+    rows = []
+    for name, fr in a.main.framings.items():
+        comp = a.main.comparisons.get(name, {}).get("overall")
+        rows.append(
+            [
+                name + (" (reference)" if fr.is_reference else ""),
+                fmt_est(comp["mean_shift"], signed=True) if comp else "-",
+                fmt_est(comp["flip_rate"]) if comp else "-",
+                fmt_est(fr.ece),
+            ]
+        )
+    blocks.append(("table", ["framing", "mean shift", "flip rate", "ECE"], rows))
+    plot = path.parent / "shift_distributions.png"
+    if plot.is_file():
+        try:
+            blocks.append(("img", plot.relative_to(card_dir), "score shifts per framing"))
+        except ValueError:  # the card is written outside the run: link instead of embedding
+            blocks.append(("p", f"Shift distributions: `{plot}`"))
+    change = a.compare.sensitivity_change if a.compare is not None else {}
+    for name, c in change.items():
+        o = c.get("overall", {})
+        if "verdict" in o:
+            blocks.append(
+                (
+                    "p",
+                    f"Against the base model, `{name}`: {o['verdict']} "
+                    f"(mean |shift| per image {o['mean_abs_shift_model']:.3f} vs {o['mean_abs_shift_base']:.3f}).",
+                )
+            )
+    return blocks
 
 
 def _explanations(run: Path, manifest: str) -> list[Block]:
@@ -371,23 +384,14 @@ def _explanations(run: Path, manifest: str) -> list[Block]:
                 f"domainclip explain {run} --manifest {manifest} --limit 20 --sanity",
             ),
         ]
-    for f in files:
-        idx = _read_json(f)
-        if idx is None:
-            continue
-        summary = idx.get("summary") or {}
+    command = f"domainclip explain {run} --manifest {manifest} --sanity"
+    for f, idx in _readable(files, lambda f: ExplainIndex.read(f, command), blocks):
         blocks.append(
-            (
-                "p",
-                f"`{f}`: {len(idx.get('items', []))} maps, methods {', '.join(idx.get('methods', []))}.",
-            )
+            ("p", f"`{f}`: {len(idx.items)} maps, methods {', '.join(idx.methods)}.")
         )
         rows = []
-        for method, s in summary.items():
-            nums = {
-                **(s.get("sanity") or {}),
-                **{f"localisation {k}": v for k, v in (s.get("localisation") or {}).items()},
-            }
+        for method, s in idx.summary.items():
+            nums = {**s.sanity, **{f"localisation {k}": v for k, v in s.localisation.items()}}
             rows += [
                 [method, k, _num(k, v)]
                 for k, v in nums.items()
@@ -411,7 +415,10 @@ def _reproduce(run: Path, cfg: dict) -> list[Block]:
     manifest = _get(cfg, "data.manifest", "MANIFEST")
     specs = []
     for p in sorted(run.glob("audit/*/audit.json")):
-        spec = (_read_json(p) or {}).get("spec") or {}
+        try:
+            spec = AuditReport.read(p).spec
+        except ResultFileError:  # said in the audit section
+            spec = {}
         source = spec.get("source") or ""
         # A shipped spec is named; any other file is given by path, as it was audited.
         shipped = Path(source).parent.resolve() == SPEC_DIR.resolve() if source else False

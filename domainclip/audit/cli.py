@@ -11,22 +11,23 @@ from domainclip.errors import ConfigError
 def _print_summary(result) -> None:
     from domainclip.audit.report import fmt_est
 
-    d = result.data
+    r = result.report
+    model, data = r.main.model, r.data
     print(
-        f"audit {d['spec']['name']} ({d['spec']['version']}) of {d['model']['label']}: "
-        f"{d['data']['n_images']} images, split {d['data']['split'] or 'all'}, "
-        f"temperature {d['model']['temperature']:.3g}"
+        f"audit {r.spec['name']} ({r.spec['version']}) of {model.label}: "
+        f"{data.n_images} images, split {data.split or 'all'}, "
+        f"temperature {model.temperature:.3g}"
     )
-    for name, f in d["framings"].items():
-        comp = d["comparisons"].get(name)
+    for name, f in r.main.framings.items():
+        comp = r.main.comparisons.get(name)
         shift = (
             f"shift {fmt_est(comp['overall']['mean_shift'], signed=True)}, "
             f"flips {fmt_est(comp['overall']['flip_rate'])}, "
             if comp
             else "reference, "
         )
-        print(f"  {name:<14} {shift}ECE {fmt_est(f['ece'])}")
-    change = (d.get("compare") or {}).get("sensitivity_change") or {}
+        print(f"  {name:<14} {shift}ECE {fmt_est(f.ece)}")
+    change = r.compare.sensitivity_change if r.compare is not None else {}
     for name, c in change.items():
         o = c["overall"]
         if "mean_abs_shift_difference" in o:
@@ -34,12 +35,10 @@ def _print_summary(result) -> None:
                 f"  vs base, {name}: mean |shift| {o['mean_abs_shift_model']:.3f} vs "
                 f"{o['mean_abs_shift_base']:.3f} -> {o['verdict']}"
             )
-    gate = d["gate"]
-    print(
-        f"verdict: {gate['verdict'].upper()} ({gate['n_failed']} of {gate['n_checks']} checks failed)"
-    )
-    for c in result.failed_checks:
-        print(f"  FAILED {c['id']}: {c['message']}")
+    gate = r.gate
+    print(f"verdict: {gate.verdict.upper()} ({gate.n_failed} of {gate.n_checks} checks failed)")
+    for c in gate.failed_checks:
+        print(f"  FAILED {c.id}: {c.message}")
     if result.out_dir is not None:
         print(f"wrote {result.out_dir} (audit.json, report.md, report.html, junit.xml)")
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from domainclip.audit.scores import ScoreTable
+
+if TYPE_CHECKING:
+    from domainclip.audit.results import AuditReport, FlipExample
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +26,7 @@ def _pyplot():
 
 
 def plot_shift_distributions(
-    table: ScoreTable, data: dict[str, Any], reference: str, path: Path
+    table: ScoreTable, report: AuditReport, reference: str, path: Path
 ) -> Path:
     """One histogram per framing of the per-image shift of the target-class probability.
 
@@ -36,12 +39,12 @@ def plot_shift_distributions(
     nrows = int(np.ceil(len(others) / cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     ref = table.scores[table.k(reference)]
-    tau = data["gate"]["thresholds"]["max_abs_mean_shift"]
+    tau = report.gate.thresholds.max_abs_mean_shift if report.gate.thresholds else None
     shifts = [table.scores[table.k(f)] - ref for f in others]
     lim = max(0.05, max(float(np.abs(d).max()) for d in shifts) * 1.05)
     bins = np.linspace(-lim, lim, 41)
     for ax, name, d in zip(axes.flat, others, shifts, strict=False):
-        cell = data["comparisons"][name]["overall"]
+        cell = report.main.comparisons[name]["overall"]
         ax.hist(d, bins=bins, color="#4C72B0", alpha=0.85)
         if tau is not None:
             ax.axvspan(-tau, tau, color="#55A868", alpha=0.15, label=f"|shift| <= {tau}")
@@ -77,17 +80,17 @@ def plot_shift_distributions(
     return path
 
 
-def plot_flip_examples(examples: list[dict[str, Any]], path: Path, limit: int = 8) -> Path | None:
+def plot_flip_examples(examples: list[FlipExample], path: Path, limit: int = 8) -> Path | None:
     """Thumbnails of the flipped images with both decisions; None when nothing flipped."""
     from domainclip.datasets.imageio import load_image
     from domainclip.errors import DataError
 
     # Round-robin over framings (each list is already sorted by |shift|), so one very unstable
     # framing does not fill every slot.
-    by_framing: dict[str, list[dict[str, Any]]] = {}
+    by_framing: dict[str, list[FlipExample]] = {}
     for ex in examples:
-        by_framing.setdefault(ex["framed"]["framing"], []).append(ex)
-    chosen: list[dict[str, Any]] = []
+        by_framing.setdefault(ex.framed.framing, []).append(ex)
+    chosen: list[FlipExample] = []
     depth = 0
     while len(chosen) < limit and any(depth < len(v) for v in by_framing.values()):
         chosen += [v[depth] for v in by_framing.values() if depth < len(v)]
@@ -101,15 +104,15 @@ def plot_flip_examples(examples: list[dict[str, Any]], path: Path, limit: int = 
     fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 3.9 * nrows), squeeze=False)
     for ax, ex in zip(axes.flat, chosen, strict=False):
         try:
-            img = load_image(ex["path"], max_side=256)
+            img = load_image(ex.path, max_side=256)
             ax.imshow(np.asarray(img))
         except DataError as exc:  # the file may have moved since the audit
-            log.warning("flip example %s not shown: %s", ex["path"], exc)
-        ref, fr = ex["reference"], ex["framed"]
+            log.warning("flip example %s not shown: %s", ex.path, exc)
+        ref, fr = ex.reference, ex.framed
         ax.set_title(
-            f"{Path(ex['image']).name} (label {ex['target']})\n"
-            f"{ref['framing']}: {ref['decision']} {ref['decision_prob']:.2f}\n"
-            f"{fr['framing']}: {fr['decision']} {fr['decision_prob']:.2f}",
+            f"{Path(ex.image).name} (label {ex.target})\n"
+            f"{ref.framing}: {ref.decision} {ref.decision_prob:.2f}\n"
+            f"{fr.framing}: {fr.decision} {fr.decision_prob:.2f}",
             fontsize=8,
         )
         ax.axis("off")

@@ -10,43 +10,18 @@ import base64
 import csv
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from domainclip.audit.gate import Check, write_junit
+from domainclip.audit.gate import write_junit
 from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
-from domainclip.audit.results import score_rows
+from domainclip.audit.results import AUDIT_FILE, AuditReport, score_rows
+
+if TYPE_CHECKING:
+    from domainclip.audit.api import AuditResult
 
 # ("h1"|"h2"|"h3"|"p"|"code", text) | ("ul", [items]) | ("table", header, rows) | ("img", path, alt)
 Block = tuple
-
-
-def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Atomic JSON write (temp file + fsync + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, default=_json_default, allow_nan=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def fmt_est(e: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
@@ -89,160 +64,164 @@ _CELL_HEADER = [
 ]
 
 
-def report_blocks(data: dict[str, Any], files: dict[str, Path], out_dir: Path) -> list[Block]:
+def report_blocks(report: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
     """The report as blocks (see module doc). Image paths are relative to `out_dir`."""
-    spec, gate, model = data["spec"], data["gate"], data["model"]
-    ref = spec["reference"]
-    verdict = gate["verdict"].upper()
-    b: list[Block] = [
+    return [
+        *_summary_blocks(report),
+        *_framing_blocks(report, files, out_dir),
+        *_subgroup_calibration_blocks(report),
+        *_compare_blocks(report),
+        *_flip_blocks(report, files, out_dir),
+        *_method_blocks(report),
+    ]
+
+
+def _summary_blocks(r: AuditReport) -> list[Block]:
+    """Title, verdict, thresholds and the gate checks (failed first)."""
+    spec, gate, model, data = r.spec, r.gate, r.main.model, r.data
+    th = gate.thresholds
+    order = {"fail": 0, "pass": 1, "skipped": 2}
+    checks = sorted(gate.checks, key=lambda c: order[c.status])
+    return [
         ("h1", f"Prompt-framing audit: {spec['name']} ({spec['version']})"),
         (
             "p",
-            f"**Verdict: {verdict}** ({gate['n_failed']} of {gate['n_checks']} checks failed, "
-            f"{gate['n_skipped']} skipped). Model: `{model['label']}` ({model['family']}, "
-            f"temperature {model['temperature']:.3g}: {model['temperature_source']}). "
-            f"Data: `{data['data']['manifest']}`, split `{data['data']['split'] or 'all'}`, "
-            f"{data['data']['n_images']} images. Reference framing: `{ref}`.",
+            f"**Verdict: {gate.verdict.upper()}** ({gate.n_failed} of {gate.n_checks} checks "
+            f"failed, {gate.n_skipped} skipped). Model: `{model.label}` ({model.family}, "
+            f"temperature {model.temperature:.3g}: {model.temperature_source}). "
+            f"Data: `{data.manifest}`, split `{data.split or 'all'}`, "
+            f"{data.n_images} images. Reference framing: `{r.reference}`.",
         ),
-    ]
-    th = gate["thresholds"]
-    b.append(
         (
             "p",
-            f"Thresholds: |mean shift| > {th['max_abs_mean_shift']} with Holm-adjusted p < "
-            f"{th['alpha']}; flip rate > {th['max_flip_rate']}; ECE > {th['max_ece']} "
+            f"Thresholds: |mean shift| > {th.max_abs_mean_shift} with Holm-adjusted p < "
+            f"{th.alpha}; flip rate > {th.max_flip_rate}; ECE > {th.max_ece} "
             "(null = check off). Shifts are in probability units of the image's target class.",
-        )
-    )
-    checks = sorted(gate["checks"], key=lambda c: {"fail": 0, "pass": 1, "skipped": 2}[c["status"]])
-    b += [
+        ),
         ("h2", "Gate checks"),
         (
             "table",
             ["status", "check", "detail"],
-            [[c["status"].upper(), c["id"], c["message"]] for c in checks],
+            [[c.status.upper(), c.id, c.message] for c in checks],
         ),
-        ("h2", "Framings"),
     ]
+
+
+def _framing_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
+    """One summary row per framing, the shift plot, each framing's cells, negation checks."""
     rows = []
-    for name, f in data["framings"].items():
-        overall = data["comparisons"].get(name, {}).get("overall")
+    for name, f in r.main.framings.items():
+        overall = r.main.comparisons.get(name, {}).get("overall")
         rows.append(
             [
                 name
-                + (" (reference)" if f["is_reference"] else "")
-                + ("" if f["gated"] else " (not gated)"),
-                f["template"],
+                + (" (reference)" if f.is_reference else "")
+                + ("" if f.gated else " (not gated)"),
+                f.template,
                 fmt_est(overall["mean_shift"], signed=True) if overall else "-",
                 fmt_est(overall["flip_rate"]) if overall else "-",
-                fmt_est(f["accuracy"]),
-                fmt_est(f["ece"]),
+                fmt_est(f.accuracy),
+                fmt_est(f.ece),
             ]
         )
-    b.append(("table", ["framing", "template", "mean shift", "flip rate", "accuracy", "ECE"], rows))
+    header = ["framing", "template", "mean shift", "flip rate", "accuracy", "ECE"]
+    b: list[Block] = [("h2", "Framings"), ("table", header, rows)]
     if "shift_plot" in files:
         b.append(("img", files["shift_plot"].relative_to(out_dir), "score shifts per framing"))
-    for name, comp in data["comparisons"].items():
-        b.append(("h3", f"{name} vs {ref}"))
+    for name, comp in r.main.comparisons.items():
+        b.append(("h3", f"{name} vs {r.reference}"))
         table = [_cell_row("all", comp["overall"])]
         table += [_cell_row(f"class {c}", cell) for c, cell in comp["per_class"].items()]
         for col, cells in comp["per_subgroup"].items():
             table += [_cell_row(f"{col} = {v}", cell) for v, cell in cells.items()]
         b.append(("table", _CELL_HEADER, table))
-    for name, neg in data.get("negation", {}).items():
-        b.append(
-            (
-                "p",
-                f"Negation check `{name}`: mean shift {fmt_est(neg['mean_shift'], signed=True)}; {neg['note']}.",
-            )
-        )
-    if data.get("subgroup_calibration"):
-        b.append(("h2", "Calibration per subgroup (ECE, point values)"))
-        for col, values in data["subgroup_calibration"].items():
-            names = list(next(iter(values.values())))
-            b.append(
-                (
-                    "table",
-                    [col, "n", *names],
-                    [
-                        [
-                            v,
-                            str(next(iter(per.values()))["n"]),
-                            *[f"{per[n]['ece']:.3f}" for n in names],
-                        ]
-                        for v, per in values.items()
-                    ],
-                )
-            )
-    b += _compare_blocks(data)
-    b.append(("h2", "Flip examples"))
-    flips = [(name, ex) for name, exs in data["flip_examples"].items() for ex in exs]
-    if flips:
-        if "flip_plot" in files:
-            b.append(("img", files["flip_plot"].relative_to(out_dir), "flipped images"))
-        b.append(
-            (
-                "table",
-                [
-                    "framing",
-                    "image",
-                    "label",
-                    "reference decision",
-                    "framed decision",
-                    "target-prob shift",
-                ],
-                [
-                    [
-                        name,
-                        ex["image"],
-                        ex["target"],
-                        f"{ex['reference']['decision']} ({ex['reference']['decision_prob']:.2f})",
-                        f"{ex['framed']['decision']} ({ex['framed']['decision_prob']:.2f})",
-                        f"{ex['shift']:+.3f}",
-                    ]
-                    for name, ex in flips
-                ],
-            )
-        )
-    else:
-        b.append(("p", "No top-1 decision changed under any framing."))
-    m = data["method"]
-    b += [
+    for name, neg in r.main.negation.items():
+        shift = fmt_est(neg.mean_shift, signed=True)
+        b.append(("p", f"Negation check `{name}`: mean shift {shift}; {neg.note}."))
+    return b
+
+
+def _subgroup_calibration_blocks(r: AuditReport) -> list[Block]:
+    if not r.main.subgroup_calibration:
+        return []
+    b: list[Block] = [("h2", "Calibration per subgroup (ECE, point values)")]
+    for col, values in r.main.subgroup_calibration.items():
+        names = list(next(iter(values.values())))
+        rows = [
+            [v, str(next(iter(per.values()))["n"]), *[f"{per[n]['ece']:.3f}" for n in names]]
+            for v, per in values.items()
+        ]
+        b.append(("table", [col, "n", *names], rows))
+    return b
+
+
+def _flip_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
+    b: list[Block] = [("h2", "Flip examples")]
+    flips = [(name, ex) for name, exs in r.flip_examples.items() for ex in exs]
+    if not flips:
+        return [*b, ("p", "No top-1 decision changed under any framing.")]
+    if "flip_plot" in files:
+        b.append(("img", files["flip_plot"].relative_to(out_dir), "flipped images"))
+    header = [
+        "framing",
+        "image",
+        "label",
+        "reference decision",
+        "framed decision",
+        "target-prob shift",
+    ]
+    rows = [
+        [
+            name,
+            ex.image,
+            ex.target,
+            f"{ex.reference.decision} ({ex.reference.decision_prob:.2f})",
+            f"{ex.framed.decision} ({ex.framed.decision_prob:.2f})",
+            f"{ex.shift:+.3f}",
+        ]
+        for name, ex in flips
+    ]
+    return [*b, ("table", header, rows)]
+
+
+def _method_blocks(r: AuditReport) -> list[Block]:
+    m = r.method
+    return [
         ("h2", "Method"),
         (
             "p",
             f"Score: {m['score']}. Mean-shift interval: {m['mean_shift_interval']}; median: "
             f"{m['median_shift_interval']}; flip rate: {m['flip_rate_interval']}; significance: "
-            f"{m['significance']}; ECE: {m['ece']}. {m['n_bootstrap']} bootstrap replicates, seed {m['seed']}.",
+            f"{m['significance']}; ECE: {m['ece']}. {m['n_bootstrap']} bootstrap replicates, "
+            f"seed {m['seed']}.",
         ),
-        ("p", f"Skipped: {json.dumps(data['data']['skipped'])}"),
+        ("p", f"Skipped: {json.dumps(r.data.skipped)}"),
     ]
-    return b
 
 
-def _compare_blocks(data: dict[str, Any]) -> list[Block]:
-    comp = data.get("compare")
-    if not comp:
+def _compare_blocks(r: AuditReport) -> list[Block]:
+    if r.compare is None:
         return []
-    base = comp["base"]
+    base, base_gate = r.compare.base, r.compare.base_gate
     out: list[Block] = [
-        ("h2", f"Compared with the base model `{base['model']['label']}`"),
+        ("h2", f"Compared with the base model `{base.model.label}`"),
         (
             "p",
-            f"Base model gate verdict: {base['gate']['verdict'].upper()} "
-            f"({base['gate']['n_failed']} failed). Sensitivity = mean absolute per-image shift of "
+            f"Base model gate verdict: {base_gate.verdict.upper()} "
+            f"({base_gate.n_failed} failed). Sensitivity = mean absolute per-image shift of "
             "the target-class probability; a positive difference means fine-tuning amplified it.",
         ),
     ]
     rows = []
-    for name, framing in comp["sensitivity_change"].items():
+    for name, framing in r.compare.sensitivity_change.items():
+        framed = r.main.framings.get(name)
+        # For a negation, *more* sensitivity is the wanted direction.
+        negation = framed is not None and framed.expect == "lower"
         for cell_name, cell in [("all", framing["overall"]), *framing["per_class"].items()]:
             if "mean_abs_shift_difference" not in cell:
                 continue
-            negation = data["framings"].get(name, {}).get("expect") == "lower"
             rows.append(
                 [
-                    # For a negation, *more* sensitivity is the wanted direction.
                     name + (" (negation: higher is better)" if negation else ""),
                     cell_name,
                     f"{cell['mean_abs_shift_model']:.3f}",
@@ -252,22 +231,16 @@ def _compare_blocks(data: dict[str, Any]) -> list[Block]:
                     cell["verdict"],
                 ]
             )
-    out.append(
-        (
-            "table",
-            [
-                "framing",
-                "cell",
-                "mean |shift| model",
-                "mean |shift| base",
-                "difference [95% CI]",
-                "flip rate model vs base",
-                "verdict",
-            ],
-            rows,
-        )
-    )
-    return out
+    header = [
+        "framing",
+        "cell",
+        "mean |shift| model",
+        "mean |shift| base",
+        "difference [95% CI]",
+        "flip rate model vs base",
+        "verdict",
+    ]
+    return [*out, ("table", header, rows)]
 
 
 def _md_escape(text: str) -> str:
@@ -347,11 +320,12 @@ def to_html(blocks: list[Block], out_dir: Path, title: str) -> str:
     return "\n".join(parts)
 
 
-def write_outputs(result) -> dict[str, Path]:
-    """Write every audit file into `result.out_dir`; returns kind -> path (also in data["files"])."""
+def write_outputs(result: AuditResult) -> dict[str, Path]:
+    """Write every audit file into `result.out_dir`; returns kind -> path (their names also go
+    into `result.report.files`)."""
     out = Path(result.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = result.data
+    report = result.report
     files: dict[str, Path] = {}
     records = score_rows(result.table, result.rows)
     files["scores"] = out / "scores.csv"
@@ -359,27 +333,25 @@ def write_outputs(result) -> dict[str, Path]:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
-    ref = data["spec"]["reference"]
     if len(result.table.framings) > 1:
         files["shift_plot"] = plot_shift_distributions(
-            result.table, data, ref, out / "shift_distributions.png"
+            result.table, report, report.reference, out / "shift_distributions.png"
         )
-    examples = [ex for exs in data["flip_examples"].values() for ex in exs]
+    examples = [ex for exs in report.flip_examples.values() for ex in exs]
     flip_plot = plot_flip_examples(examples, out / "flip_examples.png")
     if flip_plot is not None:
         files["flip_plot"] = flip_plot
-    checks = [Check(**c) for c in data["gate"]["checks"]]
     files["junit"] = write_junit(
-        checks, out / "junit.xml", f"domainclip.audit.{data['spec']['name']}"
+        report.gate.checks, out / "junit.xml", f"domainclip.audit.{report.spec['name']}"
     )
-    blocks = report_blocks(data, files, out)
+    blocks = report_blocks(report, files, out)
     files["markdown"] = out / "report.md"
     files["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
     files["html"] = out / "report.html"
     files["html"].write_text(
-        to_html(blocks, out, f"audit {data['spec']['name']}"), encoding="utf-8"
+        to_html(blocks, out, f"audit {report.spec['name']}"), encoding="utf-8"
     )
-    files["json"] = out / "audit.json"
-    data["files"] = {k: p.name for k, p in files.items()}
-    write_json(files["json"], data)
+    files["json"] = out / AUDIT_FILE
+    report.files = {k: p.name for k, p in files.items()}
+    report.write(files["json"])
     return files

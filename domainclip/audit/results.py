@@ -1,27 +1,262 @@
-"""Assemble audit.json: every number with its interval, the thresholds, the verdict, flip examples.
+"""`AuditReport`: the typed content of audit.json, and how an audit's numbers become one.
 
-Intervals are written as {"value": v, "ci95": [low, high]} (`Estimate.to_dict`), or with
-"reason" when undefined. The flip examples carry what the dashboard needs to show an image with
-its saliency under both framings: image paths, the two framings' prompts for the target class and
-for each decision, and the scores under both.
+Every number comes with its interval as an Estimate dict {"value": v, "ci95": [low, high]}
+(`Estimate.to_dict`), or with "reason" when undefined; these leaves (and the per-cell shift
+statistics, `analysis.Cell.to_dict`) stay JSON objects, checked on read. The flip examples carry
+what the dashboard needs to show an image with its saliency under both framings: image paths,
+the two framings' prompts for the target class and for each decision, and the scores under both.
+
+`AuditReport.read` / `from_json` check every key the dashboard, the card and the reports use: a
+damaged or older file is a `ResultFileError` naming the file, the key and the command to re-run.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from domainclip.audit.analysis import MISSING
 from domainclip.audit.data import AuditRows
-from domainclip.audit.gate import Check
+from domainclip.audit.gate import Check, verdict
 from domainclip.audit.scores import ScoreTable
-from domainclip.audit.spec import AuditSpec
+from domainclip.audit.spec import AuditSpec, Thresholds
 from domainclip.datasets.manifest import Manifest, ManifestRow
+from domainclip.io import finite_json
+from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
+
+SCHEMA = "domainclip.audit/1"
+AUDIT_FILE = "audit.json"
+AUDIT = ResultKind(
+    what="an audit report (audit.json)", schema=SCHEMA, command="domainclip audit RUN --spec SPEC"
+)
+_CELL_ESTIMATES = ("mean_shift", "median_shift", "raw_similarity_shift", "flip_rate")
+_FRAMING_ESTIMATES = ("accuracy", "ece", "mean_target_score")
+
+
+# ------------------------------------------------------------------------------------- the types
+
+
+@dataclass(frozen=True)
+class AuditedData:
+    """The audited images: counts per class and subgroup value, and what was skipped."""
+
+    manifest: str | None
+    split: str | None
+    n_images: int
+    n_per_class: dict[str, int]
+    subgroups: dict[str, dict[str, int]]
+    skipped: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AuditedModel:
+    """The audited model: label (run dir or spec), backbone, head, and the temperature used."""
+
+    label: str
+    run: str | None
+    backbone_spec: str
+    family: str
+    image_arch: str
+    head: bool
+    temperature: float
+    temperature_source: str
+
+    @classmethod
+    def of(cls, resolved: Any) -> AuditedModel:
+        """From an `api.ResolvedModel`."""
+        bb = resolved.backbone
+        return cls(
+            label=resolved.label,
+            run=str(resolved.run_dir) if resolved.run_dir else None,
+            backbone_spec=bb.spec,
+            family=bb.family,
+            image_arch=bb.image_arch,
+            head=bb.head is not None,
+            temperature=resolved.temperature,
+            temperature_source=resolved.calibrator.source,
+        )
+
+
+@dataclass(frozen=True)
+class FramingSummary:
+    """One framing: its template and role, the prompt per finding, and accuracy / ECE / mean
+    target-class score (Estimate dicts) over every audited image."""
+
+    template: str
+    expect: str
+    gated: bool
+    is_reference: bool
+    prompts: dict[str, str]
+    accuracy: dict[str, Any]
+    ece: dict[str, Any]
+    mean_target_score: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NegationNote:
+    """An `expect: lower` framing: does the negated wording lower the target-class score?"""
+
+    mean_shift: dict[str, Any]
+    lowers_score: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    """The gate's verdict and every check. thresholds / min_cell_images: None for a compared
+    base model (its checks use the audited spec's)."""
+
+    verdict: str
+    failed: list[str]
+    n_checks: int
+    n_failed: int
+    n_skipped: int
+    checks: list[Check]
+    thresholds: Thresholds | None = None
+    min_cell_images: int | None = None
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def to_json(self) -> dict[str, Any]:
+        head: dict[str, Any] = {}
+        if self.thresholds is not None:
+            head = {"thresholds": asdict(self.thresholds), "min_cell_images": self.min_cell_images}
+        return {
+            **head,
+            "verdict": self.verdict,
+            "failed": self.failed,
+            "n_checks": self.n_checks,
+            "n_failed": self.n_failed,
+            "n_skipped": self.n_skipped,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+@dataclass(frozen=True)
+class FlipSide:
+    """One framing's view of a flipped image: its decision, the scores and the prompts."""
+
+    framing: str
+    decision: str
+    decision_prob: float
+    target_prob: float
+    raw_similarity: float
+    correct: bool
+    prompt_target: str
+    prompt_decision: str
+
+
+@dataclass(frozen=True)
+class FlipExample:
+    """An image whose top-1 decision differs between the reference and a framing."""
+
+    row: int
+    image: str
+    path: str
+    label: list[str]
+    group: str
+    target: str
+    shift: float
+    reference: FlipSide
+    framed: FlipSide
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """What audit.json says about one model: framing summaries, shift comparisons per framing
+    ({"overall": cell, "per_class": {c: cell}, "per_subgroup": {col: {value: cell}}}, cells as
+    `analysis.Cell.to_dict`), negation checks and per-subgroup calibration
+    ({col: {value: {framing: {n, ece, accuracy}}}}, point values)."""
+
+    model: AuditedModel
+    framings: dict[str, FramingSummary]
+    comparisons: dict[str, dict[str, Any]]
+    negation: dict[str, NegationNote]
+    subgroup_calibration: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": asdict(self.model),
+            "framings": {k: asdict(v) for k, v in self.framings.items()},
+            "comparisons": self.comparisons,
+            "negation": {k: asdict(v) for k, v in self.negation.items()},
+            "subgroup_calibration": self.subgroup_calibration,
+        }
+
+
+@dataclass(frozen=True)
+class BaseComparison:
+    """`compare`: the base model's section and gate, and the paired sensitivity change per
+    framing ({"overall": ..., "per_class": {...}}, see `compare.compare_cells`)."""
+
+    base: ModelSection
+    base_gate: GateSummary
+    sensitivity_change: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base": {**self.base.to_json(), "gate": self.base_gate.to_json()},
+            "sensitivity_change": self.sensitivity_change,
+        }
+
+
+@dataclass
+class AuditReport(ResultFile):
+    """The content of audit.json (see docs/DESIGN.md); `main` is the audited model's section."""
+
+    spec: dict[str, Any]
+    data: AuditedData
+    method: dict[str, Any]
+    main: ModelSection
+    gate: GateSummary
+    flip_examples: dict[str, list[FlipExample]]
+    files: dict[str, str] = field(default_factory=dict)
+    timing: dict[str, float | None] = field(default_factory=dict)
+    compare: BaseComparison | None = None
+    created: str = field(default_factory=utc_now)
+    schema: str = SCHEMA
+
+    KIND = AUDIT
+
+    @property
+    def reference(self) -> str:
+        return self.spec["reference"]
+
+    def to_json(self) -> dict[str, Any]:
+        """The audit.json content (strict JSON: non-finite numbers become null)."""
+        out = {
+            "schema": self.schema,
+            "created": self.created,
+            "spec": self.spec,
+            "data": asdict(self.data),
+            "method": self.method,
+            **self.main.to_json(),
+            "gate": self.gate.to_json(),
+            "flip_examples": {
+                k: [ex.to_json() for ex in exs] for k, exs in self.flip_examples.items()
+            },
+            "files": self.files,
+            "timing": self.timing,
+        }
+        if self.compare is not None:
+            out["compare"] = self.compare.to_json()
+        return finite_json(out)
+
+    @classmethod
+    def _parse(cls, f: Fields) -> AuditReport:
+        return _parse_report(f)
+
+
+# ------------------------------------------------------------------------------------ building
 
 
 def row_number(row: ManifestRow, position: int) -> int:
@@ -30,19 +265,9 @@ def row_number(row: ManifestRow, position: int) -> int:
     return row.row or position + 1
 
 
-def _image_ref(manifest: Manifest, row: ManifestRow, position: int) -> dict[str, Any]:
-    return {
-        "row": row_number(row, position),
-        "image": row.image,
-        "path": str(manifest.image_path(row)),
-        "label": list(row.label),
-        "group": row.group,
-    }
-
-
 def flip_examples(
     main, framing: str, reference: str, rows: Sequence[ManifestRow], manifest: Manifest, limit: int
-) -> list[dict[str, Any]]:
+) -> list[FlipExample]:
     """The flipped images of `framing` vs `reference`, largest |target-score shift| first."""
     t = main.table
     k, r = t.k(framing), t.k(reference)
@@ -54,184 +279,179 @@ def flip_examples(
     for i in order:
         target = t.classes[t.target[i]]
 
-        def side(fk: int, name: str, i: int = i, target: str = target) -> dict[str, Any]:
+        def side(fk: int, name: str, i: int = i, target: str = target) -> FlipSide:
             decision = t.classes[dec[fk, i]]
-            return {
-                "framing": name,
-                "decision": decision,
-                "decision_prob": float(t.probs[fk, i, dec[fk, i]]),
-                "target_prob": float(t.scores[fk, i]),
-                "raw_similarity": float(t.raw[fk, i]),
-                "correct": bool(t.correct[fk, i]),
-                "prompt_target": main.prompts[name][target],
-                "prompt_decision": main.prompts[name][decision],
-            }
+            return FlipSide(
+                framing=name,
+                decision=decision,
+                decision_prob=float(t.probs[fk, i, dec[fk, i]]),
+                target_prob=float(t.scores[fk, i]),
+                raw_similarity=float(t.raw[fk, i]),
+                correct=bool(t.correct[fk, i]),
+                prompt_target=main.prompts[name][target],
+                prompt_decision=main.prompts[name][decision],
+            )
 
+        row = rows[i]
         out.append(
-            {
-                **_image_ref(manifest, rows[i], int(i)),
-                "target": target,
-                "shift": float(shift[i]),
-                "reference": side(r, reference),
-                "framed": side(k, framing),
-            }
+            FlipExample(
+                row=row_number(row, int(i)),
+                image=row.image,
+                path=str(manifest.image_path(row)),
+                label=list(row.label),
+                group=row.group,
+                target=target,
+                shift=float(shift[i]),
+                reference=side(r, reference),
+                framed=side(k, framing),
+            )
         )
     return out
 
 
-def _framing_summary(spec: AuditSpec, main) -> dict[str, Any]:
+def _framing_summary(spec: AuditSpec, main) -> dict[str, FramingSummary]:
     out = {}
     for f in spec.framings:
         cal = main.calibration[f.name]
-        out[f.name] = {
-            "template": f.template,
-            "expect": f.expect,
-            "gated": f.gated,
-            "is_reference": f.name == spec.reference,
-            "prompts": main.prompts[f.name],
+        out[f.name] = FramingSummary(
+            template=f.template,
+            expect=f.expect,
+            gated=f.gated,
+            is_reference=f.name == spec.reference,
+            prompts=main.prompts[f.name],
             **{k: e.to_dict() for k, e in cal.items()},
-        }
+        )
     return out
 
 
-def _negation(spec: AuditSpec, main) -> dict[str, Any]:
+def _negation(spec: AuditSpec, main) -> dict[str, NegationNote]:
     """For `expect: lower` framings: does the negated wording lower the target-class score?"""
     out = {}
     for f in spec.framings:
         if f.expect != "lower":
             continue
-        cell = main.comparisons[f.name].overall
-        e = cell.mean_shift
+        e = main.comparisons[f.name].overall.mean_shift
         lowers = e.high is not None and e.high < 0
-        out[f.name] = {
-            "mean_shift": e.to_dict(),
-            "lowers_score": lowers,
-            "note": (
+        out[f.name] = NegationNote(
+            mean_shift=e.to_dict(),
+            lowers_score=lowers,
+            note=(
                 "the score drops under negation (as it should)"
                 if lowers
                 else "the negated wording does not lower the score significantly: the model may "
                 "ignore negation"
             ),
-        }
+        )
     return out
 
 
-def _model_section(spec: AuditSpec, audit, info: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "model": info,
-        "framings": _framing_summary(spec, audit),
-        "comparisons": {name: c.to_dict() for name, c in audit.comparisons.items()},
-        "negation": _negation(spec, audit),
-        "subgroup_calibration": audit.subgroup_calibration,
-    }
+def model_section(spec: AuditSpec, audit) -> ModelSection:
+    """The section of one `api.ModelAudit` (the audited model, or the compared base)."""
+    return ModelSection(
+        model=AuditedModel.of(audit.model),
+        framings=_framing_summary(spec, audit),
+        comparisons={name: c.to_dict() for name, c in audit.comparisons.items()},
+        negation=_negation(spec, audit),
+        subgroup_calibration=audit.subgroup_calibration,
+    )
 
 
-def build_audit_json(
-    *,
-    spec: AuditSpec,
+def gate_summary(checks: list[Check], spec: AuditSpec | None = None) -> GateSummary:
+    """The verdict over `checks`; with the thresholds and cell minimum of `spec` when given."""
+    v = verdict(checks)
+    return GateSummary(
+        verdict=v["verdict"],
+        failed=v["failed"],
+        n_checks=v["n_checks"],
+        n_failed=v["n_failed"],
+        n_skipped=v["n_skipped"],
+        checks=list(checks),
+        thresholds=spec.thresholds if spec is not None else None,
+        min_cell_images=spec.statistics.min_cell_images if spec is not None else None,
+    )
+
+
+def _data_section(
     spec_used: AuditSpec,
-    main,
-    model_info: dict[str, Any],
+    table: ScoreTable,
     manifest: Manifest,
     split: str | None,
     selection: AuditRows,
     rows: Sequence[ManifestRow],
     failures: dict[str, str],
-    n_unreadable: int,
-    checks: list[Check],
-    gate: dict[str, Any],
-    base=None,
-    base_info: dict[str, Any] | None = None,
-    base_checks: list[Check] | None = None,
-    comparison: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The audit.json document (see the module docstring and docs/DESIGN.md)."""
-    t = main.table
-    counts = {c: int(np.sum(t.target == i)) for i, c in enumerate(t.classes)}
+) -> AuditedData:
+    return AuditedData(
+        manifest=str(manifest.path) if manifest.path else None,
+        split=split,
+        n_images=table.n,
+        n_per_class={c: int(np.sum(table.target == i)) for i, c in enumerate(table.classes)},
+        subgroups={
+            col: dict(Counter(r.meta.get(col, "").strip() or MISSING for r in rows))
+            for col in spec_used.subgroups
+            if col not in selection.subgroups_absent
+        },
+        skipped={
+            "findings_absent": selection.findings_absent,
+            "rows_without_spec_label": selection.unused_labels,
+            "subgroups_absent": selection.subgroups_absent,
+            "unreadable_images": len(selection.rows) - len(rows),
+            "unreadable_examples": dict(list(failures.items())[:5]),
+        },
+    )
+
+
+def _method_section(spec_used: AuditSpec) -> dict[str, Any]:
     st = spec_used.statistics
-    data: dict[str, Any] = {
-        "schema": "domainclip.audit/1",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "spec": {**spec.to_dict(), "source": spec.source},
-        "data": {
-            "manifest": str(manifest.path) if manifest.path else None,
-            "split": split,
-            "n_images": t.n,
-            "n_per_class": counts,
-            "subgroups": {
-                col: dict(Counter(r.meta.get(col, "").strip() or MISSING for r in rows))
-                for col in spec_used.subgroups
-                if col not in selection.subgroups_absent
-            },
-            "skipped": {
-                "findings_absent": selection.findings_absent,
-                "rows_without_spec_label": selection.unused_labels,
-                "subgroups_absent": selection.subgroups_absent,
-                "unreadable_images": n_unreadable,
-                "unreadable_examples": dict(list(failures.items())[:5]),
-            },
-        },
-        "method": {
-            "score": "temperature-scaled softmax probability of the image's target class over the "
-            "spec's findings worded by one framing; raw similarity = dot product of image and "
-            "prompt features",
-            "mean_shift_interval": "symmetric bootstrap-t, paired (images resampled)",
-            "median_shift_interval": "percentile bootstrap, paired",
-            "flip_rate_interval": "Wilson score",
-            "significance": "bootstrap-t p-value, Holm-adjusted over all gated mean-shift checks",
-            "ece": f"equal-width bins ({st.ece_bins}), top-1 confidence vs correctness",
-            "n_bootstrap": st.n_bootstrap,
-            "seed": st.seed,
-            "confidence": 0.95,
-            "alpha": spec_used.thresholds.alpha,
-        },
-        **_model_section(spec_used, main, model_info),
-        "gate": {
-            "thresholds": asdict(spec_used.thresholds),
-            "min_cell_images": st.min_cell_images,
-            **gate,
-            "checks": [c.to_dict() for c in checks],
-        },
-        "flip_examples": {
+    return {
+        "score": "temperature-scaled softmax probability of the image's target class over the "
+        "spec's findings worded by one framing; raw similarity = dot product of image and "
+        "prompt features",
+        "mean_shift_interval": "symmetric bootstrap-t, paired (images resampled)",
+        "median_shift_interval": "percentile bootstrap, paired",
+        "flip_rate_interval": "Wilson score",
+        "significance": "bootstrap-t p-value, Holm-adjusted over all gated mean-shift checks",
+        "ece": f"equal-width bins ({st.ece_bins}), top-1 confidence vs correctness",
+        "n_bootstrap": st.n_bootstrap,
+        "seed": st.seed,
+        "confidence": 0.95,
+        "alpha": spec_used.thresholds.alpha,
+    }
+
+
+def build_audit_report(
+    *,
+    spec: AuditSpec,
+    spec_used: AuditSpec,
+    main,
+    checks: list[Check],
+    manifest: Manifest,
+    split: str | None,
+    selection: AuditRows,
+    rows: Sequence[ManifestRow],
+    failures: dict[str, str],
+    compare: BaseComparison | None = None,
+) -> AuditReport:
+    """The audit report of `main` (an `api.ModelAudit`) with its gate `checks`.
+
+    spec: the spec as given (written out); spec_used: restricted to the findings present.
+    """
+    st = spec_used.statistics
+    return AuditReport(
+        spec={**spec.to_dict(), "source": spec.source},
+        data=_data_section(spec_used, main.table, manifest, split, selection, rows, failures),
+        method=_method_section(spec_used),
+        main=model_section(spec_used, main),
+        gate=gate_summary(checks, spec_used),
+        flip_examples={
             f.name: flip_examples(
                 main, f.name, spec_used.reference, rows, manifest, st.max_flip_examples
             )
             for f in spec_used.framings
             if f.name != spec_used.reference
         },
-        "files": {},
-        "timing": {k: round(v, 3) for k, v in main.timings.items()},
-    }
-    if base is not None:
-        from domainclip.audit.gate import verdict
-
-        data["compare"] = {
-            "base": {
-                **_model_section(spec_used, base, base_info or {}),
-                "gate": {
-                    **verdict(base_checks or []),
-                    "checks": [c.to_dict() for c in base_checks or []],
-                },
-            },
-            "sensitivity_change": comparison,
-        }
-    return strict_json(data)
-
-
-def strict_json(obj: Any) -> Any:
-    """`obj` with every NaN / infinity replaced by None: audit.json must be strict JSON (CI tools
-    and the dashboard parse it), and a number that is not finite carries no information anyway."""
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+        timing={k: round(v, 3) for k, v in main.timings.items()},
+        compare=compare,
+    )
 
 
 def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any]]:
@@ -254,3 +474,102 @@ def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any
                 }
             )
     return out
+
+
+# ------------------------------------------------------------------------------------- reading
+
+_OPT_NUM = (float, type(None))
+
+
+def _parse_report(f: Fields) -> AuditReport:
+    spec = f.obj("spec")
+    spec.get("name", str)
+    spec.get("version", str, int, float)
+    spec.get("reference", str)
+    spec.get("source", str, type(None), optional=True)
+    compare = f.obj("compare", optional=True, nullable=True)
+    return f.build(
+        AuditReport,
+        spec=spec.data,
+        data=f.obj("data").build(AuditedData),
+        main=_parse_section(f),
+        gate=_parse_gate(f.obj("gate"), with_thresholds=True),
+        flip_examples={
+            name: [_parse_flip(ex) for ex in examples]
+            for name, examples in f.groups("flip_examples").items()
+        },
+        compare=None if compare is None else _parse_compare(compare),
+    )
+
+
+def _parse_section(f: Fields) -> ModelSection:
+    framings = {
+        name: fr.build(FramingSummary, **fr.estimates(*_FRAMING_ESTIMATES))
+        for name, fr in f.mapping("framings").items()
+    }
+    negation = {
+        name: n.build(NegationNote, mean_shift=n.estimate("mean_shift"))
+        for name, n in f.mapping("negation", optional=True).items()
+    }
+    return ModelSection(
+        model=f.obj("model").build(AuditedModel),
+        framings=framings,
+        comparisons={name: _parse_comparison(c) for name, c in f.mapping("comparisons").items()},
+        negation=negation,
+        subgroup_calibration=f.get("subgroup_calibration", dict, optional=True) or {},
+    )
+
+
+def _parse_cell(f: Fields) -> dict[str, Any]:
+    """One shift cell (`analysis.Cell.to_dict`)."""
+    f.get("n", int)
+    f.get("tested", bool)
+    f.estimates(*_CELL_ESTIMATES)
+    f.get("p_value", *_OPT_NUM)
+    f.obj("wilcoxon").get("p", *_OPT_NUM, optional=True)
+    f.get("flips", int)
+    f.get("reason", str, optional=True)
+    return f.data
+
+
+def _parse_comparison(f: Fields) -> dict[str, Any]:
+    _parse_cell(f.obj("overall"))
+    for cell in f.mapping("per_class").values():
+        _parse_cell(cell)
+    for values in f.mapping("per_subgroup").values():
+        for value, cell in values.data.items():
+            _parse_cell(values.child(cell, value))
+    return f.data
+
+
+def _parse_gate(f: Fields, with_thresholds: bool) -> GateSummary:
+    gate = f.build(
+        GateSummary,
+        checks=[c.build(Check) for c in f.objects("checks")],
+        thresholds=f.obj("thresholds").build(Thresholds, require_all=True) if with_thresholds else None,
+        min_cell_images=f.get("min_cell_images", int) if with_thresholds else None,
+    )
+    if gate.verdict not in ("pass", "fail"):
+        raise f.error(f"'{f.path('verdict')}' is {gate.verdict!r}, expected pass or fail")
+    return gate
+
+
+def _parse_flip(f: Fields) -> FlipExample:
+    return f.build(
+        FlipExample,
+        reference=f.obj("reference").build(FlipSide),
+        framed=f.obj("framed").build(FlipSide),
+    )
+
+
+def _parse_compare(f: Fields) -> BaseComparison:
+    base = f.obj("base")
+    change = f.mapping("sensitivity_change")
+    for framing in change.values():
+        framing.obj("overall")
+        framing.get("per_class", dict)
+    return BaseComparison(
+        base=_parse_section(base),
+        base_gate=_parse_gate(base.obj("gate"), with_thresholds=False),
+        sensitivity_change={k: v.data for k, v in change.items()},
+    )

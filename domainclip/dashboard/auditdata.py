@@ -1,7 +1,8 @@
 """Framing-audit results for the Framing audit page: RUN/audit/<spec>/audit.json and scores.csv.
 
-No Streamlit here. Every number comes from the files `domainclip audit` wrote; the per-image
-score shifts are recomputed only by subtracting two columns of its scores.csv.
+No Streamlit here. Every number comes from the files `domainclip audit` wrote (audit.json read
+and checked as an `AuditReport`); the per-image score shifts are recomputed only by subtracting
+two columns of its scores.csv.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 import pandas as pd
 
+from domainclip.audit.results import AUDIT_FILE, AuditReport
 from domainclip.dashboard.calibdata import fmt_estimate
 from domainclip.privacy import is_identifying_column
 
 AUDIT_DIR = "audit"
-AUDIT_JSON = "audit.json"
+AUDIT_JSON = AUDIT_FILE
 SCORES_CSV = "scores.csv"
 
 
@@ -37,34 +39,34 @@ def _ci(est: dict[str, Any] | None) -> tuple[float | None, float | None]:
     return (lo, hi) if ok else (None, None)
 
 
-def framing_table(audit: dict[str, Any]) -> pd.DataFrame:
+def framing_table(audit: AuditReport) -> pd.DataFrame:
     """One row per framing: wording, expectation, shifts with CIs, flips, accuracy and ECE."""
     rows = []
-    for name, f in audit["framings"].items():
-        cell = (audit["comparisons"].get(name) or {}).get("overall") or {}
+    for name, f in audit.main.framings.items():
+        cell = (audit.main.comparisons.get(name) or {}).get("overall") or {}
         rows.append(
             {
                 "framing": name,
-                "template": f["template"],
-                "role": "reference" if f["is_reference"] else f["expect"],
-                "gated": f["gated"],
+                "template": f.template,
+                "role": "reference" if f.is_reference else f.expect,
+                "gated": f.gated,
                 "mean shift [95% CI]": fmt_estimate(cell.get("mean_shift"), 4) if cell else "",
                 "median shift [95% CI]": fmt_estimate(cell.get("median_shift"), 4) if cell else "",
                 "p (Holm input)": cell.get("p_value"),
                 "Wilcoxon p": (cell.get("wilcoxon") or {}).get("p"),
                 "flips": cell.get("flips"),
                 "flip rate [95% CI]": fmt_estimate(cell.get("flip_rate"), 3) if cell else "",
-                "accuracy [95% CI]": fmt_estimate(f.get("accuracy")),
-                "ECE [95% CI]": fmt_estimate(f.get("ece")),
+                "accuracy [95% CI]": fmt_estimate(f.accuracy),
+                "ECE [95% CI]": fmt_estimate(f.ece),
             }
         )
     return pd.DataFrame(rows)
 
 
-def estimates_frame(audit: dict[str, Any], key: str) -> pd.DataFrame:
+def estimates_frame(audit: AuditReport, key: str) -> pd.DataFrame:
     """framing, value, ci_low, ci_high of one overall estimate (mean_shift, flip_rate, ...)."""
     rows = []
-    for name, comp in audit["comparisons"].items():
+    for name, comp in audit.main.comparisons.items():
         est = comp["overall"].get(key) or {}
         lo, hi = _ci(est)
         if est.get("value") is None:
@@ -88,26 +90,33 @@ def score_shifts(scores_csv: bytes, reference: str) -> pd.DataFrame:
     return out[["row", "framing", "target", "shift", "raw_shift"]].reset_index(drop=True)
 
 
-def subgroup_table(audit: dict[str, Any]) -> pd.DataFrame:
+def _cell_columns(cell: dict[str, Any]) -> dict[str, Any]:
+    """The columns every table of shift cells shows: n, mean shift, flip rate, tested."""
+    return {
+        "n": cell["n"],
+        "mean shift [95% CI]": fmt_estimate(cell["mean_shift"], 4),
+        "flip rate [95% CI]": fmt_estimate(cell["flip_rate"], 3),
+        "tested": cell["tested"],
+    }
+
+
+def subgroup_table(audit: AuditReport) -> pd.DataFrame:
     """Shift and flip statistics per framing x subgroup value (identifying columns left out)."""
     rows = []
-    for name, comp in audit["comparisons"].items():
-        for column, cells in (comp.get("per_subgroup") or {}).items():
+    for name, comp in audit.main.comparisons.items():
+        for column, cells in comp["per_subgroup"].items():
             if is_identifying_column(column):
                 continue
-            for value, cell in cells.items():
-                rows.append(
-                    {
-                        "framing": name,
-                        "column": column,
-                        "value": value,
-                        "n": cell["n"],
-                        "mean shift [95% CI]": fmt_estimate(cell["mean_shift"], 4),
-                        "flip rate [95% CI]": fmt_estimate(cell["flip_rate"], 3),
-                        "tested": cell["tested"],
-                        "note": cell.get("reason", ""),
-                    }
-                )
+            rows += [
+                {
+                    "framing": name,
+                    "column": column,
+                    "value": value,
+                    **_cell_columns(cell),
+                    "note": cell.get("reason", ""),
+                }
+                for value, cell in cells.items()
+            ]
     return pd.DataFrame(
         rows,
         columns=[
@@ -123,10 +132,10 @@ def subgroup_table(audit: dict[str, Any]) -> pd.DataFrame:
     )
 
 
-def subgroup_calibration_table(audit: dict[str, Any]) -> pd.DataFrame:
+def subgroup_calibration_table(audit: AuditReport) -> pd.DataFrame:
     """ECE and accuracy per subgroup value under each framing (identifying columns left out)."""
     rows = []
-    for column, values in (audit.get("subgroup_calibration") or {}).items():
+    for column, values in audit.main.subgroup_calibration.items():
         if is_identifying_column(column):
             continue
         for value, per_framing in values.items():
@@ -144,45 +153,36 @@ def subgroup_calibration_table(audit: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["column", "value", "framing", "n", "ECE", "accuracy"])
 
 
-def per_class_table(audit: dict[str, Any]) -> pd.DataFrame:
+def per_class_table(audit: AuditReport) -> pd.DataFrame:
     """Shift and flip statistics per framing x target class."""
-    rows = []
-    for name, comp in audit["comparisons"].items():
-        for cls, cell in (comp.get("per_class") or {}).items():
-            rows.append(
-                {
-                    "framing": name,
-                    "class": cls,
-                    "n": cell["n"],
-                    "mean shift [95% CI]": fmt_estimate(cell["mean_shift"], 4),
-                    "flip rate [95% CI]": fmt_estimate(cell["flip_rate"], 3),
-                    "tested": cell["tested"],
-                }
-            )
+    rows = [
+        {"framing": name, "class": cls, **_cell_columns(cell)}
+        for name, comp in audit.main.comparisons.items()
+        for cls, cell in comp["per_class"].items()
+    ]
     return pd.DataFrame(rows)
 
 
-def checks_table(audit: dict[str, Any]) -> pd.DataFrame:
+def checks_table(audit: AuditReport) -> pd.DataFrame:
     """Every gate check: id, status, value, threshold, message."""
-    checks = audit["gate"]["checks"]
     return pd.DataFrame(
         [
             {
-                "check": c["id"],
-                "status": c["status"],
-                "value": c.get("value"),
-                "threshold": c.get("threshold"),
-                "message": c.get("message", ""),
+                "check": c.id,
+                "status": c.status,
+                "value": c.value,
+                "threshold": c.threshold,
+                "message": c.message,
             }
-            for c in checks
+            for c in audit.gate.checks
         ],
         columns=["check", "status", "value", "threshold", "message"],
     )
 
 
-def hidden_subgroup_columns(audit: dict[str, Any]) -> list[str]:
+def hidden_subgroup_columns(audit: AuditReport) -> list[str]:
     """Subgroup columns of the audit withheld as identifying (names only)."""
-    cols = set(audit.get("subgroup_calibration") or {})
-    for comp in audit["comparisons"].values():
-        cols |= set(comp.get("per_subgroup") or {})
+    cols = set(audit.main.subgroup_calibration)
+    for comp in audit.main.comparisons.values():
+        cols |= set(comp["per_subgroup"])
     return sorted(c for c in cols if is_identifying_column(c))

@@ -1,22 +1,22 @@
 """Evaluation results for the Calibration page: RUN/eval/<name>/metrics.json as tables.
 
-No Streamlit here. The numbers are those `domainclip evaluate` wrote; nothing is recomputed,
-so what the page shows is exactly what the evaluation report says.
+No Streamlit here. The numbers are those `domainclip evaluate` wrote (read and checked as an
+`EvaluationResult`); nothing is recomputed, so what the page shows is exactly what the
+evaluation report says.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from domainclip.evaluation.results import CALIBRATION_METRICS, METRICS_FILE, CalibrationSummary
 from domainclip.privacy import is_identifying_column
 
 EVAL_DIR = "eval"
-EVAL_METRICS = "metrics.json"
-CALIBRATION_METRICS = ("ece", "ece_mass", "mce", "brier", "nll")
+EVAL_METRICS = METRICS_FILE
 METRIC_LABELS = {
     "ece": "ECE (equal-width bins)",
     "ece_mass": "ECE (equal-mass bins)",
@@ -32,14 +32,6 @@ def evaluation_names(run_dir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / EVAL_METRICS).is_file())
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a result file."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
 
 
 def fmt_estimate(est: dict[str, Any] | None, digits: int = 3) -> str:
@@ -59,22 +51,22 @@ def fmt_estimate(est: dict[str, Any] | None, digits: int = 3) -> str:
     return f"{num(est['value'])} [{num(ci[0])}, {num(ci[1])}]"
 
 
-def calibration_table(calib: dict[str, Any]) -> pd.DataFrame:
+def calibration_table(calib: CalibrationSummary) -> pd.DataFrame:
     """Metric, before, after (value [95% CI]) for ECE, MCE, Brier and NLL."""
-    before, after = calib.get("before") or {}, calib.get("after") or {}
+    before, after = calib.before, calib.after
     return pd.DataFrame(
         [
             {
                 "metric": METRIC_LABELS[m],
-                "before temperature scaling": fmt_estimate(before.get(m)),
-                "after temperature scaling": fmt_estimate(after.get(m)) if after else "not fitted",
+                "before temperature scaling": fmt_estimate(before[m]),
+                "after temperature scaling": fmt_estimate(after[m]) if after else "not fitted",
             }
             for m in CALIBRATION_METRICS
         ]
     )
 
 
-def reliability_frame(calib: dict[str, Any], strategy: str = "width") -> pd.DataFrame:
+def reliability_frame(calib: CalibrationSummary, strategy: str = "width") -> pd.DataFrame:
     """Per-bin rows for the reliability diagrams and confidence histograms.
 
     Columns: when ("before" / "after"), bin (1-based), lower, upper, mid, count, confidence
@@ -82,8 +74,7 @@ def reliability_frame(calib: dict[str, Any], strategy: str = "width") -> pd.Data
     Empty bins are dropped.
     """
     rows = []
-    for when in ("before", "after"):
-        rep = calib.get(when)
+    for when, rep in (("before", calib.before), ("after", calib.after)):
         if not rep:
             continue
         bins = rep[f"bins_{strategy}"]
@@ -111,12 +102,12 @@ def reliability_frame(calib: dict[str, Any], strategy: str = "width") -> pd.Data
     )
 
 
-def hidden_subgroup_columns(calib: dict[str, Any]) -> list[str]:
+def hidden_subgroup_columns(calib: CalibrationSummary) -> list[str]:
     """Subgroup columns of the evaluation withheld as identifying (names only)."""
-    return [c for c in (calib.get("subgroups") or {}) if is_identifying_column(c)]
+    return [c for c in calib.subgroups if is_identifying_column(c)]
 
 
-def subgroup_frame(calib: dict[str, Any]) -> pd.DataFrame:
+def subgroup_frame(calib: CalibrationSummary) -> pd.DataFrame:
     """ECE per subgroup (after temperature scaling, as evaluate computes it).
 
     Columns: column, value, n, ece, ci_low, ci_high, ece (95% CI) text, accuracy, mean confidence.
@@ -124,23 +115,23 @@ def subgroup_frame(calib: dict[str, Any]) -> pd.DataFrame:
     values would be patient names or ids.
     """
     rows = []
-    for column, groups in (calib.get("subgroups") or {}).items():
+    for column, groups in calib.subgroups.items():
         if is_identifying_column(column):
             continue
         for value, rec in groups.items():
-            ece = rec.get("ece") or {}
+            ece = rec["ece"]
             ci = ece.get("ci95") or [None, None]
             rows.append(
                 {
                     "column": column,
                     "value": value,
-                    "n": rec.get("n"),
+                    "n": rec["n"],
                     "ece": ece.get("value"),
                     "ci_low": ci[0],
                     "ci_high": ci[1],
                     "ECE [95% CI]": fmt_estimate(ece),
-                    "accuracy": rec.get("accuracy"),
-                    "mean confidence": rec.get("mean_confidence"),
+                    "accuracy": rec["accuracy"],
+                    "mean confidence": rec["mean_confidence"],
                 }
             )
     return pd.DataFrame(

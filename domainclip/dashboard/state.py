@@ -7,15 +7,21 @@ changes when a run is updated (a new evaluation, a resumed training) while the a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import streamlit as st
 from PIL import Image
 
+from domainclip.audit.results import AuditReport
 from domainclip.dashboard import RUNS_ENV, auditdata, calibdata, manifests, runinfo, saliency
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
+from domainclip.errors import ResultFileError
+from domainclip.evaluation.results import EvaluationResult
 
 RUN_KEY = "domainclip_run"
+T = TypeVar("T")
 
 
 def mtime(path: Path) -> int:
@@ -131,44 +137,72 @@ def validation(path: str, token: int) -> dict:
     return manifests.validation_summary(Path(path))
 
 
+def pick_result(
+    label: str, folder: str, names: list[str], load: Callable[[str], T], missing: tuple[str, str]
+) -> tuple[str, T] | None:
+    """A select box over a run's result folders (RUN/`folder`/<name>) and the chosen result
+    file, read by `load`.
+
+    None, with the message on the page, when there is none (`missing`: what to say and the
+    command that produces one) or the file cannot be used: a warning for an older (or newer)
+    file, an error for a damaged one, naming the file and the command that writes it again.
+    """
+    if not names:
+        st.info(f"{missing[0]}\n\n```\n{missing[1]}\n```")
+        return None
+    name = st.selectbox(label, names, help=f"folders under RUN/{folder}/")
+    try:
+        return name, load(name)
+    except ResultFileError as exc:
+        (st.warning if exc.outdated else st.error)(str(exc))
+        return None
+
+
+def _inside(run: RunRef, names: list[str], relative: str) -> list[str]:
+    """The `names` whose result file (`relative` with {name} filled in) really lies inside the
+    run: links out of it are left out."""
+    out = []
+    for name in names:
+        try:
+            access().run_file(run, relative.format(name=name))
+        except PathAccessError:
+            continue
+        out.append(name)
+    return out
+
+
+_EVALUATION = f"{calibdata.EVAL_DIR}/{{name}}/{calibdata.EVAL_METRICS}"
+_AUDIT = f"{auditdata.AUDIT_DIR}/{{name}}/{auditdata.AUDIT_JSON}"
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
-def _json(path: str, token: int) -> dict:
-    return calibdata.read_json(Path(path))
-
-
-def run_json(run: RunRef, relative: str) -> dict:
-    """A JSON result file of a run (checked to stay inside it), cached until it changes."""
-    path = access().run_file(run, relative)
-    return _json(str(path), mtime(path))
+def _result(kind: str, path: str, token: int, command: str) -> EvaluationResult | AuditReport:
+    """A checked result file (token: its mtime, so a rewritten file is read again)."""
+    reader = EvaluationResult if kind == "evaluation" else AuditReport
+    return reader.read(Path(path), command)
 
 
 def evaluation_names(run: RunRef) -> list[str]:
-    """Evaluations of the run whose folder really lies inside it (links out are left out)."""
-    out = []
-    for name in calibdata.evaluation_names(run.path):
-        try:
-            access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
-        except PathAccessError:
-            continue
-        out.append(name)
-    return out
+    """Evaluations of the run whose folder really lies inside it."""
+    return _inside(run, calibdata.evaluation_names(run.path), _EVALUATION)
 
 
-def evaluation(run: RunRef, name: str) -> dict:
-    """RUN/eval/<name>/metrics.json."""
-    return run_json(run, f"{calibdata.EVAL_DIR}/{name}/{calibdata.EVAL_METRICS}")
+def evaluation(run: RunRef, name: str) -> EvaluationResult:
+    """RUN/eval/<name>/metrics.json, checked (ResultFileError when it cannot be used)."""
+    path = access().run_file(run, _EVALUATION.format(name=name))
+    command = f"domainclip evaluate {run.path} --fit-temperature"
+    return _result("evaluation", str(path), mtime(path), command)
 
 
 def audit_names(run: RunRef) -> list[str]:
-    """Audits of the run whose folder really lies inside it (links out are left out)."""
-    out = []
-    for name in auditdata.audit_names(run.path):
-        try:
-            access().run_file(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
-        except PathAccessError:
-            continue
-        out.append(name)
-    return out
+    """Audits of the run whose folder really lies inside it."""
+    return _inside(run, auditdata.audit_names(run.path), _AUDIT)
+
+
+def audit(run: RunRef, name: str) -> AuditReport:
+    """RUN/audit/<name>/audit.json, checked (ResultFileError when it cannot be used)."""
+    path = access().run_file(run, _AUDIT.format(name=name))
+    return _result("audit", str(path), mtime(path), f"domainclip audit {run.path} --spec {name}")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

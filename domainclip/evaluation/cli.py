@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from domainclip.errors import ConfigError
+
+if TYPE_CHECKING:
+    from domainclip.evaluation.results import EvaluationResult
 
 
 def _floats(text: str) -> list[float]:
@@ -18,45 +22,40 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _summary(r: dict) -> str:
+def _summary(r: EvaluationResult) -> str:
+    """A few lines on the terminal: the headline metric, AUROC, ECE, retrieval, forgetting."""
     from domainclip.evaluation.report import fmt
 
-    cls, cal, t = r["classification"], r["calibration"], r["temperature"]
-    main = "macro_auroc" if r["prompts"]["mode"] == "multi_label" else "accuracy"
+    cls, cal, t, main = r.classification, r.calibration, r.temperature, r.headline_metric
     lines = [
-        f"{r['name']}: {r['data']['n_evaluated']} images of split {r['data']['split']} "
-        f"(prompts {r['prompts']['version']}, T={t['value']:.4g} {t['source']})",
+        f"{r.name}: {r.data.n_evaluated} images of split {r.data.split} "
+        f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source})",
         f"  {main}: {fmt(cls[main])}",
         *([f"  macro AUROC: {fmt(cls['macro_auroc'])}"] if main != "macro_auroc" else []),
-        f"  ECE before: {fmt(cal['before']['ece'])}"
-        + (f", after: {fmt(cal['after']['ece'])}" if cal["after"] else ""),
-        f"  t2i R@1: {fmt(r['retrieval']['t2i_R@1'])}, i2t R@1: {fmt(r['retrieval']['i2t_R@1'])}",
+        f"  ECE before: {fmt(cal.before['ece'])}"
+        + (f", after: {fmt(cal.after['ece'])}" if cal.after else ""),
+        f"  t2i R@1: {fmt(r.retrieval['t2i_R@1'])}, i2t R@1: {fmt(r.retrieval['i2t_R@1'])}",
     ]
-    if r.get("forgetting"):
-        f = r["forgetting"]
+    if r.forgetting:
+        f = r.forgetting
         pts = ", ".join(
             f"a={a:g}: {fmt(x, 2)} / {fmt(y, 2)}"
             for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
         )
         lines.append(f"  forgetting (target / reference {f['metric']}): {pts}")
-    if r.get("outputs"):
-        lines.append(f"  wrote {r['outputs']['metrics']} (+ report.md, plots, predictions.csv)")
+    if r.outputs:
+        lines.append(f"  wrote {r.outputs['metrics']} (+ report.md, plots, predictions.csv)")
     return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from domainclip.evaluation.evaluate import evaluate
+    from domainclip.evaluation.evaluate import EvaluationOptions, run_evaluation
 
     if args.bins < 1:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     if args.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
-    result = evaluate(
-        args.model,
-        args.data,
-        split=args.split,
-        prompts=args.prompts,
-        out_dir=args.out,
+    options = EvaluationOptions(
         name=args.name,
         classes=args.classes,
         fit_temperature=args.fit_temperature,
@@ -74,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         reference_split=args.reference_split,
         alphas=args.alphas,
     )
+    result = run_evaluation(args.model, args.data, args.split, args.prompts, args.out, options)
     print(_summary(result))
     return 0
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from domainclip import __version__
 from domainclip.calibrators import (
     Calibrator,
     TemperatureCalibrator,
@@ -41,6 +41,14 @@ from domainclip.evaluation.forgetting import (
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
 from domainclip.evaluation.prompts import PromptSet, load_prompt_set
+from domainclip.evaluation.results import (
+    CalibrationSummary,
+    EvaluatedData,
+    EvaluatedModel,
+    EvaluationResult,
+    PromptsUsed,
+    TemperatureUsed,
+)
 from domainclip.evaluation.retrieval import retrieval_ranks, summarize_ranks
 from domainclip.evaluation.task import (
     Targets,
@@ -168,38 +176,11 @@ def _calibrator(
     return cal, info
 
 
-def evaluate(
-    model_or_run: Backbone | str | Path,
-    manifest: str | Path | None = None,
-    split: str = "test",
-    prompts: str | Path | dict | PromptSet | None = None,
-    out_dir: str | Path | None = None,
-    *,
-    name: str | None = None,
-    classes: Sequence[str] | None = None,
-    fit_temperature: bool = False,
-    val_split: str = "val",
-    temperature: float | None = None,
-    n_bins: int = 15,
-    n_boot: int = DEFAULT_N_BOOT,
-    seed: int = 0,
-    subgroups: Sequence[str] | None = None,
-    skip_uncovered: bool = False,
-    checkpoint: str = "best",
-    device: str = "cpu",
-    write: bool = True,
-    reference: str | Path | None = None,
-    reference_prompts: str | Path | dict | PromptSet | None = None,
-    reference_split: str = "test",
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-) -> dict[str, Any]:
-    """Evaluate a model on one split of a manifest and (by default) write the results.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """The keyword options of `evaluate` / `run_evaluation`.
 
-    Args:
-        model_or_run: a Backbone, a fine-tuning run directory (has config.yaml) or a backbone spec.
-        manifest: manifest file; default for runs: the run's data.manifest.
-        prompts: prompt-set YAML / dict / PromptSet; default for runs: the run's eval.prompts.
-        out_dir: where to write; default for runs: RUN/eval/<name>; required otherwise (when write).
+    Attributes:
         name: evaluation name (default "<manifest folder>_<split>").
         classes: subset/order of classes to score (default: the prompt set's, else the data's).
         fit_temperature: fit T on `val_split` and save it (RUN/calibration.json, or out_dir for a
@@ -208,41 +189,167 @@ def evaluate(
         n_bins: calibration bins; n_boot: bootstrap replicates (0: no CIs); seed: bootstrap seed.
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
         skip_uncovered: single-label rows whose label no prompt covers are skipped (else an error).
+        checkpoint, device: which run checkpoint to load, and where.
+        write: write the result files (metrics.json, report.md, plots, predictions.csv).
         reference, reference_prompts, reference_split: a second task for the forgetting monitor
             (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
             together with this task (forgetting.json / forgetting.png).
+    """
+
+    name: str | None = None
+    classes: Sequence[str] | None = None
+    fit_temperature: bool = False
+    val_split: str = "val"
+    temperature: float | None = None
+    n_bins: int = 15
+    n_boot: int = DEFAULT_N_BOOT
+    seed: int = 0
+    subgroups: Sequence[str] | None = None
+    skip_uncovered: bool = False
+    checkpoint: str = "best"
+    device: str = "cpu"
+    write: bool = True
+    reference: str | Path | None = None
+    reference_prompts: str | Path | dict | PromptSet | None = None
+    reference_split: str = "test"
+    alphas: Sequence[float] = DEFAULT_ALPHAS
+
+    def __post_init__(self) -> None:
+        # Sequences become tuples so options cannot change under a running evaluation.
+        for key in ("classes", "subgroups", "alphas"):
+            value = getattr(self, key)
+            if value is not None:
+                object.__setattr__(self, key, tuple(value))
+
+
+@dataclass
+class _Inputs:
+    """What an evaluation runs on, resolved from the arguments and the run's config."""
+
+    resolved: ResolvedModel
+    bb: Backbone
+    run: Run | None
+    run_dir: Path | None
+    manifest: str | Path  # as given (named in messages)
+    man: Manifest
+    split: str
+    ps: PromptSet
+    classes: list[str]
+    name: str
+    out_dir: Path
+
+
+@dataclass
+class _Scored:
+    """What the model produced on the split: embeddings, targets, calibrated probabilities."""
+
+    emb: EmbeddedSplit
+    tgt: Targets
+    text_feats: dict[str, torch.Tensor]
+    n_prompts: int
+    calibrator: Calibrator
+    t_info: dict[str, Any]
+    p_raw: np.ndarray  # [M, C] uncalibrated
+    p_cal: np.ndarray  # [M, C] calibrated
+
+
+def evaluate(
+    model_or_run: Backbone | str | Path,
+    manifest: str | Path | None = None,
+    split: str = "test",
+    prompts: str | Path | dict | PromptSet | None = None,
+    out_dir: str | Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate a model on one split of a manifest and (by default) write the results.
+
+    Args:
+        model_or_run: a Backbone, a fine-tuning run directory (has config.yaml) or a backbone spec.
+        manifest: manifest file; default for runs: the run's data.manifest.
+        prompts: prompt-set YAML / dict / PromptSet; default for runs: the run's eval.prompts.
+        out_dir: where to write; default for runs: RUN/eval/<name>; required otherwise (when write).
+        **options: the fields of `EvaluationOptions` (name, fit_temperature, n_boot, ...).
 
     Returns:
-        The metrics dict written to metrics.json (see docs/DESIGN.md), with "outputs" listing files.
+        The metrics dict written to metrics.json (`EvaluationResult.to_json()`, see
+        docs/DESIGN.md), with "outputs" listing files. `run_evaluation` returns the typed result.
     """
+    options_ = EvaluationOptions(**options)
+    return run_evaluation(model_or_run, manifest, split, prompts, out_dir, options_).to_json()
+
+
+def run_evaluation(
+    model_or_run: Backbone | str | Path,
+    manifest: str | Path | None = None,
+    split: str = "test",
+    prompts: str | Path | dict | PromptSet | None = None,
+    out_dir: str | Path | None = None,
+    options: EvaluationOptions = EvaluationOptions(),
+) -> EvaluationResult:
+    """`evaluate` returning the typed `EvaluationResult` (resolve, score, build, write)."""
     t0 = time.perf_counter()
+    inp = _resolve(model_or_run, manifest, split, prompts, out_dir, options)
+    scored = _score(inp, options)
+    result = _build_result(inp, scored, options)
+    extra: dict[str, str] = {}
+    if options.reference is not None:
+        result.forgetting = _forgetting_for(inp, options)
+        if options.write:
+            extra = write_forgetting(result.forgetting, inp.out_dir)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    if options.write:
+        multi = inp.ps.multi_label
+        write_outputs(
+            result, inp.out_dir, scored.emb, scored.tgt, scored.p_cal, inp.classes, multi, extra
+        )
+    return result
+
+
+def _resolve(
+    model_or_run: Backbone | str | Path,
+    manifest: str | Path | None,
+    split: str,
+    prompts: str | Path | dict | PromptSet | None,
+    out_dir: str | Path | None,
+    opts: EvaluationOptions,
+) -> _Inputs:
+    """Load the model; fill manifest, prompts, classes and out_dir from the run where not given."""
     resolved = resolve_model(
-        model_or_run, checkpoint=checkpoint, device=device, temperature=temperature
+        model_or_run, checkpoint=opts.checkpoint, device=opts.device, temperature=opts.temperature
     )
     bb, run = resolved.backbone, resolved.run
-    run_dir = resolved.run_dir
-    manifest = manifest or (run.setting("data.manifest") if run else None)
+
+    def setting(key: str) -> Any:
+        return run.setting(key) if run is not None else None
+
+    manifest = manifest or setting("data.manifest")
     if not manifest:
         raise ConfigError("no manifest to evaluate on: pass --data MANIFEST")
-    prompts = prompts or (run.setting("eval.prompts") if run else None)
+    prompts = prompts or setting("eval.prompts")
     if not prompts:
         raise ConfigError(
             "no prompt set: pass --prompts (e.g. configs/prompts/neu_det.yaml); zero-shot "
             "classification needs class prompts"
         )
-    classes = classes or (run.setting("data.classes") if run else None) or None
+    classes = opts.classes or setting("data.classes") or None
     ps = load_prompt_set(prompts)
     man = read_manifest(manifest)
     classes = align_with_head(bb, resolve_classes(ps, man, classes))
-    name = name or f"{Path(manifest).resolve().parent.name}_{split}"
+    name = opts.name or f"{Path(manifest).resolve().parent.name}_{split}"
     if out_dir is None:
-        if run_dir is None and write:
+        if run is None and opts.write:
             raise ConfigError(f"{bb.spec} is not a run directory: pass --out DIR for the results")
         out_dir = run.layout.eval_dir(name) if run is not None else Path(".")
-    out_dir = Path(out_dir)
+    return _Inputs(
+        resolved, bb, run, resolved.run_dir, manifest, man, split, ps, classes, name, Path(out_dir)
+    )
 
-    emb = embed_split(bb, man, split)
-    tgt = build_targets(emb.rows, classes, ps, skip_uncovered)
+
+def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
+    """Embed the split and the prompts once, score, and apply the calibrator."""
+    bb, ps, classes = inp.bb, inp.ps, inp.classes
+    emb = embed_split(bb, inp.man, inp.split)
+    tgt = build_targets(emb.rows, classes, ps, opts.skip_uncovered)
     texts = [r.text for r in emb.rows]
     prompt_texts = [t for ts in ps.class_texts(classes).values() for t in ts]
     if ps.multi_label:
@@ -252,23 +359,70 @@ def evaluate(
     logits = task.logits(bb, emb.image_feats[tgt.keep])
 
     cal, t_info = _calibrator(
-        resolved, fit_temperature, out_dir, (bb, man, task, val_split, n_bins, skip_uncovered), ps
+        inp.resolved,
+        opts.fit_temperature,
+        inp.out_dir,
+        (bb, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
+        ps,
     )
-    multi = ps.multi_label
-    p_raw = probabilities(logits, multi)
-    p_cal = cal.probabilities(logits, multi)
-    report = (
-        multi_label_report(p_cal, tgt.y, classes, n_boot=n_boot, seed=seed)
-        if multi
-        else single_label_report(p_cal, tgt.y, classes, n_boot=n_boot, seed=seed)
+    p_raw = probabilities(logits, ps.multi_label)
+    p_cal = cal.probabilities(logits, ps.multi_label)
+    return _Scored(emb, tgt, text_feats, len(set(prompt_texts)), cal, t_info, p_raw, p_cal)
+
+
+def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> EvaluationResult:
+    """Metrics with CIs (classification, calibration, retrieval) as an `EvaluationResult`."""
+    multi, classes, n_boot, seed = inp.ps.multi_label, inp.classes, opts.n_boot, opts.seed
+    report_fn = multi_label_report if multi else single_label_report
+    return EvaluationResult(
+        name=inp.name,
+        model=EvaluatedModel(
+            spec=inp.bb.spec,
+            family=inp.bb.family,
+            run=str(inp.run_dir) if inp.run_dir else None,
+            checkpoint=opts.checkpoint if inp.run_dir else None,
+        ),
+        data=_data_info(inp.man, inp.split, s.emb, s.tgt),
+        prompts=PromptsUsed(
+            source=inp.ps.source,
+            version=inp.ps.version,
+            mode=inp.ps.mode,
+            n_prompts=s.n_prompts,
+            classes=classes,
+        ),
+        temperature=TemperatureUsed(**s.t_info),
+        classification=report_fn(s.p_cal, s.tgt.y, classes, n_boot=n_boot, seed=seed),
+        calibration=_calibration(inp, s, opts),
+        retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
     )
-    calib: dict[str, Any] = {
-        "before": calibration_report(p_raw, tgt.y, multi, n_bins, n_boot, seed),
-        "after": calibration_report(p_cal, tgt.y, multi, n_bins, n_boot, seed)
-        if not cal.is_identity
+
+
+def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> CalibrationSummary:
+    """Calibration before and after scaling (after: None at T = 1) and ECE per subgroup."""
+    multi, y, n_bins, n_boot, seed = inp.ps.multi_label, s.tgt.y, opts.n_bins, opts.n_boot, opts.seed
+    kept_rows = [s.emb.rows[i] for i in s.tgt.keep]
+    cols = _subgroup_columns(kept_rows, opts.subgroups, inp.manifest)
+    return CalibrationSummary(
+        before=calibration_report(s.p_raw, y, multi, n_bins, n_boot, seed),
+        after=calibration_report(s.p_cal, y, multi, n_bins, n_boot, seed)
+        if not s.calibrator.is_identity
         else None,
-    }
-    kept_rows = [emb.rows[i] for i in tgt.keep]
+        subgroups=subgroup_ece(
+            s.p_cal,
+            y,
+            {c: [r.meta.get(c, "") for r in kept_rows] for c in cols},
+            multi,
+            n_bins,
+            n_boot=n_boot,
+            seed=seed,
+        ),
+    )
+
+
+def _subgroup_columns(
+    kept_rows: Sequence[Any], subgroups: Sequence[str] | None, manifest: str | Path
+) -> list[str]:
+    """The subgroup columns asked for (checked against the rows' metadata), else auto-detected."""
     cols = list(subgroups) if subgroups is not None else auto_subgroup_columns(kept_rows)
     missing_cols = [c for c in cols if not any(c in r.meta for r in kept_rows)]
     if missing_cols:
@@ -276,67 +430,29 @@ def evaluate(
             f"subgroup column(s) {', '.join(missing_cols)} are not in {manifest} "
             f"(metadata columns: {', '.join(sorted({k for r in kept_rows for k in r.meta})) or 'none'})"
         )
-    calib["subgroups"] = subgroup_ece(
-        p_cal,
-        tgt.y,
-        {c: [r.meta.get(c, "") for r in kept_rows] for c in cols},
-        multi,
-        n_bins,
-        n_boot=n_boot,
-        seed=seed,
+    return cols
+
+
+def _forgetting_for(inp: _Inputs, opts: EvaluationOptions) -> dict[str, Any]:
+    """The forgetting curve of this task and the reference task (runs only)."""
+    if inp.run is None:
+        raise ConfigError(
+            "--reference (forgetting monitor) needs a fine-tuning run: it compares the run's "
+            "weights with those of its base backbone"
+        )
+    target = TaskSpec(inp.name, inp.man, inp.split, inp.ps, inp.classes, use_head=True)
+    return _forgetting(
+        inp.bb,
+        inp.run,
+        target,
+        opts.reference,
+        opts.reference_prompts,
+        opts.reference_split,
+        opts.alphas,
+        opts.n_boot,
+        opts.seed,
+        resolve_device(opts.device),
     )
-    result: dict[str, Any] = {
-        "domainclip_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "name": name,
-        "model": {
-            "spec": bb.spec,
-            "family": bb.family,
-            "run": str(run_dir) if run_dir else None,
-            "checkpoint": checkpoint if run_dir else None,
-        },
-        "data": _data_info(man, split, emb, tgt),
-        "prompts": {
-            "source": ps.source,
-            "version": ps.version,
-            "mode": ps.mode,
-            "n_prompts": len(set(prompt_texts)),
-            "classes": classes,
-        },
-        "temperature": t_info,
-        "classification": report,
-        "calibration": calib,
-        "retrieval": _retrieval(emb, text_feats, n_boot, seed),
-        "seconds": None,
-    }
-    extra: dict[str, str] = {}
-    if reference is not None:
-        if run_dir is None:
-            raise ConfigError(
-                "--reference (forgetting monitor) needs a fine-tuning run: it compares the run's "
-                "weights with those of its base backbone"
-            )
-        target = TaskSpec(name, man, split, ps, classes, use_head=True)
-        result["forgetting"] = _forgetting(
-            bb,
-            run,
-            target,
-            reference,
-            reference_prompts,
-            reference_split,
-            alphas,
-            n_boot,
-            seed,
-            resolve_device(device),
-        )
-        if write:
-            extra = write_forgetting(result["forgetting"], out_dir)
-    result["seconds"] = round(time.perf_counter() - t0, 2)
-    if write:
-        result["outputs"] = write_outputs(
-            result, out_dir, emb, tgt, p_cal, classes, multi, extra_files=extra
-        )
-    return result
 
 
 def _forgetting(
@@ -374,14 +490,14 @@ def _forgetting(
     return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
 
 
-def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> dict[str, Any]:
-    return {
-        "manifest": str(man.path),
-        "split": split,
-        "n_rows": len(emb) + len(emb.failures),
-        "n_unreadable": len(emb.failures),
-        "n_evaluated": len(tgt.keep),
-        "skipped": tgt.skipped,
-        "uncovered_labels": tgt.uncovered,
-        "notes": tgt.notes,
-    }
+def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> EvaluatedData:
+    return EvaluatedData(
+        manifest=str(man.path),
+        split=split,
+        n_rows=len(emb) + len(emb.failures),
+        n_unreadable=len(emb.failures),
+        n_evaluated=len(tgt.keep),
+        skipped=tgt.skipped,
+        uncovered_labels=tgt.uncovered,
+        notes=tgt.notes,
+    )

@@ -151,16 +151,14 @@ def forgetting_curve(
 
 def write_forgetting(curve: dict[str, Any], out_dir: str | Path) -> dict[str, str]:
     """forgetting.json + forgetting.png in `out_dir`."""
-    import json
-
-    from domainclip.evaluation.outputs import atomic_write_text
     from domainclip.evaluation.plots import plot_forgetting_curve
+    from domainclip.io import atomic_write_json
 
     def values(ds: list[dict]) -> list[float]:
         return [float("nan") if d["value"] is None else d["value"] for d in ds]
 
     out = Path(out_dir)
-    atomic_write_text(out / "forgetting.json", json.dumps(curve, indent=2, allow_nan=False))
+    atomic_write_json(out / "forgetting.json", curve)
     png = plot_forgetting_curve(
         curve["alphas"],
         values(curve["target"]),

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,22 +13,9 @@ from domainclip.evaluation.calibration import ReliabilityBins, plot_reliability
 from domainclip.evaluation.embed import EmbeddedSplit
 from domainclip.evaluation.plots import plot_confusion_matrix
 from domainclip.evaluation.report import render_markdown
+from domainclip.evaluation.results import METRICS_FILE, EvaluationResult
 from domainclip.evaluation.task import Targets
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary sibling + fsync + rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from domainclip.io import atomic_write_text
 
 
 def predictions_csv(
@@ -64,7 +47,7 @@ def predictions_csv(
 
 
 def write_outputs(
-    result: dict[str, Any],
+    result: EvaluationResult,
     out_dir: Path,
     emb: EmbeddedSplit,
     tgt: Targets,
@@ -73,40 +56,41 @@ def write_outputs(
     multi: bool,
     extra_files: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Write every file of an evaluation into `out_dir`; returns {kind: path}.
+    """Write every file of an evaluation into `out_dir`; returns {kind: path} (also set as
+    `result.outputs`).
 
     extra_files: files already written by the caller (e.g. the forgetting curve), listed too.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = dict(extra_files or {})
-    cal = result["calibration"]
-    for when in ("before", "after"):
-        if cal.get(when) is None:
+    cal = result.calibration
+    for when, report in (("before", cal.before), ("after", cal.after)):
+        if report is None:
             continue
-        bins = ReliabilityBins.from_dict(cal[when]["bins_width"])
-        t = result["temperature"]["value"] if when == "after" else 1.0
+        bins = ReliabilityBins.from_dict(report["bins_width"])
+        t = result.temperature.value if when == "after" else 1.0
         files[f"reliability_{when}"] = str(
             plot_reliability(
                 bins,
                 out_dir / f"reliability_{when}.png",
-                f"{result['name']}: {when} temperature scaling (T={t:.3g})",
+                f"{result.name}: {when} temperature scaling (T={t:.3g})",
             )
         )
     if not multi:
         files["confusion_matrix"] = str(
             plot_confusion_matrix(
-                result["classification"]["confusion_matrix"],
+                result.classification["confusion_matrix"],
                 classes,
                 out_dir / "confusion_matrix.png",
-                f"{result['name']} (zero-shot)",
+                f"{result.name} (zero-shot)",
             )
         )
     pred_path = out_dir / "predictions.csv"
     atomic_write_text(pred_path, predictions_csv(emb, tgt, probs, classes, multi))
     files["predictions"] = str(pred_path)
     files["report"] = str(out_dir / "report.md")
-    files["metrics"] = str(out_dir / "metrics.json")
-    result["outputs"] = files
+    files["metrics"] = str(out_dir / METRICS_FILE)
+    result.outputs = files
     atomic_write_text(out_dir / "report.md", render_markdown(result))
-    atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False))
+    result.write(out_dir / METRICS_FILE)
     return files

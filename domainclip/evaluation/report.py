@@ -1,9 +1,16 @@
-"""Short Markdown report of an evaluation result (the dict written to metrics.json)."""
+"""Short Markdown report of an evaluation result (`EvaluationResult`, also in metrics.json)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from domainclip.evaluation.results import (
+    MULTI_LABEL_METRICS,
+    SINGLE_LABEL_METRICS,
+    CalibrationSummary,
+    EvaluationResult,
+)
 
 
 def fmt(d: dict[str, Any] | None, digits: int = 3) -> str:
@@ -25,115 +32,117 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def render_markdown(r: dict[str, Any]) -> str:
+def render_markdown(r: EvaluationResult) -> str:
     """Render the evaluation result; every metric with its 95% bootstrap interval."""
-    cls, cal, data, t = r["classification"], r["calibration"], r["data"], r["temperature"]
-    multi = r["prompts"]["mode"] == "multi_label"
+    multi = r.prompts.multi_label
+    lines = _header(r)
+    lines += _classification(r.classification, multi)
+    lines += _calibration(r.calibration, r.temperature.value, multi)
+    lines += _retrieval(r.retrieval)
+    if r.forgetting:
+        lines += _forgetting(r.forgetting)
+    pngs = [p for p in (r.outputs or {}).values() if str(p).endswith(".png")]
+    if pngs:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
+    return "\n".join(lines) + "\n"
+
+
+def _header(r: EvaluationResult) -> list[str]:
+    data, t, ps, boot = r.data, r.temperature, r.prompts, r.classification["bootstrap"]
+    run = f" (run `{r.model.run}`, checkpoint {r.model.checkpoint})" if r.model.run else ""
     lines = [
-        f"# Evaluation: {r['name']}",
+        f"# Evaluation: {r.name}",
         "",
-        f"- Model: `{r['model']['spec']}`"
-        + (
-            f" (run `{r['model']['run']}`, checkpoint {r['model']['checkpoint']})"
-            if r["model"]["run"]
-            else ""
-        ),
-        f"- Data: `{data['manifest']}`, split **{data['split']}**: {data['n_evaluated']} images evaluated"
-        f" ({data['n_unreadable']} unreadable)",
-        f"- Prompts: `{r['prompts']['source']}` version {r['prompts']['version']} ({r['prompts']['mode']}, "
-        f"{r['prompts']['n_prompts']} prompts)",
-        f"- Temperature: {t['value']:.4g} ({t['source']})",
+        f"- Model: `{r.model.spec}`{run}",
+        f"- Data: `{data.manifest}`, split **{data.split}**: {data.n_evaluated} images evaluated"
+        f" ({data.n_unreadable} unreadable)",
+        f"- Prompts: `{ps.source}` version {ps.version} ({ps.mode}, {ps.n_prompts} prompts)",
+        f"- Temperature: {t.value:.4g} ({t.source})",
         "- Intervals: 95% stratified percentile bootstrap "
-        f"({cls['bootstrap']['n_boot']} replicates, seed {cls['bootstrap']['seed']})",
+        f"({boot['n_boot']} replicates, seed {boot['seed']})",
     ]
-    lines += [f"- Note: {n}" for n in data["notes"]] + (
-        [f"- Warning: {t['warning']}"] if t.get("warning") else []
-    )
-    lines += ["", "## Zero-shot classification", ""]
-    keys = (
-        ["macro_auroc", "macro_ap", "macro_f1", "subset_accuracy"]
-        if multi
-        else ["accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_ap"]
-    )
+    lines += [f"- Note: {n}" for n in data.notes]
+    return lines + ([f"- Warning: {t.warning}"] if t.warning else [])
+
+
+def _classification(cls: dict[str, Any], multi: bool) -> list[str]:
+    keys = MULTI_LABEL_METRICS if multi else SINGLE_LABEL_METRICS
+    lines = ["", "## Zero-shot classification", ""]
     lines += _table(["metric", "value [95% CI]"], [[k, fmt(cls[k])] for k in keys])
     lines += ["", "Per class (one-vs-rest):" if not multi else "Per finding:", ""]
-    lines += _table(
+    return lines + _table(
         ["class", "positives", "AUROC", "AP"],
         [[c, str(v["n_pos"]), fmt(v["auroc"]), fmt(v["ap"])] for c, v in cls["per_class"].items()],
     )
-    lines += ["", "## Calibration", ""]
-    cal_rows = []
-    for k, label in (
-        ("ece", "ECE (equal width)"),
-        ("ece_mass", "ECE (equal mass)"),
-        ("mce", "MCE"),
-        ("brier", "Brier"),
-        ("nll", "NLL"),
-    ):
-        cal_rows.append(
-            [label, fmt(cal["before"][k]), fmt(cal["after"][k]) if cal["after"] else "-"]
-        )
-    lines += _table(["metric", "before (T=1)", f"after (T={t['value']:.3g})"], cal_rows)
-    lines += [
-        "",
-        f"{cal['before']['n_bins']} bins; "
-        + (
-            "multi-label: each (image, finding) probability is judged."
-            if multi
-            else "top-1 confidence."
-        ),
+
+
+_CALIBRATION_LABELS = (
+    ("ece", "ECE (equal width)"),
+    ("ece_mass", "ECE (equal mass)"),
+    ("mce", "MCE"),
+    ("brier", "Brier"),
+    ("nll", "NLL"),
+)
+
+
+def _calibration(cal: CalibrationSummary, temperature: float, multi: bool) -> list[str]:
+    rows = [
+        [label, fmt(cal.before[k]), fmt(cal.after[k]) if cal.after else "-"]
+        for k, label in _CALIBRATION_LABELS
     ]
-    lines += _base_rate_note(cal, multi)
-    for col, groups in cal.get("subgroups", {}).items():
+    lines = ["", "## Calibration", ""]
+    lines += _table(["metric", "before (T=1)", f"after (T={temperature:.3g})"], rows)
+    judged = (
+        "multi-label: each (image, finding) probability is judged." if multi else "top-1 confidence."
+    )
+    lines += ["", f"{cal.before['n_bins']} bins; {judged}"]
+    lines += _base_rate_note(cal.to_json(), multi)
+    observed = ["positive rate", "mean probability"] if multi else ["accuracy", "mean confidence"]
+    for col, groups in cal.subgroups.items():
         lines += ["", f"ECE by `{col}`:", ""]
-        observed = (
-            ["positive rate", "mean probability"] if multi else ["accuracy", "mean confidence"]
-        )
         lines += _table(
             ["value", "n", "ECE", *observed],
             [
-                [
-                    g,
-                    str(v["n"]),
-                    fmt(v["ece"]),
-                    f"{v['accuracy']:.3f}",
-                    f"{v['mean_confidence']:.3f}",
-                ]
+                [g, str(v["n"]), fmt(v["ece"]), _num(v["accuracy"]), _num(v["mean_confidence"])]
                 for g, v in groups.items()
             ],
         )
-    ret = r["retrieval"]
-    lines += [
+    return lines
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _retrieval(ret: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Retrieval",
         "",
-        f"{ret['n_images']} images, {ret['n_texts']} distinct texts. {ret['note']}.",
+        f"{ret['n_images']} images, {ret['n_texts']} distinct texts. {ret.get('note', '')}.",
         "",
     ]
-    lines += _table(
+    return lines + _table(
         ["direction", "R@1", "R@5", "R@10", "median rank"],
         [
             [p, *(fmt(ret[f"{p}_R@{k}"]) for k in (1, 5, 10)), fmt(ret[f"{p}_median_rank"], 1)]
             for p in ("i2t", "t2i")
         ],
     )
-    if r.get("forgetting"):
-        f = r["forgetting"]
-        lines += ["", "## Forgetting (weight-space interpolation)", ""]
-        lines += _table(
-            ["alpha", f"target {f['metric']}", f"reference {f['metric']}"],
-            [
-                [f"{a:.2f}", fmt(x), fmt(y)]
-                for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
-            ],
-        )
-    pngs = [p for k, p in r.get("outputs", {}).items() if str(p).endswith(".png")]
-    if pngs:
-        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
-    return "\n".join(lines) + "\n"
 
 
-def _base_rate_note(cal: dict, multi: bool) -> list[str]:
+def _forgetting(f: dict[str, Any]) -> list[str]:
+    lines = ["", "## Forgetting (weight-space interpolation)", ""]
+    return lines + _table(
+        ["alpha", f"target {f['metric']}", f"reference {f['metric']}"],
+        [
+            [f"{a:.2f}", fmt(x), fmt(y)]
+            for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
+        ],
+    )
+
+
+def _base_rate_note(cal: dict[str, Any], multi: bool) -> list[str]:
     """Warn when miscalibration is a base-rate offset that temperature scaling cannot remove.
 
     Dividing logits by T rescales them around 0 but never shifts them: with a positive/negated

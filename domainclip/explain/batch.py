@@ -1,28 +1,13 @@
 """Explain images to files: maps (.npy), overlays (.png), token HTML and an index JSON.
 
-The index (`index.json`, format `domainclip.explain.index/1`) is what the dashboard reads:
-
-    {"format": ..., "complete": bool (false while a batch runs or after it was interrupted),
-     "backbone": spec, "run": dir|null, "manifest": path|null, "split": str|null,
-     "score": "similarity"|"probability", "temperature": T, "methods": [...], "checks": [...],
-     "settings": {ExplainSettings as a dict}, "created": iso time,
-     "items": [{"row", "image" (absolute), "prompt", "label", "method", "kind": "saliency"|"contrast",
-                "prompt_b" (contrast only), "map", "overlay" (paths relative to the index folder),
-                "score", "seconds", "params", "region": "mask"|"boxes"|null,
-                "localisation": {pointing, energy, area, pointing_baseline}|null,
-                "sanity": {randomisation_spearman, text_max_spearman, text_spearman: {prompt: rho},
-                           deletion_auc, insertion_auc, random_deletion_auc, random_insertion_auc}}],
-     "tokens": [{"row", "image", "text", "html", "words", "scores", "score", "convergence_delta"}],
-     "skipped": [{"row", "image", "reason"}],
-     "summary": {method: {"n", "mean_seconds", "localisation": {`localisation.summarise`},
-                          "sanity": {mean of each number}}}}
-NaN values are written as null.
+The index (`index.json`, `domainclip.explain.index.ExplainIndex`, format
+`domainclip.explain.index/1`) lists every map with its scores and checks; the model card and the
+CLI summary read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -43,8 +28,16 @@ from domainclip.explain.image import (
     is_signed,
     methods_for,
 )
+from domainclip.explain.index import (
+    INDEX_FILE,
+    ExplainIndex,
+    IndexItem,
+    MethodSummary,
+    SkippedRow,
+    TokenRecord,
+)
 from domainclip.explain.inputs import ModelInput, mask_to_view, prepare_image
-from domainclip.explain.localisation import Localisation, localise, summarise
+from domainclip.explain.localisation import localise, summarise
 from domainclip.explain.render import render_overlay, save_html, save_map
 from domainclip.explain.sanity import (
     UNRELATED_PROMPTS,
@@ -57,7 +50,6 @@ from domainclip.models import Backbone
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "domainclip.explain.index/1"
 CHECKS = ("randomisation", "text", "deletion", "localisation")
 
 
@@ -172,12 +164,14 @@ def _explain_row(
     row: int,
     label: list[str],
     region: tuple[np.ndarray, str] | None,
-) -> tuple[list[dict], dict | None]:
-    items: list[dict] = []
+) -> tuple[list[IndexItem], TokenRecord | None]:
+    """Every method's map (and contrast map) of one image, and its token attribution."""
     view_mask = mask_to_view(sess.bb, region[0]) if region is not None else None
     if view_mask is not None and not view_mask.any():
         view_mask = None  # the region was cropped away by the centre crop
+    region_kind = region[1] if region is not None and view_mask is not None else None
     pool = [prompt, *([sess.s.prompt_b] if sess.s.prompt_b else [])]
+    items: list[IndexItem] = []
     for method in sess.s.methods:
         sal = sess.explain(sess.explainer, inp, prompt, method, pool)
         stem = f"{row:05d}_{method}"
@@ -185,61 +179,64 @@ def _explain_row(
         map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
         loc = None
         if view_mask is not None and "localisation" in sess.s.checks:
-            loc = localise(sal.map, view_mask, sess.s.tolerance).to_dict()
-        items.append(
-            {
-                "row": row,
-                "image": inp.path,
-                "prompt": prompt,
-                "label": label,
-                "method": method,
-                "kind": "saliency",
-                "map": map_file,
-                "overlay": overlay,
-                "score": sal.score,
-                "seconds": sal.seconds,
-                "params": sal.params,
-                "region": region[1] if region is not None and view_mask is not None else None,
-                "localisation": loc,
-                "sanity": _sanity(sess, inp, sal, pool),
-            }
+            loc = localise(sal.map, view_mask, sess.s.tolerance)
+        item = IndexItem(
+            row=row,
+            image=inp.path,
+            prompt=prompt,
+            label=label,
+            method=method,
+            kind="saliency",
+            map=map_file,
+            overlay=overlay,
+            score=sal.score,
+            seconds=sal.seconds,
+            params=sal.params,
+            region=region_kind,
+            localisation=loc,
+            sanity=_sanity(sess, inp, sal, pool),
         )
+        items.append(item)
         if sess.s.prompt_b:
-            b = sess.explain(sess.explainer, inp, sess.s.prompt_b, method, pool)
-            diff = (sal.map - b.map).astype(np.float32)
-            title = f"{method}: A - B\nA: {prompt[:50]}\nB: {sess.s.prompt_b[:50]}"
-            map_file, overlay = _write_map(sess, inp, f"{stem}_contrast", diff, title, True)
-            items.append(
-                {
-                    **{k: items[-1][k] for k in ("row", "image", "prompt", "label", "method")},
-                    "kind": "contrast",
-                    "prompt_b": sess.s.prompt_b,
-                    "map": map_file,
-                    "overlay": overlay,
-                    "score": sal.score,
-                    "score_b": b.score,
-                    "seconds": sal.seconds + b.seconds,
-                    "params": sal.params,
-                    "region": None,
-                    "localisation": None,
-                    "sanity": {},
-                }
-            )
-    tokens = None
-    if sess.s.token_attribution:
-        ta = token_attribution(sess.bb, inp.pixels, prompt, **sess.s.options.get("tokens", {}))
-        page = save_html(ta.to_html(), sess.out / "tokens" / f"{row:05d}.html")
-        tokens = {
-            "row": row,
-            "image": inp.path,
-            "text": prompt,
-            "html": str(page.relative_to(sess.out)),
-            "words": ta.words,
-            "scores": ta.scores,
-            "score": ta.score,
-            "convergence_delta": ta.convergence_delta,
-        }
-    return items, tokens
+            items.append(_contrast_item(sess, inp, item, sal, pool, stem))
+    return items, _tokens(sess, inp, prompt, row) if sess.s.token_attribution else None
+
+
+def _contrast_item(
+    sess: _Session, inp: ModelInput, item: IndexItem, sal: SaliencyMap, pool: list[str], stem: str
+) -> IndexItem:
+    """The map of prompt A minus prompt B (same method), next to A's saliency item."""
+    b = sess.explain(sess.explainer, inp, sess.s.prompt_b, sal.method, pool)
+    diff = (sal.map - b.map).astype(np.float32)
+    title = f"{sal.method}: A - B\nA: {item.prompt[:50]}\nB: {sess.s.prompt_b[:50]}"
+    map_file, overlay = _write_map(sess, inp, f"{stem}_contrast", diff, title, True)
+    return dataclasses.replace(
+        item,
+        kind="contrast",
+        prompt_b=sess.s.prompt_b,
+        map=map_file,
+        overlay=overlay,
+        score_b=b.score,
+        seconds=sal.seconds + b.seconds,
+        region=None,
+        localisation=None,
+        sanity={},
+    )
+
+
+def _tokens(sess: _Session, inp: ModelInput, prompt: str, row: int) -> TokenRecord:
+    ta = token_attribution(sess.bb, inp.pixels, prompt, **sess.s.options.get("tokens", {}))
+    page = save_html(ta.to_html(), sess.out / "tokens" / f"{row:05d}.html")
+    return TokenRecord(
+        row=row,
+        image=inp.path,
+        text=prompt,
+        html=str(page.relative_to(sess.out)),
+        words=ta.words,
+        scores=ta.scores,
+        score=ta.score,
+        convergence_delta=ta.convergence_delta,
+    )
 
 
 def _mean(values: list[float]) -> float:
@@ -247,69 +244,49 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def _summary(items: list[dict]) -> dict:
-    out: dict[str, dict] = {}
-    for method in dict.fromkeys(i["method"] for i in items if i["kind"] == "saliency"):
-        rows = [i for i in items if i["method"] == method and i["kind"] == "saliency"]
-        locs = [i["localisation"] for i in rows if i["localisation"]]
-        loc_objs = [Localisation(**d) for d in locs]
-        keys = sorted({k for i in rows for k, v in i["sanity"].items() if not isinstance(v, dict)})
-        out[method] = {
-            "n": len(rows),
-            "mean_seconds": _mean([i["seconds"] for i in rows]),
-            "localisation": summarise(loc_objs),
-            "sanity": {k: _mean([i["sanity"].get(k, math.nan) for i in rows]) for k in keys},
-        }
+def _summary(items: list[IndexItem]) -> dict[str, MethodSummary]:
+    out: dict[str, MethodSummary] = {}
+    saliency = [i for i in items if i.kind == "saliency"]
+    for method in dict.fromkeys(i.method for i in saliency):
+        rows = [i for i in saliency if i.method == method]
+        keys = sorted({k for i in rows for k, v in i.sanity.items() if not isinstance(v, dict)})
+        out[method] = MethodSummary(
+            n=len(rows),
+            mean_seconds=_mean([i.seconds for i in rows]),
+            localisation=summarise([i.localisation for i in rows if i.localisation]),
+            sanity={k: _mean([i.sanity.get(k, math.nan) for i in rows]) for k in keys},
+        )
     return out
 
 
-def _write_index(out: Path, index: dict) -> Path:
-    path = out / "index.json"
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        # nan is not JSON; null is what a reader (the dashboard) can handle.
-        json.dump(_nan_to_none(index), fh, indent=2, allow_nan=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    return path
-
-
-def _nan_to_none(x: object) -> object:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_nan_to_none(v) for v in x]
-    return x
-
-
 def _index(
-    header: dict, complete: bool, items: list[dict], tokens: list[dict], skipped: list[dict]
-) -> dict:
-    return {
-        **header,
-        "complete": complete,
-        "items": items,
-        "tokens": tokens,
-        "skipped": skipped,
-        "summary": _summary(items),
-    }
+    header: ExplainIndex,
+    complete: bool,
+    items: list[IndexItem],
+    tokens: list[TokenRecord],
+    skipped: list[SkippedRow],
+) -> ExplainIndex:
+    return dataclasses.replace(
+        header,
+        complete=complete,
+        items=list(items),
+        tokens=list(tokens),
+        skipped=list(skipped),
+        summary=_summary(items),
+    )
 
 
-def _header(bb: Backbone, s: ExplainSettings, **extra: object) -> dict:
-    return {
-        "format": INDEX_FORMAT,
-        "backbone": bb.spec,
-        "score": s.score,
-        "temperature": s.temperature,
-        "methods": list(s.methods),
-        "checks": list(s.checks),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": dataclasses.asdict(s),
-        **extra,
-    }
+def _header(bb: Backbone, s: ExplainSettings, **where: str | None) -> ExplainIndex:
+    """The index before any row: backbone, settings and `where` (run, manifest, split)."""
+    return ExplainIndex(
+        backbone=bb.spec,
+        score=s.score,
+        temperature=s.temperature,
+        methods=list(s.methods),
+        checks=list(s.checks),
+        settings=dataclasses.asdict(s),
+        **where,
+    )
 
 
 def explain_files(
@@ -339,7 +316,7 @@ def explain_files(
         )
     items, tokens = _explain_row(sess, inp, prompt, 0, [], region)
     header = _header(bb, settings, run=run, manifest=None, split=None)
-    return _write_index(out, _index(header, True, items, [tokens] if tokens else [], []))
+    return _index(header, True, items, [tokens] if tokens else [], []).write(out / INDEX_FILE)
 
 
 def explain_manifest(
@@ -371,7 +348,9 @@ def explain_manifest(
     rows = rows[:limit] if limit else rows
     out = Path(out)
     sess = _Session(bb, settings, out)
-    items, tokens, skipped = [], [], []
+    items: list[IndexItem] = []
+    tokens: list[TokenRecord] = []
+    skipped: list[SkippedRow] = []
     header = _header(bb, settings, run=run, manifest=str(Path(manifest).resolve()), split=split)
     t0 = time.perf_counter()
     for n, row in enumerate(rows):
@@ -381,7 +360,7 @@ def explain_manifest(
             region = region_from_meta(row.meta, man.root, inp.original_size)
             got, tok = _explain_row(sess, inp, row.text, row.row, row.label, region)
         except DomainClipError as exc:
-            skipped.append({"row": row.row, "image": str(image), "reason": str(exc)})
+            skipped.append(SkippedRow(row.row, str(image), str(exc)))
             log.warning("skipped row %d: %s", row.row, exc)
             continue
         items.extend(got)
@@ -389,5 +368,5 @@ def explain_manifest(
         log.info("explained %d/%d (%.1f s)", n + 1, len(rows), time.perf_counter() - t0)
         # Rewritten after every row (atomically): an interrupted batch keeps what it computed,
         # and a reader sees progress ("complete" stays false until the last row).
-        _write_index(out, _index(header, n + 1 == len(rows), items, tokens, skipped))
-    return _write_index(out, _index(header, True, items, tokens, skipped))
+        _index(header, n + 1 == len(rows), items, tokens, skipped).write(out / INDEX_FILE)
+    return _index(header, True, items, tokens, skipped).write(out / INDEX_FILE)

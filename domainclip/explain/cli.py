@@ -58,43 +58,51 @@ def _region(args: argparse.Namespace, image: str):
 
 
 def _print_summary(index_path: Path) -> None:
-    index = json.loads(index_path.read_text())
+    from domainclip.explain.index import ExplainIndex
+
+    index = ExplainIndex.read(index_path)
     print(f"{'method':10} {'kind':9} {'score':>8} {'sec':>6}  details")
-    for item in index["items"][:40]:
+    for item in index.items[:40]:
         details = []
-        if item.get("localisation"):
-            loc = item["localisation"]
+        if item.localisation:
+            loc = item.localisation
             details.append(
-                f"pointing {loc['pointing']:.2f} (random {loc['pointing_baseline']:.2f}) "
-                f"energy {loc['energy'] if loc['energy'] is not None else float('nan'):.2f} "
-                f"(random {loc['area']:.2f})"
+                f"pointing {loc.pointing:.2f} (random {loc.pointing_baseline:.2f}) "
+                f"energy {loc.energy if loc.energy is not None else float('nan'):.2f} "
+                f"(random {loc.area:.2f})"
             )
-        for key, value in item.get("sanity", {}).items():
+        for key, value in item.sanity.items():
             if isinstance(value, float):
                 details.append(f"{key} {value:.3f}")
+        score = float("nan") if item.score is None else item.score
         print(
-            f"{item['method']:10} {item['kind']:9} {item['score']:8.3f} {item['seconds']:6.2f}  "
+            f"{item.method:10} {item.kind:9} {score:8.3f} {item.seconds:6.2f}  "
             + "; ".join(details)
         )
-    if len(index["items"]) > 40:
-        print(f"... {len(index['items']) - 40} more rows in the index")
-    for method, summ in index["summary"].items():
-        loc = summ["localisation"]
+    if len(index.items) > 40:
+        print(f"... {len(index.items) - 40} more rows in the index")
+    for method, summ in index.summary.items():
+        loc = summ.localisation
         if loc.get("n"):
             print(
                 f"{method}: localisation over {loc['n']} images: pointing {loc['pointing']:.3f} vs "
-                f"random {loc['pointing_random']:.3f}; energy {loc['energy']:.3f} vs random "
-                f"{loc['energy_random']:.3f}"
+                f"random {loc['pointing_random']:.3f}; energy {_num(loc['energy'])} vs random "
+                f"{_num(loc['energy_random'])}"
             )
-        if summ["sanity"]:
-            nums = ", ".join(f"{k} {v:.3f}" for k, v in summ["sanity"].items() if v is not None)
+        if summ.sanity:
+            nums = ", ".join(f"{k} {v:.3f}" for k, v in summ.sanity.items() if v is not None)
             print(f"{method}: mean sanity numbers: {nums}")
-    for tok in index.get("tokens", [])[:5]:
-        words = ", ".join(f"{w} {s:+.3f}" for w, s in zip(tok["words"], tok["scores"], strict=True))
-        print(f"tokens (row {tok['row']}): {words}")
-    if index.get("skipped"):
-        print(f"skipped {len(index['skipped'])} rows (see 'skipped' in the index)")
+    for tok in index.tokens[:5]:
+        words = ", ".join(f"{w} {_num(s, '+.3f')}" for w, s in zip(tok.words, tok.scores, strict=True))
+        print(f"tokens (row {tok.row}): {words}")
+    if index.skipped:
+        print(f"skipped {len(index.skipped)} rows (see 'skipped' in the index)")
     print(f"index: {index_path}")
+
+
+def _num(v: float | None, spec: str = ".3f") -> str:
+    """A number of the index (null when it was NaN) as text."""
+    return format(float("nan") if v is None else v, spec)
 
 
 def _run(args: argparse.Namespace) -> int:

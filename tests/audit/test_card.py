@@ -113,3 +113,27 @@ def test_unreadable_inputs_are_left_out_not_fatal(full_run, tmp_path):
     next(copy.glob("eval/*/metrics.json")).write_text("{not json")
     md = write_card(copy).read_text()
     assert "## Evaluation" in md and "## Prompt-framing audit" in md
+
+
+def test_damaged_or_older_result_files_are_named_in_the_card(full_run, tmp_path):
+    run, _, _ = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    metrics_file = next(copy.glob("eval/*/metrics.json"))
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "schema": "domainclip.evaluation/0"}))
+    audit_file = copy / "audit" / "small" / "audit.json"
+    audit = json.loads(audit_file.read_text())
+    del audit["gate"]["verdict"]
+    audit_file.write_text(json.dumps(audit))
+    index_file = copy / "explain" / "test" / "index.json"
+    index = json.loads(index_file.read_text())
+    index["items"][0]["map"] = 3
+    index_file.write_text(json.dumps(index))
+    md = write_card(copy).read_text()
+    assert f"Left out: {metrics_file}: written by an older domainclip" in md
+    assert f"`domainclip evaluate {copy} --fit-temperature`" in md
+    assert f"Left out: {audit_file}: 'gate.verdict' is missing" in md
+    assert f"`domainclip audit {copy} --spec small --gate`" in md
+    assert f"Left out: {index_file}: 'items[0].map' is 3, expected a string" in md
+    assert "## Explanations: sanity checks" in md and "## Limitations" in md

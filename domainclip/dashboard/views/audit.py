@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from domainclip.audit.results import AuditReport, FlipExample
 from domainclip.dashboard import auditdata, charts, state
 from domainclip.dashboard.access import PathAccessError, RunRef
 from domainclip.datasets.imageio import ImageReadError, load_image
@@ -20,65 +21,61 @@ from domainclip.privacy import pseudonym
 FLIPS_PER_PAGE = 4
 
 
-def _no_audit(run: RunRef) -> None:
-    st.info(
-        f"Run `{run.name}` has no framing audit yet. Produce one (the shipped specs are "
-        "`neu_det`, `covid_cxr` and `synthetic`, or a YAML path) with:\n\n"
-        f"```\ndomainclip audit {run.path} --spec SPEC\n```"
-    )
+def _threshold(value: float | None, spec: str = "g") -> str:
+    return "off" if value is None else format(value, spec)
 
 
-def _verdict(audit: dict) -> None:
-    gate = audit["gate"]
-    failed = gate.get("failed") or []
-    if gate["verdict"] == "pass":
-        st.success(f"Gate verdict: PASS ({gate['n_checks']} checks, {gate['n_skipped']} skipped)")
+def _verdict(audit: AuditReport) -> None:
+    gate = audit.gate
+    if gate.verdict == "pass":
+        st.success(f"Gate verdict: PASS ({gate.n_checks} checks, {gate.n_skipped} skipped)")
     else:
         st.error(
-            f"Gate verdict: {gate['verdict'].upper()}: {gate['n_failed']} of {gate['n_checks']} "
-            f"checks failed: {', '.join(failed)}"
+            f"Gate verdict: {gate.verdict.upper()}: {gate.n_failed} of {gate.n_checks} "
+            f"checks failed: {', '.join(gate.failed)}"
         )
-    t = gate["thresholds"]
+    t = gate.thresholds
+    if t is None:
+        return
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Max |mean shift|", f"{t['max_abs_mean_shift']:g}", help="probability units")
-    c2.metric("Max flip rate", f"{t['max_flip_rate']:.0%}")
-    c3.metric("Max ECE", f"{t['max_ece']:g}")
-    c4.metric("Alpha (Holm)", f"{t['alpha']:g}")
+    c1.metric("Max |mean shift|", _threshold(t.max_abs_mean_shift), help="probability units")
+    c2.metric("Max flip rate", _threshold(t.max_flip_rate, ".0%"))
+    c3.metric("Max ECE", _threshold(t.max_ece))
+    c4.metric("Alpha (Holm)", f"{t.alpha:g}")
 
 
-def _flip_card(run: RunRef, view, example: dict, method: str, alpha: float) -> None:
-    path = state.listed_image(view, example["path"])
+def _flip_card(run: RunRef, view, example: FlipExample, method: str, alpha: float) -> None:
+    path = state.listed_image(view, example.path)
     image = load_image(path)
-    ref, framed = example["reference"], example["framed"]
     st.markdown(
-        f"**row {example['row']}** · target `{example['target']}` · group "
-        f"`{pseudonym(example['group'])}` · shift {example['shift']:+.4f}"
+        f"**row {example.row}** · target `{example.target}` · group "
+        f"`{pseudonym(example.group)}` · shift {example.shift:+.4f}"
     )
     cols = st.columns(3)
-    cols[0].image(image, caption=f"row {example['row']} ({example['image']})", width=200)
+    cols[0].image(image, caption=f"row {example.row} ({example.image})", width=200)
     token = state.model_token(run)
     key = f"{path}:{state.mtime(path)}"
-    for col, side in ((cols[1], ref), (cols[2], framed)):
-        m = state.saliency_map(str(run.path), token, key, image, side["prompt_decision"], method)
+    for col, side in ((cols[1], example.reference), (cols[2], example.framed)):
+        m = state.saliency_map(str(run.path), token, key, image, side.prompt_decision, method)
         col.image(
             overlay_png(
                 m.view,
                 m.map,
                 alpha=alpha,
-                title=f"{side['framing']}: {side['prompt_decision']}",
+                title=f"{side.framing}: {side.prompt_decision}",
                 diverging=is_signed(method),
                 label="attribution (similarity units)",
             ),
             caption=(
-                f"{side['framing']}: decides {side['decision']} (p = {side['decision_prob']:.3f}); "
-                f"target {example['target']} p = {side['target_prob']:.3f}"
+                f"{side.framing}: decides {side.decision} (p = {side.decision_prob:.3f}); "
+                f"target {example.target} p = {side.target_prob:.3f}"
             ),
         )
 
 
-def _flips(run: RunRef, name: str, audit: dict) -> None:
+def _flips(run: RunRef, name: str, audit: AuditReport) -> None:
     st.subheader("Flipped decisions, with saliency under both framings")
-    examples = audit.get("flip_examples") or {}
+    examples = audit.flip_examples
     with_flips = [f for f, ex in examples.items() if ex]
     if not with_flips:
         st.success("No image changed its decision under any framing.")
@@ -107,34 +104,52 @@ def _flips(run: RunRef, name: str, audit: dict) -> None:
             try:
                 _flip_card(run, view, example, method, alpha)
             except (PathAccessError, ImageReadError) as exc:
-                st.error(f"row {example['row']}: {exc}")
+                st.error(f"row {example.row}: {exc}")
             except DomainClipError as exc:
-                st.error(f"row {example['row']}: saliency failed: {exc}")
+                st.error(f"row {example.row}: saliency failed: {exc}")
 
 
 def render() -> None:
     """Render the Framing audit page."""
     st.title("Framing audit")
     run = state.current_run()
-    names = state.audit_names(run)
-    if not names:
-        _no_audit(run)
+    picked = state.pick_result(
+        "Audit",
+        auditdata.AUDIT_DIR,
+        state.audit_names(run),
+        lambda name: state.audit(run, name),
+        missing=(
+            f"Run `{run.name}` has no framing audit yet. Produce one (the shipped specs are "
+            "`neu_det`, `covid_cxr` and `synthetic`, or a YAML path) with:",
+            f"domainclip audit {run.path} --spec SPEC",
+        ),
+    )
+    if picked is None:
         return
-    name = st.selectbox("Audit", names, help="folders under RUN/audit/")
-    audit = state.run_json(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
-    spec, data = audit["spec"], audit["data"]
+    name, audit = picked
+    spec, data = audit.spec, audit.data
     st.caption(
         f"Spec `{spec['name']}` version {spec.get('version', '?')} · reference framing "
-        f"`{spec['reference']}` · {data['n_images']} images (split {data.get('split') or 'all'})"
+        f"`{audit.reference}` · {data.n_images} images (split {data.split or 'all'})"
     )
     _verdict(audit)
+    _framings(run, name, audit)
+    _subgroups(audit)
+    with st.expander("Per class"):
+        st.dataframe(auditdata.per_class_table(audit), hide_index=True, width="stretch")
+    with st.expander("Every gate check"):
+        st.dataframe(auditdata.checks_table(audit), hide_index=True, width="stretch")
+    _flips(run, name, audit)
 
+
+def _framings(run: RunRef, name: str, audit: AuditReport) -> None:
+    """The per-framing table, the score-shift distributions and the flip rates."""
     st.subheader("Per framing vs the reference")
     st.dataframe(auditdata.framing_table(audit), hide_index=True, width="stretch")
-    shifts = state.score_shifts(run, name, spec["reference"])
+    shifts = state.score_shifts(run, name, audit.reference)
     means = auditdata.estimates_frame(audit, "mean_shift")
     st.altair_chart(
-        charts.shift_distribution_chart(shifts, means, spec["reference"]), width="content"
+        charts.shift_distribution_chart(shifts, means, audit.reference), width="content"
     )
     flips = auditdata.estimates_frame(audit, "flip_rate")
     st.altair_chart(
@@ -148,6 +163,8 @@ def render() -> None:
         width="content",
     )
 
+
+def _subgroups(audit: AuditReport) -> None:
     st.subheader("Subgroups")
     hidden = auditdata.hidden_subgroup_columns(audit)
     if hidden:
@@ -158,11 +175,6 @@ def render() -> None:
     else:
         st.dataframe(sub, hide_index=True, width="stretch")
         st.dataframe(auditdata.subgroup_calibration_table(audit), hide_index=True, width="stretch")
-    with st.expander("Per class"):
-        st.dataframe(auditdata.per_class_table(audit), hide_index=True, width="stretch")
-    with st.expander("Every gate check"):
-        st.dataframe(auditdata.checks_table(audit), hide_index=True, width="stretch")
-    _flips(run, name, audit)
 
 
 render()

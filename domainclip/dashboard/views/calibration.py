@@ -10,48 +10,32 @@ import streamlit as st
 
 from domainclip.dashboard import calibdata, charts, state
 from domainclip.dashboard.access import RunRef
+from domainclip.evaluation.results import CalibrationSummary, EvaluationResult
 
 
-def _no_evaluation(run: RunRef) -> None:
-    st.info(
-        f"Run `{run.name}` has no evaluation yet. Produce one (with a temperature fitted on the "
-        "validation split) with:\n\n"
-        f"```\ndomainclip evaluate {run.path} --fit-temperature\n```"
-    )
-
-
-def render() -> None:
-    """Render the Calibration page."""
-    st.title("Calibration")
-    run = state.current_run()
-    names = state.evaluation_names(run)
-    if not names:
-        _no_evaluation(run)
-        return
-    name = st.selectbox("Evaluation", names, help="folders under RUN/eval/")
-    result = state.evaluation(run, name)
-    calib = result["calibration"]
-    temp = result.get("temperature", {})
-    data = result.get("data", {})
+def _overview(run: RunRef, result: EvaluationResult) -> None:
+    """Temperature, images, split, and whether a temperature was fitted."""
+    temp, data = result.temperature, result.data
     c1, c2, c3 = st.columns(3)
-    c1.metric("Temperature T", f"{temp.get('value', 1.0):.4g}", help=str(temp.get("source", "")))
-    c2.metric("Images evaluated", data.get("n_evaluated", "n/a"))
-    c3.metric("Split", data.get("split", "n/a"))
-    if calib.get("after") is None and temp.get("fit"):
+    c1.metric("Temperature T", f"{temp.value:.4g}", help=temp.source)
+    c2.metric("Images evaluated", data.n_evaluated)
+    c3.metric("Split", data.split)
+    if result.calibration.after is None and temp.fit:
         # evaluate stores the fit but skips the "after" report when the fit kept T = 1
         st.info(
             "A temperature was fitted on the validation split and kept at T = 1 (scaling did not "
             "lower the validation NLL, e.g. a perfectly separated split): the probabilities below "
             "are the model's own."
         )
-    elif calib.get("after") is None:
+    elif result.calibration.after is None:
         st.warning(
             "No temperature fitted (T = 1): only the uncalibrated model is shown. Fit one with "
             f"`domainclip evaluate {run.path} --fit-temperature`."
         )
-    st.subheader("Calibration metrics (95% bootstrap CI)")
-    st.dataframe(calibdata.calibration_table(calib), hide_index=True, width="stretch")
 
+
+def _reliability(calib: CalibrationSummary, temperature: float) -> None:
+    """Reliability diagrams before / after scaling and the confidence histogram."""
     strategy = st.radio(
         "Bins",
         ["width", "mass"],
@@ -66,7 +50,7 @@ def render() -> None:
         if part.empty:
             col.caption(f"{when} temperature scaling: not available")
             continue
-        t = 1.0 if when == "before" else temp.get("value", 1.0)
+        t = 1.0 if when == "before" else temperature
         col.altair_chart(
             charts.reliability_chart(
                 part, f"{when.capitalize()} temperature scaling (T = {t:.3g})"
@@ -75,6 +59,9 @@ def render() -> None:
         )
     st.altair_chart(charts.confidence_histogram_chart(bins), width="content")
 
+
+def _subgroups(calib: CalibrationSummary) -> None:
+    """ECE per subgroup value (identifying columns withheld, named only)."""
     st.subheader("ECE per subgroup (after temperature scaling)")
     sub = calibdata.subgroup_frame(calib)
     hidden = calibdata.hidden_subgroup_columns(calib)
@@ -85,20 +72,41 @@ def render() -> None:
         )
     if sub.empty:
         st.caption("No subgroup columns (metadata such as view or sex) in this evaluation.")
-    else:
-        st.dataframe(
-            sub.drop(columns=["ece", "ci_low", "ci_high"]), hide_index=True, width="stretch"
+        return
+    st.dataframe(sub.drop(columns=["ece", "ci_low", "ci_high"]), hide_index=True, width="stretch")
+    defined = sub.dropna(subset=["ece"]).assign(group=lambda d: d["column"] + " = " + d["value"])
+    if not defined.empty:
+        st.altair_chart(
+            charts.estimate_bars_chart(
+                defined, "group", "ece", "ECE per subgroup", "ECE (probability units)", "column"
+            ),
+            width="content",
         )
-        defined = sub.dropna(subset=["ece"]).assign(
-            group=lambda d: d["column"] + " = " + d["value"]
-        )
-        if not defined.empty:
-            st.altair_chart(
-                charts.estimate_bars_chart(
-                    defined, "group", "ece", "ECE per subgroup", "ECE (probability units)", "column"
-                ),
-                width="content",
-            )
+
+
+def render() -> None:
+    """Render the Calibration page."""
+    st.title("Calibration")
+    run = state.current_run()
+    picked = state.pick_result(
+        "Evaluation",
+        calibdata.EVAL_DIR,
+        state.evaluation_names(run),
+        lambda name: state.evaluation(run, name),
+        missing=(
+            f"Run `{run.name}` has no evaluation yet. Produce one (with a temperature fitted on "
+            "the validation split) with:",
+            f"domainclip evaluate {run.path} --fit-temperature",
+        ),
+    )
+    if picked is None:
+        return
+    name, result = picked
+    _overview(run, result)
+    st.subheader("Calibration metrics (95% bootstrap CI)")
+    st.dataframe(calibdata.calibration_table(result.calibration), hide_index=True, width="stretch")
+    _reliability(result.calibration, result.temperature.value)
+    _subgroups(result.calibration)
     with st.expander("Reliability diagrams as written by `domainclip evaluate` (PNG)"):
         for f in ("reliability_before.png", "reliability_after.png"):
             path = state.access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{f}")

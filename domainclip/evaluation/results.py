@@ -1,0 +1,266 @@
+"""`EvaluationResult`: the typed content of an evaluation's metrics.json.
+
+`domainclip evaluate` builds one and writes it (`write`); the dashboard, the model card and the
+CLI summary read it back with `read` / `from_json`, which check every key they use: a damaged
+file is a `ResultFileError` naming the file, the key and the command to re-run, not a KeyError.
+
+Sections whose shape depends on the task (classification: single- vs multi-label; calibration
+reports; retrieval; the forgetting curve) stay JSON objects of Estimate dicts
+(`{"value", "ci95", "reason"?}`, see `domainclip.evaluation.bootstrap.Estimate`), validated on read.
+
+Schema versions: 2 adds the "schema" key; version 1 (files without it) has the same content and
+is migrated on read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from domainclip import __version__
+from domainclip.io import finite_json
+from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
+
+SCHEMA = "domainclip.evaluation/2"
+METRICS_FILE = "metrics.json"
+
+SINGLE_LABEL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_ap")
+MULTI_LABEL_METRICS = ("macro_auroc", "macro_ap", "macro_f1", "subset_accuracy")
+CALIBRATION_METRICS = ("ece", "ece_mass", "mce", "brier", "nll")
+RETRIEVAL_METRICS = tuple(
+    f"{p}_{k}" for p in ("i2t", "t2i") for k in ("R@1", "R@5", "R@10", "median_rank")
+)
+_BINS_KEYS = ("lower", "upper", "count", "confidence", "accuracy")
+
+
+def _from_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 (no "schema" key) holds the same content."""
+    return {"schema": SCHEMA, **data}
+
+
+EVALUATION = ResultKind(
+    what="the metrics of an evaluation (metrics.json)",
+    schema=SCHEMA,
+    command="domainclip evaluate RUN_OR_BACKBONE",
+    unversioned=1,
+    migrations={1: _from_v1},
+)
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """The model evaluated: its backbone spec and family; for runs the run dir and checkpoint."""
+
+    spec: str
+    family: str
+    run: str | None = None
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluatedData:
+    """Which rows were evaluated. skipped: reason -> count; uncovered_labels: label -> count."""
+
+    manifest: str
+    split: str
+    n_rows: int
+    n_unreadable: int
+    n_evaluated: int
+    skipped: dict[str, int]
+    uncovered_labels: dict[str, int]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class PromptsUsed:
+    """The prompt set (file, version, mode), its number of distinct prompts and the classes."""
+
+    source: str
+    version: str
+    mode: str
+    n_prompts: int
+    classes: list[str]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.mode == "multi_label"
+
+
+@dataclass(frozen=True)
+class TemperatureUsed:
+    """The temperature applied and where it came from ("given", "fitted", the run's file, none).
+
+    file: where a fitted T was saved; fit: the calibration record of the fit; warning: e.g. a T
+    fitted with another prompt-set version.
+    """
+
+    value: float
+    source: str
+    file: str | None = None
+    fit: dict[str, Any] | None = None
+    warning: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value, "source": self.source}
+        for key in ("file", "fit", "warning"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """Calibration before (T = 1) and after temperature scaling (None when T = 1), and ECE per
+    subgroup {column: {value: {n, ece (Estimate dict), accuracy, mean_confidence}}}.
+
+    before/after: `calibration.calibration_report` dicts (ece, ece_mass, mce, brier, nll as
+    Estimate dicts, n_bins, mean_confidence, observed_rate, bins_width, bins_mass).
+    """
+
+    before: dict[str, Any]
+    after: dict[str, Any] | None
+    subgroups: dict[str, dict[str, dict[str, Any]]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "subgroups": self.subgroups}
+
+
+@dataclass
+class EvaluationResult(ResultFile):
+    """One evaluation of a model on a manifest split (the content of metrics.json).
+
+    classification: `metrics.single_label_report` / `multi_label_report` dict; retrieval: R@k and
+    ranks as Estimate dicts, n_images, n_texts, note; forgetting: `forgetting_curve` dict or None;
+    outputs: file kind -> path (None when nothing was written).
+    """
+
+    name: str
+    model: EvaluatedModel
+    data: EvaluatedData
+    prompts: PromptsUsed
+    temperature: TemperatureUsed
+    classification: dict[str, Any]
+    calibration: CalibrationSummary
+    retrieval: dict[str, Any]
+    seconds: float | None = None
+    forgetting: dict[str, Any] | None = None
+    outputs: dict[str, str] | None = None
+    created: str = field(default_factory=utc_now)
+    domainclip_version: str = __version__
+    schema: str = SCHEMA
+
+    KIND = EVALUATION
+
+    @property
+    def headline_metric(self) -> str:
+        """The metric a one-line summary shows: macro AUROC (multi-label) or accuracy."""
+        return "macro_auroc" if self.prompts.multi_label else "accuracy"
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics.json content (strict JSON values: NaN becomes null)."""
+        out: dict[str, Any] = {
+            "schema": self.schema,
+            "domainclip_version": self.domainclip_version,
+            "created": self.created,
+            "name": self.name,
+            "model": vars(self.model).copy(),
+            "data": vars(self.data).copy(),
+            "prompts": vars(self.prompts).copy(),
+            "temperature": self.temperature.to_json(),
+            "classification": self.classification,
+            "calibration": self.calibration.to_json(),
+            "retrieval": self.retrieval,
+            "seconds": self.seconds,
+        }
+        if self.forgetting is not None:
+            out["forgetting"] = self.forgetting
+        if self.outputs is not None:
+            out["outputs"] = self.outputs
+        return finite_json(out)
+
+    @classmethod
+    def _parse(cls, f: Fields) -> EvaluationResult:
+        prompts = f.obj("prompts").build(PromptsUsed)
+        if prompts.mode not in ("single_label", "multi_label"):
+            raise f.error(f"'prompts.mode' is {prompts.mode!r}, expected single_label or multi_label")
+        return f.build(
+            cls,
+            model=f.obj("model").build(EvaluatedModel),
+            data=f.obj("data").build(EvaluatedData),
+            prompts=prompts,
+            temperature=f.obj("temperature").build(TemperatureUsed),
+            classification=_classification(f.obj("classification"), prompts.multi_label),
+            calibration=_calibration(f.obj("calibration")),
+            retrieval=_retrieval(f.obj("retrieval")),
+            forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
+        )
+
+
+# ------------------------------------------------------------------------------- section parsers
+
+
+def _classification(f: Fields, multi_label: bool) -> dict[str, Any]:
+    f.estimates(*(MULTI_LABEL_METRICS if multi_label else SINGLE_LABEL_METRICS))
+    for cls in f.mapping("per_class").values():
+        cls.get("n_pos", int)
+        cls.estimates("auroc", "ap", *(("f1",) if multi_label else ()))
+    boot = f.obj("bootstrap")
+    boot.get("n_boot", int)
+    boot.get("seed", int)
+    if not multi_label:
+        f.get("confusion_matrix", list)
+    return f.data
+
+
+def _calibration_report(f: Fields) -> dict[str, Any]:
+    """Check one `calibration_report` dict (before or after)."""
+    f.estimates(*CALIBRATION_METRICS)
+    f.get("n_bins", int)
+    for key in ("mean_confidence", "observed_rate"):
+        f.get(key, float, type(None), optional=True)
+    for strategy in ("bins_width", "bins_mass"):
+        bins = f.obj(strategy)
+        lengths = {len(bins.numbers(k)) for k in _BINS_KEYS}
+        if len(lengths) != 1:
+            raise bins.error(f"'{bins.where}' lists of different lengths")
+    return f.data
+
+
+def _calibration(f: Fields) -> CalibrationSummary:
+    after = f.obj("after", nullable=True)
+    subgroups: dict[str, dict[str, dict[str, Any]]] = {}
+    for column, groups in f.mapping("subgroups", optional=True).items():
+        for value, g in groups.data.items():
+            cell = groups.child(g, value)
+            cell.get("n", int)
+            cell.estimate("ece")
+            cell.get("accuracy", float, type(None))
+            cell.get("mean_confidence", float, type(None))
+        subgroups[column] = groups.data
+    return CalibrationSummary(
+        before=_calibration_report(f.obj("before")),
+        after=None if after is None else _calibration_report(after),
+        subgroups=subgroups,
+    )
+
+
+def _retrieval(f: Fields) -> dict[str, Any]:
+    f.estimates(*RETRIEVAL_METRICS)
+    f.get("n_images", int)
+    f.get("n_texts", int)
+    f.get("note", str, optional=True)
+    return f.data
+
+
+def _forgetting(f: Fields | None) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    f.get("metric", str)
+    n = len(f.numbers("alphas", nullable_items=False))
+    for key in ("target", "reference"):
+        curve = f.objects(key)
+        if len(curve) != n:
+            raise f.error(f"'{f.path(key)}' has {len(curve)} points for {n} alphas")
+        for point in curve:
+            point.as_estimate()
+    return f.data
