@@ -15,7 +15,7 @@ from domainclip.models import save_backbone
 from domainclip.models.testing import tiny_open_clip_backbone
 
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = REPO / "configs" / "prompts" / "synthetic.yaml"
+PROMPTS = REPO / "domainclip" / "configs" / "prompts" / "synthetic.yaml"
 
 
 @pytest.fixture(scope="module")
