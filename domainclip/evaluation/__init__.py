@@ -1,8 +1,9 @@
 """Evaluation: zero-shot classification, retrieval, AUROC/AP with bootstrap CIs, calibration,
 temperature scaling and the forgetting monitor.
 
-Names are re-exported lazily so that importing a light submodule (prompts, temperature) does not
-pull in matplotlib or scikit-learn.
+Prompt sets, class embeddings, zero-shot logits and retrieval metrics live one layer below, in
+`domainclip.scoring` (fine-tuning validates with them too). Names are re-exported lazily so that
+importing a light submodule (temperature) does not pull in matplotlib or scikit-learn.
 """
 
 from __future__ import annotations
@@ -12,15 +13,6 @@ from typing import Any
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
-    "ClassPrompts": "prompts",
-    "PromptError": "prompts",
-    "PromptSet": "prompts",
-    "load_prompt_set": "prompts",
-    "class_embeddings": "zeroshot",
-    "embed_unique_texts": "zeroshot",
-    "multilabel_logits": "zeroshot",
-    "zero_shot_logits": "zeroshot",
-    "retrieval_metrics": "retrieval",
     "apply_temperature": "temperature",
     "fit_temperature": "temperature",
     "load_calibration": "temperature",

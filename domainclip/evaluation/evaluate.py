@@ -21,7 +21,7 @@ from domainclip import __version__
 from domainclip.datasets.manifest import Manifest, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
-from domainclip.evaluation.calibration import calibration_report, subgroup_ece
+from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
 from domainclip.evaluation.embed import EmbeddedSplit, embed_split
 from domainclip.evaluation.forgetting import (
     DEFAULT_ALPHAS,
@@ -37,8 +37,6 @@ from domainclip.evaluation.loading import (
 )
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
-from domainclip.evaluation.prompts import PromptSet, load_prompt_set
-from domainclip.evaluation.retrieval import retrieval_ranks, summarize_ranks
 from domainclip.evaluation.task import (
     Targets,
     ZeroShotTask,
@@ -55,9 +53,11 @@ from domainclip.evaluation.temperature import (
     nll_from_logits,
     save_calibration,
 )
-from domainclip.evaluation.zeroshot import embed_unique_texts
 from domainclip.models import Backbone
 from domainclip.privacy import is_identifying_column
+from domainclip.scoring.prompts import PromptSet, load_prompt_set
+from domainclip.scoring.retrieval import retrieval_ranks, summarize_ranks
+from domainclip.scoring.zeroshot import embed_unique_texts
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def evaluate(
             f"subgroup column(s) {', '.join(missing_cols)} are not in {manifest} "
             f"(metadata columns: {', '.join(sorted({k for r in kept_rows for k in r.meta})) or 'none'})"
         )
-    calib["subgroups"] = subgroup_ece(
+    calib["subgroups"] = bootstrap_ece_by_subgroup(
         p_cal,
         tgt.y,
         {c: [r.meta.get(c, "") for r in kept_rows] for c in cols},
