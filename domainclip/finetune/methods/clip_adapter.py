@@ -57,6 +57,8 @@ class ClipAdapterModel(nn.Module):
         image_adapter, text_adapter: `ResidualAdapter` or None.
     """
 
+    BASE_PREFIX = "clip."  # state-dict prefix of the wrapped base model's tensors
+
     def __init__(
         self, clip: nn.Module, image_adapter: nn.Module | None, text_adapter: nn.Module | None
     ) -> None:
@@ -64,8 +66,6 @@ class ClipAdapterModel(nn.Module):
         self.clip = clip
         self.image_adapter = image_adapter
         self.text_adapter = text_adapter
-
-    BASE_PREFIX = "clip."  # state-dict prefix of the wrapped base model's tensors
 
     def __getattr__(self, name: str):
         try:

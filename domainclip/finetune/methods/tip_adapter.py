@@ -35,6 +35,8 @@ class TipAdapterHead(nn.Module):
         alpha, beta: cache weight and sharpness; scale: exp(logit_scale) of the zero-shot term.
     """
 
+    scaled_part = "Tip-Adapter cache weight alpha"  # what `scaled` scales (reported with the curve)
+
     def __init__(
         self,
         keys: torch.Tensor,
@@ -57,8 +59,6 @@ class TipAdapterHead(nn.Module):
     def n_learned(self) -> int:
         """Numbers learned by gradient descent: the keys for Tip-Adapter-F, none training-free."""
         return self.keys.numel() if self.keys_trained else 0
-
-    scaled_part = "Tip-Adapter cache weight alpha"
 
     @contextlib.contextmanager
     def scaled(self, alpha: float) -> Iterator[None]:
