@@ -114,9 +114,9 @@ def score(adapt, split, prompts, cache_dir: str, n_boot: int, seed: int) -> dict
     """Test-split metrics of one model: accuracy, balanced accuracy, macro-F1, macro AUROC (with
     bootstrap CIs), and text-to-image retrieval with the rows' own texts."""
     from domainclip.evaluation.metrics import single_label_report
-    from domainclip.evaluation.prompts import load_prompt_set
-    from domainclip.evaluation.retrieval import retrieval_metrics
-    from domainclip.evaluation.zeroshot import class_embeddings
+    from domainclip.scoring.prompts import load_prompt_set
+    from domainclip.scoring.retrieval import retrieval_metrics
+    from domainclip.scoring.zeroshot import class_embeddings
 
     img, rows = _test_image_features(adapt, split, cache_dir)
     ps = load_prompt_set(prompts)

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 
 from domainclip.datasets import read_manifest
-from domainclip.evaluation import load_prompt_set
 from domainclip.evaluation.bootstrap import bootstrap_metrics
 from domainclip.explain.image import ImageExplainer
 from domainclip.explain.inputs import mask_to_view, prepare_image, region_from_meta
 from domainclip.explain.localisation import localise
 from domainclip.explain.sanity import deletion_insertion, randomised_copy, spearman
 from domainclip.runs import resolve_model
+from domainclip.scoring.prompts import load_prompt_set
 
 TARGETS = ("report", "class_sim", "class_prob")
 

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
         "domainclip.privacy",
         "domainclip.templates",
         "domainclip.configschema",
+        "domainclip.resultfile",
         "domainclip.runs.layout",
     ),
     ("domainclip.models",),

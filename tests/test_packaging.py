@@ -33,7 +33,7 @@ import json, sys
 import domainclip
 from domainclip import demo
 from domainclip.audit.spec import load_audit_spec
-from domainclip.evaluation.prompts import load_prompt_set
+from domainclip.scoring.prompts import load_prompt_set
 from domainclip.finetune import load_config
 from domainclip.finetune.run import absolute_paths
 from domainclip.resources import resolve_config_path

@@ -246,7 +246,7 @@ def calibration_by_framing(
     return out
 
 
-def subgroup_ece(
+def point_ece_by_subgroup_and_framing(
     table: ScoreTable, subgroups: Mapping[str, Sequence[str]], n_bins: int
 ) -> dict[str, dict[str, dict[str, dict[str, float | int]]]]:
     """ECE and accuracy per subgroup value and framing (point values: cells are often small)."""

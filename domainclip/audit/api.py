@@ -21,7 +21,7 @@ from domainclip.audit.analysis import (
     FramingComparison,
     calibration_by_framing,
     compare_framing,
-    subgroup_ece,
+    point_ece_by_subgroup_and_framing,
 )
 from domainclip.audit.compare import compare_models
 from domainclip.audit.gate import Check, check_resolution, gate_checks
@@ -65,7 +65,7 @@ def audit_features(
     timings: dict[str, float] | None = None,
 ) -> ModelAudit:
     """Embed the spec's prompts once, score precomputed image features, run the statistics."""
-    from domainclip.evaluation.zeroshot import embed_unique_texts
+    from domainclip.scoring.zeroshot import embed_unique_texts
 
     timings = dict(timings or {})
     bb = resolved.backbone
@@ -94,7 +94,7 @@ def audit_features(
         if f.name != spec.reference
     }
     calibration = calibration_by_framing(table, st.n_bootstrap, st.seed, st.ece_bins)
-    sub_cal = subgroup_ece(table, subgroups, st.ece_bins)
+    sub_cal = point_ece_by_subgroup_and_framing(table, subgroups, st.ece_bins)
     timings["statistics_s"] = time.perf_counter() - t0
     return ModelAudit(resolved, table, prompts, comparisons, calibration, sub_cal, timings)
 

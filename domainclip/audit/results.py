@@ -314,7 +314,7 @@ def _framing_summary(spec: AuditSpec, main) -> dict[str, FramingSummary]:
     for f in spec.framings:
         cal = main.calibration[f.name]
         out[f.name] = FramingSummary(
-            template=f.template,
+            template=f.template.text,
             expect=f.expect,
             gated=f.gated,
             is_reference=f.name == spec.reference,

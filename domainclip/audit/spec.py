@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import string
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,8 +43,9 @@ from domainclip.configschema import build, check_keys, option
 from domainclip.errors import ConfigError
 from domainclip.io import load_yaml
 from domainclip.resources import CONFIGS_DIR, resolve_config_path
+from domainclip.templates import Slot, Template, humanise
 
-PLACEHOLDERS: tuple[str, ...] = ("finding", "defect")
+FINDING = Slot("finding", ("defect",))
 EXPECTATIONS: tuple[str, ...] = ("invariant", "lower")
 _TOP_KEYS = (
     "name",
@@ -90,7 +90,7 @@ class Framing:
     """A wording of the findings. expect: "invariant" (gated) or "lower" (negation check only)."""
 
     name: str
-    template: str
+    template: Template
     expect: str = "invariant"
 
     @property
@@ -98,7 +98,7 @@ class Framing:
         return self.expect == "invariant"
 
     def fill(self, finding_name: str) -> str:
-        return self.template.format(**dict.fromkeys(PLACEHOLDERS, finding_name))
+        return self.template.fill(finding=finding_name)
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class AuditSpec:
             "findings": findings,
             "reference": self.reference,
             "framings": {
-                f.name: {"template": f.template, "expect": f.expect} for f in self.framings
+                f.name: {"template": f.template.text, "expect": f.expect} for f in self.framings
             },
             "subgroups": list(self.subgroups),
             "thresholds": asdict(self.thresholds),
@@ -248,26 +248,16 @@ def _text(value: Any, where: str, src: str) -> str:
     return value.strip()
 
 
-def _check_template(template: Any, where: str, src: str) -> str:
-    template = _text(template, where, src)
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise AuditSpecError(
-            f"{src}: {where} {template!r} is malformed ({exc}); write literal braces as {{{{ }}}}"
-        ) from exc
-    bad = [repr(n) if n else "{}" for n in names if n not in PLACEHOLDERS]
-    if bad:
-        raise AuditSpecError(
-            f"{src}: {where} {template!r} has unknown placeholder(s) {', '.join(bad)}; "
-            "use {finding} (or its alias {defect})"
-        )
-    if not names:
-        raise AuditSpecError(
-            f"{src}: {where} {template!r} has no {{finding}} placeholder, so every finding would "
-            "get the same text; write it like 'a chest x-ray showing {finding}'"
-        )
-    return template
+def _check_template(template: Any, where: str, src: str) -> Template:
+    return Template.parse(
+        _text(template, where, src),
+        (FINDING,),
+        source=src,
+        where=where,
+        error=AuditSpecError,
+        missing_hint="so every finding would get the same text; write it like "
+        "'a chest x-ray showing {finding}'",
+    )
 
 
 def _parse_findings(raw: Any, src: str) -> tuple[Finding, ...]:
@@ -300,7 +290,7 @@ def _parse_findings(raw: Any, src: str) -> tuple[Finding, ...]:
                 f"{src}: {where} must be a readable name or a mapping with {', '.join(_FINDING_KEYS)}"
             )
         _unknown(value, _FINDING_KEYS, where, src)
-        name = _text(value.get("name") or label.replace("_", " "), f"{where}.name", src)
+        name = _text(value.get("name") or humanise(label), f"{where}.name", src)
         if "{" in name or "}" in name:
             raise AuditSpecError(f"{src}: {where}.name {name!r} must not contain braces")
         framed = value.get("framed", True)
@@ -361,7 +351,7 @@ def _parse_framings(raw: Any, src: str) -> tuple[Framing, ...]:
         same = [f.name for f in out if f.template == template]
         if same:
             raise AuditSpecError(
-                f"{src}: framings {same[0]!r} and {name!r} have the same template {template!r}"
+                f"{src}: framings {same[0]!r} and {name!r} have the same template {template.text!r}"
             )
         out.append(Framing(name=name, template=template, expect=expect))
     if len(out) < 2:

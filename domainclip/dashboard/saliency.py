@@ -92,7 +92,7 @@ def prompt_choices(prompt_set_path: Path | None, classes: list[str]) -> dict[str
     """
     if prompt_set_path is None or not classes:
         return {}
-    from domainclip.evaluation.prompts import load_prompt_set
+    from domainclip.scoring.prompts import load_prompt_set
 
     ps = load_prompt_set(prompt_set_path)
     covered = [c for c in classes if ps.covers(c) and c not in ps.negative_labels]

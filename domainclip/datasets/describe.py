@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from domainclip.templates import humanise
+
 Box = tuple[int, int, int, int]  # xmin, ymin, xmax, ymax in pixels
 
 
@@ -92,11 +94,11 @@ class _Where:
 
 
 def noun_for(class_name: str) -> _Noun:
-    """Readable noun for a class; unknown classes use their name with underscores as spaces."""
+    """Readable noun for a class; unknown classes use their name as words (`humanise`)."""
     key = class_name.strip().lower()
     if key in _NOUNS:
         return _NOUNS[key]
-    word = key.replace("_", " ").replace("-", " ")
+    word = humanise(key)
     return _Noun(word, word if word.endswith("s") else word + "s")
 
 

@@ -154,23 +154,26 @@ def expected_calibration_error(
     strategy: str = "width",
     multi_label: bool = False,
 ) -> float:
-    """ECE (L1). probs/labels as in `confidence_and_correct`."""
-    return reliability_bins(
-        *confidence_and_correct(probs, labels, multi_label), n_bins, strategy
-    ).ece()
+    """ECE (L1). probs/labels as in `confidence_and_correct`; bins as in `reliability_bins`."""
+    return _bins(probs, labels, n_bins, strategy, multi_label).ece()
 
 
 def max_calibration_error(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = 15, **options: Any
+) -> float:
+    """MCE: the largest |accuracy - confidence| over non-empty bins. options: `strategy` and
+    `multi_label`, as in `expected_calibration_error`."""
+    return _bins(probs, labels, n_bins, **options).mce()
+
+
+def _bins(
     probs: np.ndarray,
     labels: np.ndarray,
-    n_bins: int = 15,
+    n_bins: int,
     strategy: str = "width",
     multi_label: bool = False,
-) -> float:
-    """MCE: the largest |accuracy - confidence| over non-empty bins."""
-    return reliability_bins(
-        *confidence_and_correct(probs, labels, multi_label), n_bins, strategy
-    ).mce()
+) -> ReliabilityBins:
+    return reliability_bins(*confidence_and_correct(probs, labels, multi_label), n_bins, strategy)
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray, multi_label: bool = False) -> float:
@@ -242,7 +245,7 @@ def calibration_report(
     }
 
 
-def subgroup_ece(
+def bootstrap_ece_by_subgroup(
     probs: np.ndarray,
     labels: np.ndarray,
     columns: Mapping[str, Sequence[str]],
@@ -320,22 +323,16 @@ def plot_reliability(
     fig = Figure(figsize=(5.5, 6.5))
     ax, axc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    ax.bar(
-        lo[used],
-        bins.accuracy[used],
-        width=width[used],
-        align="edge",
-        color="#4C72B0",
-        edgecolor="black",
-        lw=0.5,
-        label="accuracy",
-    )
-    ax.bar(
-        lo[used],
-        bins.confidence[used] - bins.accuracy[used],
+
+    def bars(axes: Any, heights: np.ndarray, **style: Any) -> None:
+        # every bar sits on its bin: left edge at the bin's lower bound, one bin wide
+        axes.bar(lo[used], heights[used], width=width[used], align="edge", **style)
+
+    bars(ax, bins.accuracy, color="#4C72B0", edgecolor="black", lw=0.5, label="accuracy")
+    bars(
+        ax,
+        bins.confidence - bins.accuracy,
         bottom=bins.accuracy[used],
-        width=width[used],
-        align="edge",
         color="#DD8452",
         alpha=0.45,
         edgecolor="#DD8452",
@@ -350,15 +347,7 @@ def plot_reliability(
         fontsize=10,
     )
     ax.legend(loc="upper left", fontsize=8)
-    axc.bar(
-        lo[used],
-        bins.count[used],
-        width=width[used],
-        align="edge",
-        color="#8C8C8C",
-        edgecolor="black",
-        lw=0.5,
-    )
+    bars(axc, bins.count, color="#8C8C8C", edgecolor="black", lw=0.5)
     for x, w, c in zip(lo[used], width[used], bins.count[used], strict=True):
         axc.text(x + w / 2, c, str(int(c)), ha="center", va="bottom", fontsize=7)
     axc.set_ylabel("count")

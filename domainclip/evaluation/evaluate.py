@@ -30,7 +30,7 @@ from domainclip.calibrators import (
 from domainclip.datasets.manifest import Manifest, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
-from domainclip.evaluation.calibration import calibration_report, subgroup_ece
+from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
 from domainclip.evaluation.embed import EmbeddedSplit, embed_split
 from domainclip.evaluation.forgetting import (
     DEFAULT_ALPHAS,
@@ -40,7 +40,6 @@ from domainclip.evaluation.forgetting import (
 )
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
-from domainclip.evaluation.prompts import PromptSet, load_prompt_set
 from domainclip.evaluation.results import (
     CalibrationSummary,
     EvaluatedData,
@@ -49,7 +48,6 @@ from domainclip.evaluation.results import (
     PromptsUsed,
     TemperatureUsed,
 )
-from domainclip.evaluation.retrieval import retrieval_ranks, summarize_ranks
 from domainclip.evaluation.task import (
     Targets,
     ZeroShotTask,
@@ -58,11 +56,13 @@ from domainclip.evaluation.task import (
     probabilities,
     resolve_classes,
 )
-from domainclip.evaluation.zeroshot import embed_unique_texts
 from domainclip.models import Backbone
 from domainclip.privacy import is_identifying_column
 from domainclip.runs import ResolvedModel, Run
 from domainclip.runs.run import resolve_device, resolve_model
+from domainclip.scoring.prompts import PromptSet, load_prompt_set
+from domainclip.scoring.retrieval import retrieval_ranks, summarize_ranks
+from domainclip.scoring.zeroshot import embed_unique_texts
 
 log = logging.getLogger(__name__)
 
@@ -407,7 +407,7 @@ def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Calibrati
         after=calibration_report(s.p_cal, y, multi, n_bins, n_boot, seed)
         if not s.calibrator.is_identity
         else None,
-        subgroups=subgroup_ece(
+        subgroups=bootstrap_ece_by_subgroup(
             s.p_cal,
             y,
             {c: [r.meta.get(c, "") for r in kept_rows] for c in cols},

@@ -25,11 +25,11 @@ import torch
 from domainclip.datasets.manifest import Manifest
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, Estimate, bootstrap_metrics, strata_of
 from domainclip.evaluation.embed import EmbeddedSplit, embed_split
-from domainclip.evaluation.interpolate import interpolated, plan_interpolation
 from domainclip.evaluation.metrics import accuracy, roc_auc_columns
-from domainclip.evaluation.prompts import PromptSet
 from domainclip.evaluation.task import Targets, ZeroShotTask, build_targets
+from domainclip.finetune.interpolate import interpolated, plan_interpolation
 from domainclip.models import Backbone
+from domainclip.scoring.prompts import PromptSet
 
 log = logging.getLogger(__name__)
 

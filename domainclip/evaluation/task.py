@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from domainclip.datasets.manifest import Manifest, ManifestRow
-from domainclip.evaluation.prompts import PromptError, PromptSet
-from domainclip.evaluation.zeroshot import class_embeddings, multilabel_logits, zero_shot_logits
 from domainclip.models import Backbone
+from domainclip.scoring.prompts import PromptError, PromptSet
+from domainclip.scoring.zeroshot import class_embeddings, multilabel_logits, zero_shot_logits
 
 log = logging.getLogger(__name__)
 

@@ -46,6 +46,15 @@ def clean_name(name: str) -> str:
     return name.replace("base_model.model.", "").replace(".base_layer", "")
 
 
+def base_name(model: nn.Module, name: str) -> str:
+    """Name in the unadapted base model of tensor `name` of `model` (an adapted `bb.model`):
+    peft's wrapper segments and, for CLIP-Adapter, the wrapped model's prefix removed."""
+    name = clean_name(name)
+    if isinstance(model, ClipAdapterModel):
+        name = name.removeprefix(ClipAdapterModel.BASE_PREFIX)
+    return name
+
+
 @dataclass
 class Adaptation:
     """A backbone adapted by a method (see module docstring).
@@ -169,9 +178,7 @@ class Adaptation:
         return {k: v.cpu().contiguous() for k, v in out.items()}
 
     def _tower_of(self, name: str) -> str:
-        name = clean_name(name)
-        if isinstance(self.model, ClipAdapterModel):
-            name = name.removeprefix("clip.")
+        name = base_name(self.model, name)
         return "image" if name.startswith(self.layout.image_prefixes) else "text"
 
     def save(self, out_dir: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from domainclip.evaluation.zeroshot import class_embeddings
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.config import FinetuneConfig
@@ -21,6 +20,7 @@ from domainclip.finetune.data import CachedFeatures, Splits
 from domainclip.finetune.methods.linear_probe import fit_linear_probe
 from domainclip.finetune.methods.tip_adapter import fit_tip_adapter
 from domainclip.finetune.validate import ValFeatures, class_texts, encoder_for, validation_metrics
+from domainclip.scoring.zeroshot import class_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -319,7 +319,7 @@ def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
 def _prompts(cfg: FinetuneConfig, splits: Splits):
     if not cfg.eval.prompts:
         return None
-    from domainclip.evaluation.prompts import load_prompt_set
+    from domainclip.scoring.prompts import load_prompt_set
 
     ps = load_prompt_set(cfg.eval.prompts)
     if not ps.multi_label:

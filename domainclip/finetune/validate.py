@@ -1,7 +1,7 @@
 """Per-epoch validation of a training run: loss, zero-shot accuracy, retrieval.
 
-Uses the evaluation helpers (prompt sets, class embeddings, duplicate-aware retrieval), so the
-numbers logged during training are computed exactly like `domainclip evaluate` computes them.
+Uses the scoring helpers (prompt sets, class embeddings, duplicate-aware retrieval) that
+`domainclip evaluate` uses too, so the numbers logged during training are computed the same way.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from domainclip.evaluation.prompts import PromptSet
-from domainclip.evaluation.retrieval import retrieval_metrics
-from domainclip.evaluation.zeroshot import class_embeddings
 from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.data import SplitData
 from domainclip.finetune.losses import multi_positive_loss, positive_mask
+from domainclip.scoring.prompts import PromptSet
+from domainclip.scoring.retrieval import retrieval_metrics
+from domainclip.scoring.zeroshot import class_embeddings
+from domainclip.templates import humanise
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ class ValFeatures:
 
 
 def class_texts(prompts: PromptSet | None, classes: list[str]) -> dict[str, list[str]]:
-    """Prompts per class; without a prompt set, the class name itself (underscores as spaces)."""
+    """Prompts per class; without a prompt set, the class name itself as words (`humanise`)."""
     if prompts is None:
-        return {c: [c.replace("_", " ").replace("-", " ")] for c in classes}
+        return {c: [humanise(c)] for c in classes}
     return prompts.class_texts(classes)
 
 

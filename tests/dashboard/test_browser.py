@@ -175,8 +175,8 @@ def _saliency_steps(page, artifacts: Path, man, bb, explainer) -> None:
     """Pick an image, change prompt A and check its similarity, switch method."""
     from playwright.sync_api import expect
 
-    from domainclip.evaluation import load_prompt_set
     from domainclip.explain.inputs import prepare_image
+    from domainclip.scoring.prompts import load_prompt_set
 
     page.get_by_role("link", name="Saliency explorer").click()
     page.get_by_text("prompt A · GradCAM").wait_for()

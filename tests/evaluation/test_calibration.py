@@ -9,6 +9,7 @@ from PIL import Image
 from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
 
 from domainclip.evaluation.calibration import (
+    bootstrap_ece_by_subgroup,
     brier_score,
     calibration_report,
     confidence_and_correct,
@@ -17,7 +18,6 @@ from domainclip.evaluation.calibration import (
     negative_log_likelihood,
     plot_reliability,
     reliability_bins,
-    subgroup_ece,
 )
 
 
@@ -126,19 +126,19 @@ def test_calibration_report_and_reliability_png(tmp_path):
         assert im.format == "PNG" and im.size[0] > 300
 
 
-def test_subgroup_ece_equals_ece_on_each_subset():
+def test_bootstrap_ece_by_subgroup_equals_ece_on_each_subset():
     rng = np.random.default_rng(6)
     p = _random_probs(rng, 200, 3, 2.0)
     y = rng.integers(0, 3, 200)
     view = rng.choice(["PA", "AP", ""], 200).tolist()
-    out = subgroup_ece(p, y, {"view": view}, n_bins=10, n_boot=50, min_count=5)
+    out = bootstrap_ece_by_subgroup(p, y, {"view": view}, n_bins=10, n_boot=50, min_count=5)
     v = np.array(view)
     for key, sel in (("PA", v == "PA"), ("AP", v == "AP"), ("(missing)", v == "")):
         assert out["view"][key]["n"] == int(sel.sum())
         assert out["view"][key]["ece"]["value"] == pytest.approx(
             expected_calibration_error(p[sel], y[sel], 10)
         )
-    tiny = subgroup_ece(
+    tiny = bootstrap_ece_by_subgroup(
         p[:6], y[:6], {"sex": ["F", "F", "F", "F", "F", "M"]}, min_count=2, n_boot=10
     )
     assert (

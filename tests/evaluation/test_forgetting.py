@@ -10,11 +10,11 @@ import torch
 from domainclip.datasets.manifest import read_manifest
 from domainclip.evaluation.embed import embed_split
 from domainclip.evaluation.forgetting import TaskSpec, forgetting_curve, write_forgetting
-from domainclip.evaluation.interpolate import interpolated, plan_interpolation
-from domainclip.evaluation.prompts import load_prompt_set
 from domainclip.evaluation.task import build_targets
-from domainclip.evaluation.zeroshot import class_embeddings
+from domainclip.finetune.interpolate import interpolated, plan_interpolation
 from domainclip.models.testing import tiny_open_clip_backbone
+from domainclip.scoring.prompts import load_prompt_set
+from domainclip.scoring.zeroshot import class_embeddings
 
 PROMPTS = {"version": "t-1", "templates": ["{label} on a metal surface", "a photo of {label}"]}
 CLASSES = ["scratch", "pit", "crack", "patch", "clean"]

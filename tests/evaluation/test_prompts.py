@@ -9,8 +9,8 @@ import pytest
 from domainclip.datasets.importers.synthetic import DEFAULT_CLASSES
 from domainclip.datasets.manifest import Manifest, ManifestRow
 from domainclip.errors import ConfigError
-from domainclip.evaluation.prompts import PromptError, load_prompt_set
 from domainclip.evaluation.task import build_targets, resolve_classes
+from domainclip.scoring.prompts import PromptError, load_prompt_set
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = REPO / "domainclip" / "configs" / "prompts"

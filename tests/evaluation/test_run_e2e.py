@@ -110,9 +110,9 @@ def test_run_evaluation_temperature_and_forgetting_curve(
 def test_head_is_scored_in_its_own_class_order(tmp_path, synthetic_manifest, backbone):
     from domainclip.datasets.manifest import read_manifest
     from domainclip.evaluation.embed import embed_split
-    from domainclip.evaluation.prompts import PromptError, load_prompt_set
-    from domainclip.evaluation.zeroshot import class_embeddings
     from domainclip.runs import load_model
+    from domainclip.scoring.prompts import PromptError, load_prompt_set
+    from domainclip.scoring.zeroshot import class_embeddings
 
     run = _finetune(tmp_path / "probe", backbone, synthetic_manifest, "linear_probe")
     r = evaluate(run, split="test", n_boot=0, write=False)

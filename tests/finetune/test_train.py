@@ -31,7 +31,7 @@ def _val_metrics_from_loaded(run, cfg):
     for batch in image_batches(split, adapt.bb.preprocess_val, [list(range(len(split)))], 0, 0, 0):
         feats.append(adapt.bb.encode_images(batch["image"]))
         rows += batch["rows"]
-    from domainclip.evaluation.prompts import load_prompt_set
+    from domainclip.scoring.prompts import load_prompt_set
 
     return validation_metrics(
         adapt,

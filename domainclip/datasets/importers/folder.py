@@ -1,9 +1,11 @@
 """Folder-per-class importer: ``SRC/<class>/**/<image>``.
 
 * ``label``: the class folder's name.
-* ``text``: from a per-class template; ``{class}`` is replaced by the class name with
-  underscores as spaces. Default "a photo of {class}". Templates come as a dict or a YAML file
-  mapping folder names to templates; the key ``"*"`` sets the template for classes not listed.
+* ``text``: from a per-class template; ``{class}`` is replaced by the readable class name
+  (`domainclip.templates.humanise`: underscores and hyphens as spaces). Default
+  "a photo of {class}". Templates come as a dict or a YAML file mapping folder names to
+  templates; the key ``"*"`` sets the template for classes not listed. Literal braces are
+  written ``{{`` and ``}}``; any placeholder other than ``{class}`` is an error.
 * ``group``: each image is its own group, unless `group_pattern` (a regular expression with
   one capture group, searched in the file name) extracts a patient / lot id, e.g.
   ``"^(P\\d+)_"`` for ``P0012_scan3.png``. Images of one group always share a split.
@@ -31,16 +33,25 @@ from domainclip.datasets.importers._common import (
 from domainclip.datasets.manifest import ManifestRow
 from domainclip.errors import ConfigError, DataError
 from domainclip.io import load_yaml
+from domainclip.templates import Slot, Template, humanise
 
 logger = logging.getLogger(__name__)
 
 KIND = "folder"
-DEFAULT_TEMPLATE = "a photo of {class}"
+CLASS = Slot("class")
+DEFAULT_TEMPLATE = Template.parse(
+    "a photo of {class}", (CLASS,), source=KIND, where="default template"
+)
 FALLBACK_KEY = "*"
 
 
-def load_templates(templates: Mapping[str, str] | str | Path | None) -> dict[str, str]:
-    """Templates as a dict; a str/Path is read as a YAML file mapping class -> template."""
+def load_templates(templates: Mapping[str, str] | str | Path | None) -> dict[str, Template]:
+    """Parsed templates per class folder; a str/Path is read as a YAML file mapping class -> template.
+
+    Raises:
+        DataError: unreadable file, not a mapping of strings, or a template with a placeholder
+            other than {class} (or malformed braces).
+    """
     if templates is None:
         return {}
     if isinstance(templates, Mapping):
@@ -60,12 +71,15 @@ def load_templates(templates: Mapping[str, str] | str | Path | None) -> dict[str
             f"{KIND}: {origin} must map class folder names to template strings, e.g. "
             '{"scratch": "a photo of a scratched {class} part", "*": "a photo of {class}"}'
         )
-    return data
+    return {
+        k: Template.parse(v, (CLASS,), source=origin, where=f"template {k!r}", error=DataError)
+        for k, v in data.items()
+    }
 
 
-def render_template(template: str, class_name: str) -> str:
-    """Fill ``{class}`` with the readable class name (underscores -> spaces)."""
-    return template.replace("{class}", class_name.replace("_", " ")).strip()
+def render_template(template: Template, class_name: str) -> str:
+    """Fill ``{class}`` with the readable class name (`humanise`)."""
+    return template.fill(**{CLASS.name: humanise(class_name)}).strip()
 
 
 def _group_for(image: Path, pattern: re.Pattern[str] | None, rel: str, tally: Tally) -> str:
@@ -97,7 +111,7 @@ def _class_rows(
     src: Path,
     class_dir: Path,
     out: Path,
-    template: str,
+    template: Template,
     pattern: re.Pattern[str] | None,
     tally: Tally,
 ) -> list[ManifestRow]:

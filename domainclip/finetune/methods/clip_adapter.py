@@ -9,6 +9,9 @@ used through the unchanged Backbone interface. Every other attribute (visual, te
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +34,20 @@ class ResidualAdapter(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.ratio * self.fc(f) + (1.0 - self.ratio) * f
 
+    @contextlib.contextmanager
+    def scaled(self, alpha: float) -> Iterator[None]:
+        """Weight-space interpolation (WiSE-FT) towards the base model: mixing ratio x alpha inside.
+
+        alpha = 0 is the identity (the base model's features), 1 the trained adapter; the MLP's
+        own weights have no base counterpart, so the ratio is what interpolates.
+        """
+        ratio = self.ratio
+        self.ratio = ratio * alpha
+        try:
+            yield
+        finally:
+            self.ratio = ratio
+
 
 class ClipAdapterModel(nn.Module):
     """A contrastive model with CLIP-Adapters after its image and/or text projection.
@@ -39,6 +56,8 @@ class ClipAdapterModel(nn.Module):
         clip: the base model (encode_image / encode_text / logit_scale).
         image_adapter, text_adapter: `ResidualAdapter` or None.
     """
+
+    BASE_PREFIX = "clip."  # state-dict prefix of the wrapped base model's tensors
 
     def __init__(
         self, clip: nn.Module, image_adapter: nn.Module | None, text_adapter: nn.Module | None

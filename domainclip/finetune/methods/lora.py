@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from torch import nn
@@ -86,6 +86,20 @@ def load_lora(model: nn.Module, wrap_path: str, adapter_dir: Path, trainable: bo
 def merge_lora(model: nn.Module, wrap_path: str) -> None:
     """Fold the adapters into the base weights and drop the peft wrapper (merge_and_unload)."""
     set_path(model, wrap_path, get_path(model, wrap_path).merge_and_unload())
+
+
+def is_lora_tensor(name: str) -> bool:
+    """True for peft's LoRA tensors (lora_A, lora_B, ...): they have no base-model counterpart."""
+    return "lora_" in name
+
+
+def scaled_lora_tensors(names: Iterable[str]) -> list[str]:
+    """The LoRA tensors to multiply by alpha so that every update is scaled by alpha (WiSE-FT).
+
+    peft's update is scaling * B @ A, linear in B: scaling B scales it exactly, which equals
+    interpolating the merged weights between base and fine-tuned. A stays.
+    """
+    return [n for n in names if "lora_B" in n]
 
 
 def is_wrapped(model: nn.Module, wrap_path: str) -> bool:

@@ -12,9 +12,10 @@ alpha and beta are chosen on the validation split.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,8 @@ class TipAdapterHead(nn.Module):
         keys: [M, D] cache keys; values: [M, C] one-hot labels; classes: C names in column order.
         alpha, beta: cache weight and sharpness; scale: exp(logit_scale) of the zero-shot term.
     """
+
+    scaled_part = "Tip-Adapter cache weight alpha"  # what `scaled` scales (reported with the curve)
 
     def __init__(
         self,
@@ -56,6 +59,19 @@ class TipAdapterHead(nn.Module):
     def n_learned(self) -> int:
         """Numbers learned by gradient descent: the keys for Tip-Adapter-F, none training-free."""
         return self.keys.numel() if self.keys_trained else 0
+
+    @contextlib.contextmanager
+    def scaled(self, alpha: float) -> Iterator[None]:
+        """Weight-space interpolation (WiSE-FT) towards the base model: cache weight x alpha inside.
+
+        alpha = 0 leaves the zero-shot term alone (what the base model computes), 1 the fitted head.
+        """
+        cache_weight = self.alpha
+        self.alpha = cache_weight * alpha
+        try:
+            yield
+        finally:
+            self.alpha = cache_weight
 
     def cache_logits(
         self, f: torch.Tensor, exclude_self: torch.Tensor | None = None

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from domainclip.evaluation.retrieval import retrieval_metrics, retrieval_ranks
-from domainclip.evaluation.zeroshot import class_embeddings, multilabel_logits, zero_shot_logits
 from domainclip.models.testing import tiny_open_clip_backbone
+from domainclip.scoring.retrieval import retrieval_metrics, retrieval_ranks
+from domainclip.scoring.zeroshot import class_embeddings, multilabel_logits, zero_shot_logits
 
 
 def _unit(*rows):

@@ -25,15 +25,15 @@ Literal braces are written `{{` and `}}`.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from domainclip.errors import ConfigError
+from domainclip.templates import Slot, Template, humanise
 
-PLACEHOLDERS: tuple[str, ...] = ("label", "finding", "defect")
+LABEL = Slot("label", ("finding", "defect"))
 MODES: tuple[str, ...] = ("single_label", "multi_label")
 _TOP_KEYS = ("version", "mode", "description", "templates", "classes", "negative_labels", "name")
 _CLASS_KEYS = ("names", "prompts", "negative_prompts")
@@ -45,11 +45,12 @@ class PromptError(ConfigError):
 
 @dataclass(frozen=True)
 class ClassPrompts:
-    """Per-class prompt settings. names: synonyms for {label}; prompts / negative_prompts: extra texts."""
+    """Per-class prompt settings. names: synonyms for {label}; prompts / negative_prompts: extra texts
+    (templates too: a placeholder in them is filled with the class's first name)."""
 
     names: tuple[str, ...] = ()
-    prompts: tuple[str, ...] = ()
-    negative_prompts: tuple[str, ...] = ()
+    prompts: tuple[Template, ...] = ()
+    negative_prompts: tuple[Template, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class PromptSet:
 
     version: str
     mode: str
-    templates: tuple[str, ...]
-    negative_templates: tuple[str, ...] = ()
+    templates: tuple[Template, ...]
+    negative_templates: tuple[Template, ...] = ()
     classes: Mapping[str, ClassPrompts] = field(default_factory=dict)
     negative_labels: tuple[str, ...] = ()
     description: str = ""
@@ -103,16 +104,19 @@ class PromptSet:
                 "Add them under `classes:` or use a prompt set written for this data."
             )
 
-    def _names(self, cls: str) -> tuple[str, ...]:
-        cp = self.classes.get(cls)
-        if cp is not None and cp.names:
-            return cp.names
-        return (cls.replace("_", " ").replace("-", " ").strip(),)
-
-    def _expand(self, cls: str, templates: Sequence[str], extra: Sequence[str]) -> list[str]:
-        texts = [_fill(t, name) for t in templates for name in self._names(cls)]
-        texts += [_fill(p, self._names(cls)[0]) for p in extra]
-        return list(dict.fromkeys(texts))  # drop duplicates, keep order
+    def _texts(self, classes: Sequence[str], negative: bool) -> dict[str, list[str]]:
+        """Per class: templates x names, then the class's extra prompts filled with its first name."""
+        self._check_covered(classes)
+        templates = self.negative_templates if negative else self.templates
+        out = {}
+        for c in classes:
+            cp = self.classes.get(c, ClassPrompts())
+            names = cp.names or (humanise(c),)
+            texts = [t.fill(label=name) for t in templates for name in names]
+            extra = cp.negative_prompts if negative else cp.prompts
+            texts += [p.fill(label=names[0]) for p in extra]
+            out[c] = list(dict.fromkeys(texts))  # drop duplicates, keep order
+        return out
 
     def class_texts(self, classes: Sequence[str]) -> dict[str, list[str]]:
         """Texts per class: templates x names, plus the class's extra prompts (positives in multi-label).
@@ -120,38 +124,28 @@ class PromptSet:
         Raises:
             PromptError: listing every class the set does not cover.
         """
-        self._check_covered(classes)
-        out = {}
-        for c in classes:
-            cp = self.classes.get(c, ClassPrompts())
-            out[c] = self._expand(c, self.templates, cp.prompts)
-        return out
+        return self._texts(classes, negative=False)
 
     def negative_texts(self, classes: Sequence[str]) -> dict[str, list[str]]:
         """Multi-label only: the negative texts per class ("no {label}")."""
         if not self.multi_label:
             raise PromptError(f"{self.source}: negative texts exist only in multi_label mode")
-        self._check_covered(classes)
-        out = {}
-        for c in classes:
-            cp = self.classes.get(c, ClassPrompts())
-            out[c] = self._expand(c, self.negative_templates, cp.negative_prompts)
-        return out
+        return self._texts(classes, negative=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The set as plain data (round-trips through `load_prompt_set`)."""
-        templates: Any = list(self.templates)
+        templates: Any = [t.text for t in self.templates]
         if self.multi_label:
             templates = {
-                "positive": list(self.templates),
-                "negative": list(self.negative_templates),
+                "positive": [t.text for t in self.templates],
+                "negative": [t.text for t in self.negative_templates],
             }
         d: dict[str, Any] = {"version": self.version, "mode": self.mode, "templates": templates}
         if self.description:
             d["description"] = self.description
         if self.classes:
             d["classes"] = {
-                c: {k: list(getattr(cp, k)) for k in _CLASS_KEYS if getattr(cp, k)}
+                c: {k: [str(x) for x in getattr(cp, k)] for k in _CLASS_KEYS if getattr(cp, k)}
                 for c, cp in self.classes.items()
             }
         if self.negative_labels:
@@ -159,46 +153,41 @@ class PromptSet:
         return d
 
 
-def _fields(template: str) -> list[str | None]:
-    """Names of the `{...}` fields in a template (None for a bare `{}`). Raises ValueError if malformed."""
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-
-
-def _fill(template: str, name: str) -> str:
-    return template.format(**dict.fromkeys(PLACEHOLDERS, name))
-
-
-def _check_template(t: Any, where: str, src: str, need_placeholder: bool) -> str:
-    if not isinstance(t, str) or not t.strip():
-        raise PromptError(f"{src}: {where} must be a non-empty string, got {t!r}")
-    try:
-        names = _fields(t)
-    except ValueError as exc:
-        raise PromptError(
-            f"{src}: {where} {t!r} is malformed ({exc}); write literal braces as {{{{ }}}}"
-        ) from exc
-    bad = [repr(n) if n else "{}" for n in names if n not in PLACEHOLDERS]
-    if bad:
-        raise PromptError(
-            f"{src}: {where} {t!r} has unknown placeholder(s) {', '.join(bad)}; "
-            f"allowed: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-        )
-    if need_placeholder and not names:
-        raise PromptError(
-            f"{src}: {where} {t!r} has no {{label}} placeholder, so it would be the same text for "
-            "every class; put class-specific texts under classes.<name>.prompts instead"
-        )
-    return t
-
-
-def _str_list(value: Any, where: str, src: str, need_placeholder: bool) -> tuple[str, ...]:
+def _templates(value: Any, where: str, src: str, need_placeholder: bool) -> tuple[Template, ...]:
+    """A string or list of strings as validated templates (`need_placeholder`: each needs {label})."""
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
         raise PromptError(f"{src}: {where} must be a list of strings, got {type(value).__name__}")
-    return tuple(
-        _check_template(t, f"{where}[{i}]", src, need_placeholder) for i, t in enumerate(value)
+    hint = (
+        "so it would be the same text for every class; put class-specific texts under "
+        "classes.<name>.prompts instead"
     )
+    out = []
+    for i, t in enumerate(value):
+        if not isinstance(t, str) or not t.strip():
+            raise PromptError(f"{src}: {where}[{i}] must be a non-empty string, got {t!r}")
+        out.append(
+            Template.parse(
+                t,
+                (LABEL,),
+                source=src,
+                where=f"{where}[{i}]",
+                error=PromptError,
+                missing_hint=hint if need_placeholder else None,
+            )
+        )
+    return tuple(out)
+
+
+def _check_keys(d: Mapping, valid: Sequence[str], src: str, where: str = "") -> None:
+    """Refuse keys outside `valid` (a typo would otherwise be ignored silently)."""
+    unknown = sorted(map(str, set(d) - set(valid)))
+    if unknown:
+        inside = f" in {where}" if where else ""
+        raise PromptError(
+            f"{src}: unknown key(s) {', '.join(unknown)}{inside}; valid: {', '.join(valid)}"
+        )
 
 
 def _parse_classes(raw: Any, mode: str, src: str) -> dict[str, ClassPrompts]:
@@ -217,23 +206,19 @@ def _parse_classes(raw: Any, mode: str, src: str) -> dict[str, ClassPrompts]:
             raise PromptError(
                 f"{src}: classes.{name} must be a mapping with {', '.join(_CLASS_KEYS)}"
             )
-        unknown = sorted(set(spec) - set(_CLASS_KEYS))
-        if unknown:
-            raise PromptError(
-                f"{src}: classes.{name} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(_CLASS_KEYS)}"
-            )
+        _check_keys(spec, _CLASS_KEYS, src, f"classes.{name}")
         if spec.get("negative_prompts") and mode != "multi_label":
             raise PromptError(f"{src}: classes.{name}.negative_prompts needs mode: multi_label")
-        names = _str_list(spec.get("names", []), f"classes.{name}.names", src, False)
+        names = _templates(spec.get("names", []), f"classes.{name}.names", src, False)
         for n in names:
-            if _fields(n):
+            if n.fields:
                 raise PromptError(
-                    f"{src}: classes.{name}.names entry {n!r} must not contain placeholders"
+                    f"{src}: classes.{name}.names entry {n.text!r} must not contain placeholders"
                 )
         out[name] = ClassPrompts(
-            names=names,
-            prompts=_str_list(spec.get("prompts", []), f"classes.{name}.prompts", src, False),
-            negative_prompts=_str_list(
+            names=tuple(n.text for n in names),
+            prompts=_templates(spec.get("prompts", []), f"classes.{name}.prompts", src, False),
+            negative_prompts=_templates(
                 spec.get("negative_prompts", []), f"classes.{name}.negative_prompts", src, False
             ),
         )
@@ -245,11 +230,7 @@ def _parse(data: Any, src: str) -> PromptSet:
         raise PromptError(
             f"{src}: a prompt set must be a mapping with keys version, templates, ..."
         )
-    unknown = sorted(set(data) - set(_TOP_KEYS))
-    if unknown:
-        raise PromptError(
-            f"{src}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(_TOP_KEYS)}"
-        )
+    _check_keys(data, _TOP_KEYS, src)
     version = data.get("version")
     if version is None or not str(version).strip():
         raise PromptError(f"{src}: `version` is required (results cite the prompt set by it)")
@@ -259,21 +240,21 @@ def _parse(data: Any, src: str) -> PromptSet:
     raw_t = data.get("templates")
     if raw_t is None:
         raise PromptError(f"{src}: `templates` is required")
-    neg: tuple[str, ...] = ()
+    neg: tuple[Template, ...] = ()
     if mode == "multi_label":
         if not isinstance(raw_t, dict) or set(raw_t) != {"positive", "negative"}:
             raise PromptError(
                 f"{src}: multi_label templates must be a mapping with exactly `positive` and "
                 "`negative` lists (e.g. positive: ['{label}'], negative: ['no {label}'])"
             )
-        pos = _str_list(raw_t["positive"], "templates.positive", src, True)
-        neg = _str_list(raw_t["negative"], "templates.negative", src, True)
+        pos = _templates(raw_t["positive"], "templates.positive", src, True)
+        neg = _templates(raw_t["negative"], "templates.negative", src, True)
         if not pos or not neg:
             raise PromptError(f"{src}: templates.positive and templates.negative must not be empty")
     else:
         if isinstance(raw_t, dict):
             raise PromptError(f"{src}: positive/negative templates need mode: multi_label")
-        pos = _str_list(raw_t, "templates", src, True)
+        pos = _templates(raw_t, "templates", src, True)
         if not pos:
             raise PromptError(f"{src}: `templates` must not be empty")
     neg_labels = data.get("negative_labels") or []
