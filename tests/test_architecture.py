@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
         "domainclip.templates",
         "domainclip.configschema",
         "domainclip.resultfile",
+        "domainclip.lazy",
         "domainclip.runs.layout",
     ),
     ("domainclip.models",),

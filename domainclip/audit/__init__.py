@@ -10,8 +10,7 @@ Public API (re-exported lazily so `import domainclip.audit` stays cheap):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domainclip.lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,10 +29,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'domainclip.audit' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"domainclip.audit.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

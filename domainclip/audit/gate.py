@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from domainclip.audit.analysis import Cell, FramingComparison
-from domainclip.audit.spec import AuditSpec
+from domainclip.audit.spec import AuditSpec, Thresholds
 from domainclip.audit.stats import holm
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import Estimate
@@ -95,49 +95,49 @@ def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison])
     adjusted = dict(zip((i for i, _ in tested), holm([c.p_value for _, c in tested]), strict=True))
     out = []
     for i, (framing, key, cell) in enumerate(cells):
-        cid = f"mean_shift/{framing}/{key}"
         value = cell.mean_shift.value
+
         if i not in adjusted:
-            out.append(
-                Check(
-                    cid,
-                    "mean_shift",
-                    framing,
-                    key,
-                    value,
-                    th.max_abs_mean_shift,
-                    SKIPPED,
-                    cell.reason or "not testable",
-                    _ci(cell.mean_shift),
-                )
-            )
+            out.append(_shift_check(framing, key, cell, th, SKIPPED, cell.reason or "not testable"))
             continue
         p_adj = adjusted[i]
         big = abs(value) > th.max_abs_mean_shift
         significant = p_adj < th.alpha
-        status = FAIL if big and significant else PASS
         msg = (
             f"mean shift {value:+.4f} (95% CI {cell.mean_shift.low:+.4f} .. "
             f"{cell.mean_shift.high:+.4f}, n={cell.n}); |shift| "
             f"{'>' if big else '<='} {th.max_abs_mean_shift}; Holm-adjusted p = {p_adj:.4g} "
             f"({'<' if significant else '>='} alpha {th.alpha})"
         )
-        out.append(
-            Check(
-                cid,
-                "mean_shift",
-                framing,
-                key,
-                value,
-                th.max_abs_mean_shift,
-                status,
-                msg,
-                _ci(cell.mean_shift),
-                cell.p_value,
-                p_adj,
-            )
-        )
+        status = FAIL if big and significant else PASS
+        out.append(_shift_check(framing, key, cell, th, status, msg, cell.p_value, p_adj))
     return out
+
+
+def _shift_check(
+    framing: str,
+    key: str,
+    cell: Cell,
+    th: Thresholds,
+    status: str,
+    msg: str,
+    p: float | None = None,
+    p_adj: float | None = None,
+) -> Check:
+    """The mean-shift check of one (framing, cell)."""
+    return Check(
+        f"mean_shift/{framing}/{key}",
+        "mean_shift",
+        framing,
+        key,
+        cell.mean_shift.value,
+        th.max_abs_mean_shift,
+        status,
+        msg,
+        _ci(cell.mean_shift),
+        p,
+        p_adj,
+    )
 
 
 def _flip_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:

@@ -19,6 +19,7 @@ from domainclip.dashboard import RUNS_ENV, auditdata, calibdata, manifests, runi
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
 from domainclip.errors import ResultFileError
 from domainclip.evaluation.results import EvaluationResult
+from domainclip.runs.layout import CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
 RUN_KEY = "domainclip_run"
 T = TypeVar("T")
@@ -97,8 +98,8 @@ def _run_summary(name: str, run_dir: str, tokens: tuple[int, ...]) -> runinfo.Ru
 def run_summary(run: RunRef) -> runinfo.RunSummary:
     """Cached summary of a run (re-read when config.yaml or metrics.jsonl change)."""
     acc = access()
-    config = acc.run_file(run, "config.yaml")
-    files = (config, *(acc.run_file(run, f) for f in (runinfo.METRICS_FILE, runinfo.RESULT_FILE)))
+    config = acc.run_file(run, CONFIG_FILE)
+    files = (config, *(acc.run_file(run, f) for f in (METRICS_FILE, RESULT_FILE)))
     return _run_summary(run.name, str(run.path), tuple(mtime(f) for f in files))
 
 

@@ -6,8 +6,7 @@ the CLI) does not pull in torch, albumentations or scikit-learn.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domainclip.lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -38,10 +37,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'domainclip.datasets' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"domainclip.datasets.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,8 +9,7 @@ Names are re-exported lazily so `import domainclip.explain` (e.g. by the CLI) st
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domainclip.lazy import lazy_exports
 
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
@@ -57,10 +56,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'domainclip.explain' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"domainclip.explain.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

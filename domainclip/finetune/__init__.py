@@ -10,8 +10,7 @@ Names are imported lazily so `import domainclip.finetune.config` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from domainclip.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "FinetuneConfig": "config",
@@ -23,10 +22,4 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'domainclip.finetune' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"domainclip.finetune.{module}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,15 +10,9 @@ it); `Run` sits above the fine-tuning code it uses to load weights. Importing th
 therefore not import `Run`: this package resolves `Run` and friends lazily.
 """
 
+from domainclip.lazy import lazy_exports
 from domainclip.runs.layout import RunLayout, is_run
 
 _LAZY = ("ResolvedModel", "Run", "export_merged", "load_adaptation", "load_model", "resolve_model")
 __all__ = ["RunLayout", "is_run", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from domainclip.runs import run
-
-        return getattr(run, name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, dict.fromkeys(_LAZY, "run"))

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from domainclip.configschema import check_keys
 from domainclip.errors import ConfigError
+from domainclip.io import load_yaml
 from domainclip.templates import Slot, Template, humanise
 
 LABEL = Slot("label", ("finding", "defect"))
@@ -181,13 +183,11 @@ def _templates(value: Any, where: str, src: str, need_placeholder: bool) -> tupl
 
 
 def _check_keys(d: Mapping, valid: Sequence[str], src: str, where: str = "") -> None:
-    """Refuse keys outside `valid` (a typo would otherwise be ignored silently)."""
-    unknown = sorted(map(str, set(d) - set(valid)))
-    if unknown:
-        inside = f" in {where}" if where else ""
-        raise PromptError(
-            f"{src}: unknown key(s) {', '.join(unknown)}{inside}; valid: {', '.join(valid)}"
-        )
+    """Refuse keys outside `valid` with a did-you-mean (a typo would otherwise be ignored)."""
+    try:
+        check_keys(d, valid, src, f"{where}." if where else "")
+    except ConfigError as exc:
+        raise PromptError(str(exc)) from None
 
 
 def _parse_classes(raw: Any, mode: str, src: str) -> dict[str, ClassPrompts]:
@@ -289,15 +289,13 @@ def load_prompt_set(path_or_dict: str | Path | Mapping[str, Any] | PromptSet) ->
         return path_or_dict
     if isinstance(path_or_dict, Mapping):
         return _parse(dict(path_or_dict), "<dict>")
-    import yaml
-
     from domainclip.resources import resolve_config_path
 
     path = resolve_config_path(path_or_dict)
     if not path.is_file():
         raise PromptError(f"prompt set {path} not found (see configs/prompts/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PromptError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path)  # duplicate keys are refused, naming both lines
+    except ConfigError as exc:
+        raise PromptError(str(exc)) from None
     return _parse(data, str(path))

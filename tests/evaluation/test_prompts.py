@@ -214,3 +214,12 @@ def test_multi_label_targets_ignore_negative_labels_and_list_uncovered():
     tgt = build_targets(man.rows, ["COVID-19", "ARDS", "SARS"], ps)
     assert tgt.y.tolist() == [[1, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1]]
     assert tgt.uncovered == {"Tuberculosis": 1}
+
+
+def test_prompt_set_yaml_refuses_duplicate_keys_and_suggests_the_right_key(tmp_path):
+    path = tmp_path / "ps.yaml"
+    path.write_text("version: a\nversion: b\ntemplates: ['{label}']\n")
+    with pytest.raises(PromptError, match="'version' appears twice.*lines 1 and 2"):
+        load_prompt_set(path)
+    with pytest.raises(PromptError, match="did you mean 'templates'"):
+        load_prompt_set({"version": "1", "templats": ["{label}"]})
