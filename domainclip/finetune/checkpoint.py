@@ -89,12 +89,13 @@ def write_checkpoint(
         atomic_write_text(tmp / META_FILE, json.dumps(meta, indent=2, default=float))
         for d in sorted({f.parent for f in tmp.rglob("*")} | {tmp}):
             fsync_path(d)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        # torch.save reports a full disk as RuntimeError ("file write failed"), not OSError.
         shutil.rmtree(tmp, ignore_errors=True)
-        what = "the disk is full" if exc.errno == errno.ENOSPC else str(exc)
         raise CheckpointError(
-            f"could not write checkpoint {name!r} in {ckpts}: {what}. The previous checkpoint is "
-            "intact; free space (or pick another --out) and resume with --resume."
+            f"could not write checkpoint {name!r} in {ckpts}: {_write_failure(exc, ckpts)}. The "
+            "previous checkpoint is intact (it was not touched); free space (or pick another "
+            "--out) and resume with --resume."
         ) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -118,16 +119,78 @@ def _swap_in(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_failure(exc: BaseException, where: Path) -> str:
+    """What went wrong while writing, in words ("the disk is full" where that is the cause)."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "the disk is full"
+    try:
+        full = shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        full = False
+    return "the disk is full" if full else str(exc).splitlines()[0]
+
+
 def load_state(ckpt: Path) -> dict[str, Any]:
-    """state.pt of a checkpoint (weights_only: no arbitrary code runs while loading)."""
+    """state.pt of a checkpoint (weights_only: no arbitrary code runs while loading).
+
+    Raises:
+        CheckpointError: no state.pt, a damaged one, or one holding anything but tensors and plain
+            values (a file not written by domainclip, or tampered with): it is never unpickled.
+    """
+    import pickle
+
     path = ckpt / STATE_FILE
     if not path.is_file():
         raise CheckpointError(f"{ckpt} has no {STATE_FILE}: it cannot be resumed from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} is not a domainclip training state (or was tampered with): it holds objects "
+            "a training state never contains, and it was not loaded. Resume from a checkpoint you "
+            "trust, or start the run again without --resume in a new --out folder."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} is damaged ({str(exc).splitlines()[0]}); it cannot be resumed from. Start the "
+            "run again in a new --out folder."
+        ) from None
+
+
+def verify_files(ckpt: Path) -> None:
+    """Read every safetensors and JSON file of a checkpoint once, so a damaged one is named.
+
+    Raises:
+        CheckpointError: naming the damaged file, its checkpoint, and what to do.
+    """
+    from safetensors.torch import load_file
+
+    for f in sorted(ckpt.rglob("*")):
+        try:
+            if f.suffix == ".safetensors":
+                load_file(str(f))
+            elif f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+        except Exception as exc:  # safetensors raises its own SafetensorError type
+            raise CheckpointError(damaged_message(str(f.relative_to(ckpt)), ckpt, exc)) from None
+
+
+def damaged_message(what: str, ckpt: Path, exc: BaseException) -> str:
+    """The message for a checkpoint file (`what`: its name) that cannot be used."""
+    other = "last" if ckpt.name == "best" else "best"
+    return (
+        f"{what} of checkpoint {ckpt} is damaged or does not fit the model "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). Try "
+        f"the other checkpoint (--checkpoint {other}), restore the file from a copy, or re-train."
+    )
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((ckpt / META_FILE).read_text())
+    """meta.json of a complete checkpoint (step, metrics)."""
+    try:
+        return json.loads((ckpt / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(damaged_message(META_FILE, ckpt, exc)) from None
 
 
 def cleanup_temp(run_dir: Path) -> None:

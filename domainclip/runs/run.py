@@ -23,6 +23,7 @@ from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import LORA_DIRS, Adaptation, prepare
 from domainclip.finetune.config import FinetuneConfig, load_config
+from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.methods import lora as lora_mod
 from domainclip.io import load_yaml
 from domainclip.models import Backbone, load_backbone, save_backbone
@@ -115,7 +116,13 @@ class Run:
         # The clamp the run trained with travels with the model: evaluating with another clamp
         # would score differently from how it trained.
         bb.max_logit_scale = float(cfg.loss.max_logit_scale)
-        adapt = prepare(bb, cfg.method, checkpoint=where, trainable=False)
+        ckpt.verify_files(where)  # a truncated or hand-edited file is named, not a traceback
+        try:
+            adapt = prepare(bb, cfg.method, checkpoint=where, trainable=False)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            # e.g. an adapter_config.json naming modules the model does not have, or weights
+            # whose shapes do not match the backbone in config.yaml
+            raise CheckpointError(ckpt.damaged_message("its adapter files", where, exc)) from None
         if merge:
             for tower, wrap in (("image", adapt.layout.image_wrap), ("text", adapt.layout.text_wrap)):
                 if (where / LORA_DIRS[tower]).is_dir():

@@ -85,3 +85,50 @@ def test_rng_state_round_trip(tmp_path):
     ckpt.set_rng_state(torch.load(tmp_path / "s.pt", weights_only=True)["rng"])
     got = (torch.rand(2), random.random(), np.random.rand())
     assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:]
+
+
+def test_torch_runtime_error_while_writing_keeps_previous(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError ("file write failed"), not OSError."""
+    ckpt.write_checkpoint(tmp_path, "last", _writer(1.0), {"step": 1})
+
+    def failing_save(*_args, **_kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(CheckpointError, match="file write failed.*previous checkpoint is intact"):
+        ckpt.write_checkpoint(tmp_path, "last", _writer(2.0), {"step": 2}, {"step": torch.tensor(2)})
+    assert _value(ckpt.checkpoint_dir(tmp_path, "last")) == 1.0
+
+
+class _NotAState:  # a class a training state never contains (module-level so it pickles)
+    pass
+
+
+def test_a_tampered_or_damaged_state_is_refused_with_a_plain_message(tmp_path):
+    out = ckpt.write_checkpoint(tmp_path, "last", _writer(1.0), {"step": 1}, {"step": torch.tensor(1)})
+    torch.save({"step": _NotAState()}, out / ckpt.STATE_FILE)
+    with pytest.raises(CheckpointError, match="not a domainclip training state.*was not loaded") as e:
+        ckpt.load_state(out)
+    assert "weights_only" not in str(e.value)
+    (out / ckpt.STATE_FILE).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="state.pt is damaged"):
+        ckpt.load_state(out)
+
+
+def test_damaged_checkpoint_files_are_named(tmp_path):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "checkpoints" / "best"
+    out.mkdir(parents=True)
+    save_file({"w": torch.ones(64, 64)}, str(out / "heads.safetensors"))
+    (out / "text_lora").mkdir()
+    (out / "text_lora" / "adapter_config.json").write_text('{"r": 8}')
+    ckpt.verify_files(out)  # intact: no error
+    data = (out / "heads.safetensors").read_bytes()
+    (out / "heads.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"heads.safetensors of checkpoint .*best is damaged.*--checkpoint last"):
+        ckpt.verify_files(out)
+    save_file({"w": torch.ones(2)}, str(out / "heads.safetensors"))
+    (out / "text_lora" / "adapter_config.json").write_text('{"r": 8,')
+    with pytest.raises(CheckpointError, match=r"text_lora/adapter_config.json of checkpoint"):
+        ckpt.verify_files(out)

@@ -87,3 +87,38 @@ def test_logit_scale_clamp_travels_with_the_model(wide_clamp_run, tmp_path):
     again = load_backbone(str(export_merged(wide_clamp_run, tmp_path / "saved", "last")))
     assert again.max_logit_scale == 1000.0
     assert again.logit_scale_value() == pytest.approx(bb.logit_scale_value())
+
+
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(run_dir, tmp_path / "copy")
+
+
+def test_a_damaged_checkpoint_names_the_file_and_the_way_out(wide_clamp_run, tmp_path, capsys):
+    from domainclip.cli import main
+    from domainclip.finetune.errors import CheckpointError
+
+    run = _copy_run(wide_clamp_run, tmp_path)
+    best = Run(run).checkpoint("best")
+    heads = best / "heads.safetensors"
+    heads.write_bytes(heads.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="heads.safetensors of checkpoint .* is damaged.*--checkpoint last"):
+        Run(run).load("best")
+    rc = main(["evaluate", str(run), "--split", "test", "--n-boot", "0"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "heads.safetensors" in err and "Traceback" not in err
+    Run(run).load("last")  # the other checkpoint still loads
+
+
+def test_an_adapter_config_naming_missing_modules_is_a_clear_error(wide_clamp_run, tmp_path):
+    from domainclip.finetune.errors import CheckpointError
+
+    run = _copy_run(wide_clamp_run, tmp_path)
+    configs = sorted(Run(run).checkpoint("last").rglob("adapter_config.json"))
+    assert configs, "the LoRA run should have a peft adapter config"
+    cfg = json.loads(configs[0].read_text())
+    cfg["target_modules"] = ["no_such_module_anywhere"]
+    configs[0].write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="adapter files of checkpoint .*last.*--checkpoint best"):
+        Run(run).load("last")
