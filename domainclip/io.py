@@ -79,6 +79,17 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise ConfigError(f"{path}: this {what} cannot be read ({exc})") from exc
 
 
+def resolve_path(path: str | os.PathLike[str]) -> Path:
+    """`Path(path).resolve()`, with a symlink loop as OSError(ELOOP) on every Python version
+    (3.11 raises RuntimeError, which callers that expect file errors would not catch)."""
+    import errno
+
+    try:
+        return Path(path).resolve()
+    except RuntimeError as exc:
+        raise OSError(errno.ELOOP, f"symlink loop ({exc})", str(path)) from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domainclip.errors import DomainClipError
+from domainclip.io import resolve_path
 from domainclip.runs.layout import CONFIG_FILE as RUN_CONFIG
 from domainclip.runs.layout import is_run
 
@@ -39,10 +40,21 @@ def resolve_inside(base: Path, path: str | os.PathLike[str]) -> Path:
     text = os.fspath(path)
     if "\x00" in text:
         raise PathAccessError(f"refusing path with a NUL byte: {text!r}")
-    target = (base / text).resolve()
+    try:
+        target = resolve_path(base / text)
+    except OSError as exc:
+        raise PathAccessError(f"refusing to read {text!r}: {exc.strerror or exc}") from None
     if target != base and not target.is_relative_to(base):
         raise PathAccessError(f"refusing to read {text!r}: it resolves to {target}, outside {base}")
     return target
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    """The resolved path, or PathAccessError for what cannot be resolved (a symlink loop)."""
+    try:
+        return resolve_path(Path(path).expanduser())
+    except OSError as exc:
+        raise PathAccessError(f"refusing to read {path}: {exc.strerror or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -183,7 +195,7 @@ class RunsAccess:
         Raises:
             PathAccessError: any other file.
         """
-        resolved = Path(path).expanduser().resolve()
+        resolved = _resolved(path)
         if resolved not in self.manifests():
             raise PathAccessError(f"refusing to read {path}: no run references this manifest")
         return resolved
@@ -195,7 +207,7 @@ class RunsAccess:
         Raises:
             PathAccessError: it is not.
         """
-        resolved = Path(candidate).expanduser().resolve()
+        resolved = _resolved(candidate)
         if resolved not in set(listed):
             raise PathAccessError(f"refusing to read {candidate}: the manifest does not list it")
         return resolved

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.io import resolve_path
 from domainclip.privacy import displayable_columns, hidden_columns, pseudonym
 
 THUMBNAIL_PX = 160
@@ -57,11 +58,14 @@ def _meta_columns(manifest: Manifest) -> list[str]:
 
 def listed_files(manifest: Manifest) -> frozenset[Path]:
     """Every file the manifest lists: row images and pixel masks (resolved)."""
-    out = {manifest.image_path(r).resolve() for r in manifest.rows}
-    for r in manifest.rows:
-        mask = r.meta.get("mask", "").strip()
-        if mask:
-            out.add((manifest.root / mask).resolve())
+    paths = [manifest.image_path(r) for r in manifest.rows]
+    paths += [manifest.root / m for r in manifest.rows if (m := r.meta.get("mask", "").strip())]
+    out = set()
+    for p in paths:
+        try:
+            out.add(resolve_path(p))
+        except OSError:  # a symlink loop lists nothing readable
+            continue
     return frozenset(out)
 
 
@@ -99,7 +103,7 @@ def manifest_view(path: Path) -> ManifestView:
     )
     return ManifestView(
         table=pd.DataFrame(records, columns=columns),
-        images=[manifest.image_path(r).resolve() for r in manifest.rows],
+        images=[_resolved_or_lexical(manifest.image_path(r)) for r in manifest.rows],
         meta_columns=shown,
         hidden_columns=hidden_columns(meta),
         problems=problems,
@@ -173,3 +177,12 @@ def validation_summary(path: Path) -> dict[str, Any]:
     from domainclip.datasets import validate_manifest
 
     return validate_manifest(path, check_images=True).to_dict()
+
+
+def _resolved_or_lexical(path: Path) -> Path:
+    """The resolved path; a path that cannot be resolved (symlink loop) stays as written and
+    fails later where the image is read, as an unreadable image."""
+    try:
+        return resolve_path(path)
+    except OSError:
+        return path

@@ -122,9 +122,13 @@ class Manifest:
         return iter(self.rows)
 
     def image_path(self, row: ManifestRow) -> Path:
-        """Absolute path of a row's image (relative paths are relative to the manifest)."""
+        """Absolute path of a row's image (relative paths are relative to the manifest).
+
+        Purely lexical (no filesystem access): a missing file, a symlink loop or a permission
+        problem is found when the image is read, where it becomes a counted, named skip.
+        """
         p = Path(row.image).expanduser()
-        return p if p.is_absolute() else (self.root / p).resolve()
+        return p if p.is_absolute() else Path(os.path.normpath(self.root / p))
 
     @property
     def skipped(self) -> dict[str, int]:

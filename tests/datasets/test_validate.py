@@ -152,3 +152,29 @@ def test_unassigned_split_mask_and_boxes_checked(tmp_path):
 def test_to_dict_is_json(messy):
     d = json.loads(json.dumps(validate_manifest(messy, check_images=False).to_dict()))
     assert d["ok"] is True and d["n_skipped"] == 2 and d["skips"]["image_missing"] == [3]
+
+
+def test_a_symlink_loop_is_a_counted_skip_not_a_traceback(tmp_path):
+    from domainclip.datasets.manifest import read_manifest
+    from domainclip.datasets.torch_dataset import PairedDataset
+
+    save_rgb(tmp_path / "good.png")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    man = write_csv(
+        tmp_path / "m.csv",
+        "image,text,label,split\ngood.png,a scratch,scratch,train\nloop.png,a pit,pit,train\n",
+    )
+    manifest = read_manifest(man)
+    assert manifest.image_path(manifest.rows[1]) == tmp_path / "loop.png"  # no RuntimeError
+    rep = validate_manifest(man)
+    assert rep.skips == {"image_missing": [2]}  # the second row, named and counted
+    ds = PairedDataset(manifest, split="train", transform=lambda im: im)
+    assert ds[1] is None and len(ds.failures) == 1  # counted, named by path
+
+
+def test_the_dashboard_refuses_a_symlink_loop(tmp_path):
+    from domainclip.dashboard.access import PathAccessError, resolve_inside
+
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(PathAccessError, match="loop"):
+        resolve_inside(tmp_path, "loop")
