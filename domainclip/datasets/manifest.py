@@ -34,6 +34,9 @@ CORE_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 UNASSIGNED = "unassigned"
 LABEL_SEP = "|"
+# How spreadsheets and pandas spell a missing value: such a label cell means "no label", never
+# a class named "NaN".
+MISSING_LABELS = frozenset({"nan", "null", "none", "n/a", "na", "<na>", "#n/a"})
 
 # Common spellings mapped to the canonical split names; "" and "unassigned" mean "not yet split".
 SPLIT_ALIASES: Mapping[str, str] = {
@@ -277,6 +280,19 @@ class _RowBuilder:
         except ValueError as exc:
             self.skip("bad_label", row, line, f"row {row} (line {line}): {exc}")
             return
+        missing = [x for x in label if x.lower() in MISSING_LABELS]
+        if missing:
+            label = [x for x in label if x.lower() not in MISSING_LABELS]
+            self.problems.append(
+                ManifestProblem(
+                    "label_missing_value",
+                    row,
+                    line,
+                    f"row {row} (line {line}): label {'|'.join(missing)!r} is a missing-value "
+                    "marker, read as no label (write the class name, or leave the cell empty)",
+                    "warning",
+                )
+            )
         raw_split = _meta_value(record.get("split"))
         split = normalize_split(raw_split)
         if split is None:

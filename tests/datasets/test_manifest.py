@@ -293,3 +293,17 @@ def test_replacement_characters_warned(tmp_path, caplog):
         m = read_manifest(path)
     assert m.rows[0].text == "38\ufffd6\ufffdC" and m.encoding == "utf-8"
     assert "m.csv contains 2 U+FFFD" in caplog.text
+
+
+def test_missing_value_labels_are_no_label_with_a_warning(tmp_path):
+    man = write_csv(
+        tmp_path / "m.csv",
+        "image,text,label\na.png,t1,NaN\nb.png,t2,scratch|nan\nc.png,t3,N/A\nd.png,t4,pit\n",
+    )
+    m = read_manifest(man)
+    assert [r.label for r in m.rows] == [[], ["scratch"], [], ["pit"]]
+    warned = [p for p in m.warnings if p.kind == "label_missing_value"]
+    assert [p.row for p in warned] == [1, 2, 3] and "'NaN'" in warned[0].message
+    jl = tmp_path / "m.jsonl"
+    jl.write_text('{"image": "a.png", "text": "t", "label": NaN}\n')
+    assert read_manifest(jl).rows[0].label == []
