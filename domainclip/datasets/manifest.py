@@ -199,7 +199,15 @@ def _meta_value(value: Any) -> str:
 
 
 def _decode(path: Path, data: bytes) -> tuple[str, str]:
-    """Decode manifest bytes: utf-8 (BOM stripped), else latin-1 with a warning."""
+    """Decode manifest bytes: UTF-16 by its BOM, utf-8 (BOM stripped), else latin-1 with a warning."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # Excel's "Unicode text" export
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path} starts with a UTF-16 byte-order mark but is not valid UTF-16 "
+                f"(offset {exc.start}); re-save it as UTF-8"
+            ) from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     try:
@@ -274,6 +282,11 @@ class _RowBuilder:
             return
         if not text.strip():
             self.skip("empty_text", row, line, f"row {row} (line {line}): empty text for {image}")
+            return
+        if "\x00" in text or "\x00" in image:
+            # NUL never occurs in a report; it means binary or mis-decoded data in the cell
+            self.skip("nul_byte", row, line, f"row {row} (line {line}): a NUL byte in the text or "
+                      "image path (binary data, or a file in another encoding?)")
             return
         try:
             label = parse_label(record.get("label"))

@@ -307,3 +307,14 @@ def test_missing_value_labels_are_no_label_with_a_warning(tmp_path):
     jl = tmp_path / "m.jsonl"
     jl.write_text('{"image": "a.png", "text": "t", "label": NaN}\n')
     assert read_manifest(jl).rows[0].label == []
+
+
+def test_utf16_manifest_is_read_and_nul_bytes_are_a_counted_skip(tmp_path):
+    text = "image,text,label\na.png,a scratch,scratch\nb.png,a p\x00it,pit\n"
+    path = tmp_path / "m.csv"
+    path.write_bytes(text.encode("utf-16"))  # with BOM, as Excel's "Unicode text" writes it
+    m = read_manifest(path)
+    assert m.encoding == "utf-16"
+    assert [r.image for r in m.rows] == ["a.png"]
+    assert m.skipped == {"nul_byte": 1}
+    assert "NUL byte" in m.problems[0].message and "row 2" in m.problems[0].message
