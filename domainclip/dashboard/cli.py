@@ -44,6 +44,10 @@ def streamlit_command(host: str, port: int, app: Path = APP_SCRIPT) -> list[str]
         # The app's code does not change while it runs; polling files would only cost CPU.
         "--server.fileWatcherType",
         "none",
+        # An unexpected exception shows a generic message in the page; its details (which may
+        # quote a file's content or a path) go to the server log only.
+        "--client.showErrorDetails",
+        "none",
     ]
 
 

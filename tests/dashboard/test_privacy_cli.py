@@ -64,6 +64,7 @@ def test_streamlit_command_is_headless_without_usage_stats() -> None:
     assert flags["--server.port"] == "8600"
     assert flags["--server.headless"] == "true"
     assert flags["--browser.gatherUsageStats"] == "false"
+    assert flags["--client.showErrorDetails"] == "none"  # exception details stay in the server log
 
 
 def test_cli_passes_runs_dir_and_warns_on_non_loopback(
