@@ -20,9 +20,10 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 
 from domainclip.finetune.errors import CheckpointError
 from domainclip.io import atomic_write_text, fsync_path
-from domainclip.runs.layout import CHECKPOINTS_DIR
+from domainclip.runs.layout import CHECKPOINTS_DIR, LOCK_FILE
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,39 @@ def _swap_in(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while one process writes it.
+
+    Two `domainclip finetune` processes with the same --out would otherwise both pass the
+    "folder is empty" check and leave a mixed run (one's config, the other's checkpoints).
+    The lock is an advisory flock on RUN/.lock, released when the process ends, even by a kill.
+
+    Raises:
+        CheckpointError: another process holds the lock (its pid is named).
+    """
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise CheckpointError(
+            f"{run_dir} is being written by another domainclip process (pid {holder}); wait for "
+            "it to finish, or choose another --out"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _write_failure(exc: BaseException, where: Path) -> str:

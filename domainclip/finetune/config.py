@@ -96,6 +96,11 @@ class DataConfig:
     num_workers: int = option(
         0, "DataLoader worker processes for image decoding", range=(0, 64, "[]")
     )
+    allow_group_leakage: bool = option(
+        False,
+        "train although a group (patient, study, lot) or image is in more than one split; "
+        "off: such a manifest is refused, because its test metrics would be inflated",
+    )
 
 
 @dataclass

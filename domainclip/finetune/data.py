@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.datasets.splits import check_leakage, format_leakage
 from domainclip.datasets.torch_dataset import PairedDataset
 from domainclip.errors import ConfigError, DataError
 from domainclip.finetune.config import DataConfig
@@ -114,6 +115,7 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
             f"data.manifest: {path} not found (create one with `domainclip data import KIND SRC --out DIR`)"
         )
     manifest = read_manifest(path)
+    _check_leakage(manifest, path, cfg.allow_group_leakage)
     found = sorted({lab for r in manifest.rows for lab in r.label})
     classes = list(cfg.classes) or found
     unknown = [c for c in cfg.classes if c not in found]
@@ -124,6 +126,20 @@ def load_splits(cfg: DataConfig, seed: int) -> Splits:
     train = _split(manifest, cfg.train_split, classes, cfg.max_train, seed, "train")
     val = _split(manifest, cfg.val_split, classes, cfg.max_val, seed + 1, "val")
     return Splits(manifest=manifest, classes=classes, train=train, val=val)
+
+
+def _check_leakage(manifest: Manifest, path: Path, allowed: bool) -> None:
+    """Refuse a manifest whose groups span splits (unless `data.allow_group_leakage`)."""
+    problems = check_leakage(manifest.rows)
+    if not problems:
+        return
+    if not allowed:
+        raise DataError(
+            f"{path}: {format_leakage(problems)} To train anyway (test metrics will be inflated), "
+            "set data.allow_group_leakage=true; the run records it."
+        )
+    log.warning("%s: training with group leakage (data.allow_group_leakage): %s", path,
+                format_leakage(problems))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ wires them together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -191,13 +192,17 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
     cfg = absolute_paths(config)
     run_dir = Path(out_dir)
     dist = init_from_env(_device_kind(cfg.backbone.device))
+    stack = contextlib.ExitStack()  # holds the run folder's lock (rank 0) until the end
     try:
         device = resolve_device(cfg.backbone.device, dist)
         seed_everything(cfg.train.seed, cfg.train.deterministic, device)
-        resume_ckpt = _start_run_dir(cfg, run_dir, resume, dist)
-        adapt = _adapt(cfg, device, resume_ckpt)
+        # Data and prompt problems surface before a model is loaded or the run folder is made.
         splits = load_splits(cfg.data, cfg.train.seed)
         prompts = _prompts(cfg, splits)
+        stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
+        resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
+        adapt = _adapt(cfg, device, resume_ckpt)
+        _write_config(cfg, run_dir, dist)  # after loading: a bad backbone spec leaves no config
         meta = {"method": cfg.method.name, "parameters": adapt.parameter_counts()}
         tc = time.perf_counter()
         cache = _image_cache(cfg, adapt, splits, device)
@@ -220,6 +225,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         barrier(dist)
         return rr
     finally:
+        stack.close()
         shutdown(dist)
 
 
@@ -230,19 +236,13 @@ def _device_kind(spec: str) -> str:
     return "cpu"
 
 
-def _start_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool, dist: DistInfo) -> Path | None:
-    """Check the run dir on every rank, then (rank 0) create it and write the resolved config.
-
-    Returns the checkpoint to resume from (None for a fresh run)."""
-    resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
+def _write_config(cfg: FinetuneConfig, run_dir: Path, dist: DistInfo) -> None:
+    """After every rank has checked the run folder: (rank 0) create it and write the config."""
     barrier(dist)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         ckpt.cleanup_temp(run_dir)
-        atomic_write_text(
-            run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-        )
-    return resume_ckpt
+        atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def _adapt(cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None) -> Adaptation:

@@ -29,6 +29,7 @@ EVAL_DIR = "eval"
 AUDIT_DIR = "audit"
 EXPLAIN_DIR = "explain"
 CHECKPOINT_NAMES = ("best", "last")
+LOCK_FILE = ".lock"  # held by the process writing the run (domainclip.finetune.checkpoint.run_lock)
 
 
 def is_run(path: str | Path) -> bool:
