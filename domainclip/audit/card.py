@@ -4,7 +4,7 @@ Sources (each optional; a missing one becomes "not run yet: <the command that pr
   config.yaml              backbone, method, data manifest, hyper-parameters (the trainer's schema)
   result.json              trainable parameters, steps, best validation metrics, wall time
   the run's manifest       counts per class / split / group, text sources
-  eval/*/metrics.json      evaluation metrics with their 95% CIs
+  eval/*/metrics.json      evaluation metrics with their 95% CIs, the shortcut check
   calibration.json         fitted temperature, NLL / ECE before and after
   audit/*/audit.json       framing audit results and the gate verdict
   explain/**/index.json    saliency sanity checks and localisation (per method means)
@@ -262,7 +262,25 @@ def _evaluation(run: Path) -> list[Block]:
                 ],
             )
         )
+        if m.shortcut is not None:
+            blocks.append(("p", _shortcut_sentence(m)))
     return blocks
+
+
+def _shortcut_sentence(m: EvaluationResult) -> str:
+    """The shortcut check in one paragraph; a flagged model is said in bold."""
+    from domainclip.evaluation.shortcut import describe
+
+    s = m.shortcut
+    assert s is not None
+    lead = (
+        "**Shortcut check: the model uses context.** With the annotated finding removed it keeps "
+        "its accuracy, so it can classify these images from something else (tile shape, "
+        "position, background); its predictions are not evidence that it sees the finding. "
+        if s.flagged
+        else "Shortcut check: "
+    )
+    return f"{lead}{describe(s)} ({s.n_used} rows with a mask or boxes; `{m.name}`.)"
 
 
 def _calibration(run: Path) -> list[Block]:

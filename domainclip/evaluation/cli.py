@@ -43,6 +43,12 @@ def _summary(r: EvaluationResult) -> str:
             for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
         )
         lines.append(f"  forgetting (target / reference {f['metric']}): {pts}")
+    if r.shortcut is not None:
+        from domainclip.evaluation.shortcut import describe
+
+        lines.append(
+            f"  shortcut check: {r.shortcut.verdict.replace('_', ' ')}. {describe(r.shortcut)}"
+        )
     if r.outputs:
         lines.append(f"  wrote {r.outputs['metrics']} (+ report.md, plots, predictions.csv)")
     return "\n".join(lines)
@@ -50,6 +56,7 @@ def _summary(r: EvaluationResult) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from domainclip.evaluation.evaluate import EvaluationOptions, run_evaluation
+    from domainclip.evaluation.shortcut import ShortcutSettings
 
     if args.bins < 1:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
@@ -72,6 +79,13 @@ def _run(args: argparse.Namespace) -> int:
         reference_prompts=args.reference_prompts,
         reference_split=args.reference_split,
         alphas=args.alphas,
+        shortcut_check=args.shortcut_check,
+        shortcut=ShortcutSettings(
+            fill=args.shortcut_fill,
+            outside=args.shortcut_outside,
+            threshold=args.shortcut_threshold,
+            dilation=args.shortcut_dilation,
+        ),
     )
     result = run_evaluation(args.model, args.data, args.split, args.prompts, args.out, options)
     print(_summary(result))
@@ -131,4 +145,44 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=list(DEFAULT_ALPHAS),
         help="WiSE-FT interpolation weights (default: 0,0.25,0.5,0.75,1)",
     )
+    _shortcut_arguments(p)
     p.set_defaults(func=_run)
+
+
+def _shortcut_arguments(p: argparse.ArgumentParser) -> None:
+    """The shortcut-check options (`domainclip.evaluation.shortcut`)."""
+    from domainclip.evaluation.shortcut import FILLS, OUTSIDE_FILLS, ShortcutSettings
+
+    d = ShortcutSettings()
+    p.add_argument(
+        "--shortcut-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "classify each test row with a mask/boxes also with the region removed and with only "
+            f"the region, and flag a model that keeps its accuracy without the finding (default: on "
+            f"when >= {d.min_rows} rows have a region; costs 3 image embeddings per such row)"
+        ),
+    )
+    p.add_argument(
+        "--shortcut-fill", choices=FILLS, default=d.fill, help="how the removed region is filled"
+    )
+    p.add_argument(
+        "--shortcut-outside",
+        choices=OUTSIDE_FILLS,
+        default=d.outside,
+        help="what replaces everything outside the region (grey: the model's mean colour)",
+    )
+    p.add_argument(
+        "--shortcut-threshold",
+        type=float,
+        default=d.threshold,
+        help="flag 'uses context' when accuracy without the region keeps this fraction of the "
+        "above-chance intact accuracy (default: %(default)s)",
+    )
+    p.add_argument(
+        "--shortcut-dilation",
+        type=int,
+        default=d.dilation,
+        help="pixels the region is grown by (default: %(default)s)",
+    )

@@ -8,6 +8,7 @@ monotone function of z_c alone); calibration is reported before (T = 1) and afte
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -47,6 +48,12 @@ from domainclip.evaluation.results import (
     EvaluationResult,
     PromptsUsed,
     TemperatureUsed,
+)
+from domainclip.evaluation.shortcut import (
+    ShortcutResult,
+    ShortcutSettings,
+    count_region_rows,
+    shortcut_check,
 )
 from domainclip.evaluation.task import (
     Targets,
@@ -194,6 +201,11 @@ class EvaluationOptions:
         reference, reference_prompts, reference_split: a second task for the forgetting monitor
             (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
             together with this task (forgetting.json / forgetting.png).
+        shortcut_check: the shortcut check (`evaluation.shortcut`: classify each row with its
+            annotated region removed / alone; 3 image embeddings per row with a mask or boxes).
+            None: on when at least `shortcut.min_rows` rows of the split have a region and the
+            prompt set is single-label; True: whenever a row has one; False: off.
+        shortcut: its settings (fill, threshold, ...; n_boot and seed are this evaluation's).
     """
 
     name: str | None = None
@@ -213,6 +225,8 @@ class EvaluationOptions:
     reference_prompts: str | Path | dict | PromptSet | None = None
     reference_split: str = "test"
     alphas: Sequence[float] = DEFAULT_ALPHAS
+    shortcut_check: bool | None = None
+    shortcut: ShortcutSettings = ShortcutSettings()
 
     def __post_init__(self) -> None:
         # Sequences become tuples so options cannot change under a running evaluation.
@@ -291,6 +305,7 @@ def run_evaluation(
     inp = _resolve(model_or_run, manifest, split, prompts, out_dir, options)
     scored = _score(inp, options)
     result = _build_result(inp, scored, options)
+    result.shortcut = _shortcut_for(inp, scored, options, transform=inp.bb.preprocess_val)
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -395,6 +410,25 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
     )
+
+
+def _shortcut_for(
+    inp: _Inputs, s: _Scored, opts: EvaluationOptions, transform: Any
+) -> ShortcutResult | None:
+    """The shortcut check when `opts.shortcut_check` asks for it (None: when enough rows of a
+    single-label task have a region), through the evaluation's task, calibrator and `transform`."""
+    if opts.shortcut_check is False:
+        return None
+    n_regions = count_region_rows(inp.man, inp.split)
+    if opts.shortcut_check is None:
+        if inp.ps.multi_label or n_regions < opts.shortcut.min_rows:
+            return None
+    elif n_regions == 0:
+        log.warning("shortcut check: no row of split %s has a mask or boxes", inp.split)
+    task = ZeroShotTask.build(inp.bb, inp.ps, inp.classes, cache=s.text_feats)  # all cached
+    settings = dataclasses.replace(opts.shortcut, n_boot=opts.n_boot, seed=opts.seed)
+    log.info("shortcut check: %d rows with a region (3 embeddings each)", n_regions)
+    return shortcut_check(inp.bb, inp.man, inp.split, task, s.calibrator, transform, settings)
 
 
 def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> CalibrationSummary:

@@ -11,6 +11,7 @@ from domainclip.evaluation.results import (
     CalibrationSummary,
     EvaluationResult,
 )
+from domainclip.evaluation.shortcut import VERSIONS, ShortcutResult, describe
 
 
 def fmt(d: dict[str, Any] | None, digits: int = 3) -> str:
@@ -41,6 +42,8 @@ def render_markdown(r: EvaluationResult) -> str:
     lines += _retrieval(r.retrieval)
     if r.forgetting:
         lines += _forgetting(r.forgetting)
+    if r.shortcut is not None:
+        lines += _shortcut(r.shortcut)
     pngs = [p for p in (r.outputs or {}).values() if str(p).endswith(".png")]
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
@@ -138,6 +141,59 @@ def _forgetting(f: dict[str, Any]) -> list[str]:
         [
             [f"{a:.2f}", fmt(x), fmt(y)]
             for a, x, y in zip(f["alphas"], f["target"], f["reference"], strict=True)
+        ],
+    )
+
+
+_VERSION_LABELS = {
+    "intact": "intact",
+    "removed": "region removed",
+    "only_region": "only the region",
+}
+
+
+def _shortcut(s: ShortcutResult) -> list[str]:
+    """Accuracy and true-class confidence intact / region removed / only the region, the verdict."""
+    st = s.settings
+    skipped = ", ".join(f"{k} {v}" for k, v in s.skipped.items()) or "none"
+    cover = (
+        f"; the dilated regions cover {100 * s.region_fraction:.1f}% of an image on average"
+        if s.region_fraction is not None
+        else ""
+    )
+    lines = ["", "## Shortcut check (annotated region removed)", ""]
+    lines += [
+        f"**{s.verdict.replace('_', ' ')}**: {describe(s)}",
+        "",
+        f"{s.n_used} of {s.n_rows} rows of the split classified three times ({s.n_embedded} "
+        f"image embeddings); skipped: {skipped}. Region dilated by {st['dilation']} px and filled "
+        f"by `{st['fill']}`; outside it, for 'only the region': `{st['outside']}`{cover}. "
+        f"Rule: flagged when accuracy without the region keeps >= {st['threshold']:g} of the "
+        f"intact accuracy above chance ({s.chance:.3f} = 1/{len(s.classes)}).",
+    ]
+    lines += [f"- Skipped: {n}" for n in s.notes]
+    if s.overall is None:
+        return lines
+    cells = {"all": s.overall, **s.per_class}
+    rows = []
+    for name, cell in cells.items():
+        retained = "-" if cell["retained"] is None else f"{cell['retained']:.2f}"
+        flag = {True: "uses context", False: "-", None: "undetermined"}[cell["uses_context"]]
+        rows.append(
+            [name, str(cell["n"])]
+            + [fmt(cell[v]["accuracy"]) for v in VERSIONS]
+            + [retained, flag]
+        )
+    lines += [""] + _table(
+        ["class", "n", *(f"accuracy {_VERSION_LABELS[v]}" for v in VERSIONS), "retained", "flag"],
+        rows,
+    )
+    lines += ["", "Mean probability of the true class:", ""]
+    return lines + _table(
+        ["class", *(_VERSION_LABELS[v] for v in VERSIONS), "drop (intact - removed)"],
+        [
+            [name, *(fmt(cell[v]["confidence"]) for v in VERSIONS), fmt(cell["confidence_drop"])]
+            for name, cell in cells.items()
         ],
     )
 

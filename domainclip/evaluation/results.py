@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domainclip import __version__
+from domainclip.evaluation.shortcut import ShortcutResult
 from domainclip.io import finite_json
 from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
 
@@ -131,7 +132,9 @@ class EvaluationResult(ResultFile):
 
     classification: `metrics.single_label_report` / `multi_label_report` dict; retrieval: R@k and
     ranks as Estimate dicts, n_images, n_texts, note; forgetting: `forgetting_curve` dict or None;
-    outputs: file kind -> path (None when nothing was written).
+    outputs: file kind -> path (None when nothing was written); shortcut: the shortcut check
+    (`evaluation.shortcut.ShortcutResult`) or None when it did not run (files written before it
+    existed read as None).
     """
 
     name: str
@@ -145,6 +148,7 @@ class EvaluationResult(ResultFile):
     seconds: float | None = None
     forgetting: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
+    shortcut: ShortcutResult | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -174,6 +178,8 @@ class EvaluationResult(ResultFile):
         }
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting
+        if self.shortcut is not None:
+            out["shortcut"] = self.shortcut.to_dict()
         if self.outputs is not None:
             out["outputs"] = self.outputs
         return finite_json(out)
@@ -193,6 +199,7 @@ class EvaluationResult(ResultFile):
             calibration=_calibration(f.obj("calibration")),
             retrieval=_retrieval(f.obj("retrieval")),
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
+            shortcut=_shortcut(f.obj("shortcut", optional=True, nullable=True)),
         )
 
 
@@ -250,6 +257,10 @@ def _retrieval(f: Fields) -> dict[str, Any]:
     f.get("n_texts", int)
     f.get("note", str, optional=True)
     return f.data
+
+
+def _shortcut(f: Fields | None) -> ShortcutResult | None:
+    return None if f is None else ShortcutResult.from_fields(f)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:
