@@ -27,7 +27,9 @@ from domainclip.calibrators import (
 from domainclip.calibrators import (
     fit_temperature as fit_temperature_fn,
 )
-from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.datasets.geometry import FIT_POLICIES
+from domainclip.datasets.geometry_report import GeometryReport, geometry_report
+from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
 from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
@@ -194,6 +196,10 @@ class EvaluationOptions:
         reference, reference_prompts, reference_split: a second task for the forgetting monitor
             (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
             together with this task (forgetting.json / forgetting.png).
+        fit_policy: the fit policy of the images the model is given, for the geometry report
+            (metrics.json "geometry", written when the split has boxes or masks). Evaluation
+            preprocesses with the backbone's centre crop, which is "crop"; a pipeline with
+            another policy passes its own.
     """
 
     name: str | None = None
@@ -213,8 +219,13 @@ class EvaluationOptions:
     reference_prompts: str | Path | dict | PromptSet | None = None
     reference_split: str = "test"
     alphas: Sequence[float] = DEFAULT_ALPHAS
+    fit_policy: str = "crop"
 
     def __post_init__(self) -> None:
+        if self.fit_policy not in FIT_POLICIES:
+            raise ConfigError(
+                f"unknown fit policy {self.fit_policy!r}; choose one of {', '.join(FIT_POLICIES)}"
+            )
         # Sequences become tuples so options cannot change under a running evaluation.
         for key in ("classes", "subgroups", "alphas"):
             value = getattr(self, key)
@@ -291,6 +302,7 @@ def run_evaluation(
     inp = _resolve(model_or_run, manifest, split, prompts, out_dir, options)
     scored = _score(inp, options)
     result = _build_result(inp, scored, options)
+    result.geometry = _geometry(inp, options.fit_policy)
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -488,6 +500,19 @@ def _forgetting(
         use_head=False,
     )
     return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
+
+
+def _geometry(inp: _Inputs, policy: str) -> GeometryReport | None:
+    """What `policy` at the model's input size does to the split's boxes/masks (None without)."""
+    split = normalize_split(inp.split) or inp.split
+    annotated = any(
+        r.meta.get("boxes", "").strip() or r.meta.get("mask", "").strip()
+        for r in inp.man.rows
+        if r.split == split
+    )
+    if not annotated:
+        return None
+    return geometry_report(inp.man, int(inp.bb.image_size), policy, split=split)
 
 
 def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> EvaluatedData:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domainclip import __version__
+from domainclip.datasets.geometry_report import GeometryReport
 from domainclip.io import finite_json
 from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
 
@@ -131,7 +132,9 @@ class EvaluationResult(ResultFile):
 
     classification: `metrics.single_label_report` / `multi_label_report` dict; retrieval: R@k and
     ranks as Estimate dicts, n_images, n_texts, note; forgetting: `forgetting_curve` dict or None;
-    outputs: file kind -> path (None when nothing was written).
+    outputs: file kind -> path (None when nothing was written); geometry: what the evaluation's
+    fit policy does to the split's annotated boxes/masks (None when the split has none, and in
+    files written before it existed).
     """
 
     name: str
@@ -145,6 +148,7 @@ class EvaluationResult(ResultFile):
     seconds: float | None = None
     forgetting: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
+    geometry: GeometryReport | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -176,6 +180,8 @@ class EvaluationResult(ResultFile):
             out["forgetting"] = self.forgetting
         if self.outputs is not None:
             out["outputs"] = self.outputs
+        if self.geometry is not None:
+            out["geometry"] = self.geometry.to_dict()
         return finite_json(out)
 
     @classmethod
@@ -193,6 +199,7 @@ class EvaluationResult(ResultFile):
             calibration=_calibration(f.obj("calibration")),
             retrieval=_retrieval(f.obj("retrieval")),
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
+            geometry=_geometry(f.obj("geometry", optional=True, nullable=True)),
         )
 
 
@@ -250,6 +257,10 @@ def _retrieval(f: Fields) -> dict[str, Any]:
     f.get("n_texts", int)
     f.get("note", str, optional=True)
     return f.data
+
+
+def _geometry(f: Fields | None) -> GeometryReport | None:
+    return None if f is None else GeometryReport.from_fields(f)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:
