@@ -121,6 +121,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="import, validate and describe paired image-text data")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
+    _add_validate(dsub)
+
+    s = dsub.add_parser("stats", help="class balance per split, text lengths, groups per split")
+    s.add_argument("manifest", help="manifest .csv or .jsonl")
+    s.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
+    s.set_defaults(func=_stats)
+
+    i = dsub.add_parser(
+        "import",
+        help="convert a data set into DIR/manifest.csv",
+        description="KIND: " + ", ".join(IMPORT_KINDS) + " (synthetic takes no SRC).",
+    )
+    i.add_argument("kind", choices=IMPORT_KINDS, metavar="KIND", help=", ".join(IMPORT_KINDS))
+    i.add_argument("src", nargs="?", help="the data set's folder (not for synthetic)")
+    i.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    i.add_argument("--seed", type=int, default=0, help="split (and generator) seed")
+    i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
+    i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
+    i.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="neu-det: also label other defect classes boxed in the image",
+    )
+    i.add_argument("--templates", metavar="YAML", help="folder: per-class description templates")
+    i.add_argument(
+        "--group-pattern",
+        metavar="REGEX",
+        help="folder: regex with one capture group, searched in the file name, giving the group id",
+    )
+    i.add_argument("--n", type=int, help="synthetic: number of images")
+    i.add_argument("--size", type=int, help="synthetic: image side in pixels")
+    i.add_argument("--classes", help="synthetic: comma-separated defect classes")
+    i.set_defaults(func=_import)
+
+
+def _add_validate(dsub: argparse._SubParsersAction) -> None:
+    """`data validate` and its options (the geometry report's among them)."""
     v = dsub.add_parser(
         "validate",
         help="check every row of a manifest; exit 0 when usable, 1 when not",
@@ -169,35 +206,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         "mostly cut (default: %(default)s)",
     )
     v.set_defaults(func=_validate)
-
-    s = dsub.add_parser("stats", help="class balance per split, text lengths, groups per split")
-    s.add_argument("manifest", help="manifest .csv or .jsonl")
-    s.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
-    s.set_defaults(func=_stats)
-
-    i = dsub.add_parser(
-        "import",
-        help="convert a data set into DIR/manifest.csv",
-        description="KIND: " + ", ".join(IMPORT_KINDS) + " (synthetic takes no SRC).",
-    )
-    i.add_argument("kind", choices=IMPORT_KINDS, metavar="KIND", help=", ".join(IMPORT_KINDS))
-    i.add_argument("src", nargs="?", help="the data set's folder (not for synthetic)")
-    i.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    i.add_argument("--seed", type=int, default=0, help="split (and generator) seed")
-    i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
-    i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
-    i.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="neu-det: also label other defect classes boxed in the image",
-    )
-    i.add_argument("--templates", metavar="YAML", help="folder: per-class description templates")
-    i.add_argument(
-        "--group-pattern",
-        metavar="REGEX",
-        help="folder: regex with one capture group, searched in the file name, giving the group id",
-    )
-    i.add_argument("--n", type=int, help="synthetic: number of images")
-    i.add_argument("--size", type=int, help="synthetic: image side in pixels")
-    i.add_argument("--classes", help="synthetic: comma-separated defect classes")
-    i.set_defaults(func=_import)
