@@ -4,7 +4,8 @@ Sources (each optional; a missing one becomes "not run yet: <the command that pr
   config.yaml              backbone, method, data manifest, hyper-parameters (the trainer's schema)
   result.json              trainable parameters, steps, best validation metrics, wall time
   the run's manifest       counts per class / split / group, text sources
-  eval/*/metrics.json      evaluation metrics with their 95% CIs, the shortcut check
+  eval/*/metrics.json      evaluation metrics with their 95% CIs, the shortcut check; the input
+                           geometry (findings the fit policy cuts off or shrinks) when measured
   calibration.json         fitted temperature, NLL / ECE before and after
   audit/*/audit.json       framing audit results and the gate verdict
   explain/**/index.json    saliency sanity checks and localisation (per method means)
@@ -23,6 +24,7 @@ from domainclip import __version__
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
 from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
+from domainclip.datasets.geometry_report import GeometryReport
 from domainclip.errors import DomainClipError, ResultFileError
 from domainclip.evaluation.results import EvaluationResult
 from domainclip.explain.index import ExplainIndex
@@ -234,12 +236,15 @@ _CARD_METRICS = (
 )
 
 
-def _evaluation(run: Path) -> list[Block]:
+def _evaluation(run: Path) -> tuple[list[Block], list[str]]:
+    """The evaluation section, and the input-geometry sentence of the latest evaluation that
+    measured it (for the limitations)."""
     blocks: list[Block] = [("h2", "Evaluation")]
     files = sorted(run.glob("eval/*/metrics.json"))
-    if not files:
-        return [*blocks, _not_run("evaluation", f"domainclip evaluate {run} --fit-temperature")]
     command = f"domainclip evaluate {run} --fit-temperature"
+    if not files:
+        return [*blocks, _not_run("evaluation", command)], []
+    latest: tuple[str, str] | None = None  # (created, advice) of the newest geometry report
     for _, m in _readable(files, lambda f: EvaluationResult.read(f, command), blocks):
         cls, data = m.classification, m.data
         blocks.append(
@@ -264,7 +269,39 @@ def _evaluation(run: Path) -> list[Block]:
         )
         if m.shortcut is not None:
             blocks.append(("p", _shortcut_sentence(m)))
-    return blocks
+        if m.geometry is not None:
+            blocks += _geometry_blocks(m.geometry)
+            if latest is None or m.created >= latest[0]:
+                latest = (m.created, m.geometry.advice() or "")
+    return blocks, [latest[1]] if latest and latest[1] else []
+
+
+def _geometry_blocks(g: GeometryReport) -> list[Block]:
+    """Per class: annotated findings the evaluation's fit policy cuts off or shrinks."""
+    t = g.total
+    rows = [
+        [name, str(c.n_findings), str(c.n_cut), str(c.n_mostly_cut), str(c.n_small)]
+        for name, c in [*sorted(g.classes.items()), ("total", t)]
+        if c.n_findings or name == "total"
+    ]
+    return [
+        (
+            "p",
+            f"Input geometry (fit {g.policy} at {g.size} px): {t.n_non_square} of {t.n_images} "
+            "images are non-square. " + (g.advice() or "Every annotated finding is visible."),
+        ),
+        (
+            "table",
+            [
+                "class",
+                "annotated findings",
+                "cut off",
+                f"<{g.cut_fraction:.0%} visible",
+                f"<{g.min_pixels:g} px",
+            ],
+            rows,
+        ),
+    ]
 
 
 def _shortcut_sentence(m: EvaluationResult) -> str:
@@ -472,13 +509,14 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
     result = _read_json(r.layout.result) if r.layout.result.is_file() else None
     data_blocks, classes, caveats = _data(cfg, run)
     audit_blocks, audit_notes = _audits(run, card_dir or run)
+    eval_blocks, geometry_notes = _evaluation(run)
     limitations = []
     if _get(cfg, "backbone.spec") == "default":
         limitations.append(
             "Embedded default backbone: its image-text alignment comes only from the fine-tuning "
             "data; expect it to know nothing about findings, wordings or image types absent there."
         )
-    limitations += caveats + audit_notes
+    limitations += caveats + geometry_notes + audit_notes
     limitations += [
         "Metrics come from one held-out split of the same source as the training data; they do "
         "not show performance on other sites, devices or time periods.",
@@ -490,7 +528,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
         *_overview(run, cfg, result),
         *_intended_use(classes, _get(cfg, "data.manifest")),
         *data_blocks,
-        *_evaluation(run),
+        *eval_blocks,
         *_calibration(run),
         *audit_blocks,
         *_explanations(run, _get(cfg, "data.manifest") or "MANIFEST"),

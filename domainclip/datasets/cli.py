@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.errors import ConfigError
 
 IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic")
@@ -38,9 +39,40 @@ def _validate(args: argparse.Namespace) -> int:
         args.manifest, _tokenizer_for(args.backbone), check_images=not args.no_images
     )
     print(report.format())
+    out = report.to_dict()
+    if report.n_usable and (args.fit or args.image_size is not None):
+        geometry = _geometry(args)
+        out["geometry"] = [g.to_dict() for g in geometry]
     if args.json:
-        _write_json(report.to_dict(), args.json)
+        _write_json(out, args.json)
     return 0 if report.ok else 1
+
+
+def _geometry(args: argparse.Namespace) -> list[Any]:
+    """Print (and return) the geometry report of each `--fit` policy (default: all of them)."""
+    from domainclip.datasets.geometry_report import format_comparison, geometry_reports
+
+    size = args.image_size
+    if size is None:
+        if args.backbone is None or args.backbone.lower() == "none":
+            raise ConfigError("--fit needs the model's input size: pass --image-size N (e.g. 224)")
+        from domainclip.models import load_backbone
+
+        size = int(load_backbone(args.backbone).image_size)
+    reports = geometry_reports(
+        args.manifest,
+        size,
+        args.fit or list(FIT_POLICIES),
+        min_pixels=args.min_pixels,
+        cut_fraction=args.cut_fraction,
+    )
+    for r in reports:
+        print()
+        print(r.format())
+    if len(reports) > 1:
+        print()
+        print(format_comparison(reports))
+    return reports
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -89,21 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="import, validate and describe paired image-text data")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
-    v = dsub.add_parser(
-        "validate",
-        help="check every row of a manifest; exit 0 when usable, 1 when not",
-        description="Decode every image, check texts, labels, splits and group leakage.",
-    )
-    v.add_argument("manifest", help="manifest .csv or .jsonl")
-    v.add_argument(
-        "--backbone",
-        default="default",
-        metavar="SPEC",
-        help="backbone whose tokenizer limits text length (default: %(default)s; 'none' skips)",
-    )
-    v.add_argument("--json", metavar="OUT", help="also write the report as JSON")
-    v.add_argument("--no-images", action="store_true", help="only check that image files exist")
-    v.set_defaults(func=_validate)
+    _add_validate(dsub)
 
     s = dsub.add_parser("stats", help="class balance per split, text lengths, groups per split")
     s.add_argument("manifest", help="manifest .csv or .jsonl")
@@ -136,3 +154,55 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--size", type=int, help="synthetic: image side in pixels")
     i.add_argument("--classes", help="synthetic: comma-separated defect classes")
     i.set_defaults(func=_import)
+
+
+def _add_validate(dsub: argparse._SubParsersAction) -> None:
+    """`data validate` and its options (the geometry report's among them)."""
+    v = dsub.add_parser(
+        "validate",
+        help="check every row of a manifest; exit 0 when usable, 1 when not",
+        description="Decode every image, check texts, labels, splits and group leakage. With "
+        "--fit / --image-size, also report per class how many annotated boxes/masks each fit "
+        "policy would cut off or shrink below a few pixels at the model's input, and how many "
+        "images are non-square (image headers only).",
+    )
+    v.add_argument("manifest", help="manifest .csv or .jsonl")
+    v.add_argument(
+        "--backbone",
+        default="default",
+        metavar="SPEC",
+        help="backbone whose tokenizer limits text length (default: %(default)s; 'none' skips)",
+    )
+    v.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    v.add_argument("--no-images", action="store_true", help="only check that image files exist")
+    v.add_argument(
+        "--fit",
+        action="append",
+        choices=FIT_POLICIES,
+        help="report what this fit policy does to the annotated boxes/masks at the model's "
+        "input (repeat to compare policies; default with --image-size: all of them)",
+    )
+    v.add_argument(
+        "--image-size",
+        type=int,
+        metavar="N",
+        help="the model's input size for the geometry report (without it, --fit loads "
+        "--backbone to read its size: slow)",
+    )
+    v.add_argument(
+        "--min-pixels",
+        type=float,
+        default=4,
+        metavar="PX",
+        help="geometry: a finding shorter than this at the input counts as too small "
+        "(default: %(default)s)",
+    )
+    v.add_argument(
+        "--cut-fraction",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="geometry: a finding with less than this fraction inside the input counts as "
+        "mostly cut (default: %(default)s)",
+    )
+    v.set_defaults(func=_validate)

@@ -110,6 +110,74 @@ def load_image(
     return img
 
 
+def read_image_size(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """(width, height) of an image as `load_image` orients it, from the header only.
+
+    Nothing is decoded: PIL reads the header (EXIF orientations 5-8, a quarter turn, swap the
+    sides as `load_image` does), DICOM is parsed up to the pixel data (Rows, Columns). This is
+    the cheap way to know an image's geometry for many files; it does not prove that the pixel
+    data decodes (`load_image` does).
+
+    Raises:
+        ImageReadError: missing / empty / unrecognised file, header cut off, too many pixels,
+            DICOM without image attributes.
+    """
+    p = Path(path)
+    _check_file(p)
+    if is_dicom(p):
+        return _dicom_size(p)
+    img = _open_pil(p, max_pixels)
+    try:
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # malformed EXIF: load_image ignores it too
+            orientation = 1
+    finally:
+        img.close()
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def load_mask(
+    path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A mask file (PNG, non-zero grey value = finding) as a bool array [H, W], full resolution.
+
+    Raises:
+        ImageReadError: as `load_image` (missing, empty, not an image, truncated, too large).
+    """
+    p = Path(path)
+    _check_file(p)
+    img = _open_pil(p, max_pixels)
+    try:
+        img.load()
+        return np.asarray(img.convert("L")) > 0
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(
+            p, "truncated", f"cannot decode mask data ({exc}); the file is truncated or corrupt"
+        ) from exc
+    finally:
+        img.close()
+
+
+def _dicom_size(p: Path) -> tuple[int, int]:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except Exception as exc:
+        # pydicom's message may quote element values; only the type name is safe here.
+        raise ImageReadError(p, "dicom", f"cannot parse DICOM ({type(exc).__name__})") from None
+    if rows < 1 or cols < 1:
+        raise ImageReadError(
+            p, "no_pixel_data", "DICOM header has no image size (Rows, Columns); not an image?"
+        )
+    return cols, rows
+
+
 def _check_file(p: Path) -> None:
     if not p.exists():
         raise ImageReadError(p, "missing", "file not found (check the path in the manifest)")
@@ -137,10 +205,11 @@ def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _load_pil(p: Path, max_side: int, max_pixels: int) -> Image.Image:
+def _open_pil(p: Path, max_pixels: int) -> Image.Image:
+    """`Image.open` (header only, nothing decoded yet) with every failure as an ImageReadError."""
     try:
         with _pil_pixel_limit(max_pixels):
-            img = Image.open(p)
+            return Image.open(p)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(p, "too_large", f"{exc}; pass a larger max_pixels if genuine") from exc
     except UnidentifiedImageError as exc:
@@ -156,6 +225,10 @@ def _load_pil(p: Path, max_side: int, max_pixels: int) -> Image.Image:
                 p, "truncated", f"cannot read image header ({exc}); the file is truncated"
             ) from exc
         raise ImageReadError(p, "decode", f"cannot open image: {exc}") from exc
+
+
+def _load_pil(p: Path, max_side: int, max_pixels: int) -> Image.Image:
+    img = _open_pil(p, max_pixels)
     try:
         return _decode_pil(p, img, max_side, max_pixels)
     finally:

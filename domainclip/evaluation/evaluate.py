@@ -28,7 +28,9 @@ from domainclip.calibrators import (
 from domainclip.calibrators import (
     fit_temperature as fit_temperature_fn,
 )
-from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.datasets.geometry import FIT_POLICIES
+from domainclip.datasets.geometry_report import GeometryReport, geometry_report
+from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
 from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
@@ -206,6 +208,10 @@ class EvaluationOptions:
             None: on when at least `shortcut.min_rows` rows of the split have a region and the
             prompt set is single-label; True: whenever a row has one; False: off.
         shortcut: its settings (fill, threshold, ...; n_boot and seed are this evaluation's).
+        fit_policy: the fit policy of the images the model is given, for the geometry report
+            (metrics.json "geometry", written when the split has boxes or masks). Evaluation
+            preprocesses with the backbone's centre crop, which is "crop"; a pipeline with
+            another policy passes its own.
     """
 
     name: str | None = None
@@ -227,8 +233,13 @@ class EvaluationOptions:
     alphas: Sequence[float] = DEFAULT_ALPHAS
     shortcut_check: bool | None = None
     shortcut: ShortcutSettings = ShortcutSettings()
+    fit_policy: str = "crop"
 
     def __post_init__(self) -> None:
+        if self.fit_policy not in FIT_POLICIES:
+            raise ConfigError(
+                f"unknown fit policy {self.fit_policy!r}; choose one of {', '.join(FIT_POLICIES)}"
+            )
         # Sequences become tuples so options cannot change under a running evaluation.
         for key in ("classes", "subgroups", "alphas"):
             value = getattr(self, key)
@@ -306,6 +317,7 @@ def run_evaluation(
     scored = _score(inp, options)
     result = _build_result(inp, scored, options)
     result.shortcut = _shortcut_for(inp, scored, options, transform=inp.bb.preprocess_val)
+    result.geometry = _geometry(inp, options.fit_policy)
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -522,6 +534,19 @@ def _forgetting(
         use_head=False,
     )
     return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
+
+
+def _geometry(inp: _Inputs, policy: str) -> GeometryReport | None:
+    """What `policy` at the model's input size does to the split's boxes/masks (None without)."""
+    split = normalize_split(inp.split) or inp.split
+    annotated = any(
+        r.meta.get("boxes", "").strip() or r.meta.get("mask", "").strip()
+        for r in inp.man.rows
+        if r.split == split
+    )
+    if not annotated:
+        return None
+    return geometry_report(inp.man, int(inp.bb.image_size), policy, split=split)
 
 
 def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> EvaluatedData:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from domainclip.datasets.geometry_report import GeometryReport
 from domainclip.evaluation.results import (
     MULTI_LABEL_METRICS,
     SINGLE_LABEL_METRICS,
@@ -40,6 +41,8 @@ def render_markdown(r: EvaluationResult) -> str:
     lines += _classification(r.classification, multi)
     lines += _calibration(r.calibration, r.temperature.value, multi)
     lines += _retrieval(r.retrieval)
+    if r.geometry is not None:
+        lines += _geometry(r.geometry)
     if r.forgetting:
         lines += _forgetting(r.forgetting)
     if r.shortcut is not None:
@@ -132,6 +135,33 @@ def _retrieval(ret: dict[str, Any]) -> list[str]:
             for p in ("i2t", "t2i")
         ],
     )
+
+
+def _geometry(g: GeometryReport) -> list[str]:
+    """What the fit policy does to the split's annotated findings (cut off, too small)."""
+    t = g.total
+    lines = [
+        "",
+        "## Input geometry",
+        "",
+        f"Fit **{g.policy}** at {g.size} px: {t.n_images} images ({t.n_non_square} non-square), "
+        f"{t.n_findings} annotated findings; a finding is mostly cut below "
+        f"{g.cut_fraction:.0%} visible and too small below {g.min_pixels:g} px at the input.",
+        "",
+    ]
+    lines += _table(*g.table())
+    if g.examples:
+        lines += ["", "Most affected:", ""]
+        lines += [
+            f"- row {e.row} `{e.image}` {e.label} {[round(v) for v in e.box]} ({e.source}): "
+            f"{e.outcome.replace('_', ' ')}, {e.visible:.0%} visible, {e.side:.1f} px"
+            for e in g.examples[:5]
+        ]
+    if g.n_unmeasured:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(g.n_problems.items()))
+        lines += ["", f"Not measured: {g.n_unmeasured} ({kinds})."]
+    advice = g.advice()
+    return lines + ["", f"- Warning: {advice}" if advice else "Every annotated finding is visible."]
 
 
 def _forgetting(f: dict[str, Any]) -> list[str]:

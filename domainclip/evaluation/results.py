@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domainclip import __version__
+from domainclip.datasets.geometry_report import GeometryReport
 from domainclip.evaluation.shortcut import ShortcutResult
 from domainclip.io import finite_json
 from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
@@ -133,8 +134,9 @@ class EvaluationResult(ResultFile):
     classification: `metrics.single_label_report` / `multi_label_report` dict; retrieval: R@k and
     ranks as Estimate dicts, n_images, n_texts, note; forgetting: `forgetting_curve` dict or None;
     outputs: file kind -> path (None when nothing was written); shortcut: the shortcut check
-    (`evaluation.shortcut.ShortcutResult`) or None when it did not run (files written before it
-    existed read as None).
+    (`evaluation.shortcut.ShortcutResult`) or None when it did not run; geometry: what the
+    evaluation's fit policy does to the split's annotated boxes/masks (None when the split has
+    none). Files written before either existed read as None.
     """
 
     name: str
@@ -149,6 +151,7 @@ class EvaluationResult(ResultFile):
     forgetting: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
     shortcut: ShortcutResult | None = None
+    geometry: GeometryReport | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -182,6 +185,8 @@ class EvaluationResult(ResultFile):
             out["shortcut"] = self.shortcut.to_dict()
         if self.outputs is not None:
             out["outputs"] = self.outputs
+        if self.geometry is not None:
+            out["geometry"] = self.geometry.to_dict()
         return finite_json(out)
 
     @classmethod
@@ -200,6 +205,7 @@ class EvaluationResult(ResultFile):
             retrieval=_retrieval(f.obj("retrieval")),
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
             shortcut=_shortcut(f.obj("shortcut", optional=True, nullable=True)),
+            geometry=_geometry(f.obj("geometry", optional=True, nullable=True)),
         )
 
 
@@ -261,6 +267,10 @@ def _retrieval(f: Fields) -> dict[str, Any]:
 
 def _shortcut(f: Fields | None) -> ShortcutResult | None:
     return None if f is None else ShortcutResult.from_fields(f)
+
+
+def _geometry(f: Fields | None) -> GeometryReport | None:
+    return None if f is None else GeometryReport.from_fields(f)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:

@@ -137,3 +137,43 @@ def test_damaged_or_older_result_files_are_named_in_the_card(full_run, tmp_path)
     assert f"`domainclip audit {copy} --spec small --gate`" in md
     assert f"Left out: {index_file}: 'items[0].map' is 3, expected a string" in md
     assert "## Explanations: sanity checks" in md and "## Limitations" in md
+
+
+def test_card_shows_the_input_geometry_of_the_evaluations(full_run, tmp_path):
+    """The tiny run's evaluation (square synthetic images) cuts nothing off; a later evaluation
+    on strips under crop cuts their ends off: the card says so in a plain sentence."""
+    from domainclip.datasets.geometry_report import geometry_report
+    from domainclip.datasets.manifest import ManifestRow, write_manifest
+    from domainclip.evaluation.results import EvaluationResult
+    from tests.datasets.helpers import save_rgb
+
+    run, metrics, _ = full_run
+    md = write_card(run).read_text()
+    n = metrics["geometry"]["total"]["n_images"]
+    assert f"Input geometry (fit crop at 64 px): 0 of {n} images are non-square." in md
+    total = metrics["geometry"]["total"]
+    assert total["n_cut"] == 0 and "outside the model's input" not in md  # square: nothing cut
+    row = f"| total | {total['n_findings']} | 0 | 0 | {total['n_small']} |"
+    assert row in md  # small synthetic pits do shrink below 4 px at 64 px
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    save_rgb(tmp_path / "strip.png", (1024, 256))
+    boxes = json.dumps(
+        [[10, 100, 60, 150, "pit"], [960, 100, 1010, 150, "pit"], [500, 100, 560, 160, "crack"]]
+    )
+    strips = write_manifest(
+        [ManifestRow("strip.png", "t", ["pit"], split="test", meta={"boxes": boxes})],
+        tmp_path / "strips.csv",
+    )
+    source = next(copy.glob("eval/*/metrics.json"))
+    later = EvaluationResult.read(source)
+    later.name, later.created = "strips_test", "2999-01-01T00:00:00Z"
+    later.geometry = geometry_report(strips, 224, "crop", split="test")
+    later.write(copy / "eval" / "strips_test" / "metrics.json")
+    md = write_card(copy).read_text()
+    sentence = (
+        "2 of 3 annotated findings are outside the model's input under crop: use --fit letterbox."
+    )
+    assert "| pit | 2 | 2 | 0 | 0 |" in md and "| crack | 1 | 0 | 0 | 0 |" in md
+    limitations = md.split("## Limitations", 1)[1]
+    assert sentence in limitations

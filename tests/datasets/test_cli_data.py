@@ -166,3 +166,53 @@ def test_real_covid_import_and_validate(covid_cxr_dir, tmp_path, capsys):
     assert rc == 0 and "575 usable, 0 skipped" in capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["errors"] == [] and sum(report["split_counts"].values()) == 575
+
+
+def test_validate_geometry_compares_policies_and_writes_json(tmp_path, capsys):
+    save_rgb(tmp_path / "strip.png", (1024, 256))
+    boxes = json.dumps([[10, 100, 60, 150, "scratch"], [960, 100, 1010, 150, "scratch"]])
+    path = write_manifest(
+        [
+            ManifestRow(
+                "strip.png", "two scratches", ["scratch"], split="test", meta={"boxes": boxes}
+            )
+        ],
+        tmp_path / "m.csv",
+    )
+    out_json = tmp_path / "v.json"
+    argv = ["data", "validate", str(path), "--backbone", "none", "--image-size", "224"]
+    rc = main([*argv, "--fit", "crop", "--fit", "letterbox", "--json", str(out_json)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "result: USABLE" in out
+    assert "geometry: fit crop at 224 px" in out and "geometry: fit letterbox at 224 px" in out
+    assert "rows 1, images 1 (1 non-square), annotated findings 2" in out
+    assert "2 of 2 annotated findings are outside the model's input under crop" in out
+    assert "crop      2 cut off" in out and "letterbox 0 cut off" in out
+    geometry = json.loads(out_json.read_text())["geometry"]
+    assert [g["policy"] for g in geometry] == ["crop", "letterbox"]
+    assert geometry[0]["classes"]["scratch"]["n_cut"] == 2
+    assert geometry[1]["total"]["n_cut"] == 0 and geometry[1]["size"] == 224
+
+
+def test_validate_geometry_needs_a_size(good_manifest, capsys):
+    rc = main(["data", "validate", str(good_manifest), "--backbone", "none", "--fit", "crop"])
+    assert rc == 2 and "--image-size" in capsys.readouterr().err
+    rc = main(["data", "validate", str(good_manifest), "--backbone", "none"])
+    assert rc == 0 and "geometry:" not in capsys.readouterr().out
+
+
+def test_validate_geometry_takes_the_size_from_the_backbone(tmp_path, capsys):
+    from domainclip.models import save_backbone
+    from domainclip.models.testing import tiny_open_clip_backbone
+
+    bb_dir = save_backbone(tiny_open_clip_backbone("cnn", image_size=64), tmp_path / "bb")
+    save_rgb(tmp_path / "a.png", (128, 64))
+    boxes = json.dumps([[0, 0, 8, 8, "pit"]])
+    path = write_manifest(
+        [ManifestRow("a.png", "a pit", ["pit"], split="test", meta={"boxes": boxes})],
+        tmp_path / "m.csv",
+    )
+    rc = main(["data", "validate", str(path), "--backbone", str(bb_dir), "--fit", "crop"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "geometry: fit crop at 64 px" in out
+    assert "1 of 1 annotated findings are outside the model's input under crop" in out

@@ -59,6 +59,11 @@ def test_untrained_default_on_neu_det_subset(neu_det_dir, tmp_path):
     assert r["retrieval"]["n_images"] == 60
     assert 0.0 <= r["retrieval"]["t2i_R@10"]["value"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").is_file()
+    # 200 x 200 images, boxes of at least 8 px: crop at the input size cuts and shrinks nothing
+    g = r["geometry"]
+    assert g["policy"] == "crop" and g["total"]["n_images"] == 60 and g["total"]["n_findings"] > 60
+    assert g["total"]["n_non_square"] == 0 and g["total"]["n_cut"] == 0
+    assert g["total"]["n_mostly_cut"] == 0 and g["total"]["n_small"] == 0
     print(
         f"\nNEU-DET subset, untrained default: accuracy {cls['accuracy']}, macro AUROC "
         f"{cls['macro_auroc']['value']:.3f}, T={r['temperature']['value']:.3g}, ECE "
