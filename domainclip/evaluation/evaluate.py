@@ -45,6 +45,7 @@ from domainclip.evaluation.results import (
     EvaluatedData,
     EvaluatedModel,
     EvaluationResult,
+    InputUsed,
     PromptsUsed,
     TemperatureUsed,
 )
@@ -113,7 +114,7 @@ def _retrieval(
 
 
 def _fit_on_val(
-    bb: Backbone,
+    resolved: ResolvedModel,
     man: Manifest,
     task: ZeroShotTask,
     val_split: str,
@@ -123,7 +124,8 @@ def _fit_on_val(
     """Fit T on the validation split; returns the calibration record (not yet saved)."""
     from domainclip.evaluation.calibration import expected_calibration_error
 
-    emb = embed_split(bb, man, val_split)
+    bb = resolved.backbone
+    emb = embed_split(bb, man, val_split, transform=resolved.preprocess)
     tgt = build_targets(emb.rows, task.classes, task.ps, skip_uncovered=skip_uncovered)
     logits = task.logits(bb, emb.image_feats[tgt.keep])
     multi = task.ps.multi_label
@@ -190,6 +192,8 @@ class EvaluationOptions:
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
         skip_uncovered: single-label rows whose label no prompt covers are skipped (else an error).
         checkpoint, device: which run checkpoint to load, and where.
+        fit, image_size: input geometry instead of the run's data.fit / data.image_size
+            (backbones: letterbox at the native size); recorded in metrics.json `input`.
         write: write the result files (metrics.json, report.md, plots, predictions.csv).
         reference, reference_prompts, reference_split: a second task for the forgetting monitor
             (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
@@ -208,6 +212,8 @@ class EvaluationOptions:
     skip_uncovered: bool = False
     checkpoint: str = "best"
     device: str = "cpu"
+    fit: str | None = None
+    image_size: int | None = None
     write: bool = True
     reference: str | Path | None = None
     reference_prompts: str | Path | dict | PromptSet | None = None
@@ -315,7 +321,12 @@ def _resolve(
 ) -> _Inputs:
     """Load the model; fill manifest, prompts, classes and out_dir from the run where not given."""
     resolved = resolve_model(
-        model_or_run, checkpoint=opts.checkpoint, device=opts.device, temperature=opts.temperature
+        model_or_run,
+        checkpoint=opts.checkpoint,
+        device=opts.device,
+        temperature=opts.temperature,
+        fit=opts.fit,
+        image_size=opts.image_size,
     )
     bb, run = resolved.backbone, resolved.run
 
@@ -348,7 +359,7 @@ def _resolve(
 def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
     """Embed the split and the prompts once, score, and apply the calibrator."""
     bb, ps, classes = inp.bb, inp.ps, inp.classes
-    emb = embed_split(bb, inp.man, inp.split)
+    emb = embed_split(bb, inp.man, inp.split, transform=inp.resolved.preprocess)
     tgt = build_targets(emb.rows, classes, ps, opts.skip_uncovered)
     texts = [r.text for r in emb.rows]
     prompt_texts = [t for ts in ps.class_texts(classes).values() for t in ts]
@@ -362,7 +373,7 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
         inp.resolved,
         opts.fit_temperature,
         inp.out_dir,
-        (bb, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
+        (inp.resolved, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
         ps,
     )
     p_raw = probabilities(logits, ps.multi_label)
@@ -394,6 +405,7 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         classification=report_fn(s.p_cal, s.tgt.y, classes, n_boot=n_boot, seed=seed),
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
+        input=InputUsed(**inp.resolved.input),
     )
 
 
@@ -442,7 +454,7 @@ def _forgetting_for(inp: _Inputs, opts: EvaluationOptions) -> dict[str, Any]:
         )
     target = TaskSpec(inp.name, inp.man, inp.split, inp.ps, inp.classes, use_head=True)
     return _forgetting(
-        inp.bb,
+        inp.resolved,
         inp.run,
         target,
         opts.reference,
@@ -456,7 +468,7 @@ def _forgetting_for(inp: _Inputs, opts: EvaluationOptions) -> dict[str, Any]:
 
 
 def _forgetting(
-    ft: Backbone,
+    resolved: ResolvedModel,
     run: Run,
     target: TaskSpec,
     reference: str | Path,
@@ -487,7 +499,9 @@ def _forgetting(
         resolve_classes(ps_ref, man_ref),
         use_head=False,
     )
-    return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
+    return forgetting_curve(
+        base, resolved.backbone, target, ref, alphas, n_boot, seed, transform=resolved.preprocess
+    )
 
 
 def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> EvaluatedData:

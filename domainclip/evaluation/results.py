@@ -109,6 +109,14 @@ class TemperatureUsed:
 
 
 @dataclass(frozen=True)
+class InputUsed:
+    """The input geometry images were scored at: fit policy and input side S in px."""
+
+    fit: str
+    image_size: int
+
+
+@dataclass(frozen=True)
 class CalibrationSummary:
     """Calibration before (T = 1) and after temperature scaling (None when T = 1), and ECE per
     subgroup {column: {value: {n, ece (Estimate dict), accuracy, mean_confidence}}}.
@@ -145,6 +153,8 @@ class EvaluationResult(ResultFile):
     seconds: float | None = None
     forgetting: dict[str, Any] | None = None
     outputs: dict[str, str] | None = None
+    # Absent in files written before fit policies (they used "crop" at the native size).
+    input: InputUsed | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -172,6 +182,8 @@ class EvaluationResult(ResultFile):
             "retrieval": self.retrieval,
             "seconds": self.seconds,
         }
+        if self.input is not None:
+            out["input"] = vars(self.input).copy()
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting
         if self.outputs is not None:
@@ -193,6 +205,7 @@ class EvaluationResult(ResultFile):
             calibration=_calibration(f.obj("calibration")),
             retrieval=_retrieval(f.obj("retrieval")),
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
+            input=_input(f.obj("input", optional=True, nullable=True)),
         )
 
 
@@ -250,6 +263,10 @@ def _retrieval(f: Fields) -> dict[str, Any]:
     f.get("n_texts", int)
     f.get("note", str, optional=True)
     return f.data
+
+
+def _input(f: Fields | None) -> InputUsed | None:
+    return None if f is None else f.build(InputUsed)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:
