@@ -74,9 +74,12 @@ def _base_adaptation():
 
 def _test_image_features(adapt, split, cache_dir: str):
     """Normalised test image features: cached frozen-tower outputs unless the image tower trained."""
+    from domainclip.datasets.transforms import eval_transform
     from domainclip.finetune.data import fingerprint_state, image_batches, load_or_compute
 
     bb = adapt.bb
+    # The shipped recipes use the default input (data.fit letterbox at the native size).
+    transform = eval_transform(bb)
     if adapt.modes["image"] == "locked":
         state = {
             k: v
@@ -88,8 +91,8 @@ def _test_image_features(adapt, split, cache_dir: str):
             adapt.pooled_image,
             cache_dir,
             fingerprint_state(state),
-            f"preprocess_val|{bb.image_size}|{tuple(bb.mean)}|{tuple(bb.std)}",
-            transform=bb.preprocess_val,
+            f"{transform!r}|{transform.mean}|{transform.std}",
+            transform=transform,
             device=torch.device("cpu"),
             batch_size=64,
             num_workers=0,
@@ -102,7 +105,7 @@ def _test_image_features(adapt, split, cache_dir: str):
     feats, rows = [], []
     order = list(range(len(split)))
     for batch in image_batches(
-        split, bb.preprocess_val, [order[i : i + 32] for i in range(0, len(order), 32)], 0, 0, 0
+        split, transform, [order[i : i + 32] for i in range(0, len(order), 32)], 0, 0, 0
     ):
         if batch is not None:
             feats.append(bb.encode_images(batch["image"]))

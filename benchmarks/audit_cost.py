@@ -51,12 +51,14 @@ class _Counting:
 def embed_only(bb, manifest: Path) -> float:
     """Seconds to read, preprocess and encode every image of the manifest (batches of 32)."""
     from domainclip.datasets import load_image, read_manifest
+    from domainclip.datasets.transforms import eval_transform
 
     man = read_manifest(manifest)
+    tf = eval_transform(bb)
     t0 = time.perf_counter()
     paths = [man.image_path(r) for r in man.rows]
     for i in range(0, len(paths), 32):
-        pixels = torch.stack([bb.preprocess_val(load_image(p)) for p in paths[i : i + 32]])
+        pixels = torch.stack([tf(load_image(p)) for p in paths[i : i + 32]])
         bb.encode_images(pixels, batch_size=32)
     return time.perf_counter() - t0
 

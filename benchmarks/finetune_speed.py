@@ -281,12 +281,9 @@ def _toolkit(args):
         }
     if adapt.modes["image"] != "locked":
         adapt.base.visual.to(memory_format=torch.channels_last)
-    from domainclip.datasets.transforms import build_transform
+    from domainclip.datasets.transforms import eval_transform, train_transform
 
-    tr = {
-        "train": build_transform("none", bb.image_size, bb.mean, bb.std, train=True),
-        "val": bb.preprocess_val,
-    }
+    tr = {"train": train_transform(bb, "none"), "val": eval_transform(bb)}
     run = Path(tempfile.mkdtemp(prefix="dc-speed-run-"))
     # lora_nocache: cache None, so images are decoded and the locked tower runs (no grad) each step
     trainer = Trainer(

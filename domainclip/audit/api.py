@@ -183,6 +183,8 @@ def run_audit(
     temperature: float | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
+    fit: str | None = None,
+    image_size: int | None = None,
 ) -> AuditResult:
     """Audit how a model's scores move when the findings are worded differently.
 
@@ -196,6 +198,8 @@ def run_audit(
         compare: the base model (Backbone, run or spec) to audit on the same images, to tell
             whether fine-tuning amplified or reduced framing sensitivity.
         temperature: override the temperature (default: the run's fitted one, else 1).
+        fit, image_size: input geometry instead of the run's (backbones: letterbox, native
+            size); the `compare` model sees exactly the same input.
 
     Returns:
         AuditResult (its `data` is what audit.json holds).
@@ -206,7 +210,9 @@ def run_audit(
     started = time.perf_counter()
     spec = load_audit_spec(spec)
     check_resolution(spec)
-    resolved = resolve_model(model_or_run, temperature=temperature)
+    resolved = resolve_model(
+        model_or_run, temperature=temperature, fit=fit, image_size=image_size
+    )
     images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers)
     main = audit_features(
         resolved,
@@ -219,7 +225,9 @@ def run_audit(
     )
     base = None
     if compare is not None:
-        base = _audit_base(resolve_model(compare), images, batch_size, num_workers)
+        # Paired comparison: the base model scores the very pixels the audited model scored.
+        same_input = {"fit": resolved.input["fit"], "image_size": resolved.input["image_size"]}
+        base = _audit_base(resolve_model(compare, **same_input), images, batch_size, num_workers)
     result = AuditResult(_report(spec, main, base, images, split), main.table, images.rows)
     if out_dir is None and resolved.run_dir is not None:
         out_dir = resolved.run.layout.audit_dir(spec.name)
@@ -249,7 +257,7 @@ def _embed_images(
     spec_used = selection.spec
     t0 = time.perf_counter()
     feats, kept, failures = audit_data.embed_rows(
-        resolved.backbone, mf, selection.rows, batch_size, num_workers
+        resolved, mf, selection.rows, batch_size, num_workers
     )
     timings = {"embed_images_s": time.perf_counter() - t0}
     rows = [selection.rows[i] for i in kept]
@@ -267,7 +275,7 @@ def _audit_base(
     """The base model on exactly the images the audited model scored (paired comparison)."""
     t0 = time.perf_counter()
     base_feats, base_kept, _ = audit_data.embed_rows(
-        base_model.backbone, images.manifest, images.rows, batch_size, num_workers
+        base_model, images.manifest, images.rows, batch_size, num_workers
     )
     if len(base_kept) != len(images.rows):
         raise ConfigError(

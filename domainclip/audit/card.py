@@ -66,6 +66,7 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
         f"Backbone: `{spec}`; method: **{method}** (image tower: "
         f"{_get(cfg, 'method.image_tower', '?')}, text tower: {_get(cfg, 'method.text_tower', '?')})",
     ]
+    items.append(_input_line(cfg, result))
     towers = (_get(cfg, "method.image_tower"), _get(cfg, "method.text_tower"))
     if "lora" in towers and _get(cfg, "method.lora"):
         lora = _get(cfg, "method.lora")
@@ -98,6 +99,21 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
             )
         )
     return out
+
+
+def _input_line(cfg: dict, result: dict | None) -> str:
+    """'Input: letterbox, 448 px': how images became the model input in training (and, through
+    `resolve_model`, in every evaluation of the run). Runs written before fit policies: crop."""
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    fit = data.get("fit") or "crop"
+    size = _get(result, "info.input.image_size") or data.get("image_size")
+    side = f"{size} px" if size else "the backbone's native size"
+    meaning = {
+        "letterbox": "aspect-preserving resize and padding: no pixel discarded",
+        "crop": "shorter side resized, centre crop: the ends of non-square images are cut off",
+        "stretch": "both sides resized: shapes distorted",
+    }.get(fit, "")
+    return f"Input: {fit}, {side}" + (f" ({meaning})" if meaning else "")
 
 
 def _intended_use(classes: list[str], manifest: str | None) -> list[Block]:

@@ -61,6 +61,8 @@ def _audit(args: argparse.Namespace) -> int:
         out_dir=args.out,
         compare=args.compare,
         batch_size=args.batch_size,
+        fit=args.fit,
+        image_size=args.image_size,
     )
     _print_summary(result)
     if args.gate and not result.passed:
@@ -82,6 +84,8 @@ def _card(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` and `card` commands."""
+    from domainclip.runs.run import add_input_arguments
+
     p = sub.add_parser(
         "audit",
         help="prompt-framing audit: do scores move with how a finding is worded? (+ deployment gate)",
@@ -112,6 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder (default for a run: RUN/audit/<spec name>/)")
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch")
+    add_input_arguments(p)
     p.set_defaults(func=_audit)
 
     c = sub.add_parser(

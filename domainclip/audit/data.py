@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,9 @@ from domainclip.audit.analysis import MISSING
 from domainclip.audit.spec import AuditSpec
 from domainclip.datasets.manifest import Manifest, ManifestRow
 from domainclip.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from domainclip.runs.run import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +141,13 @@ def _collate(batch):
 
 
 def embed_rows(
-    model, manifest: Manifest, rows: list[ManifestRow], batch_size: int = 32, num_workers: int = 0
+    model: ResolvedModel,
+    manifest: Manifest,
+    rows: list[ManifestRow],
+    batch_size: int = 32,
+    num_workers: int = 0,
 ) -> tuple[torch.Tensor, list[int], dict[str, str]]:
-    """Embed every row's image once with `model.preprocess_val` + `model.encode_images`.
+    """Embed every row's image once with `model.preprocess` + `model.backbone.encode_images`.
 
     Returns:
         (features [M, D] of the readable images, positions (into `rows`) of those images,
@@ -152,7 +160,7 @@ def embed_rows(
 
     sub = Manifest(rows=list(rows), root=manifest.root, path=manifest.path)
     labels = sorted({lab for r in rows for lab in r.label})
-    ds = PairedDataset(sub, split=None, transform=model.preprocess_val, classes=labels)
+    ds = PairedDataset(sub, split=None, transform=model.preprocess, classes=labels)
     loader = DataLoader(
         _Positioned(ds),
         batch_size=batch_size,
@@ -165,7 +173,7 @@ def embed_rows(
         if batch is None:
             continue
         positions, pixels = batch
-        feats.append(model.encode_images(pixels, batch_size=batch_size))
+        feats.append(model.backbone.encode_images(pixels, batch_size=batch_size))
         kept.extend(positions)
     if not feats:
         raise DataError(

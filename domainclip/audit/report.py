@@ -88,7 +88,9 @@ def _summary_blocks(r: AuditReport) -> list[Block]:
             "p",
             f"**Verdict: {gate.verdict.upper()}** ({gate.n_failed} of {gate.n_checks} checks "
             f"failed, {gate.n_skipped} skipped). Model: `{model.label}` ({model.family}, "
-            f"temperature {model.temperature:.3g}: {model.temperature_source}). "
+            f"temperature {model.temperature:.3g}: {model.temperature_source}"
+            + (f"; input {model.fit}, {model.image_size} px" if model.fit else "")
+            + "). "
             f"Data: `{data.manifest}`, split `{data.split or 'all'}`, "
             f"{data.n_images} images. Reference framing: `{r.reference}`.",
         ),

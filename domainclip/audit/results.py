@@ -54,7 +54,8 @@ class AuditedData:
 
 @dataclass(frozen=True)
 class AuditedModel:
-    """The audited model: label (run dir or spec), backbone, head, and the temperature used."""
+    """The audited model: label (run dir or spec), backbone, head, the temperature used and the
+    input geometry its images were scored at (fit policy, side in px; None in older files)."""
 
     label: str
     run: str | None
@@ -64,6 +65,8 @@ class AuditedModel:
     head: bool
     temperature: float
     temperature_source: str
+    fit: str | None = None
+    image_size: int | None = None
 
     @classmethod
     def of(cls, resolved: Any) -> AuditedModel:
@@ -78,6 +81,8 @@ class AuditedModel:
             head=bb.head is not None,
             temperature=resolved.temperature,
             temperature_source=resolved.calibrator.source,
+            fit=resolved.input["fit"],
+            image_size=resolved.input["image_size"],
         )
 
 

@@ -34,6 +34,8 @@ class LoadedModel:
         explainer: `ImageExplainer` reused for every map (it caches layer lookups).
         calibrator: the run's calibrator (identity if none was fitted); `temperature` is its T.
         methods: saliency methods that apply to this backbone.
+        preprocess: the run's image transform (`resolve_model(run).preprocess`: its fit policy
+            and input size); None = `eval_transform(bb)`.
         lock: held by every computation on `bb`. Streamlit shares one model between sessions
             and, on a widget change, starts a new script thread while the old one may still be
             computing; maps and token attribution put temporary hooks on the model, so
@@ -45,13 +47,19 @@ class LoadedModel:
     explainer: Any
     calibrator: Calibrator
     methods: tuple[str, ...]
+    preprocess: Any = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
-
 
     @property
     def temperature(self) -> float:
         cal = self.calibrator
         return cal.temperature if isinstance(cal, TemperatureCalibrator) else 1.0
+
+    def prepare(self, image: Image.Image) -> Any:
+        """`explain.inputs.prepare_image` with the run's transform (a `ModelInput`)."""
+        from domainclip.explain.inputs import prepare_image
+
+        return prepare_image(self.bb, image, self.preprocess)
 
 
 def load_run_model(run_dir: Path) -> LoadedModel:
@@ -61,7 +69,9 @@ def load_run_model(run_dir: Path) -> LoadedModel:
 
     resolved = resolve_model(run_dir, checkpoint="best", device="cpu")
     bb = resolved.backbone
-    return LoadedModel(bb, ImageExplainer(bb), resolved.calibrator, methods_for(bb))
+    return LoadedModel(
+        bb, ImageExplainer(bb), resolved.calibrator, methods_for(bb), resolved.preprocess
+    )
 
 
 def decode_upload(data: bytes) -> Image.Image:
@@ -119,9 +129,7 @@ class MapResult:
 
 def compute_map(model: LoadedModel, image: Image.Image, prompt: str, method: str) -> MapResult:
     """Saliency of `prompt` on `image` with `method` (similarity score, as the explain CLI)."""
-    from domainclip.explain.inputs import prepare_image
-
-    inp = prepare_image(model.bb, image)
+    inp = model.prepare(image)
     with model.lock:
         sal = model.explainer.explain(inp.pixels, prompt, method)
     return MapResult(sal.map, inp.view, method, prompt, sal.score, sal.seconds, sal.params)
@@ -132,9 +140,8 @@ def pair_probabilities(model: LoadedModel, image: Image.Image, prompts: list[str
     import torch
 
     from domainclip.explain.forward import PromptScorer
-    from domainclip.explain.inputs import prepare_image
 
-    inp = prepare_image(model.bb, image)
+    inp = model.prepare(image)
     with model.lock, torch.no_grad():
         scorer = PromptScorer(model.bb, prompts, "probability", calibrator=model.calibrator)
         return [float(v) for v in scorer(inp.pixels)[0]]
@@ -142,10 +149,9 @@ def pair_probabilities(model: LoadedModel, image: Image.Image, prompts: list[str
 
 def token_attribution_html(model: LoadedModel, image: Image.Image, text: str) -> tuple[str, dict]:
     """Token attribution of `text` against `image`: (escaped HTML, numbers)."""
-    from domainclip.explain.inputs import prepare_image
     from domainclip.explain.text import token_attribution
 
-    inp = prepare_image(model.bb, image)
+    inp = model.prepare(image)
     with model.lock:
         ta = token_attribution(model.bb, inp.pixels, text)
     numbers = {
@@ -161,7 +167,6 @@ def sanity_numbers(
     model: LoadedModel, image: Image.Image, prompt: str, method: str, smap: np.ndarray
 ) -> dict[str, Any]:
     """Sanity checks of one map: model randomisation, text sensitivity, deletion/insertion."""
-    from domainclip.explain.inputs import prepare_image
     from domainclip.explain.sanity import (
         deletion_insertion,
         method_explainer,
@@ -169,7 +174,7 @@ def sanity_numbers(
         text_sensitivity_check,
     )
 
-    inp = prepare_image(model.bb, image)
+    inp = model.prepare(image)
     explain = method_explainer(method)
     with model.lock:
         rand = randomisation_check(explain, model.bb, inp.pixels, prompt, mode="full")

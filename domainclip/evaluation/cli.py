@@ -29,7 +29,8 @@ def _summary(r: EvaluationResult) -> str:
     cls, cal, t, main = r.classification, r.calibration, r.temperature, r.headline_metric
     lines = [
         f"{r.name}: {r.data.n_evaluated} images of split {r.data.split} "
-        f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source})",
+        f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source}"
+        + (f"; input {r.input.fit}, {r.input.image_size} px)" if r.input else ")"),
         f"  {main}: {fmt(cls[main])}",
         *([f"  macro AUROC: {fmt(cls['macro_auroc'])}"] if main != "macro_auroc" else []),
         f"  ECE before: {fmt(cal.before['ece'])}"
@@ -75,6 +76,8 @@ def _run(args: argparse.Namespace) -> int:
         skip_uncovered=args.skip_uncovered,
         checkpoint=args.checkpoint,
         device=args.device,
+        fit=args.fit,
+        image_size=args.image_size,
         reference=args.reference,
         reference_prompts=args.reference_prompts,
         reference_split=args.reference_split,
@@ -95,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command."""
     from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
+    from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
         "evaluate",
@@ -136,6 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", default="best", help="run checkpoint: best | last")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_input_arguments(p)
     p.add_argument("--reference", help="reference-task manifest for the forgetting monitor (runs)")
     p.add_argument("--reference-prompts", help="prompt set of the reference task")
     p.add_argument("--reference-split", default="test", help="split of the reference manifest")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from domainclip.datasets.manifest import Manifest, ManifestRow
 from domainclip.datasets.torch_dataset import PairedDataset
+from domainclip.datasets.transforms import eval_transform
 from domainclip.errors import DataError
 from domainclip.models import Backbone
 
@@ -34,14 +36,22 @@ class EmbeddedSplit:
 
 
 def embed_split(
-    bb: Backbone, manifest: Manifest, split: str | None, batch_size: int = 32
+    bb: Backbone,
+    manifest: Manifest,
+    split: str | None,
+    batch_size: int = 32,
+    transform: Callable | None = None,
 ) -> EmbeddedSplit:
-    """Preprocess (bb.preprocess_val) and embed every readable image of `split` (None: all rows).
+    """Preprocess and embed every readable image of `split` (None: all rows).
+
+    Args:
+        transform: PIL image -> Tensor[3, S, S]; default `eval_transform(bb)` (letterbox at the
+            native size). Runs pass `resolve_model(run).preprocess` (what the run trained with).
 
     Raises:
         DataError: the split has no rows, or none of its images could be read.
     """
-    ds = PairedDataset(manifest, split=split, transform=bb.preprocess_val)
+    ds = PairedDataset(manifest, split=split, transform=transform or eval_transform(bb))
     if len(ds) == 0:
         counts = manifest.split_counts()
         raise DataError(

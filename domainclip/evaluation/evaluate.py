@@ -28,7 +28,6 @@ from domainclip.calibrators import (
 from domainclip.calibrators import (
     fit_temperature as fit_temperature_fn,
 )
-from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.datasets.geometry_report import GeometryReport, geometry_report
 from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.errors import ConfigError
@@ -48,6 +47,7 @@ from domainclip.evaluation.results import (
     EvaluatedData,
     EvaluatedModel,
     EvaluationResult,
+    InputUsed,
     PromptsUsed,
     TemperatureUsed,
 )
@@ -122,7 +122,7 @@ def _retrieval(
 
 
 def _fit_on_val(
-    bb: Backbone,
+    resolved: ResolvedModel,
     man: Manifest,
     task: ZeroShotTask,
     val_split: str,
@@ -132,7 +132,8 @@ def _fit_on_val(
     """Fit T on the validation split; returns the calibration record (not yet saved)."""
     from domainclip.evaluation.calibration import expected_calibration_error
 
-    emb = embed_split(bb, man, val_split)
+    bb = resolved.backbone
+    emb = embed_split(bb, man, val_split, transform=resolved.preprocess)
     tgt = build_targets(emb.rows, task.classes, task.ps, skip_uncovered=skip_uncovered)
     logits = task.logits(bb, emb.image_feats[tgt.keep])
     multi = task.ps.multi_label
@@ -199,6 +200,8 @@ class EvaluationOptions:
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
         skip_uncovered: single-label rows whose label no prompt covers are skipped (else an error).
         checkpoint, device: which run checkpoint to load, and where.
+        fit, image_size: input geometry instead of the run's data.fit / data.image_size
+            (backbones: letterbox at the native size); recorded in metrics.json `input`.
         write: write the result files (metrics.json, report.md, plots, predictions.csv).
         reference, reference_prompts, reference_split: a second task for the forgetting monitor
             (runs only): zero-shot on that manifest split, swept over WiSE-FT weights `alphas`
@@ -208,10 +211,6 @@ class EvaluationOptions:
             None: on when at least `shortcut.min_rows` rows of the split have a region and the
             prompt set is single-label; True: whenever a row has one; False: off.
         shortcut: its settings (fill, threshold, ...; n_boot and seed are this evaluation's).
-        fit_policy: the fit policy of the images the model is given, for the geometry report
-            (metrics.json "geometry", written when the split has boxes or masks). Evaluation
-            preprocesses with the backbone's centre crop, which is "crop"; a pipeline with
-            another policy passes its own.
     """
 
     name: str | None = None
@@ -226,6 +225,8 @@ class EvaluationOptions:
     skip_uncovered: bool = False
     checkpoint: str = "best"
     device: str = "cpu"
+    fit: str | None = None
+    image_size: int | None = None
     write: bool = True
     reference: str | Path | None = None
     reference_prompts: str | Path | dict | PromptSet | None = None
@@ -233,13 +234,8 @@ class EvaluationOptions:
     alphas: Sequence[float] = DEFAULT_ALPHAS
     shortcut_check: bool | None = None
     shortcut: ShortcutSettings = ShortcutSettings()
-    fit_policy: str = "crop"
 
     def __post_init__(self) -> None:
-        if self.fit_policy not in FIT_POLICIES:
-            raise ConfigError(
-                f"unknown fit policy {self.fit_policy!r}; choose one of {', '.join(FIT_POLICIES)}"
-            )
         # Sequences become tuples so options cannot change under a running evaluation.
         for key in ("classes", "subgroups", "alphas"):
             value = getattr(self, key)
@@ -316,8 +312,8 @@ def run_evaluation(
     inp = _resolve(model_or_run, manifest, split, prompts, out_dir, options)
     scored = _score(inp, options)
     result = _build_result(inp, scored, options)
-    result.shortcut = _shortcut_for(inp, scored, options, transform=inp.bb.preprocess_val)
-    result.geometry = _geometry(inp, options.fit_policy)
+    result.shortcut = _shortcut_for(inp, scored, options, transform=inp.resolved.preprocess)
+    result.geometry = _geometry(inp)
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -342,7 +338,12 @@ def _resolve(
 ) -> _Inputs:
     """Load the model; fill manifest, prompts, classes and out_dir from the run where not given."""
     resolved = resolve_model(
-        model_or_run, checkpoint=opts.checkpoint, device=opts.device, temperature=opts.temperature
+        model_or_run,
+        checkpoint=opts.checkpoint,
+        device=opts.device,
+        temperature=opts.temperature,
+        fit=opts.fit,
+        image_size=opts.image_size,
     )
     bb, run = resolved.backbone, resolved.run
 
@@ -375,7 +376,7 @@ def _resolve(
 def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
     """Embed the split and the prompts once, score, and apply the calibrator."""
     bb, ps, classes = inp.bb, inp.ps, inp.classes
-    emb = embed_split(bb, inp.man, inp.split)
+    emb = embed_split(bb, inp.man, inp.split, transform=inp.resolved.preprocess)
     tgt = build_targets(emb.rows, classes, ps, opts.skip_uncovered)
     texts = [r.text for r in emb.rows]
     prompt_texts = [t for ts in ps.class_texts(classes).values() for t in ts]
@@ -389,7 +390,7 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
         inp.resolved,
         opts.fit_temperature,
         inp.out_dir,
-        (bb, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
+        (inp.resolved, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
         ps,
     )
     p_raw = probabilities(logits, ps.multi_label)
@@ -421,6 +422,7 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         classification=report_fn(s.p_cal, s.tgt.y, classes, n_boot=n_boot, seed=seed),
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
+        input=InputUsed(**inp.resolved.input),
     )
 
 
@@ -488,7 +490,7 @@ def _forgetting_for(inp: _Inputs, opts: EvaluationOptions) -> dict[str, Any]:
         )
     target = TaskSpec(inp.name, inp.man, inp.split, inp.ps, inp.classes, use_head=True)
     return _forgetting(
-        inp.bb,
+        inp.resolved,
         inp.run,
         target,
         opts.reference,
@@ -502,7 +504,7 @@ def _forgetting_for(inp: _Inputs, opts: EvaluationOptions) -> dict[str, Any]:
 
 
 def _forgetting(
-    ft: Backbone,
+    resolved: ResolvedModel,
     run: Run,
     target: TaskSpec,
     reference: str | Path,
@@ -533,11 +535,14 @@ def _forgetting(
         resolve_classes(ps_ref, man_ref),
         use_head=False,
     )
-    return forgetting_curve(base, ft, target, ref, alphas, n_boot, seed)
+    return forgetting_curve(
+        base, resolved.backbone, target, ref, alphas, n_boot, seed, transform=resolved.preprocess
+    )
 
 
-def _geometry(inp: _Inputs, policy: str) -> GeometryReport | None:
-    """What `policy` at the model's input size does to the split's boxes/masks (None without)."""
+def _geometry(inp: _Inputs) -> GeometryReport | None:
+    """What the evaluation's fit policy and input size do to the split's boxes/masks (None
+    without any)."""
     split = normalize_split(inp.split) or inp.split
     annotated = any(
         r.meta.get("boxes", "").strip() or r.meta.get("mask", "").strip()
@@ -546,7 +551,8 @@ def _geometry(inp: _Inputs, policy: str) -> GeometryReport | None:
     )
     if not annotated:
         return None
-    return geometry_report(inp.man, int(inp.bb.image_size), policy, split=split)
+    fit = inp.resolved.input
+    return geometry_report(inp.man, int(fit["image_size"]), fit["fit"], split=split)
 
 
 def _data_info(man: Manifest, split: str, emb: EmbeddedSplit, tgt: Targets) -> EvaluatedData:

@@ -14,7 +14,7 @@ locked-image recipe) they are reused for every alpha.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,10 @@ def forgetting_curve(
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
     skip_uncovered: bool = True,
+    transform: Callable | None = None,
 ) -> dict[str, Any]:
-    """Sweep alpha and score both tasks. Returns a JSON-ready dict:
+    """Sweep alpha and score both tasks (images preprocessed with `transform`, default
+    `eval_transform(ft)`: every model on the curve sees the same pixels). Returns a JSON-ready dict:
     {"alphas", "metric" (target), "reference_metric", "target": [Estimate dicts], "reference": [...],
     "target_name", "reference_name", "n_target", "n_reference", "notes", "image_features_reused"}.
     """
@@ -115,7 +117,11 @@ def forgetting_curve(
                 )
             cache[a] = {}
             for spec in (target, reference):
-                emb = cache[0.0][spec.name] if reuse else embed_split(bb, spec.manifest, spec.split)
+                emb = (
+                    cache[0.0][spec.name]
+                    if reuse
+                    else embed_split(bb, spec.manifest, spec.split, transform=transform)
+                )
                 cache[a][spec.name] = emb
                 if spec.name not in targets:
                     targets[spec.name] = build_targets(

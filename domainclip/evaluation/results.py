@@ -111,6 +111,14 @@ class TemperatureUsed:
 
 
 @dataclass(frozen=True)
+class InputUsed:
+    """The input geometry images were scored at: fit policy and input side S in px."""
+
+    fit: str
+    image_size: int
+
+
+@dataclass(frozen=True)
 class CalibrationSummary:
     """Calibration before (T = 1) and after temperature scaling (None when T = 1), and ECE per
     subgroup {column: {value: {n, ece (Estimate dict), accuracy, mean_confidence}}}.
@@ -152,6 +160,8 @@ class EvaluationResult(ResultFile):
     outputs: dict[str, str] | None = None
     shortcut: ShortcutResult | None = None
     geometry: GeometryReport | None = None
+    # Absent in files written before fit policies (they used "crop" at the native size).
+    input: InputUsed | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -179,6 +189,8 @@ class EvaluationResult(ResultFile):
             "retrieval": self.retrieval,
             "seconds": self.seconds,
         }
+        if self.input is not None:
+            out["input"] = vars(self.input).copy()
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting
         if self.shortcut is not None:
@@ -206,6 +218,7 @@ class EvaluationResult(ResultFile):
             forgetting=_forgetting(f.obj("forgetting", optional=True, nullable=True)),
             shortcut=_shortcut(f.obj("shortcut", optional=True, nullable=True)),
             geometry=_geometry(f.obj("geometry", optional=True, nullable=True)),
+            input=_input(f.obj("input", optional=True, nullable=True)),
         )
 
 
@@ -271,6 +284,10 @@ def _shortcut(f: Fields | None) -> ShortcutResult | None:
 
 def _geometry(f: Fields | None) -> GeometryReport | None:
     return None if f is None else GeometryReport.from_fields(f)
+
+
+def _input(f: Fields | None) -> InputUsed | None:
+    return None if f is None else f.build(InputUsed)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:

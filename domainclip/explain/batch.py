@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from domainclip.datasets.transforms import ImageTransform, eval_transform
 from domainclip.errors import DomainClipError
 from domainclip.explain.errors import ExplainError
 from domainclip.explain.forward import check_prompts
@@ -81,9 +82,16 @@ class ExplainSettings:
 
 
 class _Session:
-    """One backbone + settings; holds the explainers (layers resolved once) and the random copy."""
+    """One backbone + settings + image transform; holds the explainers (layers resolved once)
+    and the random copy."""
 
-    def __init__(self, bb: Backbone, settings: ExplainSettings, out: Path) -> None:
+    def __init__(
+        self,
+        bb: Backbone,
+        settings: ExplainSettings,
+        out: Path,
+        preprocess: ImageTransform | None = None,
+    ) -> None:
         unknown = [c for c in settings.checks if c not in CHECKS]
         if unknown:
             raise ExplainError(f"unknown check(s) {unknown}; choose from {', '.join(CHECKS)}")
@@ -97,6 +105,7 @@ class _Session:
         if not settings.methods:
             raise ExplainError(f"no method chosen; use one of: {', '.join(valid)}")
         self.bb, self.s, self.out = bb, settings, out
+        self.preprocess = preprocess or eval_transform(bb)
         self.explainer = ImageExplainer(bb)
         self._random: ImageExplainer | None = None
 
@@ -166,9 +175,9 @@ def _explain_row(
     region: tuple[np.ndarray, str] | None,
 ) -> tuple[list[IndexItem], TokenRecord | None]:
     """Every method's map (and contrast map) of one image, and its token attribution."""
-    view_mask = mask_to_view(sess.bb, region[0]) if region is not None else None
+    view_mask = mask_to_view(sess.bb, region[0], sess.preprocess) if region is not None else None
     if view_mask is not None and not view_mask.any():
-        view_mask = None  # the region was cropped away by the centre crop
+        view_mask = None  # the region was cut off (crop policy) or shrank below a pixel
     region_kind = region[1] if region is not None and view_mask is not None else None
     pool = [prompt, *([sess.s.prompt_b] if sess.s.prompt_b else [])]
     items: list[IndexItem] = []
@@ -276,10 +285,12 @@ def _index(
     )
 
 
-def _header(bb: Backbone, s: ExplainSettings, **where: str | None) -> ExplainIndex:
-    """The index before any row: backbone, settings and `where` (run, manifest, split)."""
+def _header(sess: _Session, **where: str | None) -> ExplainIndex:
+    """The index before any row: backbone, settings, input and `where` (run, manifest, split)."""
+    bb, s = sess.bb, sess.s
     return ExplainIndex(
         backbone=bb.spec,
+        input=sess.preprocess.input,
         score=s.score,
         temperature=s.temperature,
         methods=list(s.methods),
@@ -297,25 +308,28 @@ def explain_files(
     settings: ExplainSettings,
     region: tuple[np.ndarray, str] | None = None,
     run: str | None = None,
+    preprocess: ImageTransform | None = None,
 ) -> Path:
     """Explain one image file; write maps, overlays (and token HTML) and `out/index.json`.
 
     Args:
         region: optional ground truth (bool mask in original pixels, "mask"|"boxes").
+        preprocess: the image transform (a run's `resolve_model(...).preprocess`); default
+            `eval_transform(bb)`.
     Returns:
         path of the index JSON.
     """
     prompt = check_prompts([prompt])[0]
     out = Path(out)
-    sess = _Session(bb, settings, out)
-    inp = prepare_image(bb, image)
+    sess = _Session(bb, settings, out, preprocess)
+    inp = prepare_image(bb, image, sess.preprocess)
     w, h = inp.original_size
     if region is not None and region[0].shape != (h, w):
         raise ExplainError(
             f"the {region[1]} is {region[0].shape[1]}x{region[0].shape[0]} but {image} is {w}x{h}"
         )
     items, tokens = _explain_row(sess, inp, prompt, 0, [], region)
-    header = _header(bb, settings, run=run, manifest=None, split=None)
+    header = _header(sess, run=run, manifest=None, split=None)
     return _index(header, True, items, [tokens] if tokens else [], []).write(out / INDEX_FILE)
 
 
@@ -327,8 +341,10 @@ def explain_manifest(
     split: str | None = "test",
     limit: int | None = None,
     run: str | None = None,
+    preprocess: ImageTransform | None = None,
 ) -> Path:
     """Explain every row of a manifest split (its own text as the prompt); write `out/index.json`.
+    Images go through `preprocess` (default `eval_transform(bb)`).
 
     Rows whose image cannot be read are skipped and listed under "skipped" (the batch goes on).
     Localisation uses the row's `mask` (preferred) or `boxes` metadata.
@@ -347,16 +363,16 @@ def explain_manifest(
         raise ExplainError(f"--limit must be at least 1, got {limit}")
     rows = rows[:limit] if limit else rows
     out = Path(out)
-    sess = _Session(bb, settings, out)
+    sess = _Session(bb, settings, out, preprocess)
     items: list[IndexItem] = []
     tokens: list[TokenRecord] = []
     skipped: list[SkippedRow] = []
-    header = _header(bb, settings, run=run, manifest=str(Path(manifest).resolve()), split=split)
+    header = _header(sess, run=run, manifest=str(Path(manifest).resolve()), split=split)
     t0 = time.perf_counter()
     for n, row in enumerate(rows):
         image = man.image_path(row)
         try:
-            inp = prepare_image(bb, image)
+            inp = prepare_image(bb, image, sess.preprocess)
             region = region_from_meta(row.meta, man.root, inp.original_size)
             got, tok = _explain_row(sess, inp, row.text, row.row, row.label, region)
         except DomainClipError as exc:

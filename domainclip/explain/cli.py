@@ -118,7 +118,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ExplainError(
             "--check-localisation with --image needs the ground truth: --mask PNG or --boxes JSON"
         )
-    resolved = resolve_model(args.model, device=args.device, checkpoint=args.checkpoint)
+    resolved = resolve_model(
+        args.model,
+        device=args.device,
+        checkpoint=args.checkpoint,
+        fit=args.fit,
+        image_size=args.image_size,
+    )
     bb, run = resolved.backbone, resolved.run_dir
     valid = methods_for(bb)
     methods = _methods(args.method, valid)
@@ -154,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             settings,
             _region(args, args.image),
             str(run) if run else None,
+            resolved.preprocess,
         )
     else:
         index = explain_manifest(
@@ -164,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
             split=args.split or None,
             limit=args.limit,
             run=str(run) if run else None,
+            preprocess=resolved.preprocess,
         )
     _print_summary(index)
     return 0
@@ -171,6 +179,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `explain` command."""
+    from domainclip.runs.run import add_input_arguments
+
     p = sub.add_parser(
         "explain",
         help="saliency maps, token attribution and sanity checks for image-text scores",
@@ -235,4 +245,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    add_input_arguments(p)
     p.set_defaults(func=_run)

@@ -120,6 +120,8 @@ class ExplainIndex(ResultFile):
     run: str | None = None
     manifest: str | None = None
     split: str | None = None
+    # {"fit", "image_size"}: the input geometry the maps were computed at (None in older files)
+    input: dict[str, Any] | None = None
     complete: bool = False
     items: list[IndexItem] = field(default_factory=list)
     tokens: list[TokenRecord] = field(default_factory=list)
@@ -144,6 +146,7 @@ class ExplainIndex(ResultFile):
             "run": self.run,
             "manifest": self.manifest,
             "split": self.split,
+            "input": self.input,
             "complete": self.complete,
             "items": [i.to_json() for i in self.items],
             "tokens": [asdict(t) for t in self.tokens],

@@ -1,8 +1,10 @@
-"""Images, masks and boxes in the model's view (the resized, centre-cropped input it sees).
+"""Images, masks and boxes in the model's view (the square input it sees).
 
-Maps are computed at the model's input resolution. Masks and boxes come in original pixels, so
-they are sent through the backbone's own `preprocess_val` (the exact same resize and crop) and
-thresholded back to binary, rather than re-implementing its geometry.
+Maps are computed at the model's input resolution. Images go through the one image pipeline
+(`domainclip.datasets.transforms`): the `preprocess` given (a run's, from
+`domainclip.runs.resolve_model(...).preprocess`) or `eval_transform(bb)` (letterbox at the native
+size). Masks and boxes come in original pixels and follow the image through the same `Fit`
+(nearest-neighbour for masks), so they land exactly where the model sees their finding.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from domainclip.datasets.geometry import Fit
+from domainclip.datasets.transforms import ImageTransform, eval_transform
 from domainclip.explain.errors import ExplainError
 from domainclip.models import Backbone
 
@@ -29,12 +33,15 @@ class ModelInput:
         view: [S, S, 3] uint8, what the model sees (de-normalised pixels), for overlays.
         original_size: (width, height) of the image before preprocessing.
         path: source file, if any.
+        fit: where the original pixels landed in the input (`Fit.to_original` maps a saliency
+            map back to the original image).
     """
 
     pixels: torch.Tensor
     view: np.ndarray
     original_size: tuple[int, int]
     path: str | None = None
+    fit: Fit | None = None
 
 
 def to_view(bb: Backbone, pixels: torch.Tensor) -> np.ndarray:
@@ -46,8 +53,13 @@ def to_view(bb: Backbone, pixels: torch.Tensor) -> np.ndarray:
     return (rgb * 255 + 0.5).astype(np.uint8)
 
 
-def prepare_image(bb: Backbone, image: str | os.PathLike[str] | Image.Image) -> ModelInput:
-    """Read (robustly, via `domainclip.datasets.load_image`) and preprocess one image.
+def prepare_image(
+    bb: Backbone,
+    image: str | os.PathLike[str] | Image.Image,
+    preprocess: ImageTransform | None = None,
+) -> ModelInput:
+    """Read (robustly, via `domainclip.datasets.load_image`) and preprocess one image with
+    `preprocess` (default `eval_transform(bb)`).
 
     Raises:
         ImageReadError (a DomainClipError): the file is missing or does not decode.
@@ -60,19 +72,29 @@ def prepare_image(bb: Backbone, image: str | os.PathLike[str] | Image.Image) -> 
     else:
         path = str(Path(image).resolve())
         pil = load_image(path)
-    pixels = bb.preprocess_val(pil).unsqueeze(0).to(bb.device)
-    return ModelInput(pixels=pixels, view=to_view(bb, pixels), original_size=pil.size, path=path)
+    tf = preprocess or eval_transform(bb)
+    pixels = tf(pil).unsqueeze(0).to(bb.device)
+    return ModelInput(
+        pixels=pixels,
+        view=to_view(bb, pixels),
+        original_size=pil.size,
+        path=path,
+        fit=tf.plan(*pil.size),
+    )
 
 
-def mask_to_view(bb: Backbone, mask: np.ndarray) -> np.ndarray:
-    """Binary mask in original pixels [H0, W0] -> bool [S, S] aligned with the model input."""
+def mask_to_view(
+    bb: Backbone, mask: np.ndarray, preprocess: ImageTransform | None = None
+) -> np.ndarray:
+    """Binary mask in original pixels [H0, W0] -> bool [S, S] aligned with the model input
+    (the image's `Fit` under `preprocess`, default `eval_transform(bb)`; nearest-neighbour)."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ExplainError(f"a mask must be 2-D (height, width), got shape {mask.shape}")
-    pil = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8)).convert("RGB")
-    x = bb.preprocess_val(pil)  # normalised; undo the normalisation of channel 0
-    value = x[0] * bb.std[0] + bb.mean[0]
-    return (value > 0.5).numpy()
+    tf = preprocess or eval_transform(bb)
+    fit = tf.plan(mask.shape[1], mask.shape[0])
+    pil = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
+    return np.asarray(fit.apply(pil, fill=0, nearest=True)) > 0
 
 
 def boxes_to_mask(boxes: list, width: int, height: int) -> np.ndarray:

@@ -11,7 +11,8 @@ by `method.name`; the resolved config records only the chosen method's section, 
 ``method: {name: lora, image_tower: locked, text_tower: lora, ..., lora: {r: 8, ...}}``. A
 section given for another method is checked but neither used nor recorded (a note is logged). Runs
 written before this recorded every method's section: their config.yaml loads the same way, and
-`migrate_config_dict` drops the unused sections before a resume compares configs.
+`migrate_config_dict` drops the unused sections before a resume compares configs. Runs written
+before fit policies record no `data.fit`: they trained with "crop", which the migration fills in.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from domainclip.configschema import (
     option,
     section,
 )
+from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,21 @@ class DataConfig:
         False,
         "train although a group (patient, study, lot) or image is in more than one split; "
         "off: such a manifest is refused, because its test metrics would be inflated",
+    )
+    fit: str = option(
+        "letterbox",
+        "how an image becomes the square model input: letterbox (resize the longer side, pad "
+        "with the mean colour: never discards pixels), crop (resize the shorter side, centre "
+        "crop: cuts the ends of non-square images), stretch (resize both sides: distorts); "
+        "the same for square images",
+        choices=FIT_POLICIES,
+    )
+    image_size: int | None = option(
+        None,
+        "side of the model input in px; empty = the backbone's native size. CNN towers are "
+        "fully convolutional (e.g. 448 or 640 for small findings); ViT towers interpolate their "
+        "position embeddings",
+        range=(16, 4096, "[]"),
     )
 
 
@@ -450,13 +467,20 @@ def valid_keys(cls: type = FinetuneConfig, prefix: str = "") -> list[str]:
 
 def migrate_config_dict(data: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
     """A copy of a config mapping in the current layout (only the chosen method's section), e.g.
-    a run's saved config.yaml before it is compared with `config_diff`.
+    a run's saved config.yaml before it is compared with `config_diff` or loaded by `Run`.
+
+    Runs written before fit policies have no `data.fit`; they trained with "crop" (filled in).
 
     Runs written before per-method sections recorded the settings of every method in
     config.yaml; the sections of the methods that did not run are dropped, with a logged note.
     Anything else (an unknown method name, a non-mapping) is left for `load_config` to report.
     """
     data = copy.deepcopy(dict(data))
+    section_ = data.get("data")
+    if isinstance(section_, dict) and "fit" not in section_:
+        # Written before fit policies: the image was resized (shorter side) and centre-cropped.
+        section_["fit"] = "crop"
+        log.info("%s: records no data.fit (written before fit policies): it trained with 'crop'", where)
     method = data.get("method")
     if not isinstance(method, dict):
         return data

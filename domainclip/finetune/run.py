@@ -146,10 +146,10 @@ def _image_cache(
     if not locked or (mode == "never" and cfg.needs_training):
         return None
     bb = adapt.bb
-    # The backbone's own eval transform: `domainclip evaluate` embeds with it too, so features seen
-    # in training and in evaluation are identical.
-    transform = bb.preprocess_val
-    desc = f"preprocess_val|{bb.image_size}|{tuple(bb.mean)}|{tuple(bb.std)}"
+    # The run's eval transform: `domainclip evaluate` on the run embeds with the same one
+    # (`resolve_model(run).preprocess`), so features seen in training and evaluation are identical.
+    transform = _eval_transform(cfg, bb)
+    desc = f"{transform!r}|{transform.mean}|{transform.std}"
     image_state = {
         k: v
         for k, v in adapt.base.state_dict().items()
@@ -213,6 +213,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
             )
         else:
             result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
+        # The input geometry the run trained with (S resolved: None in the config = native).
+        result.setdefault("info", {})["input"] = _eval_transform(cfg, adapt.bb).input
         if cache:
             result.setdefault("info", {})["unreadable_images"] = {
                 k: c.n_failed for k, c in cache.items()
@@ -327,18 +329,25 @@ def _prompts(cfg: FinetuneConfig, splits: Splits):
     return ps
 
 
+def _eval_transform(cfg: FinetuneConfig, bb):
+    """The run's eval transform (`data.fit` at `data.image_size`): what evaluation uses too."""
+    from domainclip.datasets.transforms import eval_transform
+
+    return eval_transform(bb, cfg.data.fit, cfg.data.image_size)
+
+
 def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta) -> dict:
-    from domainclip.datasets.transforms import build_transform
+    from domainclip.datasets.transforms import train_transform
     from domainclip.finetune.trainer import Trainer
 
     bb = adapt.bb
     if adapt.modes["image"] != "locked" and bb.image_arch == "cnn" and cfg.backbone.channels_last:
         adapt.base.visual.to(memory_format=torch.channels_last)
     transforms = {
-        "train": build_transform(
-            cfg.data.augment, bb.image_size, bb.mean, bb.std, train=True, seed=cfg.train.seed
+        "train": train_transform(
+            bb, cfg.data.augment, cfg.data.fit, cfg.data.image_size, seed=cfg.train.seed
         ),
-        "val": bb.preprocess_val,
+        "val": _eval_transform(cfg, bb),
     }
     state = ckpt.load_state(resume_ckpt) if resume_ckpt is not None else None
     runlog = RunLog(

@@ -1,4 +1,4 @@
-"""One factory for every backbone: `load_backbone(spec) -> Backbone` (model + transforms + tokenizer).
+"""One factory for every backbone: `load_backbone(spec) -> Backbone` (model + tokenizer + input facts).
 
 Specs (never reach a model hub implicitly):
     default                               embedded default (EfficientNet-Lite0 + MiniLM), offline
@@ -44,12 +44,14 @@ class Backbone:
     Attributes:
         model: nn.Module with `encode_image([B,3,H,W]) -> [B,D]`, `encode_text([B,L]) -> [B,D]`
             and `logit_scale` (log of the inverse temperature).
-        preprocess_train / preprocess_val: PIL image -> Tensor[3, H, W].
         tokenizer: texts -> LongTensor[B, L].
         family: "default" | "open_clip" | "hf_clip".
         image_arch: "cnn" | "vit" (decides which explainers apply).
         spec: the spec it was loaded from.
-        image_size, mean, std: input resolution and normalisation of the image tower.
+        image_size, mean, std: native input resolution and normalisation of the image tower.
+            Images are turned into pixels by `domainclip.datasets.transforms.eval_transform(bb,
+            fit, image_size)` (the one image pipeline); the tower accepts other square sizes too
+            (position embeddings are interpolated, `domainclip.models.resolution`).
         head: optional image-feature classifier for methods that are not pure image-text similarity
             (Tip-Adapter, linear probe): `head(image_feats [N,D], class_text_feats [C,D]) -> logits [N,C]`.
             None means classification is `similarity(image_feats, class_text_feats)`.
@@ -57,8 +59,6 @@ class Backbone:
     """
 
     model: nn.Module
-    preprocess_train: Callable
-    preprocess_val: Callable
     tokenizer: TextTokenizer
     family: str
     image_arch: str
@@ -118,18 +118,6 @@ class Backbone:
         return self.similarity(image_feats, class_text_feats)
 
 
-def _transforms(size: int, mean, std) -> tuple[Callable, Callable]:
-    import open_clip
-
-    train = open_clip.image_transform(
-        size, is_train=True, mean=mean, std=std, interpolation="bicubic"
-    )
-    val = open_clip.image_transform(
-        size, is_train=False, mean=mean, std=std, interpolation="bicubic"
-    )
-    return train, val
-
-
 @contextlib.contextmanager
 def _quiet_transformers():
     """transformers prints a load report and progress bars for the MiniLM weights; keep the CLI clean."""
@@ -180,12 +168,9 @@ def _load_default(spec: str, cfg: dict | None = None, weights: Path | None = Non
         if isinstance(model.visual.image_size, tuple)
         else model.visual.image_size
     )
-    train, val = _transforms(size, default_model.LITE_MEAN, default_model.LITE_STD)
     cfg_used = default_model.model_config(**kwargs)
     return Backbone(
         model=model,
-        preprocess_train=train,
-        preprocess_val=val,
         # open_clip reports the HF tower's position limit (512); we use the configured length.
         tokenizer=TextTokenizer(tok, "hf", cfg_used["text_cfg"]["context_length"], trim=True),
         family="default",
@@ -226,7 +211,9 @@ def _finish_open_clip(model: nn.Module, spec: str, tokenizer, model_cfg: dict | 
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     mean = tuple(pre.get("mean", (0.48145466, 0.4578275, 0.40821073)))
     std = tuple(pre.get("std", (0.26862954, 0.26130258, 0.27577711)))
-    train, val = _transforms(size, mean, std)
+    from domainclip.models.resolution import enable_any_resolution
+
+    enable_any_resolution(model)
     custom_hf = tokenizer.__class__.__name__ == "HFTokenizer"
     tok = (
         TextTokenizer(tokenizer.tokenizer, "hf", model.context_length, trim=True)
@@ -236,8 +223,6 @@ def _finish_open_clip(model: nn.Module, spec: str, tokenizer, model_cfg: dict | 
     model.eval()
     return Backbone(
         model=model,
-        preprocess_train=train,
-        preprocess_val=val,
         tokenizer=tok,
         family="open_clip",
         image_arch=_image_arch(model),
@@ -353,12 +338,9 @@ def _load_hf(spec: str, path: Path) -> Backbone:
 
     with _quiet_transformers():
         model, tok, pre = load_hf_clip(path)
-    train, val = _transforms(pre["size"], pre["mean"], pre["std"])
     ctx = int(model.clip.config.text_config.max_position_embeddings)
     return Backbone(
         model=model,
-        preprocess_train=train,
-        preprocess_val=val,
         tokenizer=TextTokenizer(tok, "hf", ctx, trim=True),
         family="hf_clip",
         image_arch="vit",

@@ -42,8 +42,16 @@ class HFCLIPModel(nn.Module):
         return self.clip.logit_scale
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """image: [B, 3, H, W] normalised pixels -> [B, D] features."""
-        feats = _pooled(self.clip.get_image_features(pixel_values=image))
+        """image: [B, 3, H, W] normalised pixels -> [B, D] features.
+
+        Any square size: away from the native size the position embeddings are interpolated
+        (transformers' `interpolate_pos_encoding`); at the native size the original path runs.
+        """
+        native = int(self.clip.config.vision_config.image_size)
+        other = tuple(image.shape[-2:]) != (native, native)
+        feats = _pooled(
+            self.clip.get_image_features(pixel_values=image, interpolate_pos_encoding=other)
+        )
         return nn.functional.normalize(feats, dim=-1) if normalize else feats
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:

@@ -5,24 +5,31 @@ peft, projections/temperature/fully trained towers from heads.safetensors, CLIP-
 into encode_image/encode_text, Tip-Adapter / linear-probe classifiers as `Backbone.head`); the
 method code that knows how lives in `domainclip.finetune` (`adaptation.prepare`).
 
+Input geometry precedence, coded here only: the caller's `fit` / `image_size` (CLI `--fit`,
+`--image-size`) > the run's `data.fit` / `data.image_size` (runs written before fit policies:
+"crop") > letterbox at the backbone's native size. `ResolvedModel.preprocess` is that transform.
+
 Calibration precedence, coded here only: a temperature given by the caller > the run's fitted
 calibrator (RUN/calibration.json, written by `domainclip evaluate --fit-temperature`) > identity.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from domainclip.calibrators import Calibrator, TemperatureCalibrator, load_calibrator
 from domainclip.calibrators import save_calibration as _save_calibration
+from domainclip.datasets.geometry import FIT_POLICIES
+from domainclip.datasets.transforms import DEFAULT_FIT, ImageTransform, eval_transform
 from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import LORA_DIRS, Adaptation, prepare
-from domainclip.finetune.config import FinetuneConfig, load_config
+from domainclip.finetune.config import FinetuneConfig, load_config, migrate_config_dict
 from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.methods import lora as lora_mod
 from domainclip.io import load_yaml
@@ -63,7 +70,8 @@ class Run:
             data = load_yaml(self.layout.config)
             if not isinstance(data, dict):
                 raise ConfigError(f"{self.layout.config} is not a mapping of config sections")
-            self._config = data
+            # Older layouts read as today's (e.g. no data.fit: the run trained with "crop").
+            self._config = migrate_config_dict(data, str(self.layout.config))
         return copy.deepcopy(self._config)
 
     def config(self) -> FinetuneConfig:
@@ -78,6 +86,18 @@ class Run:
                 return None
             node = node[part]
         return node
+
+    def input_settings(self) -> tuple[str, int | None]:
+        """(fit policy, input size or None = the backbone's native size) the run trained with."""
+        size = self.setting("data.image_size")
+        return str(self.setting("data.fit") or "crop"), (None if size is None else int(size))
+
+    def preprocess(
+        self, bb: Backbone, fit: str | None = None, image_size: int | None = None
+    ) -> ImageTransform:
+        """The run's eval transform for `bb` (its data.fit at data.image_size), or the overrides."""
+        run_fit, run_size = self.input_settings()
+        return eval_transform(bb, fit or run_fit, image_size or run_size)
 
     # -- checkpoints and calibration ----------------------------------------------------------
     def checkpoint(self, name: str = "best") -> Path:
@@ -153,7 +173,9 @@ class Run:
 
 @dataclass
 class ResolvedModel:
-    """A model to score with, where it came from, and the calibrator its probabilities use."""
+    """A model to score with, where it came from, the calibrator its probabilities use and the
+    transform its images go through (`preprocess`: PIL image or sample dict -> Tensor[3, S, S];
+    default: letterbox at the backbone's native size)."""
 
     backbone: Backbone
     run: Run | None
@@ -161,6 +183,16 @@ class ResolvedModel:
     label: str
     # "given" (the caller's temperature), "run" (the run's fitted calibrator) or "none" (identity)
     calibration_origin: str = "none"
+    preprocess: ImageTransform = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = eval_transform(self.backbone)
+
+    @property
+    def input(self) -> dict[str, object]:
+        """{"fit": policy, "image_size": S}: the input geometry images are scored at."""
+        return self.preprocess.input
 
     @property
     def run_dir(self) -> Path | None:
@@ -179,14 +211,19 @@ def resolve_model(
     checkpoint: str = "best",
     device: str = "cpu",
     temperature: float | None = None,
+    fit: str | None = None,
+    image_size: int | None = None,
 ) -> ResolvedModel:
-    """What the user named -> model + calibrator. The one loader every command uses.
+    """What the user named -> model + calibrator + image transform. The one loader every
+    command uses.
 
     Args:
         model_or_run: a Backbone object, a run directory, or a `load_backbone` spec
             ('default', 'open_clip:ARCH@FILE', 'hf-clip:DIR', a saved backbone folder).
         checkpoint: for runs, "best" or "last".
         temperature: use this T instead of the run's fitted calibrator.
+        fit, image_size: input geometry instead of the run's (data.fit, data.image_size);
+            for backbones the default is letterbox at the native size.
     """
     device = resolve_device(device)
     run: Run | None = None
@@ -207,7 +244,28 @@ def resolve_model(
         origin = "given"
     else:
         origin = "run" if run is not None and run.layout.calibration.is_file() else "none"
-    return ResolvedModel(bb, run, cal, label, origin)
+    if run is not None:
+        preprocess = run.preprocess(bb, fit, image_size)
+    else:
+        preprocess = eval_transform(bb, fit or DEFAULT_FIT, image_size)
+    return ResolvedModel(bb, run, cal, label, origin, preprocess)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `--fit` / `--image-size` options of the commands that score images (evaluate, audit,
+    explain); pass them to `resolve_model(fit=..., image_size=...)`."""
+    parser.add_argument(
+        "--fit",
+        choices=FIT_POLICIES,
+        help="how images become the square input: letterbox | crop | stretch (default: the "
+        "run's data.fit; letterbox for a backbone)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        metavar="PX",
+        help="input side in px (default: the run's data.image_size, else the backbone's native size)",
+    )
 
 
 def resolve_device(device: str) -> str:

@@ -75,6 +75,7 @@ def test_full_card_quotes_every_source(full_run):
     # training data from the run's manifest: per-class counts per split and the text sources
     assert "| scratch |" in md and "describe_boxes" in md
     assert "two separately pretrained encoders" not in md  # a tiny CLIP, not the default
+    assert "Input: letterbox, 64 px (aspect-preserving resize and padding" in md
     assert "Out-of-scope use" in md and "How to reproduce" in md
     assert f"domainclip finetune {run / 'config.yaml'} --out NEW_RUN" in md
     html = path.with_suffix(".html").read_text()
@@ -91,6 +92,17 @@ def test_missing_sections_say_which_command_produces_them(tmp_path, manifest_pat
     assert f"domainclip audit {run} --spec SPEC --gate" in md
     assert f"domainclip explain {run} --manifest {manifest_path} --limit 20 --sanity" in md
     assert "Training summary (result.json) not found" in md
+    assert "Input: letterbox, the backbone's native size" in md
+
+
+def test_card_of_a_run_from_before_fit_policies_says_crop(tmp_path, manifest_path):
+    cfg = _config(manifest_path)
+    del cfg["data"]["fit"], cfg["data"]["image_size"]
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    md = write_card(run).read_text()
+    assert "Input: crop, the backbone's native size (shorter side resized, centre crop" in md
 
 
 def test_card_cli_and_errors(full_run, tmp_path, capsys):

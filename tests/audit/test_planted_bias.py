@@ -30,7 +30,7 @@ from domainclip.audit.gate import FAIL, gate_checks
 from domainclip.audit.scores import ScoreTable, score_table
 from domainclip.audit.spec import parse_audit_spec
 from domainclip.audit.testing import PlantedBiasBackbone
-from domainclip.datasets import load_image, read_manifest
+from domainclip.datasets import eval_transform, load_image, read_manifest
 from domainclip.datasets.importers.synthetic import generate_synthetic
 from tests.audit.conftest import POSSIBLY, SEVERE
 
@@ -78,7 +78,8 @@ def pool(tmp_path_factory, tiny_backbone):
     out = tmp_path_factory.mktemp("planted_pool")
     generate_synthetic(out, n=160, size=64, seed=11, classes=CLASSES)
     rows = read_manifest(out / "manifest.csv").rows
-    pixels = torch.stack([tiny_backbone.preprocess_val(load_image(out / r.image)) for r in rows])
+    tf = eval_transform(tiny_backbone)
+    pixels = torch.stack([tf(load_image(out / r.image)) for r in rows])
     target = np.array([CLASSES.index(r.label[0]) for r in rows])
     return (
         _pool_table(tiny_backbone, pixels, target, 0.0),

@@ -40,7 +40,9 @@ def _strips(folder: Path, with_boxes: bool) -> Path:
 def test_metrics_json_and_report_carry_the_geometry(backbone_dir, tmp_path):
     manifest = _strips(tmp_path / "data", with_boxes=True)
     out = tmp_path / "eval"
-    m = evaluate(backbone_dir, manifest, "test", PROMPTS, out, n_boot=20, classes=CLASSES)
+    m = evaluate(
+        backbone_dir, manifest, "test", PROMPTS, out, n_boot=20, classes=CLASSES, fit="crop"
+    )
     g = m["geometry"]
     assert (g["policy"], g["size"], g["split"]) == ("crop", 64, "test")
     assert g["total"]["n_images"] == 6 and g["total"]["n_non_square"] == 6
@@ -67,7 +69,7 @@ def test_policy_option_and_no_geometry_without_annotations(backbone_dir, tmp_pat
         tmp_path / "lb",
         n_boot=0,
         classes=CLASSES,
-        fit_policy="letterbox",
+        fit="letterbox",
     )
     assert m["geometry"]["policy"] == "letterbox" and m["geometry"]["total"]["n_cut"] == 0
     # letterboxed at 64 px an 18 px box is 4.5 px and a 16 px one 4 px: none below 4 px

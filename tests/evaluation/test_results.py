@@ -64,6 +64,28 @@ def test_options_are_frozen_tuples() -> None:
         opts.n_boot = 3  # type: ignore[misc]
 
 
+def test_input_geometry_is_recorded_and_older_files_read_without_it(written) -> None:
+    result, _ = written
+    # a plain backbone: letterbox at its native size (64 px for the tiny CNN)
+    assert result.input is not None and vars(result.input) == {"fit": "letterbox", "image_size": 64}
+    assert result.to_json()["input"] == {"fit": "letterbox", "image_size": 64}
+    old = result.to_json()
+    del old["input"]  # written before fit policies
+    assert EvaluationResult.from_json(old).input is None
+    bad = result.to_json()
+    bad["input"] = {"fit": "letterbox", "image_size": "big"}
+    with pytest.raises(ResultFileError, match=r"'input.image_size'"):
+        EvaluationResult.from_json(bad)
+
+
+def test_fit_and_image_size_options_change_the_input(written, synthetic_manifest, tmp_path) -> None:
+    result, _ = written
+    options = EvaluationOptions(temperature=1.5, n_boot=0, fit="crop", image_size=96, write=False)
+    again = run_evaluation(result.model.spec, synthetic_manifest, "test", PROMPTS, None, options)
+    assert vars(again.input) == {"fit": "crop", "image_size": 96}
+    assert again.data.n_evaluated == result.data.n_evaluated
+
+
 def test_version_1_without_schema_is_migrated(written) -> None:
     result, _ = written
     old = result.to_json()

@@ -82,8 +82,6 @@ class ColourBackbone(Backbone):
 def colour_backbone() -> ColourBackbone:
     return ColourBackbone(
         model=_Tower(),
-        preprocess_train=to_tensor,
-        preprocess_val=to_tensor,
         tokenizer=None,
         family="test",
         image_arch="cnn",

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from domainclip.datasets.transforms import eval_transform
 from domainclip.explain import ExplainError
-from domainclip.explain.inputs import boxes_to_mask, mask_to_view, region_from_meta
+from domainclip.explain.inputs import boxes_to_mask, mask_to_view, prepare_image, region_from_meta
 from domainclip.explain.localisation import (
     energy_in_mask,
     localise,
@@ -99,15 +100,29 @@ def test_boxes_to_mask_uses_inclusive_pixel_corners():
 
 def test_masks_follow_the_backbone_resize_and_centre_crop(tiny_vit):
     """A 128x256 mask goes through the same shortest-side resize + centre crop as the image."""
+    crop = eval_transform(tiny_vit, "crop")
     mask = np.zeros((128, 256), dtype=bool)
     mask[:, 96:160] = True  # the middle quarter of the width = the middle half of the crop
-    view = mask_to_view(tiny_vit, mask)  # 64 px: resize to 64x128, crop x in [32, 96)
+    view = mask_to_view(tiny_vit, mask, crop)  # 64 px: resize to 64x128, crop x in [32, 96)
     assert view.shape == (64, 64)
     assert view[:, 17:47].all()
     assert not view[:, :15].any() and not view[:, 49:].any()
     left = np.zeros((128, 256), dtype=bool)
     left[:, :64] = True  # cropped away entirely
-    assert not mask_to_view(tiny_vit, left).any()
+    assert not mask_to_view(tiny_vit, left, crop).any()
+
+
+def test_masks_follow_the_default_letterbox(tiny_vit):
+    """Letterbox (the default): 128x256 -> 32x64 at y offset 16; no region is ever cut off."""
+    left = np.zeros((128, 256), dtype=bool)
+    left[:, :64] = True  # the part the crop policy cuts away
+    view = mask_to_view(tiny_vit, left)
+    assert view.shape == (64, 64)
+    assert view[16:48, :16].all() and not view[:, 16:].any()
+    assert not view[:16].any() and not view[48:].any()  # padding rows
+    inp = prepare_image(tiny_vit, Image.fromarray(np.zeros((128, 256, 3), np.uint8)))
+    assert inp.fit is not None and inp.fit.policy == "letterbox"
+    assert inp.fit.map_box((0, 0, 64, 128)) == (0.0, 16.0, 16.0, 48.0)
 
 
 def test_region_from_meta_prefers_masks(tmp_path):

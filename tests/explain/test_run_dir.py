@@ -71,3 +71,27 @@ def test_explain_a_run_writes_into_the_run(lora_run, synthetic_dir, capsys):
     for item in index["items"]:
         assert 0 < item["score"] < 1
         assert np.isfinite(np.load(lora_run / "explain" / item["map"])).all()
+
+
+def test_explain_at_another_input_size_and_fit(lora_run, synthetic_dir, tmp_path, capsys):
+    """--fit / --image-size override the run's input; the ViT maps come at that size (the
+    position embeddings are interpolated) and the index records the input."""
+    man = read_manifest(synthetic_dir / "manifest.csv")
+    row = next(r for r in man.rows if r.label != ["clean"])
+    out = tmp_path / "big"
+    rc = main(
+        [
+            "explain", str(lora_run), "--image", str(man.image_path(row)), "--text", row.text,
+            "--method", "gradcam", "--method", "rollout", "--fit", "crop", "--image-size", "96",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    index = json.loads((out / "index.json").read_text())
+    assert index["input"] == {"fit": "crop", "image_size": 96}
+    for item in index["items"]:
+        smap = np.load(out / item["map"])
+        assert smap.shape == (96, 96) and np.isfinite(smap).all()
+    from domainclip.runs import resolve_model
+
+    assert resolve_model(str(lora_run)).input["fit"] == "letterbox"  # the run's own (default)

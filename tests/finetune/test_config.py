@@ -60,6 +60,29 @@ def test_bad_values_name_the_allowed_range(override, needle):
     assert needle in str(e.value)
 
 
+def test_fit_policy_and_input_size_are_settings():
+    cfg = load_config(None, M)
+    assert cfg.data.fit == "letterbox" and cfg.data.image_size is None  # never discards pixels
+    cfg = load_config(None, [*M, "data.fit=crop", "data.image_size=448"])
+    assert cfg.data.fit == "crop" and cfg.data.image_size == 448
+    assert cfg.to_dict()["data"]["fit"] == "crop" and cfg.to_dict()["data"]["image_size"] == 448
+    with pytest.raises(ConfigError, match=r"data.fit = 'pad' is not allowed.*'letterbox', 'crop'"):
+        load_config(None, [*M, "data.fit=pad"])
+    with pytest.raises(ConfigError, match=r"data.image_size.*\[16, 4096\]"):
+        load_config(None, [*M, "data.image_size=8"])
+
+
+def test_saved_config_without_fit_migrates_to_crop(caplog):
+    """Runs written before fit policies trained with resize + centre crop."""
+    old = load_config(None, M).to_dict()
+    del old["data"]["fit"], old["data"]["image_size"]
+    with caplog.at_level("INFO", logger="domainclip.finetune.config"):
+        migrated = migrate_config_dict(old, "RUN/config.yaml")
+    assert migrated["data"]["fit"] == "crop" and "fit" not in old["data"]
+    assert "RUN/config.yaml: records no data.fit" in caplog.text
+    assert load_config(migrated).data.fit == "crop"
+
+
 def test_override_values_are_yaml():
     cfg = load_config(
         None, [*M, "optim.lr=5e-4", "data.classes=[a, b]", "method.tip_adapter.alpha=2"]
@@ -193,6 +216,20 @@ def test_resume_of_a_run_written_in_the_old_layout(tmp_path):
     other = load_config(None, [*M, "method.lora.r=4"])
     with pytest.raises(Exception, match=r"method.lora.r: 8 -> 4"):
         _prepare_run_dir(other, run, resume=True)
+
+
+def test_resume_of_a_run_written_before_fit_policies_keeps_its_crop(tmp_path):
+    from domainclip.finetune.run import _prepare_run_dir
+
+    old = load_config(None, M).to_dict()
+    del old["data"]["fit"], old["data"]["image_size"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    # it trained with crop: resuming with the new default would change its input
+    with pytest.raises(Exception, match=r"data.fit: 'crop' -> 'letterbox'"):
+        _prepare_run_dir(load_config(None, M), run, resume=True)
+    assert _prepare_run_dir(load_config(None, [*M, "data.fit=crop"]), run, resume=True) is None
 
 
 def test_resume_refuses_a_saved_config_with_a_key_twice(tmp_path):

@@ -24,11 +24,13 @@ from .conftest import tiny_config
 def _val_metrics_from_loaded(run, cfg):
     """Validation metrics recomputed from a reloaded run (images decoded afresh)."""
     from domainclip.finetune.data import image_batches, load_splits
+    from domainclip.runs import Run
 
     adapt = load_adaptation(run, "best")
     split = load_splits(cfg.data, cfg.train.seed).val
     feats, rows = [], []
-    for batch in image_batches(split, adapt.bb.preprocess_val, [list(range(len(split)))], 0, 0, 0):
+    preprocess = Run(run).preprocess(adapt.bb)  # the run's eval transform, as training used
+    for batch in image_batches(split, preprocess, [list(range(len(split)))], 0, 0, 0):
         feats.append(adapt.bb.encode_images(batch["image"]))
         rows += batch["rows"]
     from domainclip.scoring.prompts import load_prompt_set

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from domainclip.datasets.transforms import eval_transform, train_transform
 from domainclip.errors import BackboneError, ConfigError
 from domainclip.models import load_backbone, save_backbone
 from domainclip.models.testing import tiny_open_clip_backbone, write_tiny_hf_clip
@@ -34,7 +35,7 @@ def test_all_families_share_one_interface(default_bb, hf_dir):
     img = Image.new("RGB", (120, 90), (200, 40, 10))
     texts = ["a scratch on a steel surface", "a clean surface with no defects at all"]
     for bb in _backbones(default_bb, hf_dir):
-        x = torch.stack([bb.preprocess_val(img), bb.preprocess_train(img)])
+        x = torch.stack([eval_transform(bb)(img), train_transform(bb, "industrial", seed=0)(img)])
         assert x.shape == (2, 3, bb.image_size, bb.image_size)
         fi = bb.encode_images(x)
         ft = bb.encode_texts(texts)

@@ -122,3 +122,50 @@ def test_an_adapter_config_naming_missing_modules_is_a_clear_error(wide_clamp_ru
     configs[0].write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="adapter files of checkpoint .*last.*--checkpoint best"):
         Run(run).load("last")
+
+
+# --- input geometry: the run's data.fit / data.image_size, overrides, and older runs ------------
+
+
+def test_a_run_scores_at_the_input_it_trained_with(wide_clamp_run, tmp_path):
+    result = json.loads((wide_clamp_run / "result.json").read_text())
+    assert result["info"]["input"] == {"fit": "letterbox", "image_size": 64}  # native, default
+    r = resolve_model(wide_clamp_run, checkpoint="last")
+    assert r.input == {"fit": "letterbox", "image_size": 64}
+    over = resolve_model(wide_clamp_run, checkpoint="last", fit="crop", image_size=96)
+    assert over.input == {"fit": "crop", "image_size": 96}
+    # a backbone without a run: letterbox at its native size
+    assert resolve_model(tiny_open_clip_backbone("cnn")).input == {"fit": "letterbox", "image_size": 64}
+
+
+def test_a_run_written_before_fit_policies_loads_as_crop(wide_clamp_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old-run"
+    shutil.copytree(wide_clamp_run, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    del cfg["data"]["fit"], cfg["data"]["image_size"]
+    (old / "config.yaml").write_text(yaml.safe_dump(cfg))
+    run = Run(old)
+    assert run.input_settings() == ("crop", None)
+    assert run.config().data.fit == "crop" and run.setting("data.fit") == "crop"
+    assert resolve_model(old, checkpoint="last").input == {"fit": "crop", "image_size": 64}
+
+
+def test_a_run_trained_at_another_size_and_fit(tmp_path, tiny_vit, syn_manifest):  # noqa: F811
+    """A ViT trained at 1.5x its native size (position embeddings interpolated), with crop:
+    the run records it and every reader preprocesses the same way."""
+    cfg = tiny_config(tiny_vit, syn_manifest, "train.max_steps=2", "data.fit=crop", "data.image_size=96")
+    res = finetune(cfg, tmp_path / "run")
+    assert all(math.isfinite(v) for v in res.best_metrics.values())
+    assert res.info["input"] == {"fit": "crop", "image_size": 96}
+    r = resolve_model(tmp_path / "run", checkpoint="last")
+    assert r.input == {"fit": "crop", "image_size": 96}
+    from PIL import Image
+
+    pixels = r.preprocess(Image.new("RGB", (150, 100), (90, 30, 200))).unsqueeze(0)
+    assert pixels.shape == (1, 3, 96, 96)
+    feats = r.backbone.encode_images(pixels)
+    assert feats.shape[0] == 1 and torch.isfinite(feats).all()
