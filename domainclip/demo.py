@@ -31,6 +31,9 @@ MARKER = ".domainclip-demo"  # only directories carrying it are ever cleared by 
 DEMO_CONFIG = "configs/demo_synthetic_lora.yaml"
 PROMPTS = "configs/prompts/synthetic.yaml"
 AUDIT_SPEC = "synthetic"
+# A sixth of the demo's images are 2:1 strips (the rest square), so the data has the non-square
+# geometry of real inspection images; every class gets the same mix.
+DEMO_ASPECTS: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
 
 
 @dataclass
@@ -39,7 +42,13 @@ class DemoSettings:
 
     out: Path = Path("demo_out")
     n_images: int = field(default=240, metadata={"help": "synthetic images to generate"})
-    image_size: int = field(default=128, metadata={"help": "side of the generated images (px)"})
+    image_size: int = field(
+        default=128, metadata={"help": "shorter side of the generated images (px)"}
+    )
+    aspects: tuple[float, ...] = field(
+        default=DEMO_ASPECTS,
+        metadata={"help": "width/height of the generated images, in turn within every class"},
+    )
     steps: int | None = field(
         default=None, metadata={"help": "fine-tuning steps (default: the config's)"}
     )
@@ -125,7 +134,8 @@ def _make_data(settings: DemoSettings, paths: _Paths, timings: dict[str, float])
     from domainclip.models import load_tokenizer
 
     imported = _step(
-        "1/8 generate a synthetic defect data set (textures with scratches, pits, cracks, patches)",
+        "1/8 generate a synthetic defect data set (scratches, pits, cracks, patches; square and "
+        "non-square images)",
         lambda: run_import(
             "synthetic",
             None,
@@ -133,6 +143,7 @@ def _make_data(settings: DemoSettings, paths: _Paths, timings: dict[str, float])
             seed=settings.seed,
             n=settings.n_images,
             size=settings.image_size,
+            aspects=settings.aspects,
         ),
         timings,
     )
@@ -279,12 +290,15 @@ def _audit_and_card(
 
 
 def _cli(args: argparse.Namespace) -> int:
+    from domainclip.datasets.importers.synthetic import parse_aspects
+
     settings = DemoSettings(
         out=Path(args.out),
         n_images=args.n,
         steps=args.steps,
         seed=args.seed,
         explain_images=args.explain,
+        aspects=parse_aspects(args.aspects) or DEMO_ASPECTS,
     )
     run_demo(settings)
     return 0
@@ -304,4 +318,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--explain", type=int, default=4, help="test images to explain")
+    p.add_argument(
+        "--aspects",
+        metavar="LIST",
+        help="width/height ratios of the generated images, e.g. 1 for squares only "
+        "(default: 1,1,1,1,1,2: a sixth 2:1)",
+    )
     p.set_defaults(func=_cli)

@@ -96,6 +96,10 @@ def _import(args: argparse.Namespace) -> int:
         "group_pattern": args.group_pattern,
         "n": args.n,
         "size": args.size,
+        "width": args.width,
+        "height": args.height,
+        "aspects": args.aspects,
+        "defect_size": args.defect_size,
         "classes": [c.strip() for c in args.classes.split(",") if c.strip()]
         if args.classes
         else None,
@@ -151,7 +155,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder: regex with one capture group, searched in the file name, giving the group id",
     )
     i.add_argument("--n", type=int, help="synthetic: number of images")
-    i.add_argument("--size", type=int, help="synthetic: image side in pixels")
+    i.add_argument(
+        "--size",
+        type=int,
+        help="synthetic: image side in pixels (default 128); with --aspects the shorter side",
+    )
+    i.add_argument("--width", type=int, help="synthetic: every image's width (with --height)")
+    i.add_argument("--height", type=int, help="synthetic: every image's height (with --width)")
+    i.add_argument(
+        "--aspects",
+        metavar="LIST",
+        help="synthetic: width/height ratios mixed in every class, e.g. 1,8:3 (repeat one to "
+        "weight it: 1,1,1,2 makes a quarter 2:1)",
+    )
+    i.add_argument(
+        "--defect-size",
+        metavar="LO-HI",
+        help="synthetic: longer side of every defect's box in pixels, e.g. 8-24 (default: "
+        "relative to the image)",
+    )
     i.add_argument("--classes", help="synthetic: comma-separated defect classes")
     i.set_defaults(func=_import)
 

@@ -119,6 +119,22 @@ def test_import_synthetic_then_validate(tmp_path, capsys):
     assert main(["data", "validate", str(out_dir / "manifest.csv"), "--backbone", "none"]) == 0
 
 
+def test_import_synthetic_geometry_flags(tmp_path, capsys):
+    out_dir = tmp_path / "strip"
+    args = ["data", "import", "synthetic", "--out", str(out_dir), "--n", "5"]
+    rc = main([*args, "--width", "300", "--height", "100", "--defect-size", "6-12"])
+    assert rc == 0 and "300x100 px, defects 6-12 px" in capsys.readouterr().out
+    for row in read_manifest(out_dir / "manifest.csv"):
+        assert (row.meta["width"], row.meta["height"]) == ("300", "100")
+        for x0, y0, x1, y1, _ in json.loads(row.meta["boxes"]):
+            assert 6 <= max(x1 - x0, y1 - y0) <= 12
+    rc = main([*args, "--size", "40", "--aspects", "1,5:2"])
+    assert rc == 0 and "40x40 px (3), 100x40 px (2)" in capsys.readouterr().out
+    rc = main([*args, "--aspects", "1,x"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "W:H (8:3)" in err and "Traceback" not in err
+
+
 def test_import_requires_src_for_real_kinds(tmp_path, capsys):
     rc = main(["data", "import", "neu-det", "--out", str(tmp_path / "x")])
     assert rc == 2 and "SRC" in capsys.readouterr().err

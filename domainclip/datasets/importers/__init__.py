@@ -5,7 +5,8 @@ Kinds (``domainclip data import KIND SRC --out OUT``):
 * ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); texts from the boxes.
 * ``covid-cxr``: the COVID-19 chest X-ray collection (metadata.csv, images/).
 * ``folder``: one folder per class, optional per-class text templates.
-* ``synthetic``: generated metal-surface defects with masks (no SRC; used by the demo).
+* ``synthetic``: generated metal-surface defects with exact masks and boxes (no SRC; used by the
+  demo); square or any size or mix of aspect ratios, defect sizes relative or in pixels.
 
 Real data sets are never copied: image paths in the manifest are relative to OUT and point at
 the source. Splits are group-aware and stratified (`domainclip.datasets.splits`), and every
@@ -60,7 +61,10 @@ IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
     "neu-det": (_neu_det, ("multi_label",)),
     "covid-cxr": (_covid_cxr, ()),
     "folder": (_folder, ("templates", "group_pattern")),
-    "synthetic": (_synthetic, ("n", "size", "classes")),
+    "synthetic": (
+        _synthetic,
+        ("n", "size", "classes", "width", "height", "aspects", "defect_size"),
+    ),
 }
 
 
@@ -89,7 +93,7 @@ def run_import(
         seed: seed for the split assignment (and the synthetic generator).
         val_frac, test_frac: fractions of rows (by group) for validation and test.
         **options: kind-specific options (neu-det: multi_label; folder: templates,
-            group_pattern; synthetic: n, size, classes). Options set to None are ignored,
+            group_pattern; synthetic: n, size, classes, width, height, aspects, defect_size). Options set to None are ignored,
             so a command line can pass its unset flags through.
 
     Returns:
