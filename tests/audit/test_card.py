@@ -162,7 +162,7 @@ def test_card_shows_the_input_geometry_of_the_evaluations(full_run, tmp_path):
     run, metrics, _ = full_run
     md = write_card(run).read_text()
     n = metrics["geometry"]["total"]["n_images"]
-    assert f"Input geometry (fit crop at 64 px): 0 of {n} images are non-square." in md
+    assert f"Input geometry (fit letterbox at 64 px): 0 of {n} images are non-square." in md
     total = metrics["geometry"]["total"]
     assert total["n_cut"] == 0 and "outside the model's input" not in md  # square: nothing cut
     row = f"| total | {total['n_findings']} | 0 | 0 | {total['n_small']} |"
