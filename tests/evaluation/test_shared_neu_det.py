@@ -59,9 +59,9 @@ def test_untrained_default_on_neu_det_subset(neu_det_dir, tmp_path):
     assert r["retrieval"]["n_images"] == 60
     assert 0.0 <= r["retrieval"]["t2i_R@10"]["value"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").is_file()
-    # 200 x 200 images, boxes of at least 8 px: crop at the input size cuts and shrinks nothing
+    # 200 x 200 images, boxes of at least 8 px: the default letterbox at the input size cuts and shrinks nothing
     g = r["geometry"]
-    assert g["policy"] == "crop" and g["total"]["n_images"] == 60 and g["total"]["n_findings"] > 60
+    assert g["policy"] == "letterbox" and g["total"]["n_images"] == 60 and g["total"]["n_findings"] > 60
     assert g["total"]["n_non_square"] == 0 and g["total"]["n_cut"] == 0
     assert g["total"]["n_mostly_cut"] == 0 and g["total"]["n_small"] == 0
     print(
