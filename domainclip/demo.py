@@ -158,7 +158,20 @@ def _make_data(settings: DemoSettings, paths: _Paths, timings: dict[str, float])
     print("   " + report.format().replace("\n", "\n   "))
     if not report.ok:
         raise ConfigError(f"the generated manifest {manifest} did not validate; see above")
+    _geometry(manifest)
     return manifest
+
+
+def _geometry(manifest: Path) -> None:
+    """What each fit policy would do to the annotated defects at the model's input (the demo mixes
+    in 2:1 images, so `crop` cuts some findings off while the default `letterbox` keeps them)."""
+    from domainclip.datasets.geometry import FIT_POLICIES
+    from domainclip.datasets.geometry_report import format_comparison, geometry_reports
+    from domainclip.models.default import DEFAULT_IMAGE_SIZE
+
+    reports = geometry_reports(manifest, DEFAULT_IMAGE_SIZE, list(FIT_POLICIES))
+    print("   geometry at the model's input (`domainclip data validate --fit ...`):")
+    print("   " + format_comparison(reports).replace("\n", "\n   "))
 
 
 def _baseline(
