@@ -552,6 +552,8 @@ def _geometry(inp: _Inputs) -> GeometryReport | None:
     if not annotated:
         return None
     fit = inp.resolved.input
+    if fit["fit"] == "tile":  # tiles keep every pixel at native resolution: nothing is cut or shrunk
+        return None
     return geometry_report(inp.man, int(fit["image_size"]), fit["fit"], split=split)
 
 

@@ -112,10 +112,22 @@ class TemperatureUsed:
 
 @dataclass(frozen=True)
 class InputUsed:
-    """The input geometry images were scored at: fit policy and input side S in px."""
+    """The input geometry images were scored at: fit policy and input side S in px; for fit
+    "tile" also `tile` {size (original px, null = S), overlap, aggregate}."""
 
     fit: str
     image_size: int
+    tile: dict | None = None
+
+    def describe(self) -> str:
+        """'letterbox, 224 px' or 'tile, 224 px tiles of 224 px, overlap 0.25, lse'."""
+        if self.tile is None:
+            return f"{self.fit}, {self.image_size} px"
+        t = self.tile
+        return (
+            f"tile, {self.image_size} px input from {t.get('size') or self.image_size} px tiles, "
+            f"overlap {t.get('overlap')}, {t.get('aggregate')}"
+        )
 
 
 @dataclass(frozen=True)
@@ -190,7 +202,7 @@ class EvaluationResult(ResultFile):
             "seconds": self.seconds,
         }
         if self.input is not None:
-            out["input"] = vars(self.input).copy()
+            out["input"] = {k: v for k, v in vars(self.input).items() if v is not None}
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting
         if self.shortcut is not None:
