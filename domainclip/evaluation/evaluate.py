@@ -135,7 +135,7 @@ def _fit_on_val(
     bb = resolved.backbone
     emb = embed_split(bb, man, val_split, transform=resolved.preprocess)
     tgt = build_targets(emb.rows, task.classes, task.ps, skip_uncovered=skip_uncovered)
-    logits = task.logits(bb, emb.image_feats[tgt.keep])
+    logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
     multi = task.ps.multi_label
     y = torch.as_tensor(tgt.y)
     t = fit_temperature_fn(logits, y, multi)
@@ -384,7 +384,7 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
         prompt_texts += [t for ts in ps.negative_texts(classes).values() for t in ts]
     text_feats = embed_unique_texts(bb, prompt_texts + texts)
     task = ZeroShotTask.build(bb, ps, classes, cache=text_feats)
-    logits = task.logits(bb, emb.image_feats[tgt.keep])
+    logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
 
     cal, t_info = _calibrator(
         inp.resolved,
