@@ -25,7 +25,12 @@ from typing import Any
 from domainclip.calibrators import Calibrator, TemperatureCalibrator, load_calibrator
 from domainclip.calibrators import save_calibration as _save_calibration
 from domainclip.datasets.tiling import TileSettings
-from domainclip.datasets.transforms import DEFAULT_FIT, INPUT_POLICIES, ImageTransform, eval_transform
+from domainclip.datasets.transforms import (
+    DEFAULT_FIT,
+    INPUT_POLICIES,
+    ImageTransform,
+    eval_transform,
+)
 from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import LORA_DIRS, Adaptation, prepare
