@@ -111,3 +111,29 @@ def test_bad_settings_are_config_errors():
     plan = plan_tiles(300, 100, 100)
     with pytest.raises(ConfigError, match="one map per tile"):
         plan.stitch([np.zeros((100, 100))])
+
+
+def test_tile_transform_and_collate():
+    import torch
+
+    from domainclip.datasets.torch_dataset import collate_samples
+    from domainclip.datasets.transforms import build_transform
+
+    tf = build_transform("none", 64, (0.5,) * 3, (0.25,) * 3, train=False, fit="tile", tile=TileSettings(overlap=0.25))
+    img = Image.new("RGB", (200, 70), (128, 128, 128))
+    mask = np.zeros((70, 200), np.uint8)
+    mask[10:20, 150:160] = 1
+    out = tf({"image": img, "mask": mask, "boxes": [[150, 10, 160, 20, "pit"]]})
+    plan = out["fit"]
+    assert out["image"].shape == (len(plan), 3, 64, 64) and out["mask"].shape == (len(plan), 64, 64)
+    assert tf.input == {"fit": "tile", "image_size": 64, "tile": {"size": None, "overlap": 0.25, "aggregate": "lse"}}
+    holding = [k for k, b in enumerate(out["boxes"]) if b]
+    assert holding and all(out["mask"][k].sum() > 0 for k in holding)
+    np.testing.assert_array_equal(plan.stitch(out["mask"].numpy().astype(float)), mask)
+    with pytest.raises(ConfigError, match="plan_tiles"):
+        tf.plan(200, 70)
+    sample = {"image": out["image"], "text": "t", "label": ["pit"], "group": "g", "path": "p", "meta": {}, "index": 0}
+    small = dict(sample, image=tf(Image.new("RGB", (50, 40))), index=1)
+    batch = collate_samples([sample, None, small], ["pit"])
+    assert batch["n_tiles"] == [len(plan), 1] and batch["image"].shape[0] == len(plan) + 1
+    assert torch.equal(batch["image"][: len(plan)], out["image"])
