@@ -65,7 +65,8 @@ class ExplainSettings:
         prompt_b: optional second prompt; adds a contrast map (A - B) per method.
         token_attribution: also attribute the text to its words.
         options: method options, e.g. {"ig": {"steps": 32, "baseline": "black"}}.
-        tolerance: pointing-game tolerance in pixels of the model input.
+        tolerance: pointing-game tolerance in pixels of the map (the model input; the original
+            image for tiled inputs); pointing_tolerance: the tolerant pointing reported beside.
         seed: seed of the randomised model copy and the random pixel orders.
     """
 
@@ -78,6 +79,7 @@ class ExplainSettings:
     token_attribution: bool = False
     options: dict[str, dict] = field(default_factory=dict)
     tolerance: float = 0.0
+    pointing_tolerance: float = 15.0
     seed: int = 0
 
 
@@ -188,7 +190,7 @@ def _explain_row(
         map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
         loc = None
         if view_mask is not None and "localisation" in sess.s.checks:
-            loc = localise(sal.map, view_mask, sess.s.tolerance)
+            loc = localise(sal.map, view_mask, sess.s.tolerance, sess.s.pointing_tolerance)
         item = IndexItem(
             row=row,
             image=inp.path,
