@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from domainclip.datasets.transforms import ImageTransform, eval_transform
 from domainclip.errors import DomainClipError
@@ -47,6 +48,7 @@ from domainclip.explain.sanity import (
     spearman,
 )
 from domainclip.explain.text import token_attribution
+from domainclip.explain.tiles import stitched
 from domainclip.models import Backbone
 
 log = logging.getLogger(__name__)
@@ -121,16 +123,24 @@ class _Session:
     def explain(
         self, explainer: ImageExplainer, inp: ModelInput, prompt: str, method: str, pool: list[str]
     ) -> SaliencyMap:
-        """`pool`: the row's prompts (text, prompt_b); with `others` they form the softmax set."""
-        return explainer.explain(
-            inp.pixels,
-            prompt,
-            method,
-            others=competitors(prompt, [*pool, *self.s.others]),
-            score=self.s.score,
-            temperature=self.s.temperature,
-            **self.s.options.get(method, {}),
-        )
+        """`pool`: the row's prompts (text, prompt_b); with `others` they form the softmax set.
+        Tiled inputs: each tile explained on its own, stitched (`explain.tiles.stitched`)."""
+
+        def one(pixels: torch.Tensor) -> SaliencyMap:
+            return explainer.explain(
+                pixels,
+                prompt,
+                method,
+                others=competitors(prompt, [*pool, *self.s.others]),
+                score=self.s.score,
+                temperature=self.s.temperature,
+                **self.s.options.get(method, {}),
+            )
+
+        if inp.tiles is None:
+            return one(inp.pixels)
+        aggregate = getattr(self.preprocess.tile, "aggregate", "lse")
+        return stitched(one, inp.pixels, inp.tiles, aggregate)
 
 
 def _write_map(
@@ -145,6 +155,8 @@ def _write_map(
 
 def _sanity(sess: _Session, inp: ModelInput, sal: SaliencyMap, pool: list[str]) -> dict:
     checks, out = sess.s.checks, {}
+    if inp.tiles is not None:
+        checks = [c for c in checks if c == "localisation"]  # sanity checks run on one input
     if "randomisation" in checks:
         rand = sess.explain(sess.random_explainer(), inp, sal.prompt, sal.method, pool)
         out["randomisation_spearman"] = spearman(sal.map, rand.map)
@@ -210,7 +222,8 @@ def _explain_row(
         items.append(item)
         if sess.s.prompt_b:
             items.append(_contrast_item(sess, inp, item, sal, pool, stem))
-    return items, _tokens(sess, inp, prompt, row) if sess.s.token_attribution else None
+    tokens = sess.s.token_attribution and inp.tiles is None  # token attribution needs one input
+    return items, _tokens(sess, inp, prompt, row) if tokens else None
 
 
 def _contrast_item(
