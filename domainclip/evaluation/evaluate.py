@@ -422,7 +422,7 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         classification=report_fn(s.p_cal, s.tgt.y, classes, n_boot=n_boot, seed=seed),
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
-        input=InputUsed(**inp.resolved.input),
+        input=InputUsed.of(inp.resolved.input),
     )
 
 

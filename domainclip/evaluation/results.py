@@ -112,18 +112,31 @@ class TemperatureUsed:
 
 @dataclass(frozen=True)
 class InputUsed:
-    """The input geometry images were scored at: fit policy and input side S in px; for fit
-    "tile" also `tile` {size (original px, null = S), overlap, aggregate}."""
+    """The input geometry images were scored at: fit policy and input side S in px (fit "tile":
+    `TiledInputUsed`)."""
 
     fit: str
     image_size: int
+
+    def describe(self) -> str:
+        """'letterbox, 224 px'."""
+        return f"{self.fit}, {self.image_size} px"
+
+    @staticmethod
+    def of(data: dict) -> InputUsed:
+        """From `ImageTransform.input` ({fit, image_size, tile?})."""
+        return TiledInputUsed(**data) if data.get("tile") is not None else InputUsed(**data)
+
+
+@dataclass(frozen=True)
+class TiledInputUsed(InputUsed):
+    """`fit: tile`: also `tile` {size (original px, null = S), overlap, aggregate}."""
+
     tile: dict | None = None
 
     def describe(self) -> str:
-        """'letterbox, 224 px' or 'tile, 224 px tiles of 224 px, overlap 0.25, lse'."""
-        if self.tile is None:
-            return f"{self.fit}, {self.image_size} px"
-        t = self.tile
+        """'tile, 224 px input from 224 px tiles, overlap 0.25, lse'."""
+        t = self.tile or {}
         return (
             f"tile, {self.image_size} px input from {t.get('size') or self.image_size} px tiles, "
             f"overlap {t.get('overlap')}, {t.get('aggregate')}"
@@ -202,7 +215,7 @@ class EvaluationResult(ResultFile):
             "seconds": self.seconds,
         }
         if self.input is not None:
-            out["input"] = {k: v for k, v in vars(self.input).items() if v is not None}
+            out["input"] = vars(self.input).copy()
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting
         if self.shortcut is not None:
@@ -299,7 +312,9 @@ def _geometry(f: Fields | None) -> GeometryReport | None:
 
 
 def _input(f: Fields | None) -> InputUsed | None:
-    return None if f is None else f.build(InputUsed)
+    if f is None:
+        return None
+    return f.build(TiledInputUsed if "tile" in f.data else InputUsed)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:
