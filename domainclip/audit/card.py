@@ -113,6 +113,12 @@ def _input_line(cfg: dict, result: dict | None) -> str:
         "crop": "shorter side resized, centre crop: the ends of non-square images are cut off",
         "stretch": "both sides resized: shapes distorted",
     }.get(fit, "")
+    if fit == "tile":
+        tile = data.get("tile") if isinstance(data.get("tile"), dict) else {}
+        meaning = (
+            f"overlapping {tile.get('size') or 'input-sized'} px tiles at native resolution, overlap "
+            f"{tile.get('overlap', 0.25)}; image scores aggregate tile scores ({tile.get('aggregate', 'lse')})"
+        )
     return f"Input: {fit}, {side}" + (f" ({meaning})" if meaning else "")
 
 

@@ -137,7 +137,10 @@ def _collate(batch):
     ok = [b for b in batch if b is not None]
     if not ok:
         return None
-    return [i for i, _ in ok], torch.stack([img for _, img in ok])
+    imgs = [img for _, img in ok]
+    if imgs[0].dim() == 4:  # fit: tile -> [sum T, 3, S, S] and the tiles per image
+        return [i for i, _ in ok], torch.cat(imgs), [len(t) for t in imgs]
+    return [i for i, _ in ok], torch.stack(imgs), None
 
 
 def embed_rows(
@@ -147,7 +150,9 @@ def embed_rows(
     batch_size: int = 32,
     num_workers: int = 0,
 ) -> tuple[torch.Tensor, list[int], dict[str, str]]:
-    """Embed every row's image once with `model.preprocess` + `model.backbone.encode_images`.
+    """Embed every row's image once with `model.preprocess` + `model.backbone.encode_images`
+    (`fit: tile`: every tile, one pooled feature per image; the audit scores that feature, not
+    aggregated tile logits).
 
     Returns:
         (features [M, D] of the readable images, positions (into `rows`) of those images,
@@ -172,8 +177,13 @@ def embed_rows(
     for batch in loader:
         if batch is None:
             continue
-        positions, pixels = batch
-        feats.append(model.backbone.encode_images(pixels, batch_size=batch_size))
+        positions, pixels, counts = batch
+        f = model.backbone.encode_images(pixels, batch_size=batch_size)
+        if counts is not None:  # tiled: the pooled (normalised mean) tile feature per image
+            from domainclip.scoring.tiles import TiledFeatures
+
+            f = TiledFeatures(f, counts).pooled()
+        feats.append(f)
         kept.extend(positions)
     if not feats:
         raise DataError(

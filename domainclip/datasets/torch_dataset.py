@@ -152,6 +152,9 @@ def collate_samples(
         meta             list[dict[str, str]] (B)
         index            list[int]            (B)
         n_dropped        int                  (failed samples removed from this batch)
+        n_tiles          list[int] | None     (B) tiles per image when images are tiled
+                                              (`fit: tile`, image Tensor[T_i, 3, S, S]): then
+                                              image is FloatTensor[sum T_i, 3, S, S], in order
     """
     ok = [s for s in batch if s is not None]
     n_dropped = len(batch) - len(ok)
@@ -168,8 +171,10 @@ def collate_samples(
             multi_hot[b, idx] = 1.0
         if s["label"] and s["label"][0] in lookup:
             first[b] = lookup[s["label"][0]]
+    tiled = ok[0]["image"].dim() == 4
     return {
-        "image": torch.stack([s["image"] for s in ok]),
+        "image": torch.cat([s["image"] for s in ok]) if tiled else torch.stack([s["image"] for s in ok]),
+        "n_tiles": [int(s["image"].shape[0]) for s in ok] if tiled else None,
         "text": [s["text"] for s in ok],
         "label": [s["label"] for s in ok],
         "label_multi_hot": multi_hot,

@@ -21,6 +21,10 @@ mask and boxes with the image through the same `Fit` and the same augmentation d
 
 Other keys of the dict are passed through unchanged.
 
+`fit: tile` (`domainclip.datasets.tiling`): the image becomes ``Tensor[T, 3, S, S]``, T
+overlapping tiles at native resolution (each tile augmented on its own draw); a dict's mask is
+``Tensor[T, S, S]``, its boxes one list per tile, its "fit" the `TilePlan`.
+
 Presets:
     ``industrial``: horizontal/vertical flips, 90-degree rotations (surface textures have no
         canonical orientation), mild brightness/contrast.
@@ -44,6 +48,7 @@ import numpy as np
 from PIL import Image
 
 from domainclip.datasets.geometry import FIT_POLICIES, Fit, plan_fit
+from domainclip.datasets.tiling import TilePlan, TileSettings, plan_tiles
 from domainclip.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -51,6 +56,9 @@ if TYPE_CHECKING:
 
 PRESETS: tuple[str, ...] = ("industrial", "cxr", "none")
 DEFAULT_FIT = "letterbox"
+INPUT_POLICIES: tuple[str, ...] = (*FIT_POLICIES, "tile")
+"""Every `data.fit` / `--fit`: the single-input policies of `plan_fit` plus `tile` (an image as
+overlapping tiles at native resolution, `domainclip.datasets.tiling`)."""
 
 
 def _augmentations(preset: str) -> list[Any]:
@@ -100,6 +108,7 @@ class ImageTransform:
         train: bool,
         seed: int | None,
         fit: str = DEFAULT_FIT,
+        tile: TileSettings | None = None,
     ) -> None:
         import albumentations as A
         from albumentations.pytorch import ToTensorV2
@@ -111,6 +120,7 @@ class ImageTransform:
         self.train = train
         self.seed = seed
         self.fit = fit
+        self.tile = (tile or TileSettings()) if fit == "tile" else None
         # Letterbox padding in the mean colour: exactly 0 after normalising.
         self.fill = tuple(round(m * 255) for m in self.mean)
         augs = _augmentations(preset) if train else []
@@ -129,13 +139,29 @@ class ImageTransform:
         )
 
     @property
+    def tiled(self) -> bool:
+        """True for `fit: tile`: images become Tensor[T, 3, S, S] (T tiles per image)."""
+        return self.tile is not None
+
+    @property
     def input(self) -> dict[str, Any]:
-        """The input geometry this transform produces: {"fit": policy, "image_size": S}."""
-        return {"fit": self.fit, "image_size": self.image_size}
+        """The input geometry this transform produces: {"fit": policy, "image_size": S} (and
+        "tile": {size, overlap, aggregate} for `fit: tile`)."""
+        out: dict[str, Any] = {"fit": self.fit, "image_size": self.image_size}
+        if self.tile is not None:
+            out["tile"] = self.tile.to_dict()
+        return out
 
     def plan(self, width: int, height: int) -> Fit:
-        """The `Fit` of a width x height image into this transform's input."""
+        """The `Fit` of a width x height image into this transform's input (not for `tile`:
+        see `plan_tiles`)."""
+        if self.tile is not None:
+            raise ConfigError("fit 'tile' has one Fit per tile: use the transform's plan_tiles(w, h)")
         return plan_fit(width, height, self.image_size, self.fit)
+
+    def plan_tiles(self, width: int, height: int) -> TilePlan:
+        """The `TilePlan` of a width x height image under this transform (`fit: tile`)."""
+        return plan_tiles(width, height, self.image_size, self.tile)
 
     def reseed(self, seed: int | None) -> None:
         """Restart the augmentation random stream from `seed`."""
@@ -158,6 +184,8 @@ class ImageTransform:
     def _run(self, img: Image.Image, mask: Any, boxes: Sequence[Sequence[Any]]) -> dict[str, Any]:
         if img.mode != "RGB":
             img = img.convert("RGB")
+        if self.tile is not None:
+            return self._run_tiles(img, mask, boxes)
         fit = self.plan(*img.size)
         # np.array copies: PIL buffers are read-only, torch wants writable arrays
         data: dict[str, Any] = {"image": np.array(fit.apply(img, fill=self.fill))}
@@ -179,11 +207,59 @@ class ImageTransform:
             "fit": fit,
         }
 
+    def _run_tiles(self, img: Image.Image, mask: Any, boxes: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """`fit: tile`: every tile through the pipeline (each its own augmentation draw).
+
+        Returns image Tensor[T, 3, S, S], mask Tensor[T, S, S] | None, boxes: per tile the boxes in
+        its input pixels (extra fields kept), boxes_dropped (boxes no tile holds), fit: the TilePlan.
+        """
+        plan = self.plan_tiles(*img.size)
+        crops = plan.crops(img, fill=self.fill)
+        masks = [None] * len(plan) if mask is None else list(plan.map_mask(np.asarray(_mask_image(mask, img.size))))
+        per_box = [plan.map_box(tuple(float(v) for v in b[:4])) for b in boxes]
+        images, out_masks, out_boxes = [], [], []
+        for k, crop in enumerate(crops):
+            tile_boxes = [[*m[k], *b[4:]] for m, b in zip(per_box, boxes, strict=True) if m[k] is not None]
+            part = self._run_one(crop, masks[k], tile_boxes)
+            images.append(part["image"])
+            out_masks.append(part["mask"])
+            out_boxes.append(part["boxes"])
+        return {
+            "image": _stack(images),
+            "mask": None if mask is None else _stack(out_masks),
+            "boxes": out_boxes,
+            "boxes_dropped": sum(all(m is None for m in mb) for mb in per_box),
+            "fit": plan,
+        }
+
+    def _run_one(self, tile: Image.Image, mask: np.ndarray | None, boxes: list[list[Any]]) -> dict[str, Any]:
+        """One tile's input (already size x size) through augmentation and normalisation."""
+        data: dict[str, Any] = {"image": np.array(tile)}
+        if mask is not None:
+            data["mask"] = np.array(mask)
+        if self._box_params is not None:
+            data.update(
+                bboxes=np.asarray([b[:4] for b in boxes], dtype=np.float64).reshape(-1, 4),
+                box_index=list(range(len(boxes))),
+            )
+        out = self._pipeline(**data)
+        if self._box_params is not None:
+            boxes = [[*map(float, b), *boxes[int(i)][4:]] for b, i in zip(out["bboxes"], out["box_index"], strict=True)]
+        return {"image": out["image"].float(), "mask": out.get("mask"), "boxes": boxes}
+
     def __repr__(self) -> str:
+        tile = f", tile={self.tile.to_dict()}" if self.tile is not None else ""
         return (
             f"ImageTransform(preset={self.preset!r}, fit={self.fit!r}, "
-            f"image_size={self.image_size}, train={self.train}, seed={self.seed})"
+            f"image_size={self.image_size}, train={self.train}, seed={self.seed}{tile})"
         )
+
+
+def _stack(items: list[Any]) -> Any:
+    """torch.stack (torch imported lazily, as albumentations' ToTensorV2 does)."""
+    import torch
+
+    return torch.stack([i if isinstance(i, torch.Tensor) else torch.as_tensor(i) for i in items])
 
 
 def _mask_image(mask: Any, size: tuple[int, int]) -> Image.Image:
@@ -227,6 +303,7 @@ def build_transform(
     train: bool,
     seed: int | None = None,
     fit: str = DEFAULT_FIT,
+    tile: TileSettings | None = None,
 ) -> ImageTransform:
     """Build the transform for a domain preset.
 
@@ -236,7 +313,8 @@ def build_transform(
         mean, std: per-channel normalisation in 0..1 units (the backbone's `mean`/`std`).
         train: augment (True) or the deterministic eval transform (False).
         seed: seed of the augmentation stream; None draws fresh entropy.
-        fit: geometry policy, one of `FIT_POLICIES` (letterbox, crop, stretch).
+        fit: geometry policy, one of `INPUT_POLICIES` (letterbox, crop, stretch, tile).
+        tile: the tile settings of `fit: tile` (None: `TileSettings()` defaults).
 
     Returns:
         Callable mapping an RGB PIL image to Tensor[3, S, S] (or a sample dict to a dict).
@@ -245,17 +323,17 @@ def build_transform(
         raise ConfigError(
             f"unknown transform preset {preset!r}; choose one of {', '.join(PRESETS)}"
         )
-    if fit not in FIT_POLICIES:
-        raise ConfigError(f"unknown fit policy {fit!r}; choose one of {', '.join(FIT_POLICIES)}")
+    if fit not in INPUT_POLICIES:
+        raise ConfigError(f"unknown fit policy {fit!r}; choose one of {', '.join(INPUT_POLICIES)}")
     if not isinstance(image_size, int | np.integer) or int(image_size) < 1:
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ConfigError(f"mean and std need 3 values each (std > 0), got {mean!r}, {std!r}")
-    return ImageTransform(preset, int(image_size), mean, std, train, seed, fit)
+    return ImageTransform(preset, int(image_size), mean, std, train, seed, fit, tile)
 
 
 def eval_transform(
-    bb: Backbone, fit: str = DEFAULT_FIT, image_size: int | None = None
+    bb: Backbone, fit: str = DEFAULT_FIT, image_size: int | None = None, tile: TileSettings | None = None
 ) -> ImageTransform:
     """THE evaluation transform of a backbone: `fit` geometry at `image_size` (None: the
     backbone's native `image_size`), normalised with its mean/std, no augmentation.
@@ -265,7 +343,7 @@ def eval_transform(
     """
     return build_transform(
         "none", bb.image_size if image_size is None else image_size, bb.mean, bb.std,
-        train=False, fit=fit,
+        train=False, fit=fit, tile=tile,
     )
 
 
@@ -275,9 +353,10 @@ def train_transform(
     fit: str = DEFAULT_FIT,
     image_size: int | None = None,
     seed: int | None = None,
+    tile: TileSettings | None = None,
 ) -> ImageTransform:
     """The training transform: `eval_transform`'s geometry plus the `preset` augmentations."""
     return build_transform(
         preset, bb.image_size if image_size is None else image_size, bb.mean, bb.std,
-        train=True, seed=seed, fit=fit,
+        train=True, seed=seed, fit=fit, tile=tile,
     )

@@ -30,7 +30,7 @@ def _summary(r: EvaluationResult) -> str:
     lines = [
         f"{r.name}: {r.data.n_evaluated} images of split {r.data.split} "
         f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source}"
-        + (f"; input {r.input.fit}, {r.input.image_size} px)" if r.input else ")"),
+        + (f"; input {r.input.describe()})" if r.input else ")"),
         f"  {main}: {fmt(cls[main])}",
         *([f"  macro AUROC: {fmt(cls['macro_auroc'])}"] if main != "macro_auroc" else []),
         f"  ECE before: {fmt(cal.before['ece'])}"

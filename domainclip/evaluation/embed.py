@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from domainclip.datasets.manifest import Manifest, ManifestRow
@@ -13,6 +14,7 @@ from domainclip.datasets.torch_dataset import PairedDataset
 from domainclip.datasets.transforms import eval_transform
 from domainclip.errors import DataError
 from domainclip.models import Backbone
+from domainclip.scoring.tiles import TiledFeatures
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +23,10 @@ log = logging.getLogger(__name__)
 class EmbeddedSplit:
     """Image features of a split and the manifest rows they belong to.
 
-    image_feats: float [N, D] L2-normalised (row i belongs to rows[i]).
+    image_feats: float [N, D] L2-normalised (row i belongs to rows[i]); for tiled images
+        (`fit: tile`) the normalised mean tile feature.
     failures: absolute image path -> why it could not be read (those rows are not in `rows`).
+    tiles: the tile features (`fit: tile`), else None.
     """
 
     split: str | None
@@ -30,9 +34,17 @@ class EmbeddedSplit:
     rows: list[ManifestRow]
     paths: list[str]
     failures: dict[str, str] = field(default_factory=dict)
+    tiles: TiledFeatures | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def scores(self, score: Callable[[torch.Tensor], torch.Tensor], keep: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """`score` (image features [n, D] -> [n, C], e.g. `ZeroShotTask.logits`) of the rows at
+        `keep`: on the image features, or per tile and aggregated (`domainclip.scoring.tiles`)."""
+        if self.tiles is None:
+            return score(self.image_feats[torch.as_tensor(np.asarray(keep), dtype=torch.long)])
+        return self.tiles.select(list(np.asarray(keep).tolist())).scores(score)
 
 
 def embed_split(
@@ -47,6 +59,8 @@ def embed_split(
     Args:
         transform: PIL image -> Tensor[3, S, S]; default `eval_transform(bb)` (letterbox at the
             native size). Runs pass `resolve_model(run).preprocess` (what the run trained with).
+            A tiling transform (`fit: tile`, Tensor[T, 3, S, S] per image) embeds every tile
+            (batched) and fills `tiles`.
 
     Raises:
         DataError: the split has no rows, or none of its images could be read.
@@ -58,11 +72,12 @@ def embed_split(
             f"{manifest.path}: split {split!r} has no rows (rows per split: {counts}); "
             "choose another --split or assign splits with `domainclip data import ... --val/--test`"
         )
-    feats, rows, paths, pixels = [], [], [], []
+    feats, rows, paths, pixels, counts = [], [], [], [], []
 
     def flush() -> None:
         if pixels:
-            feats.append(bb.encode_images(torch.stack(pixels), batch_size=batch_size))
+            batch = torch.cat(pixels) if pixels[0].dim() == 4 else torch.stack(pixels)
+            feats.append(bb.encode_images(batch, batch_size=batch_size))
             pixels.clear()
 
     for i in range(len(ds)):
@@ -70,9 +85,11 @@ def embed_split(
         if sample is None:
             continue
         pixels.append(sample["image"])
+        if sample["image"].dim() == 4:
+            counts.append(int(sample["image"].shape[0]))
         rows.append(ds.rows[i])
         paths.append(sample["path"])
-        if len(pixels) == batch_size:
+        if sum(len(p) if p.dim() == 4 else 1 for p in pixels) >= batch_size:
             flush()
     flush()
     if not rows:
@@ -88,4 +105,9 @@ def embed_split(
             len(ds.failures),
             len(ds),
         )
-    return EmbeddedSplit(split, torch.cat(feats), rows, paths, dict(ds.failures))
+    feats_all = torch.cat(feats)
+    if counts:
+        aggregate = getattr(getattr(ds.transform, "tile", None), "aggregate", "lse")
+        tiles = TiledFeatures(feats_all, counts, aggregate)
+        return EmbeddedSplit(split, tiles.pooled(), rows, paths, dict(ds.failures), tiles)
+    return EmbeddedSplit(split, feats_all, rows, paths, dict(ds.failures))

@@ -135,7 +135,7 @@ def _fit_on_val(
     bb = resolved.backbone
     emb = embed_split(bb, man, val_split, transform=resolved.preprocess)
     tgt = build_targets(emb.rows, task.classes, task.ps, skip_uncovered=skip_uncovered)
-    logits = task.logits(bb, emb.image_feats[tgt.keep])
+    logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
     multi = task.ps.multi_label
     y = torch.as_tensor(tgt.y)
     t = fit_temperature_fn(logits, y, multi)
@@ -384,7 +384,7 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
         prompt_texts += [t for ts in ps.negative_texts(classes).values() for t in ts]
     text_feats = embed_unique_texts(bb, prompt_texts + texts)
     task = ZeroShotTask.build(bb, ps, classes, cache=text_feats)
-    logits = task.logits(bb, emb.image_feats[tgt.keep])
+    logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
 
     cal, t_info = _calibrator(
         inp.resolved,
@@ -422,7 +422,7 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         classification=report_fn(s.p_cal, s.tgt.y, classes, n_boot=n_boot, seed=seed),
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
-        input=InputUsed(**inp.resolved.input),
+        input=InputUsed.of(inp.resolved.input),
     )
 
 
@@ -552,6 +552,8 @@ def _geometry(inp: _Inputs) -> GeometryReport | None:
     if not annotated:
         return None
     fit = inp.resolved.input
+    if fit["fit"] == "tile":  # tiles keep every pixel at native resolution: nothing is cut or shrunk
+        return None
     return geometry_report(inp.man, int(fit["image_size"]), fit["fit"], split=split)
 
 

@@ -56,13 +56,15 @@ def _score(
     bb: Backbone, spec: TaskSpec, emb: EmbeddedSplit, tgt: Targets, n_boot: int, seed: int
 ) -> Estimate:
     task = ZeroShotTask.build(bb, spec.ps, spec.classes)
-    feats = emb.image_feats[tgt.keep]
-    if spec.use_head:
-        logits = task.logits(bb, feats)
-    elif task.W_neg is None:
-        logits = bb.similarity(feats, task.W)
-    else:
-        logits = bb.similarity(feats, task.W) - bb.similarity(feats, task.W_neg)
+
+    def score(feats: torch.Tensor) -> torch.Tensor:
+        if spec.use_head:
+            return task.logits(bb, feats)
+        if task.W_neg is None:
+            return bb.similarity(feats, task.W)
+        return bb.similarity(feats, task.W) - bb.similarity(feats, task.W_neg)
+
+    logits = emb.scores(score, tgt.keep)  # tiled images: per tile, aggregated
     z = logits.double().numpy()
     if spec.ps.multi_label:
 

@@ -112,10 +112,35 @@ class TemperatureUsed:
 
 @dataclass(frozen=True)
 class InputUsed:
-    """The input geometry images were scored at: fit policy and input side S in px."""
+    """The input geometry images were scored at: fit policy and input side S in px (fit "tile":
+    `TiledInputUsed`)."""
 
     fit: str
     image_size: int
+
+    def describe(self) -> str:
+        """'letterbox, 224 px'."""
+        return f"{self.fit}, {self.image_size} px"
+
+    @staticmethod
+    def of(data: dict) -> InputUsed:
+        """From `ImageTransform.input` ({fit, image_size, tile?})."""
+        return TiledInputUsed(**data) if data.get("tile") is not None else InputUsed(**data)
+
+
+@dataclass(frozen=True)
+class TiledInputUsed(InputUsed):
+    """`fit: tile`: also `tile` {size (original px, null = S), overlap, aggregate}."""
+
+    tile: dict | None = None
+
+    def describe(self) -> str:
+        """'tile, 224 px input from 224 px tiles, overlap 0.25, lse'."""
+        t = self.tile or {}
+        return (
+            f"tile, {self.image_size} px input from {t.get('size') or self.image_size} px tiles, "
+            f"overlap {t.get('overlap')}, {t.get('aggregate')}"
+        )
 
 
 @dataclass(frozen=True)
@@ -287,7 +312,9 @@ def _geometry(f: Fields | None) -> GeometryReport | None:
 
 
 def _input(f: Fields | None) -> InputUsed | None:
-    return None if f is None else f.build(InputUsed)
+    if f is None:
+        return None
+    return f.build(TiledInputUsed if "tile" in f.data else InputUsed)
 
 
 def _forgetting(f: Fields | None) -> dict[str, Any] | None:

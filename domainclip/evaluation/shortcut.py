@@ -244,6 +244,18 @@ class _Prepared:
     fractions: list[float]
     skipped: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # tiles per row (`fit: tile`), same per version
+
+    def logits(self, task: Any, bb: Any, aggregate: str) -> Any:
+        """[3 * M, C] class logits of the three versions (tiled rows: per tile, aggregated)."""
+        import torch
+
+        from domainclip.scoring.tiles import TiledFeatures
+
+        if not self.counts:
+            return task.logits(bb, self.feats.reshape(-1, self.feats.shape[-1]))
+        parts = [TiledFeatures(f, self.counts, aggregate).scores(lambda x: task.logits(bb, x)) for f in self.feats]
+        return torch.cat(parts)
 
 
 def _load(
@@ -292,7 +304,8 @@ def _prepare(
     def flush() -> None:
         if pending[0]:
             for v in range(3):
-                feats[v].append(bb.encode_images(torch.stack(pending[v]), settings.batch_size))
+                stack = torch.cat if pending[v][0].dim() == 4 else torch.stack  # tiles: [T, 3, S, S]
+                feats[v].append(bb.encode_images(stack(pending[v]), settings.batch_size))
                 pending[v].clear()
 
     for row, y in items:
@@ -307,12 +320,15 @@ def _prepare(
         versions = make_versions(image, region, settings, grey)
         for v, name in enumerate(VERSIONS):
             pending[v].append(transform(Image.fromarray(versions[name])))
+        if pending[0][-1].dim() == 4:
+            out.counts.append(int(pending[0][-1].shape[0]))
         ys.append(y)
         out.fractions.append(float(region.mean()))
         if len(pending[0]) >= settings.batch_size:
             flush()
     flush()
     if ys:
+        # [3, M, D] or, tiled, [3, sum T, D] (every version has the same tiles)
         out.feats = torch.stack([torch.cat(f) for f in feats])
     out.y = np.asarray(ys, dtype=np.int64)
     return out
@@ -568,7 +584,8 @@ def shortcut_check(
     chance = 1.0 / len(classes)
     overall, per_class = None, {}
     if len(prep.y):
-        logits = task.logits(bb, prep.feats.reshape(-1, prep.feats.shape[-1]))
+        aggregate = getattr(getattr(transform, "tile", None), "aggregate", "lse")
+        logits = prep.logits(task, bb, aggregate)
         probs = calibrator.probabilities(logits, False).reshape(3, len(prep.y), len(classes))
         overall, per_class = summarise(probs, prep.y, classes, settings)
     flag = None if overall is None else overall["uses_context"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from domainclip.datasets.transforms import ImageTransform, eval_transform
 from domainclip.errors import DomainClipError
@@ -47,6 +48,7 @@ from domainclip.explain.sanity import (
     spearman,
 )
 from domainclip.explain.text import token_attribution
+from domainclip.explain.tiles import stitched
 from domainclip.models import Backbone
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,8 @@ class ExplainSettings:
         prompt_b: optional second prompt; adds a contrast map (A - B) per method.
         token_attribution: also attribute the text to its words.
         options: method options, e.g. {"ig": {"steps": 32, "baseline": "black"}}.
-        tolerance: pointing-game tolerance in pixels of the model input.
+        tolerance: pointing-game tolerance in pixels of the map (the model input; the original
+            image for tiled inputs); pointing_tolerance: the tolerant pointing reported beside.
         seed: seed of the randomised model copy and the random pixel orders.
     """
 
@@ -78,6 +81,7 @@ class ExplainSettings:
     token_attribution: bool = False
     options: dict[str, dict] = field(default_factory=dict)
     tolerance: float = 0.0
+    pointing_tolerance: float = 15.0
     seed: int = 0
 
 
@@ -119,16 +123,24 @@ class _Session:
     def explain(
         self, explainer: ImageExplainer, inp: ModelInput, prompt: str, method: str, pool: list[str]
     ) -> SaliencyMap:
-        """`pool`: the row's prompts (text, prompt_b); with `others` they form the softmax set."""
-        return explainer.explain(
-            inp.pixels,
-            prompt,
-            method,
-            others=competitors(prompt, [*pool, *self.s.others]),
-            score=self.s.score,
-            temperature=self.s.temperature,
-            **self.s.options.get(method, {}),
-        )
+        """`pool`: the row's prompts (text, prompt_b); with `others` they form the softmax set.
+        Tiled inputs: each tile explained on its own, stitched (`explain.tiles.stitched`)."""
+
+        def one(pixels: torch.Tensor) -> SaliencyMap:
+            return explainer.explain(
+                pixels,
+                prompt,
+                method,
+                others=competitors(prompt, [*pool, *self.s.others]),
+                score=self.s.score,
+                temperature=self.s.temperature,
+                **self.s.options.get(method, {}),
+            )
+
+        if inp.tiles is None:
+            return one(inp.pixels)
+        aggregate = getattr(self.preprocess.tile, "aggregate", "lse")
+        return stitched(one, inp.pixels, inp.tiles, aggregate)
 
 
 def _write_map(
@@ -143,6 +155,8 @@ def _write_map(
 
 def _sanity(sess: _Session, inp: ModelInput, sal: SaliencyMap, pool: list[str]) -> dict:
     checks, out = sess.s.checks, {}
+    if inp.tiles is not None:
+        checks = [c for c in checks if c == "localisation"]  # sanity checks run on one input
     if "randomisation" in checks:
         rand = sess.explain(sess.random_explainer(), inp, sal.prompt, sal.method, pool)
         out["randomisation_spearman"] = spearman(sal.map, rand.map)
@@ -188,7 +202,7 @@ def _explain_row(
         map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
         loc = None
         if view_mask is not None and "localisation" in sess.s.checks:
-            loc = localise(sal.map, view_mask, sess.s.tolerance)
+            loc = localise(sal.map, view_mask, sess.s.tolerance, sess.s.pointing_tolerance)
         item = IndexItem(
             row=row,
             image=inp.path,
@@ -208,7 +222,8 @@ def _explain_row(
         items.append(item)
         if sess.s.prompt_b:
             items.append(_contrast_item(sess, inp, item, sal, pool, stem))
-    return items, _tokens(sess, inp, prompt, row) if sess.s.token_attribution else None
+    tokens = sess.s.token_attribution and inp.tiles is None  # token attribution needs one input
+    return items, _tokens(sess, inp, prompt, row) if tokens else None
 
 
 def _contrast_item(

@@ -67,7 +67,9 @@ def _print_summary(index_path: Path) -> None:
         if item.localisation:
             loc = item.localisation
             details.append(
-                f"pointing {loc.pointing:.2f} (random {loc.pointing_baseline:.2f}) "
+                f"pointing {loc.pointing:.2f} (random {loc.pointing_baseline:.2f}"
+                + (f"; {loc.tolerance_px:g} px: {loc.pointing_tolerant:.2f}" if loc.pointing_tolerant is not None else "")
+                + ") "
                 f"energy {loc.energy if loc.energy is not None else float('nan'):.2f} "
                 f"(random {loc.area:.2f})"
             )
@@ -86,8 +88,14 @@ def _print_summary(index_path: Path) -> None:
         if loc.get("n"):
             print(
                 f"{method}: localisation over {loc['n']} images: pointing {loc['pointing']:.3f} vs "
-                f"random {loc['pointing_random']:.3f}; energy {_num(loc['energy'])} vs random "
-                f"{_num(loc['energy_random'])}"
+                f"random {loc['pointing_random']:.3f}"
+                + (
+                    f" (within {loc['tolerance_px']:g} px: {loc['pointing_tolerant']:.3f} vs random "
+                    f"{loc['pointing_tolerant_random']:.3f})"
+                    if loc.get("pointing_tolerant") is not None
+                    else ""
+                )
+                + f"; energy {_num(loc['energy'])} vs random {_num(loc['energy_random'])}"
             )
         if summ.sanity:
             nums = ", ".join(f"{k} {v:.3f}" for k, v in summ.sanity.items() if v is not None)
@@ -148,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
             "tokens": {"steps": args.steps},
         },
         tolerance=args.tolerance,
+        pointing_tolerance=args.pointing_tolerance,
         seed=args.seed,
     )
     out = Path(args.out) if args.out else (resolved.run.layout.explain if resolved.run else Path("explain-out"))
@@ -237,7 +246,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     checks.add_argument("--mask", help="ground-truth mask PNG for --image (non-zero = region)")
     checks.add_argument("--boxes", help="ground-truth boxes for --image as JSON in pixels")
-    checks.add_argument("--tolerance", type=float, default=0.0, help="pointing tolerance (px)")
+    checks.add_argument(
+        "--tolerance", type=float, default=0.0, help="pointing tolerance (px) of the headline pointing (default 0: strict)"
+    )
+    checks.add_argument(
+        "--pointing-tolerance",
+        type=float,
+        default=15.0,
+        metavar="PX",
+        help="the tolerant pointing game reported beside the strict one (default 15 px, the "
+        "standard; px of the map: the model input, or the original image for --fit tile)",
+    )
     batch = p.add_argument_group("batch mode")
     batch.add_argument("--split", default="test", help="manifest split ('' for all rows)")
     batch.add_argument("--limit", type=int, help="at most N rows")

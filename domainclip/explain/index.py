@@ -13,7 +13,8 @@ Format `domainclip.explain.index/1` (key "format"):
      "items": [{"row", "image" (absolute), "prompt", "label", "method", "kind": "saliency"|"contrast",
                 "prompt_b", "score_b" (contrast only), "map", "overlay" (paths relative to the
                 index folder), "score", "seconds", "params", "region": "mask"|"boxes"|null,
-                "localisation": {pointing, energy, area, pointing_baseline}|null,
+                "localisation": {pointing, energy, area, pointing_baseline,
+                    pointing_tolerant?, pointing_tolerant_baseline?, tolerance_px?}|null,
                 "sanity": {randomisation_spearman, text_max_spearman, text_spearman: {prompt: rho},
                            deletion_auc, insertion_auc, random_deletion_auc, random_insertion_auc}}],
      "tokens": [{"row", "image", "text", "html", "words", "scores", "score", "convergence_delta"}],
@@ -171,7 +172,8 @@ def _item(f: Fields) -> IndexItem:
     localisation = None
     if loc is not None:  # numbers may be null (NaN when written)
         keys = [k.name for k in fields(Localisation)]
-        localisation = Localisation(**{k: loc.get(k, *_NUM) for k in keys})
+        optional = {"pointing_tolerant", "pointing_tolerant_baseline", "tolerance_px"}  # newer
+        localisation = Localisation(**{k: loc.get(k, *_NUM, optional=k in optional) for k in keys})
     return f.build(IndexItem, localisation=localisation)
 
 

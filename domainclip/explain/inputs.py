@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from domainclip.datasets.geometry import Fit
+from domainclip.datasets.tiling import TilePlan
 from domainclip.datasets.transforms import ImageTransform, eval_transform
 from domainclip.explain.errors import ExplainError
 from domainclip.models import Backbone
@@ -35,6 +36,9 @@ class ModelInput:
         path: source file, if any.
         fit: where the original pixels landed in the input (`Fit.to_original` maps a saliency
             map back to the original image).
+        tiles: for a tiling transform (`fit: tile`): the `TilePlan`; then `pixels` is
+            [T, 3, S, S] (one row per tile), `view` the original image [H0, W0, 3], `fit` None,
+            and maps are explained per tile and stitched into original pixels.
     """
 
     pixels: torch.Tensor
@@ -42,6 +46,7 @@ class ModelInput:
     original_size: tuple[int, int]
     path: str | None = None
     fit: Fit | None = None
+    tiles: TilePlan | None = None
 
 
 def to_view(bb: Backbone, pixels: torch.Tensor) -> np.ndarray:
@@ -73,6 +78,14 @@ def prepare_image(
         path = str(Path(image).resolve())
         pil = load_image(path)
     tf = preprocess or eval_transform(bb)
+    if tf.tiled:
+        return ModelInput(
+            pixels=tf(pil).to(bb.device),
+            view=np.asarray(pil, dtype=np.uint8),
+            original_size=pil.size,
+            path=path,
+            tiles=tf.plan_tiles(*pil.size),
+        )
     pixels = tf(pil).unsqueeze(0).to(bb.device)
     return ModelInput(
         pixels=pixels,
@@ -92,6 +105,8 @@ def mask_to_view(
     if mask.ndim != 2:
         raise ExplainError(f"a mask must be 2-D (height, width), got shape {mask.shape}")
     tf = preprocess or eval_transform(bb)
+    if tf.tiled:  # tiled maps are stitched into original pixels: the mask stays as it is
+        return mask > 0
     fit = tf.plan(mask.shape[1], mask.shape[0])
     pil = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8))
     return np.asarray(fit.apply(pil, fill=0, nearest=True)) > 0

@@ -35,7 +35,8 @@ from domainclip.configschema import (
     option,
     section,
 )
-from domainclip.datasets.geometry import FIT_POLICIES
+from domainclip.datasets.tiling import TILE_AGGREGATES, TileSettings
+from domainclip.datasets.transforms import INPUT_POLICIES
 from domainclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,32 @@ class BackboneConfig:
     channels_last: bool = option(
         True, "channels_last memory format for a trained CNN image tower (faster on CPU and GPU)"
     )
+
+
+@dataclass
+class TileConfig:
+    """Tiling (data.fit: tile): overlapping tiles at native resolution for large images."""
+
+    size: int | None = option(
+        None,
+        "tile side in ORIGINAL pixels; empty = the model input size (native resolution: a 20 px "
+        "defect stays 20 px)",
+        range=(16, 8192, "[]"),
+    )
+    overlap: float = option(
+        0.25, "fraction of a tile shared with its neighbour (a finding on a seam is whole in one)",
+        range=(0, 0.9, "[]"),
+    )
+    aggregate: str = option(
+        "lse",
+        "how tile logits become the image's (zero-shot and in training, multiple-instance): lse "
+        "(log-mean-exp, a smooth max: 'is the finding in some tile?'), max, mean",
+        choices=TILE_AGGREGATES,
+    )
+
+    def settings(self) -> TileSettings:
+        """As the datasets layer's `TileSettings`."""
+        return TileSettings(self.size, self.overlap, self.aggregate)
 
 
 @dataclass
@@ -108,8 +135,9 @@ class DataConfig:
         "how an image becomes the square model input: letterbox (resize the longer side, pad "
         "with the mean colour: never discards pixels), crop (resize the shorter side, centre "
         "crop: cuts the ends of non-square images), stretch (resize both sides: distorts); "
-        "the same for square images",
-        choices=FIT_POLICIES,
+        "the same for square images; tile: overlapping tiles at native resolution (data.tile), "
+        "for images much larger than the input with small findings",
+        choices=INPUT_POLICIES,
     )
     image_size: int | None = option(
         None,
@@ -118,6 +146,13 @@ class DataConfig:
         "position embeddings",
         range=(16, 4096, "[]"),
     )
+    tile: TileConfig | None = section(TileConfig, optional=True)
+
+    def tile_settings(self) -> TileSettings | None:
+        """The tile settings when fit is tile (defaults when data.tile is not given), else None."""
+        if self.fit != "tile":
+            return None
+        return (self.tile or TileConfig()).settings()
 
 
 @dataclass
@@ -387,6 +422,8 @@ class FinetuneConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             out[f.name] = value.to_dict() if f.name == "method" else dataclasses.asdict(value)
+        if out["data"].get("tile") is None:
+            out["data"].pop("tile", None)  # recorded only for fit: tile (resolve fills it in)
         return out
 
     def flat(self) -> dict[str, Any]:
@@ -397,6 +434,8 @@ class FinetuneConfig:
         """Fill method-dependent defaults and check cross-field rules. Returns self."""
         m = self.method
         m.fill_settings()
+        if self.data.fit == "tile" and self.data.tile is None:
+            self.data.tile = TileConfig()  # recorded in config.yaml: the run's tiles are explicit
         defaults = {"lora": ("locked", "lora"), "full": ("full", "full")}
         img_d, txt_d = defaults.get(m.name, ("locked", "locked"))
         m.image_tower = m.image_tower or img_d

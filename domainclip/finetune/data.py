@@ -264,11 +264,15 @@ def cache_key(split: SplitData, model_fp: str, transform_desc: str) -> str:
 
 @dataclass
 class CachedFeatures:
-    """Frozen-tower outputs of one split: feats [N_ok, Dpre], rows: split indices they belong to."""
+    """Frozen-tower outputs of one split: feats [N_ok, Dpre], rows: split indices they belong to.
+
+    Tiled images (`fit: tile`): feats [sum T_i, Dpre] (tiles in row order), counts [N_ok] = T_i.
+    """
 
     feats: torch.Tensor
     rows: torch.Tensor  # LongTensor[N_ok] indices into the split (failed images are absent)
     n_failed: int
+    counts: torch.Tensor | None = None  # LongTensor[N_ok] tiles per image, or None (not tiled)
 
 
 def compute_pooled_features(
@@ -286,13 +290,16 @@ def compute_pooled_features(
 
     order = list(range(len(split)))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    feats, rows = [], []
+    feats, rows, counts = [], [], []
     it = image_batches(split, transform, batches, seed=0, epoch=0, num_workers=num_workers)
     for batch in tqdm(it, desc=desc, total=len(batches), disable=not progress, leave=False):
         if batch is None:
             continue
-        feats.append(encode(batch["image"].to(device)).float().cpu())
+        pix = batch["image"]
+        # tiled images: [sum T, 3, S, S], encoded in chunks of batch_size tiles
+        feats += [encode(pix[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(pix), batch_size)]
         rows += batch["rows"]
+        counts += batch.get("n_tiles") or []
     if not feats:
         raise DataError(f"{desc}: none of the {len(split)} images could be read")
     failed = len(split) - len(rows)
@@ -300,7 +307,8 @@ def compute_pooled_features(
         log.warning(
             "%s: %d of %d images could not be read and are left out", desc, failed, len(split)
         )
-    return CachedFeatures(torch.cat(feats), torch.tensor(rows, dtype=torch.long), failed)
+    tiles = torch.tensor(counts, dtype=torch.long) if counts else None
+    return CachedFeatures(torch.cat(feats), torch.tensor(rows, dtype=torch.long), failed, tiles)
 
 
 def load_or_compute(
@@ -324,14 +332,17 @@ def load_or_compute(
             data = load_file(str(path))
             meta = json.loads((path.with_suffix(".json")).read_text())
             log.info("%s: reusing cached features %s", kw.get("desc", ""), path)
-            return CachedFeatures(data["feats"], data["rows"], int(meta["n_failed"]))
+            return CachedFeatures(data["feats"], data["rows"], int(meta["n_failed"]), data.get("counts"))
         except (OSError, KeyError, ValueError) as exc:
             log.warning("ignoring unreadable feature cache %s (%s); recomputing", path, exc)
     out = compute_pooled_features(split, encode, **kw)
     try:
         # Sidecar first: a cache file is only trusted once its sidecar exists beside it.
         atomic_write_json(path.with_suffix(".json"), {"n_failed": out.n_failed, "n": len(split)})
-        atomic_write_bytes(path, save({"feats": out.feats.contiguous(), "rows": out.rows}))
+        tensors = {"feats": out.feats.contiguous(), "rows": out.rows}
+        if out.counts is not None:
+            tensors["counts"] = out.counts
+        atomic_write_bytes(path, save(tensors))
     except OSError as exc:  # a full or read-only cache disk must not stop training
         log.warning("could not write the feature cache %s: %s", path, exc)
     return out

@@ -71,7 +71,12 @@ def multi_positive_loss(
     Returns:
         Scalar loss (mean of the image->text and text->image cross-entropies with soft targets).
     """
-    logits = logit_scale * image_feats @ text_feats.T  # [B, B]
+    return soft_target_loss(logit_scale * image_feats @ text_feats.T, positives)
+
+
+def soft_target_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """The loss of `multi_positive_loss` from image-text logits [B, B] (row i: image i; e.g.
+    aggregated tile logits, `domainclip.finetune.tiles`) and the positive mask [B, B]."""
     p = positives.to(logits.dtype)
     i2t = -(p / p.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
     pt = p.T

@@ -35,6 +35,7 @@ from domainclip.finetune.data import (
 from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
 from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.runlog import RunLog
+from domainclip.finetune.tiles import check_supported as check_tiles
 from domainclip.io import atomic_write_text, load_yaml
 from domainclip.runs.layout import CHECKPOINTS_DIR, CONFIG_FILE, RESULT_FILE
 
@@ -197,6 +198,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         device = resolve_device(cfg.backbone.device, dist)
         seed_everything(cfg.train.seed, cfg.train.deterministic, device)
         # Data and prompt problems surface before a model is loaded or the run folder is made.
+        check_tiles(cfg, dist.world)  # fit: tile needs a method that trains on tile features
         splits = load_splits(cfg.data, cfg.train.seed)
         prompts = _prompts(cfg, splits)
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
@@ -333,7 +335,7 @@ def _eval_transform(cfg: FinetuneConfig, bb):
     """The run's eval transform (`data.fit` at `data.image_size`): what evaluation uses too."""
     from domainclip.datasets.transforms import eval_transform
 
-    return eval_transform(bb, cfg.data.fit, cfg.data.image_size)
+    return eval_transform(bb, cfg.data.fit, cfg.data.image_size, cfg.data.tile_settings())
 
 
 def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta) -> dict:
@@ -345,7 +347,8 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         adapt.base.visual.to(memory_format=torch.channels_last)
     transforms = {
         "train": train_transform(
-            bb, cfg.data.augment, cfg.data.fit, cfg.data.image_size, seed=cfg.train.seed
+            bb, cfg.data.augment, cfg.data.fit, cfg.data.image_size, seed=cfg.train.seed,
+            tile=cfg.data.tile_settings(),
         ),
         "val": _eval_transform(cfg, bb),
     }

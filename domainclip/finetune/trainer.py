@@ -35,6 +35,7 @@ from domainclip.finetune.errors import TrainingDiverged
 from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
 from domainclip.finetune.optim import build_optimizer, build_scheduler
 from domainclip.finetune.runlog import RunLog
+from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
 from domainclip.finetune.validate import ValFeatures, class_texts, validation_metrics
 from domainclip.runs.layout import CHECKPOINTS_DIR
 
@@ -202,17 +203,19 @@ class Trainer:
     def _micro_loss(self, item: tuple | None) -> torch.Tensor | None:
         """Loss of one micro-batch over the global batch, or None when it is skipped.
 
-        item: (split rows, pixels or None for cached features), or None when every image failed.
+        item: (split rows, pixels or None for cached features, tiles per image or None), or None
+            when every image failed.
         Every process takes part in the size exchange, so all of them skip or none does.
         """
         split = self.splits.train
-        rows, pixels = item if item is not None else ([], None)
+        rows, pixels, n_tiles = item if item is not None else ([], None, None)
         kw: dict[str, Any] = {}
         if item is not None and pixels is None:
             pos = self._cache_pos[rows]
             self.state.skipped_images += int((pos < 0).sum())
             rows = [r for r, p in zip(rows, pos.tolist(), strict=True) if p >= 0]
-            kw["pooled_image"] = self.image_cache["train"].feats[pos[pos >= 0]].to(self.device)
+            feats, n_tiles = cached_images(self.image_cache["train"], pos[pos >= 0])
+            kw["pooled_image"] = feats.to(self.device)
         elif pixels is not None:
             kw["pixels"] = pixels.to(
                 self.device, memory_format=_memory_format(self.adapt, self.cfg)
@@ -234,15 +237,16 @@ class Trainer:
             all_labels = sum(gather_objects([split.labels[r] for r in rows], self.dist), [])
             scale = log_scale.float().exp().clamp(max=self.cfg.loss.max_logit_scale)
             pos_mask = positive_mask(all_texts, all_labels, self.cfg.loss.positives, img.device)
-            loss = multi_positive_loss(img, txt, scale, pos_mask)
+            tiled = TiledLoss.of(self.cfg, n_tiles)  # fit: tile -> losses on aggregated tile logits
+            loss = tiled.contrastive(img, txt, scale, pos_mask) if tiled else multi_positive_loss(img, txt, scale, pos_mask)
             if self.cfg.loss.supervised_weight > 0:
                 loss = loss + self.cfg.loss.supervised_weight * self._supervised(
-                    img, all_labels, scale
+                    img, all_labels, scale, tiled
                 )
         return loss
 
     def _supervised(
-        self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor
+        self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor, tiled: TiledLoss | None = None
     ) -> torch.Tensor:
         """Cross-entropy against class weights from ONE prompt per class, drawn per step.
 
@@ -259,18 +263,19 @@ class Trainer:
         y = torch.tensor(
             [lookup.get(lab[0], -1) if lab else -1 for lab in labels], device=img.device
         )
-        return supervised_loss(img, W, scale, y)
+        return tiled.supervised(img, W, scale, y) if tiled else supervised_loss(img, W, scale, y)
 
     # ------------------------------------------------------------------ one step
     def _micro_batches(self, epoch: int, start_step: int):
-        """Yield (step_in_epoch, [(rows, pixels | None) or None for a failed batch] * accumulate)."""
+        """Yield (step_in_epoch, [(rows, pixels | None, n_tiles | None) or None for a failed batch]
+        * accumulate)."""
         acc = self.cfg.optim.accumulate
         batches = self.sampler.epoch(epoch)[start_step * acc : self.steps_per_epoch * acc]
         if self.image_cache:
-            stream = ((b, None) for b in batches)
+            stream = ((b, None, None) for b in batches)
         else:
             stream = (
-                None if batch is None else (batch["rows"], batch["image"])
+                None if batch is None else (batch["rows"], batch["image"], batch.get("n_tiles"))
                 for batch in image_batches(
                     self.splits.train,
                     self.transforms["train"],
@@ -349,11 +354,12 @@ class Trainer:
                         for i in range(0, len(c.feats), 1024)
                     ]
                 )
-            return ValFeatures(F.normalize(f, dim=-1).cpu(), c.rows.tolist())
+            counts = None if c.counts is None else c.counts.tolist()
+            return ValFeatures(F.normalize(f, dim=-1).cpu(), c.rows.tolist(), counts, tile_rule(self.cfg))
         split = self.splits.val
         order = list(range(len(split)))
         bs = self.cfg.train.batch_size
-        feats, rows = [], []
+        feats, rows, counts = [], [], []
         it = image_batches(
             split,
             self.transforms["val"],
@@ -369,7 +375,8 @@ class Trainer:
                 pix = batch["image"].to(self.device, memory_format=_memory_format(a, self.cfg))
                 feats.append(a.model.encode_image(pix).float().cpu())
                 rows += batch["rows"]
-        return ValFeatures(F.normalize(torch.cat(feats), dim=-1), rows)
+                counts += batch.get("n_tiles") or []
+        return ValFeatures(F.normalize(torch.cat(feats), dim=-1), rows, counts or None, tile_rule(self.cfg))
 
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:

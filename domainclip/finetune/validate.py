@@ -15,9 +15,10 @@ import torch.nn.functional as F
 
 from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.data import SplitData
-from domainclip.finetune.losses import multi_positive_loss, positive_mask
+from domainclip.finetune.losses import positive_mask, soft_target_loss
 from domainclip.scoring.prompts import PromptSet
 from domainclip.scoring.retrieval import retrieval_metrics
+from domainclip.scoring.tiles import TiledFeatures
 from domainclip.scoring.zeroshot import class_embeddings
 from domainclip.templates import humanise
 
@@ -26,10 +27,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValFeatures:
-    """Normalised val image features [N, D] and the split rows they belong to (readable images)."""
+    """Normalised val image features [N, D] and the split rows they belong to (readable images).
+
+    Tiled images (`fit: tile`): `image` holds the tiles [sum T, D], `counts` the tiles per row and
+    `aggregate` the rule (`domainclip.scoring.tiles`); `pooled`/`tiles` give both views.
+    """
 
     image: torch.Tensor
     rows: list[int]
+    counts: list[int] | None = None
+    aggregate: str = "lse"
+
+    @property
+    def tiles(self) -> TiledFeatures | None:
+        return None if self.counts is None else TiledFeatures(self.image, self.counts, self.aggregate)
+
+    @property
+    def pooled(self) -> torch.Tensor:
+        """[N, D]: one vector per row (the normalised mean tile feature for tiled rows)."""
+        return self.image if self.tiles is None else self.tiles.pooled()
+
+    def scores(self, score: Callable[[torch.Tensor], torch.Tensor], index: torch.Tensor | slice) -> torch.Tensor:
+        """`score` ([n, D] -> [n, M]) of the rows at `index` (tiled: per tile, aggregated)."""
+        tiles = self.tiles
+        if tiles is None:
+            return score(self.image[index])
+        idx = torch.arange(len(self.rows))[index]
+        return tiles.select(idx).scores(score)
 
 
 def class_texts(prompts: PromptSet | None, classes: list[str]) -> dict[str, list[str]]:
@@ -87,7 +111,7 @@ def validation_metrics(
     rows = image.rows
     texts = [split.texts[r] for r in rows]
     txt = encode_texts_unique(encode_texts, texts)
-    img = image.image
+    img = image.pooled
     scale = adapt.model.logit_scale.detach().float().exp().clamp(max=max_logit_scale).cpu()
     losses = []
     for i in range(0, len(rows), batch_size):
@@ -95,7 +119,8 @@ def validation_metrics(
         if len(texts[sl]) < 2:
             continue
         pos = positive_mask(texts[sl], [split.labels[r] for r in rows[sl]], positives)
-        losses.append(float(multi_positive_loss(img[sl], txt[sl], scale, pos)))
+        logits = image.scores(lambda f, t=txt[sl]: scale * f @ t.T, sl)  # tiled: aggregated
+        losses.append(float(soft_target_loss(logits, pos)))
     out: dict[str, float] = {"n": float(len(rows))}
     out["loss"] = sum(losses) / len(losses) if losses else float("nan")
     out.update(retrieval_metrics(img, txt, text_groups=texts))
@@ -124,7 +149,7 @@ def zero_shot(
     feats = encode_texts_unique(encode_texts, all_texts)
     cache = dict(zip(all_texts, feats, strict=True))
     W = class_embeddings(adapt.bb, ct, cache=cache)
-    logits = adapt.bb.class_logits(image.image[keep], W)
+    logits = image.scores(lambda f: adapt.bb.class_logits(f, W), keep)
     pred = logits.argmax(1)
     yk = y[keep]
     return {

@@ -24,8 +24,13 @@ from typing import Any
 
 from domainclip.calibrators import Calibrator, TemperatureCalibrator, load_calibrator
 from domainclip.calibrators import save_calibration as _save_calibration
-from domainclip.datasets.geometry import FIT_POLICIES
-from domainclip.datasets.transforms import DEFAULT_FIT, ImageTransform, eval_transform
+from domainclip.datasets.tiling import TileSettings
+from domainclip.datasets.transforms import (
+    DEFAULT_FIT,
+    INPUT_POLICIES,
+    ImageTransform,
+    eval_transform,
+)
 from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune.adaptation import LORA_DIRS, Adaptation, prepare
@@ -92,12 +97,20 @@ class Run:
         size = self.setting("data.image_size")
         return str(self.setting("data.fit") or "crop"), (None if size is None else int(size))
 
+    def tile_settings(self) -> TileSettings:
+        """The run's data.tile (defaults when it has none: a run not trained with tiles)."""
+        tile = self.setting("data.tile")
+        if not isinstance(tile, dict):
+            return TileSettings()
+        return TileSettings(tile.get("size"), float(tile.get("overlap", 0.25)), str(tile.get("aggregate", "lse")))
+
     def preprocess(
         self, bb: Backbone, fit: str | None = None, image_size: int | None = None
     ) -> ImageTransform:
-        """The run's eval transform for `bb` (its data.fit at data.image_size), or the overrides."""
+        """The run's eval transform for `bb` (its data.fit at data.image_size, data.tile), or the
+        overrides."""
         run_fit, run_size = self.input_settings()
-        return eval_transform(bb, fit or run_fit, image_size or run_size)
+        return eval_transform(bb, fit or run_fit, image_size or run_size, self.tile_settings())
 
     # -- checkpoints and calibration ----------------------------------------------------------
     def checkpoint(self, name: str = "best") -> Path:
@@ -256,9 +269,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     explain); pass them to `resolve_model(fit=..., image_size=...)`."""
     parser.add_argument(
         "--fit",
-        choices=FIT_POLICIES,
-        help="how images become the square input: letterbox | crop | stretch (default: the "
-        "run's data.fit; letterbox for a backbone)",
+        choices=INPUT_POLICIES,
+        help="how images become the square input: letterbox | crop | stretch | tile (overlapping "
+        "tiles at native resolution, settings from the run's data.tile) (default: the run's "
+        "data.fit; letterbox for a backbone)",
     )
     parser.add_argument(
         "--image-size",
