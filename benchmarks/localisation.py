@@ -34,7 +34,7 @@ import torch
 from domainclip.datasets import read_manifest
 from domainclip.evaluation.bootstrap import bootstrap_metrics
 from domainclip.explain.image import ImageExplainer
-from domainclip.explain.inputs import mask_to_view, prepare_image, region_from_meta
+from domainclip.explain.inputs import original_map, prepare_image, region_from_meta
 from domainclip.explain.localisation import localise
 from domainclip.explain.sanity import deletion_insertion, randomised_copy, spearman
 from domainclip.runs import resolve_model
@@ -120,7 +120,7 @@ def main() -> None:
         for r in picked[c]:
             inp = prepare_image(bb, man.image_path(r))
             region = region_from_meta(r.meta, man.root, inp.original_size)
-            view = mask_to_view(bb, region[0]) if region else None
+            view = region[0] if region else None  # localisation in original pixels
             if view is None or not view.any():
                 skipped += 1
                 continue
@@ -134,7 +134,7 @@ def main() -> None:
                 for target, kw in calls.items():
                     sal = maps[target] = explainer.explain(inp.pixels, method=m, **kw)
                     seconds[m].append(sal.seconds)
-                    results[m][target].append((c, localise(sal.map, view)))
+                    results[m][target].append((c, localise(original_map(inp, sal.map), view)))
                 if random_explainer is not None:
                     sal, scorer = maps["class_prob"], class_scorers["class_prob"]
                     rand = random_explainer.explain(

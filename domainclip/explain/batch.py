@@ -38,7 +38,7 @@ from domainclip.explain.index import (
     SkippedRow,
     TokenRecord,
 )
-from domainclip.explain.inputs import ModelInput, mask_to_view, prepare_image
+from domainclip.explain.inputs import ModelInput, original_map, prepare_image
 from domainclip.explain.localisation import localise, summarise
 from domainclip.explain.render import render_overlay, save_html, save_map
 from domainclip.explain.sanity import (
@@ -67,8 +67,8 @@ class ExplainSettings:
         prompt_b: optional second prompt; adds a contrast map (A - B) per method.
         token_attribution: also attribute the text to its words.
         options: method options, e.g. {"ig": {"steps": 32, "baseline": "black"}}.
-        tolerance: pointing-game tolerance in pixels of the map (the model input; the original
-            image for tiled inputs); pointing_tolerance: the tolerant pointing reported beside.
+        tolerance: pointing-game tolerance in pixels of the ORIGINAL image (maps are compared
+            with the region in original pixels); pointing_tolerance: the tolerant one beside it.
         seed: seed of the randomised model copy and the random pixel orders.
     """
 
@@ -189,10 +189,9 @@ def _explain_row(
     region: tuple[np.ndarray, str] | None,
 ) -> tuple[list[IndexItem], TokenRecord | None]:
     """Every method's map (and contrast map) of one image, and its token attribution."""
-    view_mask = mask_to_view(sess.bb, region[0], sess.preprocess) if region is not None else None
-    if view_mask is not None and not view_mask.any():
-        view_mask = None  # the region was cut off (crop policy) or shrank below a pixel
-    region_kind = region[1] if region is not None and view_mask is not None else None
+    if region is not None and not np.asarray(region[0]).any():
+        region = None  # an empty mask (a defect-free image): nothing to localise
+    region_kind = region[1] if region is not None else None
     pool = [prompt, *([sess.s.prompt_b] if sess.s.prompt_b else [])]
     items: list[IndexItem] = []
     for method in sess.s.methods:
@@ -201,8 +200,10 @@ def _explain_row(
         title = f"{method}: {prompt[:70]}\nscore {sal.score:.3f}"
         map_file, overlay = _write_map(sess, inp, stem, sal.map, title, diverging=is_signed(method))
         loc = None
-        if view_mask is not None and "localisation" in sess.s.checks:
-            loc = localise(sal.map, view_mask, sess.s.tolerance, sess.s.pointing_tolerance)
+        if region is not None and "localisation" in sess.s.checks:
+            loc = localise(
+                original_map(inp, sal.map), region[0], sess.s.tolerance, sess.s.pointing_tolerance
+            )
         item = IndexItem(
             row=row,
             image=inp.path,

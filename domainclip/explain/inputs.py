@@ -96,6 +96,16 @@ def prepare_image(
     )
 
 
+def original_map(inp: ModelInput, smap: np.ndarray) -> np.ndarray:
+    """A saliency map in the ORIGINAL image's pixels [H0, W0]: a single input's map [S, S] mapped
+    back through its `Fit` (pixels the model never saw, e.g. cropped ends: NaN); a tiled input's
+    map is already stitched into original pixels."""
+    smap = np.asarray(smap, dtype=np.float64)
+    if inp.tiles is not None or inp.fit is None:
+        return smap
+    return inp.fit.to_original(smap)
+
+
 def mask_to_view(
     bb: Backbone, mask: np.ndarray, preprocess: ImageTransform | None = None
 ) -> np.ndarray:

@@ -9,8 +9,13 @@
 
 Two pointing numbers are reported: `pointing` at `tolerance` (default 0, strict) and, beside it,
 `pointing_tolerant` at `pointing_tolerance` (default 15 px, the standard pointing-game tolerance
-of Zhang et al.), each with its random baseline. Tolerances are in pixels of the map: the model
-input for single-input policies, the ORIGINAL image for tiled inputs (maps stitched back).
+of Zhang et al.), each with its random baseline. Maps and regions are compared in the ORIGINAL
+image's pixels (`explain` maps a single input's map back with `Fit.to_original`, tiled maps are
+stitched back), so tolerances are original pixels whatever the fit policy and input size.
+
+Pixels the model never saw (the ends a `crop` cut off: NaN in the map) can hold neither the
+maximum nor mass, and the random baselines are taken over the seen pixels only: a finding that
+was cut off scores 0 against a random baseline of 0, instead of being left out.
 
 Random-map baseline: for a map of i.i.d. random values, the maximum is uniformly placed and the
 expected share of mass inside is the region's area fraction, so both baselines equal the (dilated)
@@ -54,7 +59,14 @@ def _check(smap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ExplainError(f"map {smap.shape} and mask {mask.shape} must be the same 2-D shape")
     if not mask.any():
         raise ExplainError("the region is empty: localisation needs at least one pixel inside")
+    if not np.isfinite(smap).any():
+        raise ExplainError("the map has no finite value: nothing of the image reached the model")
     return smap, mask
+
+
+def _seen(smap: np.ndarray) -> np.ndarray:
+    """Pixels the model saw (finite map values)."""
+    return np.isfinite(smap)
 
 
 def dilate(mask: np.ndarray, tolerance: float) -> np.ndarray:
@@ -68,14 +80,15 @@ def dilate(mask: np.ndarray, tolerance: float) -> np.ndarray:
 def pointing_game(smap: np.ndarray, mask: np.ndarray, tolerance: float = 0.0) -> float:
     """Fraction of the map's maximal pixels that fall inside the (dilated) region."""
     smap, mask = _check(smap, mask)
-    top = smap >= smap.max()
+    seen = _seen(smap)
+    top = seen & (np.where(seen, smap, -np.inf) >= np.nanmax(smap))
     return float(dilate(mask, tolerance)[top].mean())
 
 
 def energy_in_mask(smap: np.ndarray, mask: np.ndarray) -> float:
     """Share of the positive part of the map inside the region (nan if no positive mass)."""
     smap, mask = _check(smap, mask)
-    pos = np.clip(smap, 0, None)
+    pos = np.clip(np.nan_to_num(smap, nan=0.0), 0, None)
     total = pos.sum()
     return float(pos[mask].sum() / total) if total > 0 else math.nan
 
@@ -90,13 +103,14 @@ def localise(
     """Pointing game (at `tolerance` and at `pointing_tolerance` px) and energy of one map
     [H, W] against a region [H, W], with the random-map baselines."""
     smap, mask = _check(smap, mask)
+    seen = _seen(smap)
     return Localisation(
         pointing=pointing_game(smap, mask, tolerance),
         energy=energy_in_mask(smap, mask),
-        area=float(mask.mean()),
-        pointing_baseline=float(dilate(mask, tolerance).mean()),
+        area=float(mask[seen].mean()),
+        pointing_baseline=float(dilate(mask, tolerance)[seen].mean()),
         pointing_tolerant=pointing_game(smap, mask, pointing_tolerance),
-        pointing_tolerant_baseline=float(dilate(mask, pointing_tolerance).mean()),
+        pointing_tolerant_baseline=float(dilate(mask, pointing_tolerance)[seen].mean()),
         tolerance_px=float(pointing_tolerance),
     )
 

@@ -10,7 +10,13 @@ from PIL import Image
 
 from domainclip.datasets.transforms import eval_transform
 from domainclip.explain import ExplainError
-from domainclip.explain.inputs import boxes_to_mask, mask_to_view, prepare_image, region_from_meta
+from domainclip.explain.inputs import (
+    boxes_to_mask,
+    mask_to_view,
+    original_map,
+    prepare_image,
+    region_from_meta,
+)
 from domainclip.explain.localisation import (
     energy_in_mask,
     localise,
@@ -123,6 +129,33 @@ def test_masks_follow_the_default_letterbox(tiny_vit):
     inp = prepare_image(tiny_vit, Image.fromarray(np.zeros((128, 256, 3), np.uint8)))
     assert inp.fit is not None and inp.fit.policy == "letterbox"
     assert inp.fit.map_box((0, 0, 64, 128)) == (0.0, 16.0, 16.0, 48.0)
+
+
+def test_localisation_is_in_original_pixels_and_a_cut_off_finding_scores_zero(tiny_vit):
+    """Maps go back to the original image through the input's Fit: under `crop` the cut-off ends
+    are unseen (NaN), hold neither maximum nor mass, and a finding there scores 0 against a
+    random baseline of 0 instead of being left out."""
+    img = Image.fromarray(np.zeros((128, 256, 3), np.uint8))
+    crop = eval_transform(tiny_vit, "crop")
+    inp = prepare_image(tiny_vit, img, crop)
+    smap = np.zeros((64, 64))
+    smap[10, 40] = 1.0  # input (x=40, y=10): crop offset 32 at scale 1/2 -> original (144..145, 20..21)
+    orig = original_map(inp, smap)
+    assert orig.shape == (128, 256)
+    assert np.isnan(orig[:, :64]).all() and np.isnan(orig[:, 192:]).all()  # cropped ends
+    ys, xs = np.nonzero(np.nan_to_num(orig) == 1.0)
+    assert set(ys) == {20, 21} and set(xs) == {144, 145}
+    left = np.zeros((128, 256), dtype=bool)
+    left[:, :64] = True  # cut off by the crop
+    loc = localise(orig, left, 0.0, 15.0)
+    assert loc.pointing == 0.0 and loc.pointing_baseline == 0.0 and loc.energy == 0.0
+    hit = np.zeros((128, 256), dtype=bool)
+    hit[15:25, 140:150] = True
+    loc = localise(orig, hit, 0.0, 15.0)
+    assert loc.pointing == 1.0 and loc.energy == 1.0
+    assert loc.area == pytest.approx(hit.sum() / (128 * 128))  # seen pixels only
+    with pytest.raises(ExplainError, match="no finite value"):
+        localise(np.full((4, 4), np.nan), np.ones((4, 4), bool))
 
 
 def test_region_from_meta_prefers_masks(tmp_path):

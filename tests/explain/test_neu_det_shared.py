@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from domainclip.datasets import read_manifest
+from domainclip.datasets.geometry import plan_fit
 from domainclip.datasets.importers.neu_det import import_neu_det
 from domainclip.explain import ExplainSettings, explain_manifest
-from domainclip.explain.inputs import boxes_to_mask, mask_to_view
+from domainclip.explain.inputs import boxes_to_mask
 from domainclip.models import load_backbone
 
 CLASSES = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
@@ -44,14 +45,16 @@ def test_localisation_on_neu_det_boxes(neu_det_dir, tmp_path):
         row = next(r for r in man.rows if r.row == item["row"])
         assert item["region"] == "boxes"
         boxes = json.loads(row.meta["boxes"])
-        view = mask_to_view(bb, boxes_to_mask(boxes, 200, 200))  # 200 px -> 224 px, no crop
+        region = boxes_to_mask(boxes, 200, 200)  # localisation is in original pixels
         loc = item["localisation"]
-        assert loc["area"] == pytest.approx(view.mean())
+        assert loc["area"] == pytest.approx(region.mean())
         assert loc["area"] <= loc["pointing_baseline"] <= 1
         assert 0 <= loc["pointing"] <= 1
-        smap = np.clip(np.load(tmp_path / "out" / item["map"]), 0, None)
+        # the 224 px map back on the 200 px image (the Fit of a square 200 px image: scale 1.12)
+        fit = plan_fit(200, 200, 224, "letterbox")
+        smap = np.clip(fit.to_original(np.load(tmp_path / "out" / item["map"])), 0, None)
         if smap.sum() > 0:
-            assert loc["energy"] == pytest.approx(smap[view].sum() / smap.sum(), rel=1e-5)
+            assert loc["energy"] == pytest.approx(smap[region].sum() / smap.sum(), rel=1e-5)
     summary = index["summary"]["gradcam"]["localisation"]
     assert summary["n"] == len(CLASSES)
     assert summary["pointing_random"] == pytest.approx(
