@@ -296,7 +296,8 @@ class SplitReport:
         for s in (*SPLITS, UNASSIGNED):
             if self.rows.get(s):
                 labels = ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(self.labels[s].items()))
-                lines.append(f"  {s}: {self.rows[s]} rows, {self.groups[s]} {self.by} values ({labels})")
+                unit = "groups" if self.by == "group" else f"{self.by} values"
+                lines.append(f"  {s}: {self.rows[s]} rows, {self.groups[s]} {unit} ({labels})")
         if self.leakage:
             lines.append("leakage check: FAILED: " + format_leakage(self.leakage))
         else:

@@ -240,7 +240,7 @@ def test_data_split_command_refuses_to_reshuffle_without_force(tmp_path, capsys)
     path = _unsplit(tmp_path)
     assert main(["data", "split", str(path), "--val-frac", "0.2", "--test-frac", "0.2"]) == 0
     out = capsys.readouterr().out
-    assert "leakage check: passed" in out and "train: 24 rows, 12 group values" in out
+    assert "leakage check: passed" in out and "train: 24 rows, 12 groups" in out
     m = read_manifest(path)
     assert Counter(r.split for r in m) == {"train": 24, "val": 8, "test": 8}
     assert not check_leakage(m.rows)
