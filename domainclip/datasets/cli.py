@@ -1,4 +1,4 @@
-"""`domainclip data validate | stats | import`.
+"""`domainclip data validate | stats | import | split`.
 
 Handlers turn argparse namespaces into plain arguments here; library functions never see them.
 Heavy imports (torch, the importers, the backbone) happen inside the handlers.
@@ -15,7 +15,28 @@ from typing import Any
 from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.errors import ConfigError
 
-IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic")
+IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec")
+
+IMPORT_EPILOG = """\
+folder: SRC/<class>/**/<image>; the label is the class folder's name.
+  Masks are paired, never imported as images: x_mask.png (or a mask-like x.png) beside x.jpg,
+  or x.png / x_mask.png in a masks/, mask/, GT/ or ground_truth/ folder beside or inside the
+  image's folder. A mask that belongs to no image stops the import (--exclude it if intended).
+  --templates YAML: class folder name -> description template; {class} is the class's words,
+  "*" is the template for folders not listed, literal braces are {{ }}:
+      scratch: "a photo of a scratched {class} part"
+      "*": "a photo of {class}"
+  --label-map YAML: class folder name -> label (short form) or label / words / template:
+      MT_Blowhole: blowhole
+      MT_Free: {label: good, words: defect-free magnetic tile, template: "a photo of a {class}"}
+  Every folder the map names must exist. --include / --exclude GLOB (repeatable) match the path
+  relative to SRC (fnmatch; * also crosses /), e.g. --exclude '*/Thumbs/*'.
+mvtec: SRC/train/good, SRC/test/<defect>, SRC/ground_truth/<defect>/<stem>_mask.png (or several
+  such category folders in SRC). Texts are written from the masks. --splits pool (default):
+  MVTec's train and test folders pooled, then split by group and label, so training sees
+  defects; --splits keep: train/good is train, test/ is divided into val and test.
+  --label-map renames defect folders (same format as for folder; template is not used).
+"""
 
 
 def _write_json(obj: dict[str, Any], out: str) -> None:
@@ -94,6 +115,10 @@ def _import(args: argparse.Namespace) -> int:
         "multi_label": True if args.multi_label else None,
         "templates": args.templates,
         "group_pattern": args.group_pattern,
+        "label_map": args.label_map,
+        "include": args.include,
+        "exclude": args.exclude,
+        "splits": args.splits,
         "n": args.n,
         "size": args.size,
         "width": args.width,
@@ -136,6 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "import",
         help="convert a data set into DIR/manifest.csv",
         description="KIND: " + ", ".join(IMPORT_KINDS) + " (synthetic takes no SRC).",
+        epilog=IMPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     i.add_argument("kind", choices=IMPORT_KINDS, metavar="KIND", help=", ".join(IMPORT_KINDS))
     i.add_argument("src", nargs="?", help="the data set's folder (not for synthetic)")
@@ -148,7 +175,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="neu-det: also label other defect classes boxed in the image",
     )
-    i.add_argument("--templates", metavar="YAML", help="folder: per-class description templates")
+    i.add_argument(
+        "--templates", metavar="YAML", help="folder: per-class description templates (below)"
+    )
+    i.add_argument(
+        "--label-map",
+        metavar="YAML",
+        help="folder, mvtec: folder name -> label and wording (format below)",
+    )
+    i.add_argument(
+        "--include", action="append", metavar="GLOB", help="folder: only import matching files"
+    )
+    i.add_argument(
+        "--exclude", action="append", metavar="GLOB", help="folder: leave matching files out"
+    )
+    i.add_argument(
+        "--splits",
+        choices=("pool", "keep"),
+        help="mvtec: pool MVTec's train/test folders (default) or keep them (below)",
+    )
     i.add_argument(
         "--group-pattern",
         metavar="REGEX",
@@ -176,6 +221,57 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     i.add_argument("--classes", help="synthetic: comma-separated defect classes")
     i.set_defaults(func=_import)
+    _add_split(dsub)
+
+
+def _split(args: argparse.Namespace) -> int:
+    from domainclip.datasets.splits import split_manifest
+
+    report = split_manifest(
+        args.manifest,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        seed=args.seed,
+        by=args.by,
+        stratify=args.stratify,
+        force=args.force,
+    )
+    print(report.format())
+    print(f"wrote {report.path}")
+    return 0
+
+
+def _add_split(dsub: argparse._SubParsersAction) -> None:
+    """`data split MANIFEST`: assign the split column group-aware and stratified."""
+    s = dsub.add_parser(
+        "split",
+        help="assign train/val/test to a manifest's rows (group-aware, stratified)",
+        description="Write the split column of MANIFEST in place: rows of one group (--by) "
+        "always share a split, label proportions are kept (--stratify label). Rows that already "
+        "have a split keep it; a manifest whose rows are all split is refused unless --force, "
+        "which reassigns every row. Prints rows, groups and labels per split and the leakage "
+        "check; nothing is written when it fails.",
+    )
+    s.add_argument("manifest", help="manifest .csv or .jsonl (rewritten in place)")
+    s.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
+    s.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
+    s.add_argument("--seed", type=int, default=0, help="split seed")
+    s.add_argument(
+        "--by",
+        default="group",
+        metavar="COLUMN",
+        help="column whose values stay together: group (default) or a metadata column",
+    )
+    s.add_argument(
+        "--stratify",
+        choices=("label", "none"),
+        default="label",
+        help="keep label proportions per split (default: label)",
+    )
+    s.add_argument(
+        "--force", action="store_true", help="reassign every row, even if already split"
+    )
+    s.set_defaults(func=_split)
 
 
 def _add_validate(dsub: argparse._SubParsersAction) -> None:

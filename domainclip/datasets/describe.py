@@ -34,7 +34,8 @@ class _Noun:
     line_like: bool = False  # size is described by length ("long"), not area
 
 
-# NEU-DET classes (hot-rolled steel) and the synthetic generator's classes. Fixed at import.
+# NEU-DET classes (hot-rolled steel), the synthetic generator's classes and a few MVTec-AD
+# mass nouns. Fixed at import.
 _NOUNS: dict[str, _Noun] = {
     "crazing": _Noun("fine crazing", "fine crazing", mass=True),
     "inclusion": _Noun("inclusion", "inclusions"),
@@ -48,6 +49,12 @@ _NOUNS: dict[str, _Noun] = {
     "pits": _Noun("pit", "pits"),
     "crack": _Noun("crack", "cracks", line_like=True),
     "cracks": _Noun("crack", "cracks", line_like=True),
+    # Mass nouns of MVTec-AD-style defect folders (`importers/mvtec.py` words them this way).
+    "contamination": _Noun("contamination", "contamination", mass=True),
+    "metal contamination": _Noun("metal contamination", "metal contamination", mass=True),
+    "glue": _Noun("glue", "glue", mass=True),
+    "oil": _Noun("oil", "oil", mass=True),
+    "liquid": _Noun("liquid", "liquid", mass=True),
 }
 
 _COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -284,3 +291,55 @@ def describe_objects(
     phrase, where = clauses[-1]
     last = f"{phrase} {where.before_surface} {_article(surface)} {surface}"
     return ", ".join(head) + " and " + last if head else last
+
+
+MIN_REGION_PIXELS = 4  # mask components smaller than this are annotation specks, not findings
+
+
+def mask_boxes(mask: np.ndarray, min_pixels: int = MIN_REGION_PIXELS) -> list[Box]:
+    """Tight boxes of the 8-connected regions of a mask, largest region first.
+
+    Args:
+        mask: bool or integer array [H, W]; non-zero = finding.
+        min_pixels: regions with fewer pixels are dropped (isolated annotation specks).
+
+    Returns:
+        (xmin, ymin, xmax, ymax) per region in pixels (max exclusive), sorted by region size
+        (descending), then position.
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(mask) != 0, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    found = [
+        (int(areas[k]), (sx.start, sy.start, sx.stop, sy.stop))
+        for k, (sy, sx) in enumerate(ndimage.find_objects(labels))
+        if areas[k] >= min_pixels
+    ]
+    found.sort(key=lambda t: (-t[0], t[1]))
+    return [box for _, box in found]
+
+
+def describe_mask(
+    class_name: str,
+    mask: np.ndarray,
+    *,
+    surface: str = "steel surface",
+    min_pixels: int = MIN_REGION_PIXELS,
+) -> str | None:
+    """Describe the regions of a pixel mask like boxes: count, size and position words.
+
+    Each 8-connected region of at least `min_pixels` pixels is one finding, described by its
+    tight box (`describe_boxes`), relative to the mask's own size [H, W], e.g. "a small crack
+    in the centre of a hazelnut".
+
+    Returns:
+        The sentence, or None when the mask has no region (nothing to describe).
+    """
+    boxes = mask_boxes(mask, min_pixels)
+    if not boxes:
+        return None
+    height, width = np.asarray(mask).shape[:2]
+    return describe_boxes(class_name, boxes, width, height, surface=surface)

@@ -12,6 +12,8 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -254,3 +256,136 @@ def assign_splits(
         ", ".join(f"{s} {counts.get(s, 0)}" for s in SPLITS),
     )
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Splitting a manifest file (`domainclip data split`)
+
+
+@dataclass
+class SplitReport:
+    """What `split_manifest` did.
+
+    Attributes:
+        path: the manifest written.
+        by: the column whose values were kept together; stratify: "label" or "none"; seed.
+        assigned: rows given a split now; kept: rows whose existing split was kept.
+        rows, groups: split -> rows / distinct `by` values in it (all rows, after assignment).
+        labels: split -> first label -> rows.
+        leakage: groups (and images) in more than one split; empty when the check passed.
+    """
+
+    path: str
+    by: str
+    stratify: str
+    seed: int
+    assigned: int = 0
+    kept: int = 0
+    rows: dict[str, int] = field(default_factory=dict)
+    groups: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    leakage: list[LeakageProblem] = field(default_factory=list)
+
+    def format(self) -> str:
+        """Per-split counts and the leakage check, for the command line."""
+        how = f"by {self.by}, " + ("stratified by label" if self.stratify == "label" else "not stratified")
+        lines = [
+            f"split {self.path} ({how}, seed {self.seed}): assigned {self.assigned} rows, "
+            f"kept {self.kept} existing assignments"
+        ]
+        for s in (*SPLITS, UNASSIGNED):
+            if self.rows.get(s):
+                labels = ", ".join(f"{k or '(none)'} {v}" for k, v in sorted(self.labels[s].items()))
+                unit = "groups" if self.by == "group" else f"{self.by} values"
+                lines.append(f"  {s}: {self.rows[s]} rows, {self.groups[s]} {unit} ({labels})")
+        if self.leakage:
+            lines.append("leakage check: FAILED: " + format_leakage(self.leakage))
+        else:
+            lines.append(f"leakage check: passed (no {self.by} value and no image in two splits)")
+        return "\n".join(lines)
+
+
+def _check_splittable(manifest: Any, path: Path, by: str, force: bool) -> None:
+    """Refuse a manifest that would lose rows when rewritten, lacks `by`, or is split already."""
+    skips = [p for p in manifest.problems if p.severity == "skip"]
+    if skips:
+        shown = "; ".join(p.message for p in skips[:_MAX_LISTED])
+        raise DataError(
+            f"{path}: {len(skips)} row(s) cannot be read ({shown}); rewriting the manifest would "
+            "drop them. Fix them first (`domainclip data validate` lists them all)."
+        )
+    if by != "group" and by not in manifest.columns:
+        raise DataError(
+            f"{path}: --by {by!r} is not a column; columns: {', '.join(manifest.columns)}"
+        )
+    counts = Counter(r.split for r in manifest.rows)
+    if not force and manifest.rows and counts.get(UNASSIGNED, 0) == 0:
+        parts = ", ".join(f"{s} {counts[s]}" for s in SPLITS if counts.get(s))
+        raise DataError(
+            f"{path} is already split ({parts}); refusing to reshuffle it. Pass --force to "
+            "reassign every row (results of runs trained on the old split are then no longer "
+            "comparable), or clear the split column of the rows to reassign."
+        )
+
+
+def split_manifest(
+    path: str | os.PathLike[str],
+    *,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    seed: int = 0,
+    by: str = "group",
+    stratify: str = "label",
+    force: bool = False,
+) -> SplitReport:
+    """Write the split column of a manifest file in place: group-aware and stratified.
+
+    Rows with a split keep it (and unassigned rows of their group join them) unless `force`,
+    which reassigns every row; a manifest whose every row is split is refused without `force`.
+    `by` names the column whose values stay together ("group", or any metadata column; an empty
+    cell makes the image its own group). The file is rewritten atomically only when the leakage
+    check passes.
+
+    Raises:
+        DataError: unreadable manifest, unreadable rows (rewriting would drop them), unknown
+            `by` column, already split without `force`, or leakage after assignment.
+        ConfigError: bad fractions or `stratify` value.
+    """
+    from domainclip.datasets.manifest import read_manifest, write_manifest
+
+    if stratify not in ("label", "none"):
+        raise ConfigError(f"--stratify must be 'label' or 'none', got {stratify!r}")
+    _check_fractions(val_frac, test_frac)
+    manifest = read_manifest(path)
+    p = Path(path)
+    _check_splittable(manifest, p, by, force)
+    keyed = [
+        dataclasses.replace(r, group=r.group if by == "group" else (r.meta.get(by) or r.image))
+        for r in manifest.rows
+    ]
+    done = assign_splits(
+        keyed, val_frac, test_frac, seed, stratify == "label", overwrite=force
+    )
+    report = SplitReport(str(p), by, stratify, seed)
+    report.kept = sum(1 for r in manifest.rows if not force and r.split != UNASSIGNED)
+    report.assigned = len(done) - report.kept
+    report.leakage = check_leakage(done)
+    rows = [dataclasses.replace(r, split=d.split) for r, d in zip(manifest.rows, done, strict=True)]
+    if by != "group":
+        report.leakage += [q for q in check_leakage(rows) if q.kind == "group"]
+    for s, members in _by_split(done).items():
+        report.rows[s] = len(members)
+        report.groups[s] = len({r.group for r in members})
+        report.labels[s] = dict(Counter(r.label[0] if r.label else "" for r in members))
+    if report.leakage:
+        raise DataError(f"{p}: not written: " + format_leakage(report.leakage))
+    # An empty group cell reads as "the image is its own group": write it back empty.
+    write_manifest([dataclasses.replace(r, group="" if r.group == r.image else r.group) for r in rows], p)
+    return report
+
+
+def _by_split(rows: Sequence[ManifestRow]) -> dict[str, list[ManifestRow]]:
+    out: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in rows:
+        out[r.split].append(r)
+    return dict(out)

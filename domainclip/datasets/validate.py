@@ -3,10 +3,13 @@
 A row is usable when the manifest reader accepts it (image path and text present, labels parse)
 and, with ``check_images``, its image file exists and decodes. Warnings do not make a row
 unusable: texts longer than the tokenizer's context (they will be truncated), duplicate image
-paths, rows without a split, unreadable masks / malformed boxes in the metadata.
+paths, rows without a split, unreadable masks / malformed boxes in the metadata, masks of
+another size than their image, and images that look like masks (a mask name such as
+``*_mask.png`` or a ``masks/`` / ``GT/`` folder, and binary single-channel pixels).
 
 The manifest as a whole is ok when at least one row is usable, the file structure is valid
-(required columns, known split names) and no group (or image) spans two splits.
+(required columns, known split names), no group (or image) spans two splits, and no row's
+image is another row's mask (the mask would be trained on as an image of its own).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from domainclip.datasets.imageio import ImageReadError, load_image
+from domainclip.datasets.imageio import ImageReadError, load_image, read_image_size
 from domainclip.datasets.manifest import SPLITS, UNASSIGNED, Manifest, ManifestRow, read_manifest
+from domainclip.datasets.maskfiles import is_mask_name, looks_like_mask
 from domainclip.datasets.splits import check_leakage, format_leakage
 from domainclip.errors import DataError
 
@@ -193,6 +197,7 @@ def validate_manifest(
     leaks = check_leakage(manifest.rows)
     if leaks:
         report.errors.append(format_leakage(leaks))
+    _check_masks_as_images(manifest, out)
     for rows in (*report.skips.values(), *report.warnings.values()):
         rows.sort()
     return report
@@ -230,21 +235,75 @@ def _check_row(
     _check_meta(manifest, row, out)
 
 
+def _mask_path(manifest: Manifest, mask: str) -> Path:
+    p = Path(mask).expanduser()
+    return p if p.is_absolute() else Path(os.path.normpath(manifest.root / p))
+
+
+def _check_masks_as_images(manifest: Manifest, out: _Collector) -> None:
+    """Error when a row's image is another row's mask (listed by row)."""
+    masks = {
+        _mask_path(manifest, r.meta["mask"].strip()): r
+        for r in manifest.rows
+        if r.meta.get("mask", "").strip()
+    }
+    found = []
+    for r in manifest.rows:
+        owner = masks.get(manifest.image_path(r))
+        if owner is not None and owner is not r:
+            message = f"{r.where()}: image {r.image} is the mask of {owner.where()}"
+            out.warn("image_is_mask", r.row, message)
+            found.append(message)
+    if found:
+        shown = "; ".join(found[:_EXAMPLES_PER_KIND])
+        more = f"; ... and {len(found) - _EXAMPLES_PER_KIND} more" if len(found) > _EXAMPLES_PER_KIND else ""
+        out.report.errors.append(
+            f"{len(found)} row(s) list a mask as their image ({shown}{more}): a mask is not a "
+            "training image; delete those rows (re-import with `domainclip data import folder`, "
+            "which pairs masks with their images)"
+        )
+
+
 def _check_meta(manifest: Manifest, row: ManifestRow, out: _Collector) -> None:
-    """Known metadata columns (docs/DESIGN.md): `mask` must decode, `boxes` must parse."""
+    """Known metadata columns (docs/DESIGN.md): `mask` must decode and match its image's size,
+    `boxes` must parse; an image named and coloured like a mask is flagged."""
     where = row.where()
+    image_path = manifest.image_path(row)
+    if is_mask_name(Path(row.image)) and looks_like_mask(image_path):
+        out.warn(
+            "image_looks_like_mask",
+            row.row,
+            f"{where}: image {row.image} is named like a mask and holds only 0 and one other "
+            "value in one channel; if it is a mask, put it in the `mask` column of its image's row",
+        )
     mask = row.meta.get("mask", "").strip()
     if mask:
-        mask_path = Path(mask) if Path(mask).is_absolute() else manifest.root / mask
+        mask_path = _mask_path(manifest, mask)
         try:
             load_image(mask_path)
         except ImageReadError as exc:
             out.warn("mask_unreadable", row.row, f"{where}: mask {exc}")
+        else:
+            _check_mask_size(image_path, mask_path, row, out)
     boxes = row.meta.get("boxes", "").strip()
     if boxes:
         problem = _boxes_problem(boxes)
         if problem:
             out.warn("bad_boxes", row.row, f"{where}: boxes {problem}")
+
+
+def _check_mask_size(image: Path, mask: Path, row: ManifestRow, out: _Collector) -> None:
+    try:
+        size, mask_size = read_image_size(image), read_image_size(mask)
+    except ImageReadError:
+        return  # the image itself is reported elsewhere
+    if size != mask_size:
+        out.warn(
+            "mask_size",
+            row.row,
+            f"{row.where()}: mask {mask} is {mask_size[0]}x{mask_size[1]} but its image is "
+            f"{size[0]}x{size[1]} (transforms refuse such a pair; resize or re-export the mask)",
+        )
 
 
 def _boxes_problem(text: str) -> str | None:

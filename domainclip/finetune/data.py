@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from domainclip.datasets.manifest import Manifest, read_manifest
+from domainclip.datasets.manifest import UNASSIGNED, Manifest, read_manifest
 from domainclip.datasets.splits import check_leakage, format_leakage
 from domainclip.datasets.torch_dataset import PairedDataset
 from domainclip.errors import ConfigError, DataError
@@ -81,11 +81,17 @@ def _split(
 ) -> SplitData:
     ds = PairedDataset(manifest, split=name, classes=classes)
     if len(ds) == 0:
-        counts = ", ".join(f"{k}: {v}" for k, v in manifest.split_counts().items()) or "no rows"
+        split_counts = manifest.split_counts()
+        counts = ", ".join(f"{k}: {v}" for k, v in split_counts.items()) or "no rows"
+        fix = (
+            f"Assign splits with `domainclip data split {manifest.path}` (group-aware and "
+            "stratified; it writes the split column, so evaluate and audit see the same split)"
+            if split_counts.get(UNASSIGNED)
+            else f"Reassign splits with `domainclip data split {manifest.path} --force`"
+        )
         raise DataError(
             f"{manifest.path}: the {what} split {name!r} is empty (rows per split: {counts}). "
-            f"Assign splits when importing (domainclip data import ... --val-frac ...) or set "
-            f"data.{what}_split to a split that has rows."
+            f"{fix}, or set data.{what}_split to a split that has rows."
         )
     pos = _subset(len(ds), limit, seed)
     lookup = {c: i for i, c in enumerate(classes)}

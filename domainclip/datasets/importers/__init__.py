@@ -4,7 +4,10 @@ Kinds (``domainclip data import KIND SRC --out OUT``):
 
 * ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); texts from the boxes.
 * ``covid-cxr``: the COVID-19 chest X-ray collection (metadata.csv, images/).
-* ``folder``: one folder per class, optional per-class text templates.
+* ``folder``: one folder per class, optional per-class text templates and a label map, include /
+  exclude patterns; masks beside the images (``x_mask.png``, ``masks/``, ``GT/``) are paired.
+* ``mvtec``: MVTec-AD-style anomaly folders (train/good, test/<defect>, ground_truth/ masks);
+  texts from the masks.
 * ``synthetic``: generated metal-surface defects with exact masks and boxes (no SRC; used by the
   demo); square or any size or mix of aspect ratios, defect sizes relative or in pixels.
 
@@ -46,6 +49,12 @@ def _folder(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return import_folder(src, out, **kw)
 
 
+def _mvtec(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.mvtec import import_mvtec
+
+    return import_mvtec(src, out, **kw)
+
+
 def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     from domainclip.datasets.importers.synthetic import generate_synthetic
 
@@ -60,11 +69,12 @@ def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
 IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
     "neu-det": (_neu_det, ("multi_label",)),
     "covid-cxr": (_covid_cxr, ()),
-    "folder": (_folder, ("templates", "group_pattern")),
+    "folder": (_folder, ("templates", "group_pattern", "label_map", "include", "exclude")),
     "synthetic": (
         _synthetic,
         ("n", "size", "classes", "width", "height", "aspects", "defect_size"),
     ),
+    "mvtec": (_mvtec, ("label_map", "splits")),
 }
 
 
@@ -86,14 +96,14 @@ def run_import(
     """Import data set `kind` from `src` into ``out/manifest.csv``.
 
     Args:
-        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic");
+        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec");
             underscores are accepted for hyphens.
         src: the data set's folder (None for "synthetic").
         out: output folder; created if needed.
         seed: seed for the split assignment (and the synthetic generator).
         val_frac, test_frac: fractions of rows (by group) for validation and test.
         **options: kind-specific options (neu-det: multi_label; folder: templates,
-            group_pattern; synthetic: n, size, classes, width, height, aspects, defect_size). Options set to None are ignored,
+            group_pattern, label_map, include, exclude; mvtec: label_map, splits; synthetic: n, size, classes, width, height, aspects, defect_size). Options set to None are ignored,
             so a command line can pass its unset flags through.
 
     Returns:

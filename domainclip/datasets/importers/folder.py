@@ -1,25 +1,37 @@
-"""Folder-per-class importer: ``SRC/<class>/**/<image>``.
+"""Folder-per-class importer: ``SRC/<class>/**/<image>``, with masks paired, never imported.
 
-* ``label``: the class folder's name.
-* ``text``: from a per-class template; ``{class}`` is replaced by the readable class name
-  (`domainclip.templates.humanise`: underscores and hyphens as spaces). Default
-  "a photo of {class}". Templates come as a dict or a YAML file mapping folder names to
-  templates; the key ``"*"`` sets the template for classes not listed. Literal braces are
+* ``label``: the class folder's name, or what the label map (`labelmap.py`, ``--label-map``)
+  says for it.
+* ``text``: from a per-class template; ``{class}`` is replaced by the class's words: the label
+  map's ``words``, else the readable folder name (`domainclip.templates.humanise`: underscores
+  and hyphens as spaces). Default "a photo of {class}". Templates come as a dict or a YAML file
+  mapping folder names to templates (``--templates``); the key ``"*"`` sets the template for
+  classes not listed; a label map entry's ``template`` wins over both. Literal braces are
   written ``{{`` and ``}}``; any placeholder other than ``{class}`` is an error.
+* meta ``mask``: the image's pixel mask, paired by the conventions of
+  `domainclip.datasets.maskfiles` (``x_mask.png`` or a same-stem ``x.png`` beside ``x.jpg``, or
+  ``masks/`` / ``GT/`` / ``ground_truth/`` folders beside or inside the image's folder). Masks
+  are never rows of their own; a mask no image claims stops the import (named), since it means
+  the pairing or the layout is not what was assumed: delete it or ``--exclude`` it.
 * ``group``: each image is its own group, unless `group_pattern` (a regular expression with
   one capture group, searched in the file name) extracts a patient / lot id, e.g.
   ``"^(P\\d+)_"`` for ``P0012_scan3.png``. Images of one group always share a split.
 
+`include` / `exclude`: shell-style patterns (`fnmatch`, case-sensitive; ``*`` also crosses
+``/``) matched against each file's path relative to SRC, e.g. ``"*/Imgs/*"`` or
+``"MT_Free/*"``; with `include`, only matching files are read; excluded files are counted.
 Files without an image suffix (``.png``, ``.jpg``, ``.dcm``, ...), empty files and files lying
-directly in SRC are skipped and counted; empty class folders are warned about. Files are not
-decoded here: ``domainclip data validate`` does that.
+directly in SRC are skipped and counted; empty class folders are warned about. Images are not
+decoded here (same-stem PNGs are, to tell masks from images): ``domainclip data validate`` does.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from domainclip.datasets.importers._common import (
@@ -30,7 +42,13 @@ from domainclip.datasets.importers._common import (
     relative_path,
     require_dir,
 )
+from domainclip.datasets.importers.labelmap import (
+    LabelEntry,
+    check_folders,
+    load_label_map,
+)
 from domainclip.datasets.manifest import ManifestRow
+from domainclip.datasets.maskfiles import pair_masks
 from domainclip.errors import ConfigError, DataError
 from domainclip.io import load_yaml
 from domainclip.templates import Slot, Template, humanise
@@ -107,17 +125,35 @@ def _compile(group_pattern: str | None) -> re.Pattern[str] | None:
     return pattern
 
 
-def _class_rows(
-    src: Path,
-    class_dir: Path,
-    out: Path,
-    template: Template,
-    pattern: re.Pattern[str] | None,
-    tally: Tally,
-) -> list[ManifestRow]:
-    rows = []
+@dataclass(frozen=True)
+class _Filter:
+    """include / exclude patterns over paths relative to SRC."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def keeps(self, rel: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(rel, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(rel, p) for p in self.exclude)
+
+
+@dataclass(frozen=True)
+class _ClassSpec:
+    """One class folder: its label entry and template."""
+
+    folder: Path
+    entry: LabelEntry
+    template: Template
+
+
+def _image_files(src: Path, class_dir: Path, keep: _Filter, tally: Tally) -> list[Path]:
+    """Files under `class_dir` that pass the filter, have an image suffix and are not empty."""
+    found = []
     for path in sorted(p for p in class_dir.rglob("*") if p.is_file()):
-        rel = relative_path(path, out)
+        if not keep.keeps(path.relative_to(src).as_posix()):
+            tally.skipped["excluded"] += 1
+            continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             tally.skip(
                 "not_image", f"{path}: no image suffix ({', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -126,16 +162,79 @@ def _class_rows(
         if path.stat().st_size == 0:
             tally.skip("empty_file", f"{path}: zero bytes")
             continue
+        found.append(path)
+    return found
+
+
+def _class_rows(
+    src: Path,
+    spec: _ClassSpec,
+    out: Path,
+    pattern: re.Pattern[str] | None,
+    keep: _Filter,
+    tally: Tally,
+) -> tuple[list[ManifestRow], list[Path]]:
+    """Rows of one class folder, and the masks in it that no image claims."""
+    pairing = pair_masks(_image_files(src, spec.folder, keep, tally), src)
+    for p in pairing.same_stem_images:
+        tally.warn("same_stem_image", f"{p}: shares its stem with another image but is no mask")
+    text = spec.template.fill(**{CLASS.name: spec.entry.words}).strip()
+    rows = []
+    for path, mask in pairing.images:
+        meta = {"text_source": "template"}
+        if mask is not None:
+            meta["mask"] = relative_path(mask, out)
         rows.append(
             ManifestRow(
-                image=rel,
-                text=render_template(template, class_dir.name),
-                label=[class_dir.name],
+                image=relative_path(path, out),
+                text=text,
+                label=[spec.entry.label],
                 group=_group_for(path, pattern, path.relative_to(src).as_posix(), tally),
-                meta={"text_source": "template"},
+                meta=meta,
             )
         )
-    return rows
+    return rows, pairing.orphans
+
+
+def _orphan_error(src: Path, orphans: Sequence[Path]) -> DataError:
+    shown = ", ".join(str(p.relative_to(src)) for p in orphans[:5])
+    more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+    return DataError(
+        f"{KIND}: {len(orphans)} mask file(s) in {src} belong to no image: {shown}{more}. A mask "
+        "pairs with the image of the same stem (x.jpg + x_mask.png or a mask-like x.png beside "
+        "it, or x.png in a masks/ or GT/ folder beside or inside the image's folder). Restore "
+        "the missing images, or leave the masks out with --exclude PATTERN."
+    )
+
+
+def _class_specs(
+    src: Path,
+    templates: Mapping[str, str] | str | Path | None,
+    label_map: Mapping[str, object] | str | Path | None,
+    tally: Tally,
+) -> list[_ClassSpec]:
+    """The class folders of SRC with their labels and templates (label map checked)."""
+    table = load_templates(templates)
+    labels = load_label_map(KIND, label_map)
+    class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{KIND}: {src} has no class sub-folders (expected SRC/<class>/<image>)")
+    names = {d.name for d in class_dirs}
+    check_folders(KIND, labels, names, src)
+    unknown = sorted(set(table) - names - {FALLBACK_KEY})
+    if unknown:
+        tally.warn("template_without_folder", f"templates for missing class folders: {unknown}")
+    specs = []
+    for d in class_dirs:
+        entry = labels.get(d.name, LabelEntry.default(d.name))
+        template = table.get(d.name, table.get(FALLBACK_KEY, DEFAULT_TEMPLATE))
+        if entry.template is not None:
+            template = Template.parse(
+                entry.template, (CLASS,), source=f"{KIND} label map",
+                where=f"template of {d.name!r}", error=DataError,
+            )
+        specs.append(_ClassSpec(d, entry, template))
+    return specs
 
 
 def import_folder(
@@ -147,35 +246,40 @@ def import_folder(
     test_frac: float = 0.15,
     templates: Mapping[str, str] | str | Path | None = None,
     group_pattern: str | None = None,
+    label_map: Mapping[str, object] | str | Path | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
 ) -> ImportResult:
     """Import ``SRC/<class>/...`` images into ``out/manifest.csv`` (see the module docstring).
 
     Raises:
-        DataError: `src` missing or without class folders, bad templates or group pattern,
-            or no usable image at all.
+        DataError: `src` missing or without class folders, bad templates, label map or group
+            pattern, a label map naming a folder SRC lacks, masks that belong to no image, or
+            no usable image at all.
     """
     src = require_dir(src, KIND, "one sub-folder of images per class")
-    table = load_templates(templates)
     pattern = _compile(group_pattern)
+    keep = _Filter(tuple(include or ()), tuple(exclude or ()))
+    tally = Tally()
+    specs = _class_specs(src, templates, label_map, tally)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tally = Tally()
-    class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise DataError(f"{KIND}: {src} has no class sub-folders (expected SRC/<class>/<image>)")
     for stray in sorted(p for p in src.iterdir() if p.is_file()):
         tally.skip("outside_class_folder", f"{stray}: files must be inside a class folder")
-    unknown = sorted(set(table) - {d.name for d in class_dirs} - {FALLBACK_KEY})
-    if unknown:
-        tally.warn("template_without_folder", f"templates for missing class folders: {unknown}")
     rows: list[ManifestRow] = []
-    for class_dir in class_dirs:
-        template = table.get(class_dir.name, table.get(FALLBACK_KEY, DEFAULT_TEMPLATE))
-        found = _class_rows(src, class_dir, out, template, pattern, tally)
-        if not found:
-            tally.warn("empty_class_folder", f"{class_dir}: no images")
+    orphans: list[Path] = []
+    for spec in specs:
+        found, lost = _class_rows(src, spec, out, pattern, keep, tally)
+        orphans += lost
+        if not found and not lost:
+            tally.warn("empty_class_folder", f"{spec.folder}: no images")
         rows.extend(found)
-    notes = []
+    if orphans:
+        raise _orphan_error(src, orphans)
+    if tally.skipped["excluded"]:
+        logger.info("%s: %d file(s) left out by include/exclude", KIND, tally.skipped["excluded"])
+    n_masks = sum(1 for r in rows if "mask" in r.meta)
+    notes = [f"{n_masks} of {len(rows)} images have a paired mask (meta column 'mask')"] if n_masks else []
     if pattern is None:
         notes.append(
             "no group_pattern: every image is its own group (splits cannot keep "
