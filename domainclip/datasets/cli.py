@@ -15,7 +15,7 @@ from typing import Any
 from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.errors import ConfigError
 
-IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec")
+IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec", "deeppcb")
 
 IMPORT_EPILOG = """\
 folder: SRC/<class>/**/<image>; the label is the class folder's name.
@@ -36,6 +36,10 @@ mvtec: SRC/train/good, SRC/test/<defect>, SRC/ground_truth/<defect>/<stem>_mask.
   MVTec's train and test folders pooled, then split by group and label, so training sees
   defects; --splits keep: train/good is train, test/ is divided into val and test.
   --label-map renames defect folders (same format as for folder; template is not used).
+deeppcb: SRC (or SRC/PCBData)/groupN/N/<id>_test.jpg + <id>_temp.jpg, boxes in groupN/N_not/<id>.txt
+  ("x1 y1 x2 y2 type", types 1 open .. 6 pin-hole). A board's label is its most frequent defect
+  type (every defect is in its text and boxes); templates are "no defect" rows. --group-by group
+  (default: the board group folder, so crops of one design never span splits) or board.
 """
 
 
@@ -119,6 +123,7 @@ def _import(args: argparse.Namespace) -> int:
         "include": args.include,
         "exclude": args.exclude,
         "splits": args.splits,
+        "group_by": args.group_by,
         "n": args.n,
         "size": args.size,
         "width": args.width,
@@ -173,7 +178,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument(
         "--multi-label",
         action="store_true",
-        help="neu-det: also label other defect classes boxed in the image",
+        help="neu-det, deeppcb: also label the other defect classes boxed in the image",
     )
     i.add_argument(
         "--templates", metavar="YAML", help="folder: per-class description templates (below)"
@@ -193,6 +198,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--splits",
         choices=("pool", "keep"),
         help="mvtec: pool MVTec's train/test folders (default) or keep them (below)",
+    )
+    i.add_argument(
+        "--group-by",
+        choices=("group", "board"),
+        help="deeppcb: group rows by board group folder (default) or by board (below)",
     )
     i.add_argument(
         "--group-pattern",

@@ -8,6 +8,8 @@ Kinds (``domainclip data import KIND SRC --out OUT``):
   exclude patterns; masks beside the images (``x_mask.png``, ``masks/``, ``GT/``) are paired.
 * ``mvtec``: MVTec-AD-style anomaly folders (train/good, test/<defect>, ground_truth/ masks);
   texts from the masks.
+* ``deeppcb``: DeepPCB boards (groupN/N/<id>_test.jpg with boxes in groupN/N_not/<id>.txt) and
+  their aligned defect-free templates (``no defect`` rows in the same group).
 * ``synthetic``: generated metal-surface defects with exact masks and boxes (no SRC; used by the
   demo); square or any size or mix of aspect ratios, defect sizes relative or in pixels.
 
@@ -55,6 +57,12 @@ def _mvtec(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return import_mvtec(src, out, **kw)
 
 
+def _deeppcb(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.deeppcb import import_deeppcb
+
+    return import_deeppcb(src, out, **kw)
+
+
 def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     from domainclip.datasets.importers.synthetic import generate_synthetic
 
@@ -75,6 +83,7 @@ IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
         ("n", "size", "classes", "width", "height", "aspects", "defect_size"),
     ),
     "mvtec": (_mvtec, ("label_map", "splits")),
+    "deeppcb": (_deeppcb, ("group_by", "multi_label")),
 }
 
 
@@ -96,7 +105,7 @@ def run_import(
     """Import data set `kind` from `src` into ``out/manifest.csv``.
 
     Args:
-        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec");
+        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec", "deeppcb");
             underscores are accepted for hyphens.
         src: the data set's folder (None for "synthetic").
         out: output folder; created if needed.
