@@ -15,7 +15,7 @@ fine-tuned for the same number of steps and evaluated on the test split:
 
     python benchmarks/geometry.py --synthetic --out /tmp/geo
     domainclip data import deeppcb ../shared/data/deeppcb --out /tmp/pcb
-    python benchmarks/geometry.py --deeppcb /tmp/pcb/manifest.csv --out /tmp/geo-pcb --limit 600
+    python benchmarks/geometry.py --deeppcb /tmp/pcb/manifest.csv --out /tmp/geo-pcb --boards 400
 
 Run it with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 in the environment (STACK.md).
 """
@@ -82,20 +82,23 @@ def _synthetic(out: Path, n: int, seed: int) -> DataSet:
     return DataSet("synthetic 1024x384, 8-24 px", res.manifest_path, prompts, "clean")
 
 
-def _limited(manifest: Path, limit: int | None, out: Path) -> Path:
-    """The rows of the first `limit` groups (whole groups: a board and its template stay together),
-    with absolute image/mask paths so the subset can live elsewhere."""
-    if not limit:
+def _limited(manifest: Path, boards: int | None, out: Path, seed: int) -> Path:
+    """At most `boards` boards per split, each with its template (a seeded sample of the
+    importer's group-aware splits), with absolute image paths so the subset can live elsewhere."""
+    if not boards:
         return manifest
     with manifest.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields, lines = reader.fieldnames, list(reader)
-    keep = set(list(dict.fromkeys(line["group"] for line in lines))[:limit])
-    lines = [line for line in lines if line["group"] in keep]
+    rng = np.random.default_rng(seed)
+    keep: set[str] = set()
+    for split in ("train", "val", "test"):
+        ids = sorted({line["board"] for line in lines if line["split"] == split})
+        keep |= set(rng.permutation(ids)[: boards if split == "train" else max(boards // 3, 1)])
+    lines = [line for line in lines if line["board"] in keep]
     for line in lines:
-        for key in ("image", "mask"):
-            if line.get(key) and not Path(line[key]).is_absolute():
-                line[key] = str((manifest.parent / line[key]).resolve())
+        if not Path(line["image"]).is_absolute():
+            line["image"] = str((manifest.parent / line["image"]).resolve())
     out.mkdir(parents=True, exist_ok=True)
     path = out / "manifest_subset.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -248,7 +251,7 @@ def main() -> None:
     p.add_argument("--n-synthetic", type=int, default=300)
     p.add_argument("--deeppcb", type=Path, help="manifest of `domainclip data import deeppcb`")
     p.add_argument(
-        "--limit", type=int, help="DeepPCB: only the first N groups (boards + templates)"
+        "--boards", type=int, help="DeepPCB: N train boards, N/3 val and test (with templates)"
     )
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--steps", type=int, default=60)
@@ -262,7 +265,7 @@ def main() -> None:
     if args.synthetic:
         sets.append(_synthetic(args.out, args.n_synthetic, args.seed))
     if args.deeppcb:
-        manifest = _limited(args.deeppcb.resolve(), args.limit, args.out / "deeppcb")
+        manifest = _limited(args.deeppcb.resolve(), args.boards, args.out / "deeppcb", args.seed)
         sets.append(DataSet("deeppcb 640x640", manifest, DEEPPCB_PROMPTS, "no defect"))
     rows = []
     for ds in sets:
