@@ -48,6 +48,13 @@ _NOUNS: dict[str, _Noun] = {
     "pits": _Noun("pit", "pits"),
     "crack": _Noun("crack", "cracks", line_like=True),
     "cracks": _Noun("crack", "cracks", line_like=True),
+    # DeepPCB printed-circuit-board defects (importers/deeppcb.py names them so).
+    "open": _Noun("open circuit", "open circuits"),
+    "short": _Noun("short circuit", "short circuits"),
+    "mousebite": _Noun("mouse bite", "mouse bites"),
+    "spur": _Noun("spur", "spurs"),
+    "spurious_copper": _Noun("spurious copper", "spurious copper", mass=True),
+    "pin_hole": _Noun("pin hole", "pin holes"),
 }
 
 _COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
