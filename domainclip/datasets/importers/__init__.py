@@ -2,7 +2,12 @@
 
 Kinds (``domainclip data import KIND SRC --out OUT``):
 
-* ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); texts from the boxes.
+* ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); a preset of ``voc``.
+* ``voc``: Pascal VOC XML boxes (JPEGImages/ or images/, Annotations/); texts from the boxes.
+* ``coco``: a COCO JSON (images, annotations with bbox [x, y, w, h], categories).
+* ``yolo``: one ``class cx cy w h`` .txt per image (images/, labels/) and classes.txt/data.yaml.
+* ``deeppcb``: DeepPCB boards (``<id>_test.jpg`` + defect-free ``<id>_temp.jpg``, ``x1 y1 x2 y2
+  type`` .txt); templates become defect-free rows in their board's group.
 * ``covid-cxr``: the COVID-19 chest X-ray collection (metadata.csv, images/).
 * ``folder``: one folder per class, optional per-class text templates.
 * ``synthetic``: generated metal-surface defects with exact masks and boxes (no SRC; used by the
@@ -34,6 +39,30 @@ def _neu_det(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return import_neu_det(src, out, **kw)
 
 
+def _voc(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.voc import import_voc
+
+    return import_voc(src, out, **kw)
+
+
+def _coco(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.coco import import_coco
+
+    return import_coco(src, out, **kw)
+
+
+def _yolo(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.yolo import import_yolo
+
+    return import_yolo(src, out, **kw)
+
+
+def _deeppcb(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.deeppcb import import_deeppcb
+
+    return import_deeppcb(src, out, **kw)
+
+
 def _covid_cxr(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     from domainclip.datasets.importers.covid_cxr import import_covid_cxr
 
@@ -56,15 +85,24 @@ def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return generate_synthetic(out, **kw)
 
 
+# Options every box importer (voc, coco, yolo) takes; `_boxes.BoxSettings` documents them.
+_BOX_OPTIONS = (
+    "surface", "multi_label", "outside", "empty_label", "empty_text", "group_pattern", "images",
+)
+
 # kind -> (runner, options it accepts beyond seed/val_frac/test_frac). Fixed; never mutated.
 IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
-    "neu-det": (_neu_det, ("multi_label",)),
+    "neu-det": (_neu_det, ("multi_label", "outside")),
     "covid-cxr": (_covid_cxr, ()),
     "folder": (_folder, ("templates", "group_pattern")),
     "synthetic": (
         _synthetic,
         ("n", "size", "classes", "width", "height", "aspects", "defect_size"),
     ),
+    "voc": (_voc, (*_BOX_OPTIONS, "annotations")),
+    "coco": (_coco, (*_BOX_OPTIONS, "annotations")),
+    "yolo": (_yolo, (*_BOX_OPTIONS, "labels", "class_names")),
+    "deeppcb": (_deeppcb, ("multi_label", "outside", "empty_label", "empty_text", "group_by")),
 }
 
 
@@ -86,15 +124,19 @@ def run_import(
     """Import data set `kind` from `src` into ``out/manifest.csv``.
 
     Args:
-        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic");
+        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "voc",
+            "coco", "yolo", "deeppcb");
             underscores are accepted for hyphens.
         src: the data set's folder (None for "synthetic").
         out: output folder; created if needed.
         seed: seed for the split assignment (and the synthetic generator).
         val_frac, test_frac: fractions of rows (by group) for validation and test.
-        **options: kind-specific options (neu-det: multi_label; folder: templates,
-            group_pattern; synthetic: n, size, classes, width, height, aspects, defect_size). Options set to None are ignored,
-            so a command line can pass its unset flags through.
+        **options: kind-specific options (``IMPORTERS`` lists them: neu-det: multi_label,
+            outside; voc/coco/yolo: the box options of `_boxes.BoxSettings`, images, plus
+            annotations (voc, coco) or labels, class_names (yolo); deeppcb: multi_label, outside,
+            empty_label, empty_text, group_by; folder: templates, group_pattern; synthetic: n,
+            size, classes, width, height, aspects, defect_size). Options set to None are
+            ignored, so a command line can pass its unset flags through.
 
     Returns:
         `ImportResult` with the manifest path, row count, skip counts and notes.
