@@ -35,12 +35,12 @@ def neu_det_dir(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def deeppcb_dir(shared_dir: Path) -> Path:
-    """DeepPCB boards with templates (PCBData/groupN/...)."""
-    return _data_dir(shared_dir, "deeppcb")
-
-
-@pytest.fixture(scope="session")
 def covid_cxr_dir(shared_dir: Path) -> Path:
     """COVID chest X-ray collection (metadata.csv, images/)."""
     return _data_dir(shared_dir, "covid-cxr")
+
+
+@pytest.fixture(scope="session")
+def deeppcb_dir(shared_dir: Path) -> Path:
+    """DeepPCB printed-circuit-board test/template pairs (PCBData/groupN/...)."""
+    return _data_dir(shared_dir, "deeppcb")

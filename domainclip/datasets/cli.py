@@ -15,9 +15,47 @@ from typing import Any
 from domainclip.datasets.geometry import FIT_POLICIES
 from domainclip.errors import ConfigError
 
-IMPORT_KINDS = ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec", "deeppcb")
+IMPORT_KINDS = (
+    "neu-det",
+    "covid-cxr",
+    "folder",
+    "synthetic",
+    "mvtec",
+    "voc",
+    "coco",
+    "yolo",
+    "deeppcb",
+)
 
-IMPORT_EPILOG = """\
+# What `data import --help` says each kind expects (the importers' module docstrings say more).
+_LAYOUTS = """layouts:
+  neu-det    SRC/IMAGES/*.jpg + SRC/ANNOTATIONS/*.xml (Pascal VOC); label = the file name's class
+  voc        SRC/JPEGImages/ (or images/) + SRC/Annotations/*.xml, one XML per image (same stem),
+             or the XML files beside the images in SRC
+  coco       one COCO JSON (SRC/annotations/*.json or SRC/*.json, or --annotations FILE) with
+             images, annotations (bbox = x y width height in pixels) and categories (id, name);
+             file_name resolved in --images DIR, else SRC/images/, else SRC
+  yolo       SRC/images/**/x.jpg + SRC/labels/**/x.txt (or beside the image), one line per box:
+             class cx cy w h as fractions of the image; class names from SRC/classes.txt (one
+             per line, line 1 = class 0), obj.names or data.yaml (names:), or --class-names
+  deeppcb    SRC/PCBData/groupN/N/<id>_test.jpg + <id>_temp.jpg (aligned defect-free template)
+             + SRC/PCBData/groupN/N_not/<id>.txt (x1 y1 x2 y2 type; 1 open, 2 short,
+             3 mousebite, 4 spur, 5 spurious copper, 6 pin hole); two rows per board
+  covid-cxr  SRC/metadata.csv + SRC/images/
+  folder     SRC/<class>/**/<image>, text from --templates (details below)
+  mvtec      SRC/train/good, SRC/test/<defect>, SRC/ground_truth/<defect>/*_mask.png (below)
+  synthetic  no SRC: generated metal surfaces with masks and boxes
+
+box importers (neu-det, voc, coco, yolo, deeppcb): one row per image; boxes column = JSON
+[[xmin, ymin, xmax, ymax, class], ...] in pixels of the image (size from the image header;
+fractions widened to whole pixels); text written from the boxes ("two small scratches in the
+upper left of a surface"); label = the class with the most boxes (ties: the class listed first;
+neu-det: the file name's class), --multi-label adds the image's other classes, the text always
+names every box. A box reaching past its image is clipped and counted (--outside refuse stops
+instead). Images without boxes are skipped unless --empty-label names them (deeppcb: templates
+are always rows, label no_defect). Splits are group-aware and stratified (group = the image's
+path; deeppcb: the board group folder, so every crop of one design shares a split).
+
 folder: SRC/<class>/**/<image>; the label is the class folder's name.
   Masks are paired, never imported as images: x_mask.png (or a mask-like x.png) beside x.jpg,
   or x.png / x_mask.png in a masks/, mask/, GT/ or ground_truth/ folder beside or inside the
@@ -36,10 +74,6 @@ mvtec: SRC/train/good, SRC/test/<defect>, SRC/ground_truth/<defect>/<stem>_mask.
   MVTec's train and test folders pooled, then split by group and label, so training sees
   defects; --splits keep: train/good is train, test/ is divided into val and test.
   --label-map renames defect folders (same format as for folder; template is not used).
-deeppcb: SRC (or SRC/PCBData)/groupN/N/<id>_test.jpg + <id>_temp.jpg, boxes in groupN/N_not/<id>.txt
-  ("x1 y1 x2 y2 type", types 1 open .. 6 pin-hole). A board's label is its most frequent defect
-  type (every defect is in its text and boxes); templates are "no defect" rows. --group-by group
-  (default: the board group folder, so crops of one design never span splits) or board.
 """
 
 
@@ -116,14 +150,13 @@ def _import(args: argparse.Namespace) -> int:
     if args.kind != "synthetic" and args.src is None:
         raise ConfigError(f"data import {args.kind}: SRC (the data set's folder) is required")
     options = {
-        "multi_label": True if args.multi_label else None,
+        **_box_options(args),
         "templates": args.templates,
         "group_pattern": args.group_pattern,
         "label_map": args.label_map,
         "include": args.include,
         "exclude": args.exclude,
         "splits": args.splits,
-        "group_by": args.group_by,
         "n": args.n,
         "size": args.size,
         "width": args.width,
@@ -150,6 +183,73 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _box_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The box importers' options from the command line (unset flags are None)."""
+    return {
+        "multi_label": True if args.multi_label else None,
+        "surface": args.surface,
+        "outside": args.outside,
+        "empty_label": args.empty_label,
+        "empty_text": args.empty_text,
+        "images": args.images,
+        "annotations": args.annotations,
+        "labels": args.labels,
+        "class_names": args.class_names,
+        "group_by": args.group_by,
+    }
+
+
+def _add_box_flags(i: argparse.ArgumentParser) -> None:
+    """Flags of the box importers (neu-det, voc, coco, yolo, deeppcb)."""
+    i.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="box importers: label = every class boxed in the image, the most frequent first "
+        "(default: only the class with the most boxes; neu-det: the file name's class)",
+    )
+    i.add_argument(
+        "--surface",
+        metavar="TEXT",
+        help="voc/coco/yolo: what the images show, ending every text (default: surface; e.g. "
+        "'steel surface' gives '... in the centre of a steel surface')",
+    )
+    i.add_argument(
+        "--outside",
+        choices=("clip", "refuse"),
+        help="box importers: a box reaching past its image is clipped to it and counted "
+        "(clip, the default) or stops the import naming the file (refuse)",
+    )
+    i.add_argument(
+        "--empty-label",
+        metavar="LABEL",
+        help="voc/coco/yolo: import images without boxes as defect-free rows with this label "
+        "(e.g. good; default: skip them); deeppcb: the templates' label (default no_defect)",
+    )
+    i.add_argument(
+        "--empty-text",
+        metavar="TEXT",
+        help="text of those defect-free rows (default: 'a clean SURFACE with no visible defects')",
+    )
+    i.add_argument("--images", metavar="DIR", help="voc/coco/yolo: image folder inside SRC")
+    i.add_argument(
+        "--annotations",
+        metavar="PATH",
+        help="voc: XML folder inside SRC; coco: the JSON file (inside SRC or absolute)",
+    )
+    i.add_argument("--labels", metavar="DIR", help="yolo: label .txt folder inside SRC")
+    i.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="yolo: classes.txt (one name per line, line 1 = class 0) or a YAML with names:",
+    )
+    i.add_argument(
+        "--group-by",
+        choices=("board", "board-group"),
+        help="deeppcb: split unit: board-group (default; every crop of one groupN folder "
+        "together: coarse but honest splits) or board (a test image with its template)",
+    )
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `data` command group."""
     p = sub.add_parser("data", help="import, validate and describe paired image-text data")
@@ -166,7 +266,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "import",
         help="convert a data set into DIR/manifest.csv",
         description="KIND: " + ", ".join(IMPORT_KINDS) + " (synthetic takes no SRC).",
-        epilog=IMPORT_EPILOG,
+        epilog=_LAYOUTS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     i.add_argument("kind", choices=IMPORT_KINDS, metavar="KIND", help=", ".join(IMPORT_KINDS))
@@ -175,11 +275,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--seed", type=int, default=0, help="split (and generator) seed")
     i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
     i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
-    i.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="neu-det, deeppcb: also label the other defect classes boxed in the image",
-    )
+    _add_box_flags(i)
     i.add_argument(
         "--templates", metavar="YAML", help="folder: per-class description templates (below)"
     )
@@ -200,14 +296,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="mvtec: pool MVTec's train/test folders (default) or keep them (below)",
     )
     i.add_argument(
-        "--group-by",
-        choices=("group", "board"),
-        help="deeppcb: group rows by board group folder (default) or by board (below)",
-    )
-    i.add_argument(
         "--group-pattern",
         metavar="REGEX",
-        help="folder: regex with one capture group, searched in the file name, giving the group id",
+        help="folder/voc/coco/yolo: regex with one capture group, searched in the file name, "
+        "giving the group id",
     )
     i.add_argument("--n", type=int, help="synthetic: number of images")
     i.add_argument(
@@ -278,9 +370,7 @@ def _add_split(dsub: argparse._SubParsersAction) -> None:
         default="label",
         help="keep label proportions per split (default: label)",
     )
-    s.add_argument(
-        "--force", action="store_true", help="reassign every row, even if already split"
-    )
+    s.add_argument("--force", action="store_true", help="reassign every row, even if already split")
     s.set_defaults(func=_split)
 
 

@@ -55,13 +55,13 @@ _NOUNS: dict[str, _Noun] = {
     "glue": _Noun("glue", "glue", mass=True),
     "oil": _Noun("oil", "oil", mass=True),
     "liquid": _Noun("liquid", "liquid", mass=True),
-    # DeepPCB's six types (`importers/deeppcb.py`).
+    # DeepPCB printed-circuit-board defects (importers/deeppcb.py names them so).
     "open": _Noun("open circuit", "open circuits"),
     "short": _Noun("short circuit", "short circuits"),
     "mousebite": _Noun("mouse bite", "mouse bites"),
     "spur": _Noun("spur", "spurs"),
-    "copper": _Noun("spurious copper", "spurious copper", mass=True),
-    "pin-hole": _Noun("pin hole", "pin holes"),
+    "spurious_copper": _Noun("spurious copper", "spurious copper", mass=True),
+    "pin_hole": _Noun("pin hole", "pin holes"),
 }
 
 _COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

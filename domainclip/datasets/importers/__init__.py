@@ -2,14 +2,17 @@
 
 Kinds (``domainclip data import KIND SRC --out OUT``):
 
-* ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); texts from the boxes.
+* ``neu-det``: NEU-DET steel defects (IMAGES/, ANNOTATIONS/ VOC XML); a preset of ``voc``.
+* ``voc``: Pascal VOC XML boxes (JPEGImages/ or images/, Annotations/); texts from the boxes.
+* ``coco``: a COCO JSON (images, annotations with bbox [x, y, w, h], categories).
+* ``yolo``: one ``class cx cy w h`` .txt per image (images/, labels/) and classes.txt/data.yaml.
+* ``deeppcb``: DeepPCB boards (``<id>_test.jpg`` + defect-free ``<id>_temp.jpg``, ``x1 y1 x2 y2
+  type`` .txt); templates become defect-free rows in their board's group.
 * ``covid-cxr``: the COVID-19 chest X-ray collection (metadata.csv, images/).
 * ``folder``: one folder per class, optional per-class text templates and a label map, include /
   exclude patterns; masks beside the images (``x_mask.png``, ``masks/``, ``GT/``) are paired.
 * ``mvtec``: MVTec-AD-style anomaly folders (train/good, test/<defect>, ground_truth/ masks);
   texts from the masks.
-* ``deeppcb``: DeepPCB boards (groupN/N/<id>_test.jpg with boxes in groupN/N_not/<id>.txt) and
-  their aligned defect-free templates (``no defect`` rows in the same group).
 * ``synthetic``: generated metal-surface defects with exact masks and boxes (no SRC; used by the
   demo); square or any size or mix of aspect ratios, defect sizes relative or in pixels.
 
@@ -39,6 +42,30 @@ def _neu_det(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return import_neu_det(src, out, **kw)
 
 
+def _voc(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.voc import import_voc
+
+    return import_voc(src, out, **kw)
+
+
+def _coco(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.coco import import_coco
+
+    return import_coco(src, out, **kw)
+
+
+def _yolo(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.yolo import import_yolo
+
+    return import_yolo(src, out, **kw)
+
+
+def _deeppcb(src: Path | None, out: Path, **kw: Any) -> ImportResult:
+    from domainclip.datasets.importers.deeppcb import import_deeppcb
+
+    return import_deeppcb(src, out, **kw)
+
+
 def _covid_cxr(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     from domainclip.datasets.importers.covid_cxr import import_covid_cxr
 
@@ -57,12 +84,6 @@ def _mvtec(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return import_mvtec(src, out, **kw)
 
 
-def _deeppcb(src: Path | None, out: Path, **kw: Any) -> ImportResult:
-    from domainclip.datasets.importers.deeppcb import import_deeppcb
-
-    return import_deeppcb(src, out, **kw)
-
-
 def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     from domainclip.datasets.importers.synthetic import generate_synthetic
 
@@ -73,9 +94,20 @@ def _synthetic(src: Path | None, out: Path, **kw: Any) -> ImportResult:
     return generate_synthetic(out, **kw)
 
 
+# Options every box importer (voc, coco, yolo) takes; `_boxes.BoxSettings` documents them.
+_BOX_OPTIONS = (
+    "surface",
+    "multi_label",
+    "outside",
+    "empty_label",
+    "empty_text",
+    "group_pattern",
+    "images",
+)
+
 # kind -> (runner, options it accepts beyond seed/val_frac/test_frac). Fixed; never mutated.
 IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
-    "neu-det": (_neu_det, ("multi_label",)),
+    "neu-det": (_neu_det, ("multi_label", "outside")),
     "covid-cxr": (_covid_cxr, ()),
     "folder": (_folder, ("templates", "group_pattern", "label_map", "include", "exclude")),
     "synthetic": (
@@ -83,7 +115,10 @@ IMPORTERS: dict[str, tuple[Callable[..., ImportResult], tuple[str, ...]]] = {
         ("n", "size", "classes", "width", "height", "aspects", "defect_size"),
     ),
     "mvtec": (_mvtec, ("label_map", "splits")),
-    "deeppcb": (_deeppcb, ("group_by", "multi_label")),
+    "voc": (_voc, (*_BOX_OPTIONS, "annotations")),
+    "coco": (_coco, (*_BOX_OPTIONS, "annotations")),
+    "yolo": (_yolo, (*_BOX_OPTIONS, "labels", "class_names")),
+    "deeppcb": (_deeppcb, ("multi_label", "outside", "empty_label", "empty_text", "group_by")),
 }
 
 
@@ -105,15 +140,20 @@ def run_import(
     """Import data set `kind` from `src` into ``out/manifest.csv``.
 
     Args:
-        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec", "deeppcb");
+        kind: one of ``IMPORTERS`` ("neu-det", "covid-cxr", "folder", "synthetic", "mvtec",
+            "voc", "coco", "yolo", "deeppcb");
             underscores are accepted for hyphens.
         src: the data set's folder (None for "synthetic").
         out: output folder; created if needed.
         seed: seed for the split assignment (and the synthetic generator).
         val_frac, test_frac: fractions of rows (by group) for validation and test.
-        **options: kind-specific options (neu-det: multi_label; folder: templates,
-            group_pattern, label_map, include, exclude; mvtec: label_map, splits; synthetic: n, size, classes, width, height, aspects, defect_size). Options set to None are ignored,
-            so a command line can pass its unset flags through.
+        **options: kind-specific options (``IMPORTERS`` lists them: neu-det: multi_label,
+            outside; folder: templates, group_pattern, label_map, include, exclude; mvtec:
+            label_map, splits; voc/coco/yolo: the box options of `_boxes.BoxSettings`, images, plus
+            annotations (voc, coco) or labels, class_names (yolo); deeppcb: multi_label, outside,
+            empty_label, empty_text, group_by; folder: templates, group_pattern; synthetic: n,
+            size, classes, width, height, aspects, defect_size). Options set to None are
+            ignored, so a command line can pass its unset flags through.
 
     Returns:
         `ImportResult` with the manifest path, row count, skip counts and notes.

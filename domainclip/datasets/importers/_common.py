@@ -31,6 +31,8 @@ class ImportResult:
         notes: human-readable remarks about the data (caveats, what was inferred).
         warnings: reason -> number of rows kept despite a problem (each also logged).
         splits: split name -> number of rows.
+        clipped: boxes that reached past their image and were clipped to it (box importers;
+            each also logged with its file).
     """
 
     manifest_path: Path
@@ -39,6 +41,7 @@ class ImportResult:
     notes: list[str] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
+    clipped: int = 0
 
     @property
     def n_skipped(self) -> int:
@@ -55,6 +58,11 @@ class ImportResult:
             lines.append(
                 "warnings: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.warnings.items()))
             )
+        if self.clipped:
+            lines.append(
+                f"clipped {self.clipped} box(es) reaching past their image to its edges "
+                "(logged per file; --outside refuse stops on them instead)"
+            )
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -65,6 +73,7 @@ class Tally:
 
     skipped: Counter[str] = field(default_factory=Counter)
     warnings: Counter[str] = field(default_factory=Counter)
+    clipped: int = 0
 
     def skip(self, reason: str, message: str) -> None:
         self.skipped[reason] += 1
@@ -74,6 +83,11 @@ class Tally:
         """Count a kept-but-notable row; `quiet` logs at debug level (facts, not problems)."""
         self.warnings[reason] += 1
         logger.log(logging.DEBUG if quiet else logging.WARNING, "%s: %s", reason, message)
+
+    def clip(self, message: str) -> None:
+        """Count a box clipped to its image (the row is kept with the clipped box)."""
+        self.clipped += 1
+        logger.warning("box clipped: %s", message)
 
 
 def relative_path(path: Path, out: Path) -> str:
@@ -128,6 +142,7 @@ def finish_import(
         notes=list(notes),
         warnings=dict(sorted(tally.warnings.items())),
         splits={s: splits[s] for s in ("train", "val", "test") if splits[s]},
+        clipped=tally.clipped,
     )
     logger.info("%s import: %s", kind, result.summary().replace("\n", "; "))
     return result

@@ -1,39 +1,52 @@
-"""DeepPCB importer: PCB boards with defect boxes and their aligned defect-free templates.
+"""DeepPCB importer: printed-circuit-board test images with their aligned defect-free templates.
 
-Layout (the public release, ``PCBData/``)::
+Layout (``domainclip data import deeppcb SRC``, SRC = the release or its ``PCBData/`` folder):
+``PCBData/groupN/N/<id>_test.jpg`` (a board with defects), ``<id>_temp.jpg`` (its aligned
+defect-free template) and ``PCBData/groupN/N_not/<id>.txt``: one defect per line,
+``x1 y1 x2 y2 type`` (pixel corners; spaces or commas), type 1 open, 2 short, 3 mousebite,
+4 spur, 5 spurious copper, 6 pin hole. The boards are driven by the annotation files.
 
-    SRC/groupNNNNN/NNNNN/<id>_test.jpg    board with defects (640 x 640, binarised)
-    SRC/groupNNNNN/NNNNN/<id>_temp.jpg    the same board region without defects (template)
-    SRC/groupNNNNN/NNNNN_not/<id>.txt     one defect per line: ``x1 y1 x2 y2 type``
+Two rows per board:
 
-SRC may be the release folder or its ``PCBData/`` child. Types: 1 open, 2 short, 3 mousebite,
-4 spur, 5 copper (spurious copper), 6 pin-hole.
+* the test image: ``label`` = the defect type with the most boxes on the board (ties: the lower
+  type id; ``multi_label`` appends the board's other types), ``text`` from every box
+  (`describe_objects`, e.g. "three small open circuits spread around, a small spur ... of a
+  printed circuit board"), ``boxes`` = every defect with its type name;
+* the template: ``label`` = ``empty_label`` (default "no_defect"), ``text`` = ``empty_text``
+  (default "a clean printed circuit board with no visible defects"), ``boxes`` = ``[]``.
 
-Rows:
+Type names (labels and ``boxes`` classes): open, short, mousebite, spur, spurious_copper,
+pin_hole. ``group`` (``group_by``): "board-group" (default: the ``groupN`` folder, so all crops
+of one board design stay in one split; 11 groups in the release, so split sizes are coarse but
+the scores are not inflated by near-identical crops of one design in train and test) or "board"
+(the board id: a test image and its template share a split, finer splits, optimistic scores). Meta: ``board``,
+``board_group``, ``pair`` (the other image of the board, relative to the manifest). The
+authors' trainval/test lists are not used (one board group is in both).
 
-* a test board: ``label`` = its most frequent defect type (ties: the lower type id, i.e. the
-  order above); the ``text`` names every defect with its size and position (`describe_objects`,
-  most frequent type first) and ``boxes`` keeps every box with its type, so nothing is lost by
-  the single label. A box partly outside the image is clipped (counted warning); a line that is
-  not five integers, or a type outside 1-6, stops that board (counted skip naming the file/line).
-  With ``multi_label`` every type on the board is a label (the most frequent first).
-* a template: ``label`` ``no defect``, text "a defect-free printed circuit board", no boxes.
-* ``group``: the board group folder (``group12000``...) by default, so a board, its template and
-  every other crop of the same design stay in one split (the authors' own split puts group20085
-  in both halves); ``group_by="board"`` groups only a board with its template (finer splits,
-  optimistic scores). Eleven groups of 14-325 boards make group-level splits coarse: the split
-  sizes are reported.
+Errors that stop the import: a defect type outside 1-6 (file and line named). Counted and
+logged: a malformed line skips its board (``malformed_annotation``), an empty annotation file
+(``no_boxes``), a missing test image (``missing_image``; the board is skipped), a missing
+template (``missing_template``; the test row is kept), a test image without annotation file
+(``missing_annotation``), an unreadable image (``unreadable_image``). Boxes reaching past the
+image follow the box rules (`domainclip.datasets.importers._boxes`: clip and count, or refuse).
 """
 
 from __future__ import annotations
 
-import json
-from collections import Counter
+import re
 from pathlib import Path
 
-from PIL import Image
-
-from domainclip.datasets.describe import describe_objects
+from domainclip.datasets.imageio import ImageReadError, read_image_size
+from domainclip.datasets.importers._boxes import (
+    BoxSettings,
+    Obj,
+    box_row,
+    box_settings,
+    clean_row,
+    fit_boxes,
+    label_notes,
+    primary_class,
+)
 from domainclip.datasets.importers._common import (
     ImportResult,
     Tally,
@@ -46,112 +59,114 @@ from domainclip.errors import DataError
 
 KIND = "deeppcb"
 SURFACE = "printed circuit board"
-CLEAN_LABEL = "no defect"
-CLEAN_TEXT = "a defect-free printed circuit board"
-TYPES = {1: "open", 2: "short", 3: "mousebite", 4: "spur", 5: "copper", 6: "pin-hole"}
-GROUP_BY = ("group", "board")
-_LAYOUT = (
-    "groupN/N/<id>_test.jpg, <id>_temp.jpg and groupN/N_not/<id>.txt, as in DeepPCB's PCBData/"
-)
-
-Obj = tuple[str, tuple[int, int, int, int]]
+EMPTY_LABEL = "no_defect"
+# DeepPCB type id -> class name (SOURCE.md / the DeepPCB paper); ids 1..6 in this order.
+TYPES: tuple[str, ...] = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
+GROUP_BY = ("board", "board-group")
+_LAYOUT = "PCBData/groupN/N/<id>_test.jpg, <id>_temp.jpg and PCBData/groupN/N_not/<id>.txt"
+_SEP = re.compile(r"[,\s]+")
 
 
 def _root(src: Path) -> Path:
-    src = require_dir(src, KIND, _LAYOUT)
-    if not any(p.name.startswith("group") for p in src.iterdir()) and (src / "PCBData").is_dir():
-        src = src / "PCBData"
-    if not any(p.is_dir() and p.name.startswith("group") for p in src.iterdir()):
-        raise DataError(f"{KIND}: no group*/ folders in {src} (expected {_LAYOUT})")
-    return src
+    root = src / "PCBData" if (src / "PCBData").is_dir() else src
+    if not any(d.is_dir() and d.name.startswith("group") for d in root.iterdir()):
+        raise DataError(f"{KIND}: no group*/ folders in {root} (expected {_LAYOUT})")
+    return root
 
 
-def parse_annotation(path: Path, width: int, height: int, tally: Tally) -> list[Obj]:
-    """Boxes of one annotation file, clipped to the image.
-
-    Raises:
-        ValueError: a line that is not ``x1 y1 x2 y2 type`` with a known type, or an empty box.
-    """
+def parse_annotation(path: Path) -> list[Obj]:
+    """Defects of one board. ValueError: malformed line; DataError: unknown type (file:line)."""
     objects: list[Obj] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    for n, line in enumerate(text.splitlines(), start=1):
-        parts = line.replace(",", " ").split()
+    for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        parts = [p for p in _SEP.split(line.strip()) if p]
         if not parts:
             continue
+        if len(parts) != 5:
+            raise ValueError(f"{path}:{i}: {len(parts)} values; expected 5 (x1 y1 x2 y2 type)")
         try:
-            x0, y0, x1, y1, t = (int(round(float(p))) for p in parts)
+            x0, y0, x1, y1, t = (int(float(p)) for p in parts)
         except ValueError as exc:
-            raise ValueError(
-                f"line {n}: expected 'x1 y1 x2 y2 type', got {line.strip()!r}"
-            ) from exc
-        if t not in TYPES:
-            raise ValueError(f"line {n}: unknown defect type {t} (DeepPCB types are 1-6)")
-        box = (max(0, x0), max(0, y0), min(width, x1), min(height, y1))
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise ValueError(f"line {n}: box {[x0, y0, x1, y1]} is empty inside {width}x{height}")
-        if box != (x0, y0, x1, y1):
-            tally.warn("box_clipped", f"{path.name} line {n}: box clipped to the image")
-        objects.append((TYPES[t], box))
+            raise ValueError(f"{path}:{i}: a value is not a number: {line.strip()!r}") from exc
+        if not 1 <= t <= len(TYPES):
+            raise DataError(
+                f"{KIND}: {path}:{i}: defect type {t}; DeepPCB types are "
+                + ", ".join(f"{k} {n}" for k, n in enumerate(TYPES, start=1))
+                + ". Fix the line (or import this layout with the yolo/voc/coco importers)"
+            )
+        objects.append((TYPES[t - 1], (x0, y0, x1, y1)))
     return objects
 
 
-def _primary(objects: list[Obj]) -> str:
-    counts = Counter(cls for cls, _ in objects)
-    order = list(TYPES.values())
-    return min(counts, key=lambda c: (-counts[c], order.index(c)))
-
-
-def _pair_rows(
-    test: Path, ann: Path, out: Path, group: str, multi_label: bool, tally: Tally
+def _board_rows(
+    ann: Path, image_dir: Path, out: Path, group: str, settings: BoxSettings, tally: Tally
 ) -> list[ManifestRow]:
-    """The board's row and its template's row (no template: the board alone, counted)."""
-    with Image.open(test) as im:  # header only: the real size
-        w, h = im.size
-    objects = parse_annotation(ann, w, h, tally)
+    """The test row and the template row of one board (fewer when something is missing)."""
+    board = ann.stem
+    test, temp = image_dir / f"{board}_test.jpg", image_dir / f"{board}_temp.jpg"
+    if not test.is_file():
+        tally.skip("missing_image", f"{ann}: no test image {test}")
+        return []
+    objects = parse_annotation(ann)
     if not objects:
-        raise LookupError("no boxes")
-    primary = _primary(objects)
-    meta = {"width": str(w), "height": str(h), "board": test.stem[: -len("_test")]}
+        tally.skip("no_boxes", f"{ann}: no defects listed; board skipped")
+        return []
+    size = read_image_size(test)
+    objects = fit_boxes(objects, size[0], size[1], str(ann), settings, tally)
+    meta = {"board": board, "board_group": image_dir.parent.name}
+    has_temp = temp.is_file()
     rows = [
-        ManifestRow(
-            image=relative_path(test, out),
-            text=describe_objects(objects, w, h, surface=SURFACE, primary=primary),
-            label=[primary, *sorted({c for c, _ in objects} - {primary})]
-            if multi_label
-            else [primary],
+        box_row(
+            test,
+            out,
+            objects,
+            size,
             group=group,
-            meta=meta
-            | {
-                "boxes": json.dumps([[*box, cls] for cls, box in objects]),
-                "text_source": "describe_boxes",
-            },
+            settings=settings,
+            tally=tally,
+            primary=primary_class(objects, TYPES),
+            extra_meta={**meta, "pair": relative_path(temp, out)} if has_temp else meta,
         )
     ]
-    template = test.with_name(test.name.replace("_test", "_temp"))
-    if template.is_file():
-        rows.append(
-            ManifestRow(
-                image=relative_path(template, out),
-                text=CLEAN_TEXT,
-                label=[CLEAN_LABEL],
-                group=group,
-                meta=meta | {"boxes": "[]", "text_source": "template"},
-            )
+    if not has_temp:
+        tally.skip("missing_template", f"{ann}: no template {temp}; test row kept")
+        return rows
+    label = settings.empty_label or EMPTY_LABEL
+    rows.append(
+        clean_row(
+            temp,
+            out,
+            read_image_size(temp),
+            group=group,
+            label=label,
+            text=settings.clean_text,
+            extra_meta={**meta, "pair": relative_path(test, out)},
         )
-    else:
-        tally.warn("missing_template", f"{test.name}: no {template.name}")
+    )
     return rows
 
 
-def _boards(root: Path) -> list[tuple[Path, Path]]:
-    """(group folder, image folder) pairs: groupN/N with its annotations in groupN/N_not."""
-    found = []
-    for group in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("group")):
-        for images in sorted(
-            p for p in group.iterdir() if p.is_dir() and not p.name.endswith("_not")
+def _collect(
+    root: Path, out: Path, group_by: str, settings: BoxSettings, tally: Tally
+) -> list[ManifestRow]:
+    rows: list[ManifestRow] = []
+    for group_dir in sorted(d for d in root.iterdir() if d.is_dir() and d.name.startswith("group")):
+        for image_dir in sorted(
+            d for d in group_dir.iterdir() if d.is_dir() and not d.name.endswith("_not")
         ):
-            found.append((group, images))
-    return found
+            ann_dir = group_dir / f"{image_dir.name}_not"
+            anns = sorted(ann_dir.glob("*.txt")) if ann_dir.is_dir() else []
+            for test in sorted(image_dir.glob("*_test.jpg")):
+                if not (ann_dir / f"{test.name[: -len('_test.jpg')]}.txt").is_file():
+                    tally.skip("missing_annotation", f"{test}: no annotation in {ann_dir}")
+            for ann in anns:
+                group = ann.stem if group_by == "board" else group_dir.name
+                try:
+                    rows.extend(_board_rows(ann, image_dir, out, group, settings, tally))
+                except (ValueError, UnicodeDecodeError) as exc:
+                    tally.skip("malformed_annotation", f"{exc}; board skipped")
+                except (OSError, ImageReadError) as exc:
+                    tally.skip("unreadable_image", f"{ann.stem}: {exc}")
+    return rows
 
 
 def import_deeppcb(
@@ -161,56 +176,53 @@ def import_deeppcb(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
-    group_by: str = "group",
-    multi_label: bool = False,
+    multi_label: bool | None = None,
+    outside: str | None = None,
+    empty_label: str | None = None,
+    empty_text: str | None = None,
+    group_by: str | None = None,
 ) -> ImportResult:
     """Import DeepPCB from `src` into ``out/manifest.csv`` (see the module docstring).
 
     Raises:
-        DataError: not a DeepPCB layout, an unknown `group_by`, or no usable board.
+        DataError: no group folders, a bad option, an unknown defect type, or no usable board.
     """
+    src = require_dir(src, KIND, _LAYOUT)
+    group_by = group_by or "board-group"
     if group_by not in GROUP_BY:
-        raise DataError(
-            f"{KIND}: --group-by must be one of {', '.join(GROUP_BY)}, got {group_by!r}"
-        )
-    root = _root(Path(src))
+        raise DataError(f"{KIND}: group_by must be one of {', '.join(GROUP_BY)}, got {group_by!r}")
+    settings = box_settings(
+        KIND,
+        surface=SURFACE,
+        multi_label=multi_label,
+        outside=outside,
+        empty_label=empty_label or EMPTY_LABEL,
+        empty_text=empty_text,
+    )
+    root = _root(src)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tally = Tally()
-    rows: list[ManifestRow] = []
-    for group, images in _boards(root):
-        ann_dir = images.with_name(images.name + "_not")
-        for test in sorted(images.glob("*_test.*")):
-            board = test.stem[: -len("_test")]
-            ann = ann_dir / f"{board}.txt"
-            if not ann.is_file():
-                tally.skip("missing_annotation", f"{test}: no {ann}")
-                continue
-            key = group.name if group_by == "group" else board
-            try:
-                rows += _pair_rows(test, ann, out, key, multi_label, tally)
-            except LookupError:
-                tally.skip("no_boxes", f"{ann}: no defect lines")
-            except ValueError as exc:
-                tally.skip("malformed_annotation", f"{ann}: {exc}")
-            except OSError as exc:
-                tally.skip("unreadable_image", f"{test}: {exc}")
+    rows = _collect(root, out, group_by, settings, tally)
     notes = [
-        f"label of a board = its most frequent defect type; every defect is in its text and "
-        f"boxes; templates are '{CLEAN_LABEL}' rows in their board's group",
-        "group = "
+        *label_notes(settings, tally, "the lower DeepPCB type id")[:2],
+        f"templates are defect-free rows labelled {settings.empty_label!r}; group = the "
         + (
-            "the board group folder (coarse, honest splits)"
-            if group_by == "group"
-            else "the board (a board and its template; other crops of the same "
-            "design may span splits)"
+            "board id (test image and template together)"
+            if group_by == "board"
+            else "board group folder (every crop of one board design together)"
         ),
     ]
+    if group_by == "board":
+        notes.append(
+            "crops of one board design (one groupN folder) may land in different splits; "
+            "--group-by board-group keeps them together (coarser splits)"
+        )
     return finish_import(
         rows,
         out,
         kind=KIND,
-        src=root,
+        src=src,
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
