@@ -33,21 +33,6 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 POLICIES = ("crop@224", "letterbox@224", "letterbox@448", "tile@224")
-DEEPPCB_PROMPTS = {
-    "version": "deeppcb-bench-1",
-    "templates": ["a printed circuit board with {label}", "a close-up of a PCB showing {label}"],
-    "classes": {
-        "open": {"names": ["an open circuit", "a broken trace"]},
-        "short": {"names": ["a short circuit", "two traces bridged"]},
-        "mousebite": {"names": ["a mousebite", "a bitten trace edge"]},
-        "spur": {"names": ["a spur", "a copper spur on a trace"]},
-        "copper": {"names": ["spurious copper", "a stray copper blob"]},
-        "pin-hole": {"names": ["a pin-hole", "a small hole in the copper"]},
-        "no defect": {"names": ["no defect", "a clean board"]},
-    },
-}
-
-
 @dataclass
 class DataSet:
     """A manifest with its prompt set and the label of its defect-free images."""
@@ -266,7 +251,10 @@ def main() -> None:
         sets.append(_synthetic(args.out, args.n_synthetic, args.seed))
     if args.deeppcb:
         manifest = _limited(args.deeppcb.resolve(), args.boards, args.out / "deeppcb", args.seed)
-        sets.append(DataSet("deeppcb 640x640", manifest, DEEPPCB_PROMPTS, "no defect"))
+        from domainclip.resources import resolve_config_path
+
+        prompts = resolve_config_path("configs/prompts/deeppcb.yaml")
+        sets.append(DataSet("deeppcb 640x640", manifest, prompts, "no_defect"))
     rows = []
     for ds in sets:
         for spec in args.policies.split(","):
