@@ -505,3 +505,61 @@ def _measure_mask(
 def _visible(fit: Fit) -> np.ndarray:
     """bool [height, width]: the original pixels the input window maps back onto."""
     return np.isfinite(fit.to_original(np.zeros((fit.size, fit.size), dtype=np.float32)))
+
+
+# ------------------------------------------------------------------------------ choosing a policy
+
+# `data.fit: auto` (the default recipe): tiles when the images are at least twice the input and
+# at least a quarter of the training split's annotated findings would be shorter than 8 px at a
+# letterboxed input, else letterbox. Chosen
+# from benchmarks/geometry.py (README "Choosing a fit policy"): on large images with small
+# findings tiling was the best policy; where findings stay visible letterbox is as good and 3-4x
+# cheaper, and without annotations nothing says findings are small (chest X-rays: global findings).
+AUTO_MIN_PIXELS = 8.0
+AUTO_SMALL_FRACTION = 0.25
+AUTO_MIN_FINDINGS = 10
+AUTO_MIN_RATIO = 2.0
+
+
+def choose_fit(manifest: Manifest | str | Path, size: int, split: str = "train") -> tuple[str, str]:
+    """The fit policy `auto` stands for on this data at a `size` px input, and one sentence why:
+    tile when the images are at least twice the input (median longer side) and at least a quarter
+    of the split's annotated findings would be under 8 px letterboxed; else letterbox.
+
+    Returns:
+        ("tile" | "letterbox", reason). Only image headers and masks are read.
+    """
+    man = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    longer = _median_longer_side(man, _check_split(split))
+    if longer is None or longer < AUTO_MIN_RATIO * size:
+        return "letterbox", (
+            f"the {split} images' median longer side ({longer or 0:.0f} px) is under "
+            f"{AUTO_MIN_RATIO:g}x the {size} px input, so tiles would see no more detail: letterbox"
+        )
+    t = geometry_report(man, size, "letterbox", split=split, min_pixels=AUTO_MIN_PIXELS).total
+    if t.n_findings < AUTO_MIN_FINDINGS:
+        return "letterbox", (
+            f"{t.n_findings} annotated findings (boxes/masks) in the {split} split, too few to "
+            "judge their size: letterbox, which never discards pixels"
+        )
+    share = t.n_small / t.n_findings
+    where = (
+        f"{t.n_small} of {t.n_findings} annotated findings ({share:.0%}) of the {split} split "
+        f"would be under {AUTO_MIN_PIXELS:g} px at a {size} px letterboxed input (images "
+        f"{longer:.0f} px)"
+    )
+    if share >= AUTO_SMALL_FRACTION:
+        return "tile", f"{where}: tiles at native resolution"
+    return "letterbox", f"{where}: letterbox"
+
+
+def _median_longer_side(man: Manifest, split: str | None, n: int = 200) -> float | None:
+    """Median longer side (px) of up to `n` readable images of the split (headers only)."""
+    rows = [r for r in man.rows if split is None or r.split == split]
+    sides = []
+    for row in rows[:: max(1, len(rows) // n)]:
+        try:
+            sides.append(max(read_image_size(man.image_path(row))))
+        except ImageReadError:
+            continue  # unreadable images are counted where they are read for training
+    return float(np.median(sides)) if sides else None

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 PRESETS: tuple[str, ...] = ("industrial", "cxr", "none")
 DEFAULT_FIT = "letterbox"
 INPUT_POLICIES: tuple[str, ...] = (*FIT_POLICIES, "tile")
+# What `data.fit` accepts: the policies, and "auto" (fine-tuning picks letterbox or tile from the
+# training data, `geometry_report.choose_fit`, and records the choice).
+CONFIG_POLICIES: tuple[str, ...] = (*INPUT_POLICIES, "auto")
 """Every `data.fit` / `--fit`: the single-input policies of `plan_fit` plus `tile` (an image as
 overlapping tiles at native resolution, `domainclip.datasets.tiling`)."""
 

@@ -36,7 +36,7 @@ from domainclip.configschema import (
     section,
 )
 from domainclip.datasets.tiling import TILE_AGGREGATES, TileSettings
-from domainclip.datasets.transforms import INPUT_POLICIES
+from domainclip.datasets.transforms import CONFIG_POLICIES
 from domainclip.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -131,13 +131,15 @@ class DataConfig:
         "off: such a manifest is refused, because its test metrics would be inflated",
     )
     fit: str = option(
-        "letterbox",
-        "how an image becomes the square model input: letterbox (resize the longer side, pad "
+        "auto",
+        "how an image becomes the square model input: auto (tile when a quarter of the training "
+        "split's annotated findings would be under 8 px at a letterboxed input, else letterbox; "
+        "the choice and why are recorded in the run), letterbox (resize the longer side, pad "
         "with the mean colour: never discards pixels), crop (resize the shorter side, centre "
         "crop: cuts the ends of non-square images), stretch (resize both sides: distorts); "
         "the same for square images; tile: overlapping tiles at native resolution (data.tile), "
         "for images much larger than the input with small findings",
-        choices=INPUT_POLICIES,
+        choices=CONFIG_POLICIES,
     )
     image_size: int | None = option(
         None,

@@ -9,6 +9,7 @@ wires them together.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from domainclip.finetune.data import (
 from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
 from domainclip.finetune.errors import CheckpointError
 from domainclip.finetune.runlog import RunLog
+from domainclip.finetune.tiles import TILE_METHODS
 from domainclip.finetune.tiles import check_supported as check_tiles
 from domainclip.io import atomic_write_text, load_yaml
 from domainclip.runs.layout import CHECKPOINTS_DIR, CONFIG_FILE, RESULT_FILE
@@ -116,9 +118,10 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path |
         raise CheckpointError(
             f"--resume: {cfg_path} is not a config mapping; the run cannot resume"
         )
+    saved = migrate_config_dict(saved, str(cfg_path))
     # A run written before per-method sections recorded every method's settings: compare the
-    # chosen method's only.
-    diff = config_diff(migrate_config_dict(saved, str(cfg_path)), cfg.to_dict())
+    # chosen method's only. `data.fit: auto` was resolved when the run started: compare with that.
+    diff = config_diff(saved, _with_fit(cfg, _saved_fit(saved)).to_dict())
     if diff:
         raise CheckpointError(
             f"--resume: the config differs from the one {run_dir} was started with:\n  "
@@ -130,6 +133,44 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path |
     except CheckpointError:
         log.info("%s has no checkpoint yet: starting from scratch in it", run_dir)
         return None
+
+
+def _saved_fit(saved: dict) -> str | None:
+    data = saved.get("data")
+    return data.get("fit") if isinstance(data, dict) else None
+
+
+def _with_fit(cfg: FinetuneConfig, fit: str | None) -> FinetuneConfig:
+    """`cfg` with `data.fit: auto` replaced by `fit` (other policies stay as they are)."""
+    if cfg.data.fit != "auto" or fit is None:
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fit=fit))
+
+
+def _resolve_fit(
+    cfg: FinetuneConfig, bb, run_dir: Path, resume: bool, world: int
+) -> tuple[FinetuneConfig, str | None]:
+    """`data.fit: auto` -> letterbox or tile (`geometry_report.choose_fit` on the training split
+    at the model's input size), logged and returned with the reason; a resumed run keeps the
+    choice it recorded. Other policies are returned as they are (reason None)."""
+    if cfg.data.fit != "auto":
+        return cfg, None
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        fit = _saved_fit(load_yaml(run_dir / CONFIG_FILE))
+        return _with_fit(cfg, fit), f"data.fit auto: {fit}, as chosen when the run started"
+    from domainclip.datasets.geometry_report import choose_fit
+
+    size = int(cfg.data.image_size or bb.image_size)
+    fit, reason = choose_fit(cfg.data.manifest, size, split=cfg.data.train_split)
+    if fit == "tile" and (cfg.method.name not in TILE_METHODS or world > 1):
+        fit = "letterbox"
+        reason += (
+            f"; but method {cfg.method.name} on {world} process(es) cannot train on tiles "
+            f"(tiles need one of {', '.join(TILE_METHODS)} on one process): letterbox"
+        )
+    reason = f"data.fit auto -> {fit}: {reason}"
+    log.info("%s", reason)
+    return _with_fit(cfg, fit), reason
 
 
 def _image_cache(
@@ -204,6 +245,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
         adapt = _adapt(cfg, device, resume_ckpt)
+        cfg, fit_reason = _resolve_fit(cfg, adapt.bb, run_dir, resume, dist.world)
         _write_config(cfg, run_dir, dist)  # after loading: a bad backbone spec leaves no config
         meta = {"method": cfg.method.name, "parameters": adapt.parameter_counts()}
         tc = time.perf_counter()
@@ -217,6 +259,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
             result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
         # The input geometry the run trained with (S resolved: None in the config = native).
         result.setdefault("info", {})["input"] = _eval_transform(cfg, adapt.bb).input
+        if fit_reason:
+            result["info"]["fit_choice"] = fit_reason
         if cache:
             result.setdefault("info", {})["unreadable_images"] = {
                 k: c.n_failed for k, c in cache.items()

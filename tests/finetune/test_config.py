@@ -62,7 +62,7 @@ def test_bad_values_name_the_allowed_range(override, needle):
 
 def test_fit_policy_and_input_size_are_settings():
     cfg = load_config(None, M)
-    assert cfg.data.fit == "letterbox" and cfg.data.image_size is None  # never discards pixels
+    assert cfg.data.fit == "auto" and cfg.data.image_size is None  # letterbox or tile, never crop
     cfg = load_config(None, [*M, "data.fit=crop", "data.image_size=448"])
     assert cfg.data.fit == "crop" and cfg.data.image_size == 448
     assert cfg.to_dict()["data"]["fit"] == "crop" and cfg.to_dict()["data"]["image_size"] == 448

@@ -72,3 +72,52 @@ def test_methods_without_tiles_are_refused(tiny_cnn, wide_manifest, tmp_path):
     cfg = tiny_config(tiny_cnn, wide_manifest, "data.fit=tile", "method.name=linear_probe")
     with pytest.raises(ConfigError, match="linear_probe.*data.fit=tile"):
         finetune(cfg, tmp_path / "lp")
+
+
+def test_auto_fit_tiles_small_findings_records_why_and_resumes(tiny_cnn, wide_manifest, tmp_path):
+    """160x64 strips with 6-10 px defects at a 64 px input: letterboxed they would be 2-4 px, so
+    `data.fit: auto` (the default) tiles; the choice and its reason are in the run, and a resumed
+    run keeps it (the saved config says tile, the command line still says auto)."""
+    import json
+
+    from domainclip.finetune import finetune
+    from domainclip.io import load_yaml
+
+    cfg = tiny_config(tiny_cnn, wide_manifest)
+    assert cfg.data.fit == "auto"
+    finetune(cfg, tmp_path / "run")
+    assert load_yaml(tmp_path / "run" / "config.yaml")["data"]["fit"] == "tile"
+    info = json.loads((tmp_path / "run" / "result.json").read_text())["info"]
+    assert info["fit_choice"].startswith("data.fit auto -> tile: ") and "under 8 px" in info["fit_choice"]
+    more = tiny_config(tiny_cnn, wide_manifest, "train.max_steps=8")
+    with pytest.raises(Exception, match="max_steps"):  # a real difference is still refused
+        finetune(more, tmp_path / "run", resume=True)
+    again = finetune(tiny_config(tiny_cnn, wide_manifest), tmp_path / "run", resume=True)
+    assert again.steps == 6
+
+
+def test_auto_fit_falls_back_to_letterbox_for_methods_without_tiles(tiny_cnn, wide_manifest, tmp_path):
+    import json
+
+    from domainclip.finetune import finetune
+    from domainclip.io import load_yaml
+
+    finetune(tiny_config(tiny_cnn, wide_manifest, "method.name=linear_probe"), tmp_path / "lp")
+    assert load_yaml(tmp_path / "lp" / "config.yaml")["data"]["fit"] == "letterbox"
+    info = json.loads((tmp_path / "lp" / "result.json").read_text())["info"]
+    assert "cannot train on tiles" in info["fit_choice"] and info["fit_choice"].endswith("letterbox")
+
+
+def test_choose_fit_from_the_annotations(wide_manifest, tmp_path):
+    from domainclip.datasets.geometry_report import choose_fit
+    from domainclip.datasets.importers.synthetic import generate_synthetic
+
+    fit, why = choose_fit(wide_manifest, 64)
+    assert fit == "tile" and "annotated findings" in why
+    assert choose_fit(wide_manifest, 448)[0] == "letterbox"  # at 448 px they stay visible
+    square = generate_synthetic(tmp_path / "sq", n=30, size=64, seed=0).manifest_path
+    fit, why = choose_fit(square, 64)  # small findings, but the images are the input's size
+    assert fit == "letterbox" and "would see no more detail" in why
+    clean = generate_synthetic(tmp_path / "clean", n=12, size=256, classes=["clean"]).manifest_path
+    fit, why = choose_fit(clean, 64)
+    assert fit == "letterbox" and "too few to judge" in why
