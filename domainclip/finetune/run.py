@@ -135,14 +135,18 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path |
         return None
 
 
+AUTO_CHOICES = ("letterbox", "tile")  # what `data.fit: auto` resolves to (choose_fit)
+
+
 def _saved_fit(saved: dict) -> str | None:
     data = saved.get("data")
     return data.get("fit") if isinstance(data, dict) else None
 
 
 def _with_fit(cfg: FinetuneConfig, fit: str | None) -> FinetuneConfig:
-    """`cfg` with `data.fit: auto` replaced by `fit` (other policies stay as they are)."""
-    if cfg.data.fit != "auto" or fit is None:
+    """`cfg` with `data.fit: auto` replaced by `fit` when auto could have chosen it (letterbox or
+    tile; a run that trained with crop or stretch did not choose auto). Other policies stay."""
+    if cfg.data.fit != "auto" or fit not in AUTO_CHOICES:
         return cfg
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fit=fit))
 

@@ -226,8 +226,9 @@ def test_resume_of_a_run_written_before_fit_policies_keeps_its_crop(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(old))
-    # it trained with crop: resuming with the new default would change its input
-    with pytest.raises(Exception, match=r"data.fit: 'crop' -> 'letterbox'"):
+    # it trained with crop: resuming with the new default (auto: letterbox or tile) would change
+    # its input
+    with pytest.raises(Exception, match=r"data.fit: 'crop' -> 'auto'"):
         _prepare_run_dir(load_config(None, M), run, resume=True)
     assert _prepare_run_dir(load_config(None, [*M, "data.fit=crop"]), run, resume=True) is None
 
