@@ -7,6 +7,7 @@ changes when a run is updated (a new evaluation, a resumed training) while the a
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +29,12 @@ from domainclip.dashboard import (
     saliency,
 )
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
-from domainclip.errors import ResultFileError
+from domainclip.errors import DataError, ResultFileError
 from domainclip.evaluation.results import EvaluationResult
 from domainclip.runs.layout import CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
 RUN_KEY = "domainclip_run"
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -164,8 +166,20 @@ def manifest_view(path: str, token: int) -> manifests.ManifestView:
 
 
 def load_manifest_view(path: Path) -> manifests.ManifestView:
-    """The display view of an allowed manifest (re-read when the file changes)."""
-    return manifest_view(str(access().manifest(path)), mtime(path))
+    """The display view of an allowed manifest (re-read when the file changes).
+
+    A file that is not a readable manifest stops the page with a short message; the reader's
+    detail (which may quote the file's first line) goes to the server log only.
+    """
+    try:
+        return manifest_view(str(access().manifest(path)), mtime(path))
+    except DataError as exc:
+        log.warning("manifest %s cannot be read: %s", path, exc)
+        st.error(
+            f"The manifest {path} cannot be read (it is not a domainclip manifest, or it is "
+            f"damaged). Check it with `domainclip data validate {path}`."
+        )
+        st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)

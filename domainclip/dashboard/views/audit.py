@@ -94,7 +94,11 @@ def _flips(run: RunRef, name: str, audit: AuditReport) -> None:
         "under this framing (the score being explained is the image-text similarity)."
     )
     acc = state.access()
-    manifest = acc.result_manifest(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    try:
+        manifest = acc.result_manifest(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    except PathAccessError as exc:
+        st.error(f"Images of the flipped decisions cannot be shown: {exc}")
+        return
     if manifest is None or not manifest.is_file():
         st.warning("The audit's manifest is not available; images cannot be shown.")
         return
