@@ -116,7 +116,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     print(f"   model card: {card}")
     print(f"   total time: {sum(timings.values()):.0f} s")
     print("\nOpen the dashboard on this run:")
-    print(f"   domainclip dashboard --runs {paths.run_dir.parent}")
+    print(f"   domainclip dashboard --runs {paths.run_dir.parent} --data-root {paths.data_dir}")
     return {
         "run_dir": paths.run_dir,
         "accuracy_before": acc0,

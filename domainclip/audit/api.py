@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,7 @@ def run_audit(
     num_workers: int = 0,
     fit: str | None = None,
     image_size: int | None = None,
+    show_columns: Sequence[str] = (),
 ) -> AuditResult:
     """Audit how a model's scores move when the findings are worded differently.
 
@@ -200,6 +201,8 @@ def run_audit(
         temperature: override the temperature (default: the run's fitted one, else 1).
         fit, image_size: input geometry instead of the run's (backbones: letterbox, native
             size); the `compare` model sees exactly the same input.
+        show_columns: subgroup columns whose values report.md/.html may show although they are
+            not on `privacy.SAFE_COLUMNS` (audit.json keeps every subgroup of the spec).
 
     Returns:
         AuditResult (its `data` is what audit.json holds).
@@ -231,7 +234,7 @@ def run_audit(
     result = AuditResult(_report(spec, main, base, images, split), main.table, images.rows)
     if out_dir is None and resolved.run_dir is not None:
         out_dir = resolved.run.layout.audit_dir(spec.name)
-    _write(result, out_dir, started)
+    _write(result, out_dir, started, show_columns)
     log.info(
         "audit %s of %s: %d images x %d framings, verdict %s",
         spec.name,
@@ -326,7 +329,9 @@ def _report(
     )
 
 
-def _write(result: AuditResult, out_dir: str | Path | None, started: float) -> None:
+def _write(
+    result: AuditResult, out_dir: str | Path | None, started: float, show_columns: Sequence[str]
+) -> None:
     """Write every file into `out_dir` (nothing when None); audit.json last, with the timings."""
     timing = result.report.timing
     if out_dir is not None:
@@ -335,7 +340,7 @@ def _write(result: AuditResult, out_dir: str | Path | None, started: float) -> N
         t0 = time.perf_counter()
         result.out_dir = Path(out_dir)
         timing["write_outputs_s"] = None  # filled in below, after the files exist
-        result.files = write_outputs(result)
+        result.files = write_outputs(result, show_columns)
         timing["write_outputs_s"] = round(time.perf_counter() - t0, 3)
     timing["total_s"] = round(time.perf_counter() - started, 3)
     if result.out_dir is not None:

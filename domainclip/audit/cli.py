@@ -63,6 +63,7 @@ def _audit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fit=args.fit,
         image_size=args.image_size,
+        show_columns=args.show_column,
     )
     _print_summary(result)
     if args.gate and not result.passed:
@@ -84,6 +85,7 @@ def _card(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` and `card` commands."""
+    from domainclip.privacy import add_show_column_argument
     from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
@@ -117,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output folder (default for a run: RUN/audit/<spec name>/)")
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch")
     add_input_arguments(p)
+    add_show_column_argument(p)
     p.set_defaults(func=_audit)
 
     c = sub.add_parser(

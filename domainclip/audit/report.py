@@ -10,12 +10,14 @@ import base64
 import csv
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from domainclip.audit.gate import write_junit
 from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
 from domainclip.audit.results import AUDIT_FILE, AuditReport, score_rows
+from domainclip.privacy import displayable_columns, hidden_columns, hidden_note, is_shown_column
 
 if TYPE_CHECKING:
     from domainclip.audit.api import AuditResult
@@ -64,12 +66,17 @@ _CELL_HEADER = [
 ]
 
 
-def report_blocks(report: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
-    """The report as blocks (see module doc). Image paths are relative to `out_dir`."""
+def report_blocks(
+    report: AuditReport, files: dict[str, Path], out_dir: Path, allowed: Sequence[str] = ()
+) -> list[Block]:
+    """The report as blocks (see module doc). Image paths are relative to `out_dir`.
+
+    Subgroup columns neither on `privacy.SAFE_COLUMNS` nor in `allowed` are named, not shown.
+    """
     return [
         *_summary_blocks(report),
-        *_framing_blocks(report, files, out_dir),
-        *_subgroup_calibration_blocks(report),
+        *_framing_blocks(report, files, out_dir, allowed),
+        *_subgroup_calibration_blocks(report, allowed),
         *_compare_blocks(report),
         *_flip_blocks(report, files, out_dir),
         *_method_blocks(report),
@@ -109,7 +116,9 @@ def _summary_blocks(r: AuditReport) -> list[Block]:
     ]
 
 
-def _framing_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
+def _framing_blocks(
+    r: AuditReport, files: dict[str, Path], out_dir: Path, allowed: Sequence[str]
+) -> list[Block]:
     """One summary row per framing, the shift plot, each framing's cells, negation checks."""
     rows = []
     for name, f in r.main.framings.items():
@@ -135,19 +144,28 @@ def _framing_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> li
         table = [_cell_row("all", comp["overall"])]
         table += [_cell_row(f"class {c}", cell) for c, cell in comp["per_class"].items()]
         for col, cells in comp["per_subgroup"].items():
-            table += [_cell_row(f"{col} = {v}", cell) for v, cell in cells.items()]
+            if is_shown_column(col, allowed):
+                table += [_cell_row(f"{col} = {v}", cell) for v, cell in cells.items()]
         b.append(("table", _CELL_HEADER, table))
+    withheld = hidden_columns(
+        dict.fromkeys(c for comp in r.main.comparisons.values() for c in comp["per_subgroup"]),
+        allowed,
+    )
+    if withheld:
+        b.append(("p", hidden_note(withheld)))
     for name, neg in r.main.negation.items():
         shift = fmt_est(neg.mean_shift, signed=True)
         b.append(("p", f"Negation check `{name}`: mean shift {shift}; {neg.note}."))
     return b
 
 
-def _subgroup_calibration_blocks(r: AuditReport) -> list[Block]:
-    if not r.main.subgroup_calibration:
+def _subgroup_calibration_blocks(r: AuditReport, allowed: Sequence[str]) -> list[Block]:
+    shown = displayable_columns(r.main.subgroup_calibration, allowed)
+    if not shown:
         return []
     b: list[Block] = [("h2", "Calibration per subgroup (ECE, point values)")]
-    for col, values in r.main.subgroup_calibration.items():
+    for col in shown:
+        values = r.main.subgroup_calibration[col]
         names = list(next(iter(values.values())))
         rows = [
             [v, str(next(iter(per.values()))["n"]), *[f"{per[n]['ece']:.3f}" for n in names]]
@@ -322,9 +340,10 @@ def to_html(blocks: list[Block], out_dir: Path, title: str) -> str:
     return "\n".join(parts)
 
 
-def write_outputs(result: AuditResult) -> dict[str, Path]:
+def write_outputs(result: AuditResult, allowed: Sequence[str] = ()) -> dict[str, Path]:
     """Write every audit file into `result.out_dir`; returns kind -> path (their names also go
-    into `result.report.files`)."""
+    into `result.report.files`). `allowed`: subgroup columns the reports may show beyond the
+    safe list (`domainclip.privacy`)."""
     out = Path(result.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = result.report
@@ -346,7 +365,7 @@ def write_outputs(result: AuditResult) -> dict[str, Path]:
     files["junit"] = write_junit(
         report.gate.checks, out / "junit.xml", f"domainclip.audit.{report.spec['name']}"
     )
-    blocks = report_blocks(report, files, out)
+    blocks = report_blocks(report, files, out, allowed)
     files["markdown"] = out / "report.md"
     files["markdown"].write_text(to_markdown(blocks), encoding="utf-8")
     files["html"] = out / "report.html"

@@ -1,14 +1,18 @@
 """Streamlit dashboard over a directory of fine-tuning runs.
 
 Pages: Runs, Data, Saliency explorer, Framing audit, Calibration (see docs/DESIGN.md).
-`domainclip dashboard --runs DIR` starts it; the runs directory reaches the app through the
-environment variable named by `RUNS_ENV` (Streamlit re-executes the app script on every
-interaction, so an environment variable is the one input every rerun sees unchanged).
+`domainclip dashboard --runs DIR [--data-root DIR ...] [--show-column NAME ...]` starts it; the
+settings reach the app through environment variables (Streamlit re-executes the app script on
+every interaction, so the environment is the one input every rerun sees unchanged): `RUNS_ENV`
+(the runs directory), `DATA_ROOTS_ENV` (data roots joined by `os.pathsep`) and `SHOW_COLUMNS_ENV`
+(a JSON list of metadata columns the user allowed, see `domainclip.privacy`).
 
 Everything the app reads goes through `domainclip.dashboard.access.RunsAccess`, which only opens
-files inside the runs directory and the manifests (and the images they list) referenced by runs.
+files inside the runs directory and the data roots.
 """
 
 RUNS_ENV = "DOMAINCLIP_DASHBOARD_RUNS"
+DATA_ROOTS_ENV = "DOMAINCLIP_DASHBOARD_DATA_ROOTS"
+SHOW_COLUMNS_ENV = "DOMAINCLIP_DASHBOARD_SHOW_COLUMNS"
 
-__all__ = ["RUNS_ENV"]
+__all__ = ["DATA_ROOTS_ENV", "RUNS_ENV", "SHOW_COLUMNS_ENV"]

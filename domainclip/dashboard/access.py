@@ -1,11 +1,14 @@
-"""What the dashboard may read: files inside the runs directory, the manifests that runs reference,
-and the image / mask files those manifests list. Nothing else.
+"""What the dashboard may read: files inside the runs directory and the data roots the person
+starting it named (`--data-root DIR`, repeatable; none by default). Nothing else.
 
 Every path the app opens comes through `RunsAccess`. Paths are resolved with symlinks followed
-before the check, so ``../`` sequences, absolute paths and symlinks that point out of the runs
-directory are all rejected the same way (`PathAccessError`). A run directory that is itself a
-symlink to somewhere outside the runs directory is therefore not listed either: the dashboard
-serves exactly the tree it was started on.
+before the check, so ``../`` sequences, absolute paths and symlinks that point out of the allowed
+folders are all rejected the same way (`PathAccessError`). Run files must stay inside their run
+(`run_file`); everything a run *names* (the manifest and prompt set of its config.yaml, the
+manifest of an evaluation or audit, the images and masks a manifest lists) goes through
+`RunsAccess.confine`, the one check against the allowed folders, whose message names the
+`--data-root` flag (a prompt set may also be one of domainclip's shipped ones). A run directory that is itself a symlink to somewhere outside the runs
+directory is not listed either: the dashboard serves exactly the tree it was started on.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pathlib import Path
 
 from domainclip.errors import DomainClipError
 from domainclip.io import resolve_path
+from domainclip.resources import CONFIGS_DIR
 from domainclip.runs.layout import CONFIG_FILE as RUN_CONFIG
 from domainclip.runs.layout import is_run
 
 # How deep below the runs directory runs are looked for: DIR/run and DIR/experiment/run.
 _MAX_DEPTH = 2
+DATA_ROOT_FLAG = "--data-root"
 
 
 class PathAccessError(DomainClipError):
@@ -49,6 +54,10 @@ def resolve_inside(base: Path, path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def _within(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == r or path.is_relative_to(r) for r in roots)
+
+
 def _resolved(path: str | os.PathLike[str]) -> Path:
     """The resolved path, or PathAccessError for what cannot be resolved (a symlink loop)."""
     try:
@@ -71,21 +80,56 @@ class RunRef:
 
 
 class RunsAccess:
-    """Read guard for one runs directory.
+    """Read guard for one runs directory and the data roots allowed beside it.
 
     Args:
         runs: a directory containing run directories (up to two levels deep), or one run
             directory itself.
+        data_roots: further folders whose files (manifests, images, prompt sets) runs may name.
 
     Raises:
-        PathAccessError: `runs` does not exist or is not a directory.
+        PathAccessError: `runs` or a data root does not exist or is not a directory.
     """
 
-    def __init__(self, runs: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, runs: str | os.PathLike[str], data_roots: Iterable[str | os.PathLike[str]] = ()
+    ) -> None:
         root = Path(runs).expanduser()
         if not root.is_dir():
             raise PathAccessError(f"runs directory {root} does not exist or is not a directory")
         self.root = root.resolve()
+        roots = []
+        for d in data_roots:
+            folder = Path(d).expanduser()
+            if not folder.is_dir():
+                raise PathAccessError(
+                    f"{DATA_ROOT_FLAG} {folder} does not exist or is not a directory"
+                )
+            roots.append(_resolved(folder))
+        self.data_roots: tuple[Path, ...] = tuple(dict.fromkeys(roots))
+
+    def confine(
+        self, path: str | os.PathLike[str], what: str = "file", *, shipped: bool = False
+    ) -> Path:
+        """`path` resolved (symlinks followed), if it lies in the runs directory or a data root
+        (or, with `shipped`, among domainclip's own shipped configs: prompt sets).
+
+        The one check for every file a run names (manifests, prompt sets, listed images).
+
+        Raises:
+            PathAccessError: it lies elsewhere (the message names `--data-root`), or it cannot
+                be resolved (a symlink loop).
+        """
+        resolved = _resolved(path)
+        extra = (CONFIGS_DIR.resolve(),) if shipped else ()
+        if _within(resolved, (self.root, *self.data_roots, *extra)):
+            return resolved
+        roots = ", ".join(str(r) for r in self.data_roots) or "none given"
+        raise PathAccessError(
+            f"refusing to read the {what} {path}: it lies outside the runs directory {self.root} "
+            f"and the data roots ({roots}); start the dashboard with `{DATA_ROOT_FLAG} DIR` "
+            "naming the folder that holds it"
+        )
 
     # ------------------------------------------------------------------ runs
     def runs(self) -> list[RunRef]:
@@ -146,12 +190,14 @@ class RunsAccess:
         if not value:
             return None
         p = Path(str(value)).expanduser()
+        what = f"file {key} of {run.name}/{RUN_CONFIG}:"
+        shipped = key == "eval.prompts"  # a shipped prompt set holds no data
         if p.is_absolute():
-            return p.resolve()
+            return self.confine(p, what, shipped=shipped)
         for base in (run.path, Path.cwd()):
             if (base / p).is_file():
-                return (base / p).resolve()
-        return (run.path / p).resolve()
+                return self.confine(base / p, what, shipped=shipped)
+        return self.confine(run.path / p, what, shipped=shipped)
 
     def manifest_of(self, run: RunRef) -> Path | None:
         """The manifest the run was trained on (config.yaml ``data.manifest``), or None."""
@@ -175,7 +221,9 @@ class RunsAccess:
         path = self.run_file(run, result_file)
         data = json.loads(path.read_text(encoding="utf-8"))
         value = (data.get("data") or {}).get("manifest") if isinstance(data, dict) else None
-        return Path(str(value)).expanduser().resolve() if value else None
+        if not value:
+            return None
+        return self.confine(Path(str(value)).expanduser(), f"manifest named by {result_file}:")
 
     def manifests(self) -> dict[Path, list[str]]:
         """Manifest referenced by any run -> names of the runs referencing it."""
@@ -198,16 +246,17 @@ class RunsAccess:
         resolved = _resolved(path)
         if resolved not in self.manifests():
             raise PathAccessError(f"refusing to read {path}: no run references this manifest")
-        return resolved
+        return self.confine(resolved, "manifest")
 
-    @staticmethod
-    def listed_file(candidate: str | os.PathLike[str], listed: Iterable[Path]) -> Path:
-        """Check that `candidate` is one of the files a manifest lists (`listed`, resolved).
+    def listed_file(self, candidate: str | os.PathLike[str], listed: Iterable[Path]) -> Path:
+        """Check that `candidate` is one of the files a manifest lists (`listed`, resolved) and
+        lies in an allowed folder (`confine`).
 
         Raises:
-            PathAccessError: it is not.
+            PathAccessError: it is not listed, or lies elsewhere (``..`` rows, absolute paths,
+                symlinks out).
         """
         resolved = _resolved(candidate)
         if resolved not in set(listed):
             raise PathAccessError(f"refusing to read {candidate}: the manifest does not list it")
-        return resolved
+        return self.confine(resolved, "image")

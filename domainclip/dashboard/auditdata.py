@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pandas as pd
 
 from domainclip.audit.results import AUDIT_FILE, AuditReport
 from domainclip.dashboard.calibdata import fmt_estimate
-from domainclip.privacy import is_identifying_column
+from domainclip.privacy import is_shown_column
 
 AUDIT_DIR = "audit"
 AUDIT_JSON = AUDIT_FILE
@@ -100,12 +101,13 @@ def _cell_columns(cell: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def subgroup_table(audit: AuditReport) -> pd.DataFrame:
-    """Shift and flip statistics per framing x subgroup value (identifying columns left out)."""
+def subgroup_table(audit: AuditReport, allowed: Iterable[str] = ()) -> pd.DataFrame:
+    """Shift and flip statistics per framing x subgroup value (columns neither on the safe list
+    nor in `allowed` left out, see `domainclip.privacy`)."""
     rows = []
     for name, comp in audit.main.comparisons.items():
         for column, cells in comp["per_subgroup"].items():
-            if is_identifying_column(column):
+            if not is_shown_column(column, allowed):
                 continue
             rows += [
                 {
@@ -132,11 +134,11 @@ def subgroup_table(audit: AuditReport) -> pd.DataFrame:
     )
 
 
-def subgroup_calibration_table(audit: AuditReport) -> pd.DataFrame:
-    """ECE and accuracy per subgroup value under each framing (identifying columns left out)."""
+def subgroup_calibration_table(audit: AuditReport, allowed: Iterable[str] = ()) -> pd.DataFrame:
+    """ECE and accuracy per subgroup value under each framing (withheld columns left out)."""
     rows = []
     for column, values in audit.main.subgroup_calibration.items():
-        if is_identifying_column(column):
+        if not is_shown_column(column, allowed):
             continue
         for value, per_framing in values.items():
             for framing, rec in per_framing.items():
@@ -180,9 +182,9 @@ def checks_table(audit: AuditReport) -> pd.DataFrame:
     )
 
 
-def hidden_subgroup_columns(audit: AuditReport) -> list[str]:
-    """Subgroup columns of the audit withheld as identifying (names only)."""
+def hidden_subgroup_columns(audit: AuditReport, allowed: Iterable[str] = ()) -> list[str]:
+    """Subgroup columns of the audit withheld from display (names only)."""
     cols = set(audit.main.subgroup_calibration)
     for comp in audit.main.comparisons.values():
         cols |= set(comp["per_subgroup"])
-    return sorted(c for c in cols if is_identifying_column(c))
+    return sorted(c for c in cols if not is_shown_column(c, allowed))

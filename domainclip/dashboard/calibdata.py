@@ -7,13 +7,14 @@ evaluation report says.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from domainclip.evaluation.results import CALIBRATION_METRICS, METRICS_FILE, CalibrationSummary
-from domainclip.privacy import is_identifying_column
+from domainclip.privacy import is_shown_column
 
 EVAL_DIR = "eval"
 EVAL_METRICS = METRICS_FILE
@@ -102,21 +103,21 @@ def reliability_frame(calib: CalibrationSummary, strategy: str = "width") -> pd.
     )
 
 
-def hidden_subgroup_columns(calib: CalibrationSummary) -> list[str]:
-    """Subgroup columns of the evaluation withheld as identifying (names only)."""
-    return [c for c in calib.subgroups if is_identifying_column(c)]
+def hidden_subgroup_columns(calib: CalibrationSummary, allowed: Iterable[str] = ()) -> list[str]:
+    """Subgroup columns of the evaluation withheld from display (names only)."""
+    return [c for c in calib.subgroups if not is_shown_column(c, allowed)]
 
 
-def subgroup_frame(calib: CalibrationSummary) -> pd.DataFrame:
+def subgroup_frame(calib: CalibrationSummary, allowed: Iterable[str] = ()) -> pd.DataFrame:
     """ECE per subgroup (after temperature scaling, as evaluate computes it).
 
     Columns: column, value, n, ece, ci_low, ci_high, ece (95% CI) text, accuracy, mean confidence.
-    Subgroup columns that look identifying (`privacy.is_identifying_column`) are left out: their
-    values would be patient names or ids.
+    Subgroup columns neither on the safe list nor in `allowed` (`privacy.is_shown_column`) are
+    left out: their values could be patient names or ids.
     """
     rows = []
     for column, groups in calib.subgroups.items():
-        if is_identifying_column(column):
+        if not is_shown_column(column, allowed):
             continue
         for value, rec in groups.items():
             ece = rec["ece"]

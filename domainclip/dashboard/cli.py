@@ -1,27 +1,40 @@
-"""`domainclip dashboard [--runs DIR] [--host 127.0.0.1] [--port 8501]`: start the Streamlit app."""
+"""`domainclip dashboard [--runs DIR] [--data-root DIR ...] [--show-column NAME ...]
+[--host 127.0.0.1] [--port 8501]`: start the Streamlit app."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from domainclip.dashboard import RUNS_ENV
+from domainclip.dashboard import DATA_ROOTS_ENV, RUNS_ENV, SHOW_COLUMNS_ENV
 from domainclip.errors import ConfigError
+from domainclip.privacy import add_show_column_argument, session_key
 
 logger = logging.getLogger(__name__)
 
 APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 # Uploaded images are decoded in memory; a cap keeps one upload from exhausting RAM.
 MAX_UPLOAD_MB = 50
 
 
 def streamlit_command(host: str, port: int, app: Path = APP_SCRIPT) -> list[str]:
-    """The `streamlit run` command line: headless, no usage statistics, bound to `host`."""
+    """The `streamlit run` command line: headless, no usage statistics, bound to `host`, and no
+    outbound connection.
+
+    Streamlit looks up the machine's addresses on the internet (a UDP connect to 8.8.8.8 and an
+    HTTP request to checkip.amazonaws.com, `streamlit.net_util`) when it prints its welcome
+    banner for a wildcard address and when it checks a websocket origin against
+    `browser.serverAddress`. Hiding the banner (our CLI prints the URL itself) and naming the
+    server address stops the first and answers the same-origin case before any lookup.
+    """
+    server_address = "localhost" if host in WILDCARD_HOSTS | LOOPBACK_HOSTS else host
     return [
         sys.executable,
         "-m",
@@ -36,6 +49,10 @@ def streamlit_command(host: str, port: int, app: Path = APP_SCRIPT) -> list[str]
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--browser.serverAddress",
+        server_address,
+        "--logger.hideWelcomeMessage",
+        "true",
         # Viewers inspect results; the developer toolbar (deploy, rerun settings) is noise here.
         "--client.toolbarMode",
         "viewer",
@@ -72,8 +89,25 @@ def check_runs_dir(runs: str | os.PathLike[str]) -> Path:
     return access.root
 
 
+def check_data_roots(roots: list[str]) -> list[Path]:
+    """Resolve every `--data-root` (each must be an existing directory).
+
+    Raises:
+        ConfigError: one is missing or not a directory.
+    """
+    out = []
+    for d in roots:
+        p = Path(d).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"--data-root {d} does not exist or is not a directory")
+        out.append(p.resolve())
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     runs = check_runs_dir(args.runs)
+    roots = check_data_roots(args.data_root or [])
+    session_key(runs)  # the pseudonym key: created now (mode 0600), read by the app
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     if args.host not in LOOPBACK_HOSTS:
@@ -84,7 +118,12 @@ def _run(args: argparse.Namespace) -> int:
             args.host,
         )
     cmd = streamlit_command(args.host, args.port)
-    env = {**os.environ, RUNS_ENV: str(runs)}
+    env = {
+        **os.environ,
+        RUNS_ENV: str(runs),
+        DATA_ROOTS_ENV: os.pathsep.join(str(r) for r in roots),
+        SHOW_COLUMNS_ENV: json.dumps(args.show_column or []),
+    }
     shown = "localhost" if args.host in LOOPBACK_HOSTS else args.host
     print(
         f"domainclip dashboard on {runs}: http://{shown}:{args.port}  (Ctrl+C to stop)", flush=True
@@ -109,7 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Start the Streamlit dashboard on a directory of fine-tuning runs (or one run). "
             "It binds to loopback unless --host says otherwise and only reads files inside the "
-            "runs directory and the manifests the runs reference."
+            "runs directory and the --data-root folders (manifests, images); metadata columns "
+            "are shown only when on a short safe list (view, sex, age, site, ...) or named by "
+            "--show-column."
         ),
     )
     p.add_argument(
@@ -123,4 +164,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="address to bind (default 127.0.0.1; other addresses expose the data, with a warning)",
     )
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    p.add_argument(
+        "--data-root",
+        action="append",
+        metavar="DIR",
+        help="folder whose manifests and images the runs may name (repeatable; default: none, "
+        "only files inside the runs directory are read)",
+    )
+    add_show_column_argument(p)
     p.set_defaults(func=_run)

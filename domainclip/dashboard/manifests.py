@@ -7,6 +7,7 @@ No Streamlit here (the page caches these results); every path has already been c
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ class ManifestView:
     Attributes:
         table: one row per usable manifest row: ``row`` (1-based data row), ``image`` (path as
             written in the manifest), ``text``, ``label`` (``|``-joined), ``split``, ``group``
-            (pseudonym) and the displayable metadata columns.
+            (keyed pseudonym) and the displayable metadata columns.
         images: absolute image path per table row (same order), for thumbnails.
         meta_columns: displayable metadata columns (in the table).
-        hidden_columns: metadata columns withheld as identifying (names only).
+        hidden_columns: metadata columns withheld (not on the safe list, not allowed; names only).
         problems: rows the reader skipped or warned about: ``row``, ``line``, ``kind``,
             ``severity``, ``message``.
     """
@@ -69,11 +70,17 @@ def listed_files(manifest: Manifest) -> frozenset[Path]:
     return frozenset(out)
 
 
-def manifest_view(path: Path) -> ManifestView:
-    """Read a manifest and build its display table (identifying columns dropped)."""
+def manifest_view(path: Path, key: bytes, allowed: Iterable[str] = ()) -> ManifestView:
+    """Read a manifest and build its display table.
+
+    Args:
+        path: the manifest (already checked by the read guard).
+        key: pseudonym key of the runs directory (`privacy.pseudonym_key`).
+        allowed: metadata columns the user allowed beyond `privacy.SAFE_COLUMNS`.
+    """
     manifest = read_manifest(path)
     meta = _meta_columns(manifest)
-    shown = displayable_columns(meta)
+    shown = displayable_columns(meta, allowed)
     records: list[dict[str, Any]] = []
     for r in manifest.rows:
         rec: dict[str, Any] = {
@@ -82,7 +89,7 @@ def manifest_view(path: Path) -> ManifestView:
             "text": r.text,
             "label": "|".join(r.label),
             "split": r.split,
-            "group": pseudonym(r.group),
+            "group": pseudonym(r.group, key),
         }
         for c in shown:
             rec[c] = r.meta.get(c, "")
@@ -105,7 +112,7 @@ def manifest_view(path: Path) -> ManifestView:
         table=pd.DataFrame(records, columns=columns),
         images=[_resolved_or_lexical(manifest.image_path(r)) for r in manifest.rows],
         meta_columns=shown,
-        hidden_columns=hidden_columns(meta),
+        hidden_columns=hidden_columns(meta, allowed),
         problems=problems,
         listed_files=listed_files(manifest),
     )
@@ -172,11 +179,12 @@ def thumbnail_png(path: Path, size: int = THUMBNAIL_PX) -> bytes:
     return buf.getvalue()
 
 
-def validation_summary(path: Path) -> dict[str, Any]:
-    """`validate_manifest` with image decoding, as a JSON-able dict (see ValidationReport)."""
+def validation_summary(path: Path, check_images: bool = True) -> dict[str, Any]:
+    """`validate_manifest` (decoding images unless told not to), as a JSON-able dict (see
+    ValidationReport)."""
     from domainclip.datasets import validate_manifest
 
-    return validate_manifest(path, check_images=True).to_dict()
+    return validate_manifest(path, check_images=check_images).to_dict()
 
 
 def _resolved_or_lexical(path: Path) -> Path:

@@ -6,6 +6,8 @@ changes when a run is updated (a new evaluation, a resumed training) while the a
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -14,14 +16,25 @@ from typing import TypeVar
 import streamlit as st
 from PIL import Image
 
+from domainclip import privacy
 from domainclip.audit.results import AuditReport
-from domainclip.dashboard import RUNS_ENV, auditdata, calibdata, manifests, runinfo, saliency
+from domainclip.dashboard import (
+    DATA_ROOTS_ENV,
+    RUNS_ENV,
+    SHOW_COLUMNS_ENV,
+    auditdata,
+    calibdata,
+    manifests,
+    runinfo,
+    saliency,
+)
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
-from domainclip.errors import ResultFileError
+from domainclip.errors import DataError, ResultFileError
 from domainclip.evaluation.results import EvaluationResult
 from domainclip.runs.layout import CONFIG_FILE, METRICS_FILE, RESULT_FILE
 
 RUN_KEY = "domainclip_run"
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -34,8 +47,32 @@ def mtime(path: Path) -> int:
 
 
 @st.cache_resource(show_spinner=False)
-def _access(root: str) -> RunsAccess:
-    return RunsAccess(root)
+def _access(root: str, data_roots: tuple[str, ...]) -> RunsAccess:
+    return RunsAccess(root, data_roots)
+
+
+def data_roots() -> tuple[str, ...]:
+    """The `--data-root` folders the app was started with (from `DATA_ROOTS_ENV`)."""
+    return tuple(d for d in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if d)
+
+
+def shown_columns() -> tuple[str, ...]:
+    """Metadata columns the user allowed with `--show-column` (from `SHOW_COLUMNS_ENV`)."""
+    try:
+        names = json.loads(os.environ.get(SHOW_COLUMNS_ENV, "") or "[]")
+    except ValueError:
+        names = []
+    return tuple(str(n) for n in names) if isinstance(names, list) else ()
+
+
+@st.cache_resource(show_spinner=False)
+def _pseudonym_key(root: str) -> bytes:
+    return privacy.session_key(root)
+
+
+def pseudonym(group: str) -> str:
+    """Keyed pseudonym of a group id (key kept in the runs directory, `privacy.pseudonym_key`)."""
+    return privacy.pseudonym(group, _pseudonym_key(str(access().root)))
 
 
 def access() -> RunsAccess:
@@ -48,7 +85,7 @@ def access() -> RunsAccess:
         )
         st.stop()
     try:
-        return _access(root)
+        return _access(root, data_roots())
     except PathAccessError as exc:
         st.error(str(exc))
         st.stop()
@@ -81,10 +118,15 @@ def current_run() -> RunRef:
 
 
 def run_manifest(run: RunRef) -> Path | None:
-    """The manifest the run was trained on, checked by the read guard; None if it has none."""
+    """The manifest the run was trained on, checked by the read guard; None if it has none or
+    may not read it (then the reason, naming `--data-root`, is on the page)."""
     acc = access()
-    path = acc.manifest_of(run)
-    return None if path is None else acc.manifest(path)
+    try:
+        path = acc.manifest_of(run)
+        return None if path is None else acc.manifest(path)
+    except PathAccessError as exc:
+        st.error(str(exc))
+        return None
 
 
 # ---------------------------------------------------------------------------------- cached data
@@ -117,13 +159,27 @@ def manifest_stats(path: Path) -> dict:
 
 @st.cache_data(show_spinner="Reading the manifest...", max_entries=16)
 def manifest_view(path: str, token: int) -> manifests.ManifestView:
-    """Cached `manifests.manifest_view` (token: the manifest's mtime)."""
-    return manifests.manifest_view(Path(path))
+    """Cached `manifests.manifest_view` (token: the manifest's mtime) with the app's pseudonym
+    key and allowed columns."""
+    key = _pseudonym_key(str(access().root))
+    return manifests.manifest_view(Path(path), key, shown_columns())
 
 
 def load_manifest_view(path: Path) -> manifests.ManifestView:
-    """The display view of an allowed manifest (re-read when the file changes)."""
-    return manifest_view(str(access().manifest(path)), mtime(path))
+    """The display view of an allowed manifest (re-read when the file changes).
+
+    A file that is not a readable manifest stops the page with a short message; the reader's
+    detail (which may quote the file's first line) goes to the server log only.
+    """
+    try:
+        return manifest_view(str(access().manifest(path)), mtime(path))
+    except DataError as exc:
+        log.warning("manifest %s cannot be read: %s", path, exc)
+        st.error(
+            f"The manifest {path} cannot be read (it is not a domainclip manifest, or it is "
+            f"damaged). Check it with `domainclip data validate {path}`."
+        )
+        st.stop()
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -133,9 +189,34 @@ def thumbnail(path: str, token: int) -> bytes:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def validation(path: str, token: int) -> dict:
-    """Cached `validate_manifest` summary (decodes every image once per manifest version)."""
-    return manifests.validation_summary(Path(path))
+def _validation(path: str, token: int, decode: bool) -> dict:
+    return manifests.validation_summary(Path(path), check_images=decode)
+
+
+def validation(view: manifests.ManifestView, path: Path) -> dict:
+    """Cached `validate_manifest` summary (decodes every image once per manifest version).
+
+    Images are decoded only when every file the manifest lists lies in an allowed folder;
+    otherwise the summary says how many lie elsewhere and nothing is decoded.
+    """
+    outside = []
+    for f in view.listed_files:
+        try:
+            access().confine(f)
+        except PathAccessError:
+            outside.append(f)
+    report = _validation(str(path), mtime(path), not outside)
+    if outside:
+        report = {
+            **report,
+            "errors": [
+                *report["errors"],
+                f"{len(outside)} file(s) the manifest lists lie outside the runs directory and "
+                "the data roots; images were not decoded. Start the dashboard with "
+                "`--data-root DIR` naming the folder that holds them.",
+            ],
+        }
+    return report
 
 
 def pick_result(
@@ -267,8 +348,9 @@ def model_token(run: RunRef) -> int:
 
 
 def listed_image(view: manifests.ManifestView, path: str | Path) -> Path:
-    """`path` if the manifest lists it (image or mask), else PathAccessError."""
-    return RunsAccess.listed_file(path, view.listed_files)
+    """`path` if the manifest lists it (image or mask) and it lies in an allowed folder, else
+    PathAccessError."""
+    return access().listed_file(path, view.listed_files)
 
 
 __all__ = [

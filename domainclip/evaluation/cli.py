@@ -73,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         n_boot=args.n_boot,
         seed=args.seed,
         subgroups=args.subgroups,
+        show_columns=args.show_column,
         skip_uncovered=args.skip_uncovered,
         checkpoint=args.checkpoint,
         device=args.device,
@@ -98,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command."""
     from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
+    from domainclip.privacy import add_show_column_argument
     from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
@@ -131,8 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--subgroups",
         type=_names,
-        help="metadata columns for per-subgroup ECE (default: columns with 2-12 values)",
+        help="metadata columns for per-subgroup ECE (default: columns with 2-12 values on the "
+        "safe list or named by --show-column)",
     )
+    add_show_column_argument(p)
     p.add_argument(
         "--skip-uncovered",
         action="store_true",

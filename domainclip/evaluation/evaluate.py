@@ -66,7 +66,7 @@ from domainclip.evaluation.task import (
     resolve_classes,
 )
 from domainclip.models import Backbone
-from domainclip.privacy import is_identifying_column
+from domainclip.privacy import is_shown_column
 from domainclip.runs import ResolvedModel, Run
 from domainclip.runs.run import resolve_device, resolve_model
 from domainclip.scoring.prompts import PromptSet, load_prompt_set
@@ -80,11 +80,12 @@ _NOT_SUBGROUPS = frozenset({"boxes", "mask", "doi", "license", "url", "filename"
 MAX_SUBGROUP_VALUES = 12
 
 
-def auto_subgroup_columns(rows: Sequence[Any]) -> list[str]:
+def auto_subgroup_columns(rows: Sequence[Any], allowed: Sequence[str] = ()) -> list[str]:
     """Metadata columns with 2..MAX_SUBGROUP_VALUES distinct values among `rows` (e.g. view, sex).
 
-    Columns whose name looks like a direct identifier (patient name, MRN, ...) are never chosen:
-    their values would be written into metrics.json as subgroup names.
+    Only columns on `privacy.SAFE_COLUMNS` or in `allowed` (`--show-column`) are chosen: the
+    values of any other column (a patient or case id, ...) would be written into metrics.json
+    and the report as subgroup names.
     """
     values: dict[str, set[str]] = {}
     for r in rows:
@@ -94,7 +95,7 @@ def auto_subgroup_columns(rows: Sequence[Any]) -> list[str]:
         k
         for k, vs in values.items()
         if k not in _NOT_SUBGROUPS
-        and not is_identifying_column(k)
+        and is_shown_column(k, allowed)
         and 2 <= len(vs) <= MAX_SUBGROUP_VALUES
     )
 
@@ -211,6 +212,9 @@ class EvaluationOptions:
             None: on when at least `shortcut.min_rows` rows of the split have a region and the
             prompt set is single-label; True: whenever a row has one; False: off.
         shortcut: its settings (fill, threshold, ...; n_boot and seed are this evaluation's).
+        show_columns: metadata columns beyond `privacy.SAFE_COLUMNS` that may become automatic
+            subgroups and be shown in report.md (explicit `subgroups` are computed either way;
+            the report names, but does not show, those not allowed).
     """
 
     name: str | None = None
@@ -234,10 +238,11 @@ class EvaluationOptions:
     alphas: Sequence[float] = DEFAULT_ALPHAS
     shortcut_check: bool | None = None
     shortcut: ShortcutSettings = ShortcutSettings()
+    show_columns: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         # Sequences become tuples so options cannot change under a running evaluation.
-        for key in ("classes", "subgroups", "alphas"):
+        for key in ("classes", "subgroups", "alphas", "show_columns"):
             value = getattr(self, key)
             if value is not None:
                 object.__setattr__(self, key, tuple(value))
@@ -323,7 +328,15 @@ def run_evaluation(
     if options.write:
         multi = inp.ps.multi_label
         write_outputs(
-            result, inp.out_dir, scored.emb, scored.tgt, scored.p_cal, inp.classes, multi, extra
+            result,
+            inp.out_dir,
+            scored.emb,
+            scored.tgt,
+            scored.p_cal,
+            inp.classes,
+            multi,
+            extra,
+            show_columns=options.show_columns,
         )
     return result
 
@@ -449,7 +462,7 @@ def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Calibrati
     """Calibration before and after scaling (after: None at T = 1) and ECE per subgroup."""
     multi, y, n_bins, n_boot, seed = inp.ps.multi_label, s.tgt.y, opts.n_bins, opts.n_boot, opts.seed
     kept_rows = [s.emb.rows[i] for i in s.tgt.keep]
-    cols = _subgroup_columns(kept_rows, opts.subgroups, inp.manifest)
+    cols = _subgroup_columns(kept_rows, opts.subgroups, inp.manifest, opts.show_columns)
     return CalibrationSummary(
         before=calibration_report(s.p_raw, y, multi, n_bins, n_boot, seed),
         after=calibration_report(s.p_cal, y, multi, n_bins, n_boot, seed)
@@ -468,10 +481,13 @@ def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Calibrati
 
 
 def _subgroup_columns(
-    kept_rows: Sequence[Any], subgroups: Sequence[str] | None, manifest: str | Path
+    kept_rows: Sequence[Any],
+    subgroups: Sequence[str] | None,
+    manifest: str | Path,
+    allowed: Sequence[str] = (),
 ) -> list[str]:
     """The subgroup columns asked for (checked against the rows' metadata), else auto-detected."""
-    cols = list(subgroups) if subgroups is not None else auto_subgroup_columns(kept_rows)
+    cols = list(subgroups) if subgroups is not None else auto_subgroup_columns(kept_rows, allowed)
     missing_cols = [c for c in cols if not any(c in r.meta for r in kept_rows)]
     if missing_cols:
         raise ConfigError(

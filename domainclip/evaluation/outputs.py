@@ -55,6 +55,8 @@ def write_outputs(
     classes: Sequence[str],
     multi: bool,
     extra_files: dict[str, str] | None = None,
+    *,
+    show_columns: Sequence[str] = (),
 ) -> dict[str, str]:
     """Write every file of an evaluation into `out_dir`; returns {kind: path} (also set as
     `result.outputs`).
@@ -91,6 +93,6 @@ def write_outputs(
     files["report"] = str(out_dir / "report.md")
     files["metrics"] = str(out_dir / METRICS_FILE)
     result.outputs = files
-    atomic_write_text(out_dir / "report.md", render_markdown(result))
+    atomic_write_text(out_dir / "report.md", render_markdown(result, show_columns))
     result.write(out_dir / METRICS_FILE)
     return files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from domainclip.evaluation.results import (
     EvaluationResult,
 )
 from domainclip.evaluation.shortcut import VERSIONS, ShortcutResult, describe
+from domainclip.privacy import displayable_columns, hidden_columns, hidden_note
 
 
 def fmt(d: dict[str, Any] | None, digits: int = 3) -> str:
@@ -34,12 +36,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def render_markdown(r: EvaluationResult) -> str:
-    """Render the evaluation result; every metric with its 95% bootstrap interval."""
+def render_markdown(r: EvaluationResult, allowed: Sequence[str] = ()) -> str:
+    """Render the evaluation result; every metric with its 95% bootstrap interval.
+
+    Subgroup columns neither on `privacy.SAFE_COLUMNS` nor in `allowed` are named, not shown.
+    """
     multi = r.prompts.multi_label
     lines = _header(r)
     lines += _classification(r.classification, multi)
-    lines += _calibration(r.calibration, r.temperature.value, multi)
+    lines += _calibration(r.calibration, r.temperature.value, multi, allowed)
     lines += _retrieval(r.retrieval)
     if r.geometry is not None:
         lines += _geometry(r.geometry)
@@ -91,7 +96,9 @@ _CALIBRATION_LABELS = (
 )
 
 
-def _calibration(cal: CalibrationSummary, temperature: float, multi: bool) -> list[str]:
+def _calibration(
+    cal: CalibrationSummary, temperature: float, multi: bool, allowed: Sequence[str]
+) -> list[str]:
     rows = [
         [label, fmt(cal.before[k]), fmt(cal.after[k]) if cal.after else "-"]
         for k, label in _CALIBRATION_LABELS
@@ -104,7 +111,8 @@ def _calibration(cal: CalibrationSummary, temperature: float, multi: bool) -> li
     lines += ["", f"{cal.before['n_bins']} bins; {judged}"]
     lines += _base_rate_note(cal.to_json(), multi)
     observed = ["positive rate", "mean probability"] if multi else ["accuracy", "mean confidence"]
-    for col, groups in cal.subgroups.items():
+    for col in displayable_columns(cal.subgroups, allowed):
+        groups = cal.subgroups[col]
         lines += ["", f"ECE by `{col}`:", ""]
         lines += _table(
             ["value", "n", "ECE", *observed],
@@ -113,7 +121,8 @@ def _calibration(cal: CalibrationSummary, temperature: float, multi: bool) -> li
                 for g, v in groups.items()
             ],
         )
-    return lines
+    note = hidden_note(hidden_columns(cal.subgroups, allowed))
+    return [*lines, "", note] if note else lines
 
 
 def _num(v: float | None) -> str:

@@ -11,13 +11,15 @@ and one row whose image is missing (a skip for the Data page), a LoRA run and a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from domainclip.dashboard import RUNS_ENV
+from domainclip.dashboard import DATA_ROOTS_ENV, RUNS_ENV
+from domainclip.privacy import pseudonym_key
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "domainclip" / "dashboard" / "app.py"
@@ -35,6 +37,17 @@ class DashRuns:
     probe: Path  # linear-probe run (for the two-run comparison)
     manifest: Path  # the manifest both runs were trained on
     base: Path  # tmp folder holding runs/, data/, backbone/
+
+    @property
+    def data(self) -> Path:
+        """The data folder (outside the runs directory: the app needs it as a data root)."""
+        return self.base / "data"
+
+
+def serve(monkeypatch: pytest.MonkeyPatch, runs: Path, *data_roots: Path) -> None:
+    """Point the app at `runs`, allowing reads under `data_roots` (`--data-root`)."""
+    monkeypatch.setenv(RUNS_ENV, str(runs))
+    monkeypatch.setenv(DATA_ROOTS_ENV, os.pathsep.join(str(d) for d in data_roots))
 
 
 def _manifest_with_meta(data_dir: Path) -> Path:
@@ -104,7 +117,9 @@ def dash_runs(tmp_path_factory: pytest.TempPathFactory) -> DashRuns:
 
 @pytest.fixture
 def app(dash_runs: DashRuns, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    """The dashboard on the session's runs directory, first page rendered."""
-    monkeypatch.setenv(RUNS_ENV, str(dash_runs.root))
+    """The dashboard on the session's runs directory (its data folder allowed), first page
+    rendered."""
+    serve(monkeypatch, dash_runs.root, dash_runs.data)
+    pseudonym_key(dash_runs.root)  # as `domainclip dashboard` does before starting the app
     at = AppTest.from_file(str(APP), default_timeout=180)
     return at.run()

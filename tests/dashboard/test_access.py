@@ -71,19 +71,19 @@ def test_symlinks_out_of_the_runs_directory_are_refused(runs_copy: Path, tmp_pat
 
 
 def test_only_referenced_manifests_and_their_files(dash_runs: DashRuns, tmp_path: Path) -> None:
-    acc = RunsAccess(dash_runs.root)
+    acc = RunsAccess(dash_runs.root, [dash_runs.data])
     assert acc.manifest(dash_runs.manifest) == dash_runs.manifest.resolve()
     assert set(acc.manifests()[dash_runs.manifest.resolve()]) == {"lora", "probe"}
     for other in ("/etc/passwd", dash_runs.manifest.parent / "manifest.csv"):
         with pytest.raises(PathAccessError, match="no run references"):
             acc.manifest(other)
-    view = manifests.manifest_view(dash_runs.manifest)
+    view = manifests.manifest_view(dash_runs.manifest, b"k" * 32)
     image = view.images[0]
-    assert RunsAccess.listed_file(image, view.listed_files) == image
+    assert acc.listed_file(image, view.listed_files) == image
     with pytest.raises(PathAccessError, match="does not list"):
-        RunsAccess.listed_file(image.parent / ".." / ".." / "backbone" / "x", view.listed_files)
+        acc.listed_file(image.parent / ".." / ".." / "backbone" / "x", view.listed_files)
     with pytest.raises(PathAccessError, match="does not list"):
-        RunsAccess.listed_file("/etc/passwd", view.listed_files)
+        acc.listed_file("/etc/passwd", view.listed_files)
 
 
 def test_resolve_inside_rejects_nul_and_accepts_the_base(tmp_path: Path) -> None:

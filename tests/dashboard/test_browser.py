@@ -65,6 +65,7 @@ def server(dash_runs: DashRuns) -> Iterator[str]:
     port = _free_port()
     log = dash_runs.base / "dashboard_server.log"
     cmd = [sys.executable, "-m", "domainclip", "dashboard", "--runs", str(dash_runs.root)]
+    cmd += ["--data-root", str(dash_runs.data)]  # the manifest lies outside the runs directory
     with open(log, "wb") as fh:
         # own session: the CLI starts streamlit as a child; both are stopped together below
         proc = subprocess.Popen(

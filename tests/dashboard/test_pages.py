@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from domainclip.datasets import read_manifest, validate_manifest
 from domainclip.datasets.stats import manifest_stats
-from domainclip.privacy import pseudonym
+from domainclip.privacy import pseudonym, pseudonym_key
 
 from .conftest import PATIENT_NAMES, DashRuns
 from .helpers import captions, metrics, no_exceptions, page_text, widget
@@ -85,7 +85,8 @@ def test_data_page(app: AppTest, dash_runs: DashRuns) -> None:
     text = page_text(app)
     assert not any(name in text for name in PATIENT_NAMES)
     assert "`patient_name`" in text  # the withheld column is named, its values are not
-    assert pseudonym(rows[0].group) in text and rows[0].group not in text
+    key = pseudonym_key(dash_runs.root)  # the app created it in the runs directory
+    assert pseudonym(rows[0].group, key) in text and rows[0].group not in text
 
     widget(app, "multiselect", "Label").set_value(["scratch"]).run()
     n = sum("scratch" in r.label for r in rows)
@@ -295,9 +296,7 @@ def test_calibration_page_when_the_fit_kept_t_1(
     val split): the page must say a temperature was fitted, not ask the user to fit one."""
     import shutil
 
-    from domainclip.dashboard import RUNS_ENV
-
-    from .conftest import APP
+    from .conftest import APP, serve
 
     root = tmp_path / "runs"
     run = root / "lora"
@@ -308,7 +307,7 @@ def test_calibration_page_when_the_fit_kept_t_1(
     m["temperature"]["value"] = 1.0
     m["calibration"]["after"] = None
     metrics_file.write_text(json.dumps(m))
-    monkeypatch.setenv(RUNS_ENV, str(root))
+    serve(monkeypatch, root, dash_runs.data)
     at = AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("views/calibration.py").run()
     no_exceptions(at)

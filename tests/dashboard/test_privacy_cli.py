@@ -11,7 +11,7 @@ import pytest
 
 from domainclip.cli import main
 from domainclip.dashboard import RUNS_ENV, cli, manifests
-from domainclip.privacy import displayable_columns, is_identifying_column, pseudonym
+from domainclip.privacy import displayable_columns, is_shown_column, pseudonym
 
 from .conftest import PATIENT_NAMES, DashRuns
 
@@ -29,7 +29,7 @@ from .conftest import PATIENT_NAMES, DashRuns
     ],
 )
 def test_identifying_columns(column: str) -> None:
-    assert is_identifying_column(column)
+    assert not is_shown_column(column)
 
 
 def test_displayable_columns_keep_order_and_analysis_columns() -> None:
@@ -38,15 +38,16 @@ def test_displayable_columns_keep_order_and_analysis_columns() -> None:
 
 
 def test_pseudonyms_are_stable_and_hide_the_id() -> None:
-    assert pseudonym("patient-42") == pseudonym("patient-42")
-    assert pseudonym("patient-42") != pseudonym("patient-43")
-    p = pseudonym("patient-42")
+    key = b"k" * 32
+    assert pseudonym("patient-42", key) == pseudonym("patient-42", key)
+    assert pseudonym("patient-42", key) != pseudonym("patient-43", key)
+    p = pseudonym("patient-42", key)
     assert p.startswith("grp-") and len(p) == 12 and "patient" not in p
-    assert pseudonym("") == ""
+    assert pseudonym("", key) == ""
 
 
 def test_manifest_view_drops_identifying_columns(dash_runs: DashRuns) -> None:
-    view = manifests.manifest_view(dash_runs.manifest)
+    view = manifests.manifest_view(dash_runs.manifest, b"k" * 32)
     assert view.hidden_columns == ["patient_name"]
     assert "patient_name" not in view.table.columns
     assert "sex" in view.table.columns

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from domainclip.dashboard import RUNS_ENV
-
-from .conftest import APP, DashRuns
+from .conftest import APP, DashRuns, serve
 from .helpers import no_exceptions
 
 
@@ -21,7 +19,7 @@ def run_copy(dash_runs: DashRuns, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """A copy of the LoRA run alone in a runs directory the app is started on."""
     run = tmp_path / "runs" / "lora"
     shutil.copytree(dash_runs.lora, run)
-    monkeypatch.setenv(RUNS_ENV, str(run.parent))
+    serve(monkeypatch, run.parent, dash_runs.data)
     return run
 
 

@@ -16,7 +16,7 @@ from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
 from domainclip.explain.image import is_signed
 from domainclip.explain.render import overlay_png
-from domainclip.privacy import pseudonym
+from domainclip.privacy import hidden_note
 
 FLIPS_PER_PAGE = 4
 
@@ -49,7 +49,7 @@ def _flip_card(run: RunRef, view, example: FlipExample, method: str, alpha: floa
     image = load_image(path)
     st.markdown(
         f"**row {example.row}** · target `{example.target}` · group "
-        f"`{pseudonym(example.group)}` · shift {example.shift:+.4f}"
+        f"`{state.pseudonym(example.group)}` · shift {example.shift:+.4f}"
     )
     cols = st.columns(3)
     cols[0].image(image, caption=f"row {example.row} ({example.image})", width=200)
@@ -94,7 +94,11 @@ def _flips(run: RunRef, name: str, audit: AuditReport) -> None:
         "under this framing (the score being explained is the image-text similarity)."
     )
     acc = state.access()
-    manifest = acc.result_manifest(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    try:
+        manifest = acc.result_manifest(run, f"{auditdata.AUDIT_DIR}/{name}/{auditdata.AUDIT_JSON}")
+    except PathAccessError as exc:
+        st.error(f"Images of the flipped decisions cannot be shown: {exc}")
+        return
     if manifest is None or not manifest.is_file():
         st.warning("The audit's manifest is not available; images cannot be shown.")
         return
@@ -166,15 +170,18 @@ def _framings(run: RunRef, name: str, audit: AuditReport) -> None:
 
 def _subgroups(audit: AuditReport) -> None:
     st.subheader("Subgroups")
-    hidden = auditdata.hidden_subgroup_columns(audit)
+    allowed = state.shown_columns()
+    hidden = auditdata.hidden_subgroup_columns(audit, allowed)
     if hidden:
-        st.info("Subgroups by possibly identifying columns withheld: " + ", ".join(hidden))
-    sub = auditdata.subgroup_table(audit)
+        st.info(hidden_note(hidden))
+    sub = auditdata.subgroup_table(audit, allowed)
     if sub.empty:
         st.caption("The spec defines no subgroup columns present in the data.")
     else:
         st.dataframe(sub, hide_index=True, width="stretch")
-        st.dataframe(auditdata.subgroup_calibration_table(audit), hide_index=True, width="stretch")
+        st.dataframe(
+            auditdata.subgroup_calibration_table(audit, allowed), hide_index=True, width="stretch"
+        )
 
 
 render()

@@ -11,6 +11,7 @@ import streamlit as st
 from domainclip.dashboard import calibdata, charts, state
 from domainclip.dashboard.access import RunRef
 from domainclip.evaluation.results import CalibrationSummary, EvaluationResult
+from domainclip.privacy import hidden_note
 
 
 def _overview(run: RunRef, result: EvaluationResult) -> None:
@@ -61,15 +62,13 @@ def _reliability(calib: CalibrationSummary, temperature: float) -> None:
 
 
 def _subgroups(calib: CalibrationSummary) -> None:
-    """ECE per subgroup value (identifying columns withheld, named only)."""
+    """ECE per subgroup value (columns not on the safe list withheld, named only)."""
     st.subheader("ECE per subgroup (after temperature scaling)")
-    sub = calibdata.subgroup_frame(calib)
-    hidden = calibdata.hidden_subgroup_columns(calib)
+    allowed = state.shown_columns()
+    sub = calibdata.subgroup_frame(calib, allowed)
+    hidden = calibdata.hidden_subgroup_columns(calib, allowed)
     if hidden:
-        st.info(
-            "Subgroups by possibly identifying columns withheld: "
-            + ", ".join(f"`{c}`" for c in hidden)
-        )
+        st.info(hidden_note(hidden))
     if sub.empty:
         st.caption("No subgroup columns (metadata such as view or sex) in this evaluation.")
         return

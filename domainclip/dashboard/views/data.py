@@ -11,7 +11,9 @@ from pathlib import Path
 import streamlit as st
 
 from domainclip.dashboard import charts, manifests, state
+from domainclip.dashboard.access import PathAccessError
 from domainclip.datasets.imageio import ImageReadError
+from domainclip.privacy import hidden_note
 
 GALLERY_PAGE = 12
 GALLERY_COLUMNS = 4
@@ -20,12 +22,15 @@ GALLERY_COLUMNS = 4
 def _pick_manifest() -> Path | None:
     acc = state.access()
     run = state.current_run()
+    default = state.run_manifest(run)  # a manifest outside the allowed folders: error shown
     referenced = acc.manifests()
     if not referenced:
-        st.warning("No run references a manifest (config.yaml `data.manifest`).")
+        st.warning(
+            "No run references a manifest that the dashboard may read (config.yaml "
+            "`data.manifest`, inside the runs directory or a `--data-root`)."
+        )
         return None
     paths = sorted(referenced)
-    default = state.run_manifest(run)
     index = paths.index(default) if default in paths else 0
     chosen = st.selectbox(
         "Manifest",
@@ -80,13 +85,15 @@ def _gallery(view: manifests.ManifestView, shown) -> None:
             )
         except ImageReadError as exc:
             col.error(f"row {rec['row']}: {exc.reason}")
+        except PathAccessError as exc:
+            col.error(f"row {rec['row']}: {exc}")
         col.caption(rec["text"])
 
 
 def _problems(view: manifests.ManifestView, path: Path) -> None:
     st.subheader("Skipped and flagged rows")
     with st.spinner("Validating every row (decoding each image once)..."):
-        report = state.validation(str(path), state.mtime(path))
+        report = state.validation(view, path)
     c1, c2, c3 = st.columns(3)
     c1.metric("Rows in file", report["n_rows"])
     c2.metric("Usable rows", report["n_usable"])
@@ -121,10 +128,7 @@ def render() -> None:
         return
     view = state.load_manifest_view(path)
     if view.hidden_columns:
-        st.info(
-            "Withheld as possibly identifying (not shown anywhere): "
-            + ", ".join(f"`{c}`" for c in view.hidden_columns)
-        )
+        st.info(hidden_note(view.hidden_columns))
     stats = state.manifest_stats(path)
     cols = st.columns(len(stats["splits"]) + 1)
     cols[0].metric("Rows read", stats["n_rows"], help="rows the manifest reader accepted")

@@ -16,7 +16,7 @@ import streamlit as st
 from PIL import Image
 
 from domainclip.dashboard import charts, manifests, saliency, state
-from domainclip.dashboard.access import RunRef
+from domainclip.dashboard.access import PathAccessError, RunRef
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
 from domainclip.explain.image import is_signed
@@ -66,9 +66,12 @@ def _from_manifest(run: RunRef) -> PickedImage | None:
             f"{PurePath(str(table.at[i, 'image'])).name}"
         ),
     )
-    img_path = state.listed_image(view, view.images[idx])
     try:
+        img_path = state.listed_image(view, view.images[idx])
         image = load_image(img_path)
+    except PathAccessError as exc:
+        st.error(str(exc))
+        return None
     except ImageReadError as exc:
         st.error(f"This image cannot be read: {exc}")
         return None
