@@ -326,7 +326,7 @@ class Trainer:
                 )
                 continue
             if not torch.isfinite(loss):
-                self._diverged(f"the loss became {float(loss)}")
+                self._diverged(f"the loss became {float(loss.detach())}")
             scaled = loss / acc
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             losses.append(float(loss.detach()))
