@@ -136,6 +136,10 @@ def _collapse_recorded(tmp: Path, out: Outcome) -> None:
     from domainclip.finetune import checkpoint as ckpt
 
     assert ckpt.read_meta(ckpt.checkpoint_dir(tmp / "run", "best"))["step"] == 0
+    from domainclip.audit import write_card
+
+    md = write_card(tmp / "run").read_text(encoding="utf-8")
+    assert f"Training warning (collapse, {len(collapsed)}x): step 4: the model collapsed" in md
 
 
 def _truncation_counted(tmp: Path, out: Outcome) -> None:
