@@ -66,11 +66,21 @@ def uniform_loss(n: int, batch_size: int) -> float:
     return sum(logs) / len(logs) if logs else float("nan")
 
 
-def collapse_warning(metrics: dict[str, float], step: int, batch_size: int, lr: float) -> RunWarning | None:
-    """A "collapse" warning when the validation `metrics` show uniform predictions, else None.
+def collapse_warning(
+    metrics: dict[str, float],
+    step: int,
+    batch_size: int,
+    lr: float,
+    initial: dict[str, float] | None = None,
+) -> RunWarning | None:
+    """A "collapse" warning when training made the validation `metrics` show uniform predictions.
 
-    metrics: `validation_metrics` output (loss, n, image_spread, text_spread).
+    metrics: `validation_metrics` output (loss, n, image_spread, text_spread); initial: the same at
+    step 0 when it was evaluated. Step 0 (nothing trained yet) is never a collapse, and an embedding
+    spread that was already ~0 before training (a random tower) is not one either.
     """
+    if step == 0:
+        return None
     loss, n = metrics.get("loss", float("nan")), int(metrics.get("n", 0))
     uniform = uniform_loss(n, batch_size)
     signs = []
@@ -78,6 +88,9 @@ def collapse_warning(metrics: dict[str, float], step: int, batch_size: int, lr: 
         signs.append(f"val loss {loss:.4f} equals the uniform-prediction value {uniform:.4f}")
     for what in ("image", "text"):
         spread = metrics.get(f"{what}_spread", float("nan"))
+        before = (initial or {}).get(f"{what}_spread", float("nan"))
+        if math.isfinite(before) and before < 10 * MIN_SPREAD:
+            continue  # as flat before training: not something training did
         if math.isfinite(spread) and spread < MIN_SPREAD:
             signs.append(f"the {what} embeddings of the val rows are all the same (spread {spread:.1e})")
     if not signs:

@@ -461,9 +461,12 @@ class Trainer:
     def _collapse_check(self, metrics: dict[str, float]) -> bool:
         """True (and a recorded warning) when this validation shows a collapsed model (health)."""
         lr = self.cfg.optim.lr
-        warning = health.collapse_warning(metrics, self.state.step, self.cfg.train.batch_size, lr)
+        s = self.state
+        warning = health.collapse_warning(
+            metrics, s.step, self.cfg.train.batch_size, lr, s.initial_metrics
+        )
         if warning is not None:
-            health.record(warning, self.state.warnings, self.runlog)
+            health.record(warning, s.warnings, self.runlog)
         return warning is not None
 
     # ------------------------------------------------------------------ checkpoints

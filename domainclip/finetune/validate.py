@@ -127,7 +127,7 @@ def validation_metrics(
     out["loss"] = sum(losses) / len(losses) if losses else float("nan")
     # collapse signs (finetune.health): the spread of the images and of the distinct texts
     first = list({t: i for i, t in reversed(list(enumerate(texts)))}.values())
-    out["image_spread"] = feature_spread(img)
+    out["image_spread"] = feature_spread(image.image)  # tiled: over the tiles the scores use
     out["text_spread"] = feature_spread(txt[first])
     out.update(retrieval_metrics(img, txt, text_groups=texts))
     out.update(zero_shot(adapt, split, image, encode_texts, prompts))
