@@ -84,6 +84,7 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
             f"({', '.join(f'{k} {v:.4g}' for k, v in (result.get('best_metrics') or {}).items() if k in shown)}); "
             f"wall time {float(result.get('wall_seconds', 0)):.0f} s"
         )
+        items += _training_warnings(result)
     else:
         items.append("Training summary (result.json) not found: the run may not have finished.")
     items.append(f"domainclip {__version__}")
@@ -99,6 +100,17 @@ def _overview(run: Path, cfg: dict, result: dict | None) -> list[Block]:
             )
         )
     return out
+
+
+def _training_warnings(result: dict) -> list[str]:
+    """One line per kind of training warning in result.json (collapse, truncated texts)."""
+    kinds: dict[str, list[dict]] = {}
+    for w in result.get("warnings") or []:
+        if isinstance(w, dict):
+            kinds.setdefault(str(w.get("kind", "?")), []).append(w)
+    return [
+        f"Training warning ({kind}, {len(ws)}x): {ws[0].get('message', '')}" for kind, ws in kinds.items()
+    ]
 
 
 def _input_line(cfg: dict, result: dict | None) -> str:

@@ -28,6 +28,7 @@ _POSITION_KEYS = (
     "n_texts",
     "skipped_batches",
     "skipped_images",
+    "skipped_draws",
 )
 # Keys that name the kind of record (train log vs evaluation), in the order they are looked for.
 _KIND_KEYS = ("event", "kind", "type", "phase")

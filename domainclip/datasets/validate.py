@@ -222,8 +222,8 @@ def _check_row(
         out.skip("image_missing", row.row, f"{where}: {image_path}: file not found")
         return
     if tokenizer is not None:
-        n = tokenizer.count_tokens(row.text)
-        if n > tokenizer.context_length:
+        n = token_overflow(row.text, tokenizer)
+        if n is not None:
             out.warn(
                 "text_truncated",
                 row.row,
@@ -262,6 +262,20 @@ def _check_masks_as_images(manifest: Manifest, out: _Collector) -> None:
             "training image; delete those rows (re-import with `domainclip data import folder`, "
             "which pairs masks with their images)"
         )
+
+
+def token_overflow(text: str, tokenizer: TokenCounter) -> int | None:
+    """The token count of `text` when it exceeds the tokenizer's context (the model reads only the
+    first `context_length` tokens: the rest is truncated), else None. The one rule for "truncated"
+    (`data validate` and `finetune` both use it)."""
+    n = tokenizer.count_tokens(text)
+    return n if n > tokenizer.context_length else None
+
+
+def truncated_rows(texts: list[str], tokenizer: TokenCounter) -> list[int]:
+    """Indices of the `texts` that the tokenizer truncates (each distinct text tokenised once)."""
+    over = {t: token_overflow(t, tokenizer) is not None for t in dict.fromkeys(texts)}
+    return [i for i, t in enumerate(texts) if over[t]]
 
 
 def _check_meta(manifest: Manifest, row: ManifestRow, out: _Collector) -> None:

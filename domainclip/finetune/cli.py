@@ -33,24 +33,49 @@ def _finetune(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = finetune(cfg, out, resume=args.resume)
-    best = result.best_metrics
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    """The lines `domainclip finetune` prints for a finished run (`RunResult`)."""
     shown = {
         k: round(v, 4)
-        for k, v in best.items()
+        for k, v in result.best_metrics.items()
         if k in ("zero_shot_acc", "zero_shot_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
     }
-    print(
-        f"run: {result.run_dir}\nmethod: {result.method}, trainable parameters: "
-        f"{result.trainable_params:,} of {result.total_params:,} ({100 * result.trainable_fraction:.3f}%)\n"
-        f"best (step {result.best_step}): {json.dumps(shown)}\n"
-        f"wall time: {result.wall_seconds:.1f} s (feature cache {result.cache_seconds:.1f} s)"
-        + (
-            f"\nskipped: {result.skipped_batches} batches, {result.skipped_images} images"
-            if result.skipped_batches or result.skipped_images
-            else ""
-        )
+    best = (
+        f"best (step {result.best_step}): {json.dumps(shown)}"
+        if result.best_step >= 0
+        else "best: none (every validation collapsed; no `best` checkpoint was saved, only `last`)"
     )
-    return 0
+    lines = [
+        f"run: {result.run_dir}",
+        f"method: {result.method}, trainable parameters: {result.trainable_params:,} of "
+        f"{result.total_params:,} ({100 * result.trainable_fraction:.3f}%)",
+        best,
+        f"wall time: {result.wall_seconds:.1f} s (feature cache {result.cache_seconds:.1f} s)",
+    ]
+    by_split = result.info.get("unreadable_images") or {}
+    if result.skipped_images or result.skipped_batches or result.skipped_draws:
+        lines.append(
+            f"skipped: {result.skipped_images} unreadable images ("
+            + ", ".join(f"{k} {v}" for k, v in by_split.items())
+            + f"; drawn into batches {result.skipped_draws} times), "
+            f"{result.skipped_batches} batches without usable pairs"
+        )
+    if any(result.truncated_texts.values()):
+        lines.append(
+            "truncated texts (longer than the text context): "
+            + ", ".join(f"{k} {v}" for k, v in result.truncated_texts.items())
+        )
+    kinds: dict[str, list[str]] = {}
+    for w in result.warnings:
+        kinds.setdefault(w["kind"], []).append(w["message"])
+    for kind, messages in kinds.items():
+        more = f" (+{len(messages) - 1} more in result.json)" if len(messages) > 1 else ""
+        lines.append(f"warning [{kind}]: {messages[0]}{more}")
+    return "\n".join(lines)
 
 
 def _export(args: argparse.Namespace) -> int:

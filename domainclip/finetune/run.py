@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from domainclip.finetune import checkpoint as ckpt
+from domainclip.finetune import health
 from domainclip.finetune.adaptation import Adaptation, prepare
 from domainclip.finetune.config import FinetuneConfig, config_diff, migrate_config_dict
 from domainclip.finetune.data import (
@@ -61,9 +62,13 @@ class RunResult:
     cache_seconds: float
     initial_metrics: dict[str, float] = field(default_factory=dict)
     skipped_batches: int = 0
+    # distinct unreadable images left out, train + val (per split: info["unreadable_images"])
     skipped_images: int = 0
+    skipped_draws: int = 0  # times an unreadable train image was drawn into a batch and dropped
+    truncated_texts: dict[str, int] = field(default_factory=dict)  # split -> rows cut at the context
     stopped_early: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # health.RunWarning dicts
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -250,6 +255,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
         adapt = _adapt(cfg, device, resume_ckpt)
         cfg, fit_reason = _resolve_fit(cfg, adapt.bb, run_dir, resume, dist.world)
+        truncated = health.truncation(splits, adapt.bb.tokenizer)
         _write_config(cfg, run_dir, dist)  # after loading: a bad backbone spec leaves no config
         meta = {"method": cfg.method.name, "parameters": adapt.parameter_counts()}
         tc = time.perf_counter()
@@ -265,10 +271,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         result.setdefault("info", {})["input"] = _eval_transform(cfg, adapt.bb).input
         if fit_reason:
             result["info"]["fit_choice"] = fit_reason
-        if cache:
-            result.setdefault("info", {})["unreadable_images"] = {
-                k: c.n_failed for k, c in cache.items()
-            }
+        _input_findings(result, cache, *truncated)
         rr = _result(cfg, adapt, run_dir, result, wall_s=time.perf_counter() - t0, cache_s=cache_s)
         if dist.is_main:
             atomic_write_text(
@@ -279,6 +282,23 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
     finally:
         stack.close()
         shutdown(dist)
+
+
+def _input_findings(
+    result: dict,
+    cache: dict[str, CachedFeatures] | None,
+    truncated: dict[str, int],
+    warnings: list[health.RunWarning],
+) -> None:
+    """Put the input findings into `result`: unreadable images (distinct, per split and in total;
+    the trainer's own count when it decoded images itself) and truncated texts with warnings."""
+    info = result.setdefault("info", {})
+    unreadable = {k: c.n_failed for k, c in cache.items()} if cache else info.get("unreadable_images")
+    if unreadable is not None:
+        info["unreadable_images"] = unreadable
+        result["skipped_images"] = sum(unreadable.values())
+    result["truncated_texts"] = truncated
+    result["warnings"] = [w.to_dict() for w in warnings] + result.get("warnings", [])
 
 
 def _device_kind(spec: str) -> str:
@@ -421,8 +441,11 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         "steps": s.step,
         "train_seconds": s.train_seconds,
         "skipped_batches": s.skipped_batches,
-        "skipped_images": s.skipped_images,
+        "skipped_draws": s.skipped_draws,
+        # decoded every step (no cache): the distinct images the trainer saw fail
+        "info": {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}},
         "stopped_early": bool(cfg.eval.patience and s.bad_evals >= cfg.eval.patience),
+        "warnings": list(s.warnings),
     }
 
 
@@ -439,6 +462,5 @@ def _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta) -> dict:
         "best_step": 0,
         "steps": 0,
         "train_seconds": time.perf_counter() - t,
-        "skipped_images": cache["train"].n_failed + cache["val"].n_failed,
         "info": info,
     }

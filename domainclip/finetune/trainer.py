@@ -27,6 +27,7 @@ from torch import nn
 
 from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
+from domainclip.finetune import health
 from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.config import FinetuneConfig
 from domainclip.finetune.data import CachedFeatures, GlobalBatches, Splits, image_batches
@@ -57,7 +58,10 @@ class TrainState:
     initial_metrics: dict[str, float] = field(default_factory=dict)
     bad_evals: int = 0
     skipped_batches: int = 0
-    skipped_images: int = 0
+    skipped_draws: int = 0  # unreadable train images drawn into a batch and dropped from it
+    unreadable_train: list[int] = field(default_factory=list)  # distinct failed rows (decoded path)
+    unreadable_val: int = 0  # val images that failed at the last validation (decoded path)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # health.RunWarning dicts
     last_eval_step: int = -1
     train_seconds: float = 0.0
 
@@ -178,7 +182,10 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        self.state = TrainState(**state["loop"])
+        loop = dict(state["loop"])
+        if "skipped_images" in loop:  # states written before the draw/distinct split
+            loop["skipped_draws"] = loop.pop("skipped_images")
+        self.state = TrainState(**loop)
         ckpt.set_rng_state(state["rng"])
 
     def _autocast(self):
@@ -212,7 +219,7 @@ class Trainer:
         kw: dict[str, Any] = {}
         if item is not None and pixels is None:
             pos = self._cache_pos[rows]
-            self.state.skipped_images += int((pos < 0).sum())
+            self.state.skipped_draws += int((pos < 0).sum())
             rows = [r for r, p in zip(rows, pos.tolist(), strict=True) if p >= 0]
             feats, n_tiles = cached_images(self.image_cache["train"], pos[pos >= 0])
             kw["pooled_image"] = feats.to(self.device)
@@ -275,15 +282,15 @@ class Trainer:
             stream = ((b, None, None) for b in batches)
         else:
             stream = (
-                None if batch is None else (batch["rows"], batch["image"], batch.get("n_tiles"))
-                for batch in image_batches(
+                self._decoded(rows, batch)
+                for rows, batch in zip(batches, image_batches(
                     self.splits.train,
                     self.transforms["train"],
                     batches,
                     self.cfg.train.seed,
                     epoch,
                     self.cfg.data.num_workers,
-                )
+                ), strict=True)
             )
         group: list = []
         step = start_step
@@ -292,6 +299,15 @@ class Trainer:
             if len(group) == acc:
                 yield step, group
                 group, step = [], step + 1
+
+    def _decoded(self, requested: list[int], batch: dict | None) -> tuple | None:
+        """(rows, pixels, n_tiles) of a decoded batch (None: every image failed); the images that
+        failed are counted (draws) and remembered (distinct rows)."""
+        failed = set(requested) - set(batch["rows"] if batch is not None else [])
+        if failed:
+            self.state.skipped_draws += len(failed)
+            self.state.unreadable_train = sorted(failed | set(self.state.unreadable_train))
+        return None if batch is None else (batch["rows"], batch["image"], batch.get("n_tiles"))
 
     def _train_step(self, group: list) -> float | None:
         """One optimizer step over `accumulate` micro-batches. Returns the mean loss (None: all skipped)."""
@@ -310,7 +326,7 @@ class Trainer:
                 )
                 continue
             if not torch.isfinite(loss):
-                self._diverged(f"the loss became {float(loss)}")
+                self._diverged(f"the loss became {float(loss.detach())}")
             scaled = loss / acc
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             losses.append(float(loss.detach()))
@@ -376,6 +392,7 @@ class Trainer:
                 feats.append(a.model.encode_image(pix).float().cpu())
                 rows += batch["rows"]
                 counts += batch.get("n_tiles") or []
+        self.state.unreadable_val = len(split) - len(rows)
         return ValFeatures(F.normalize(torch.cat(feats), dim=-1), rows, counts or None, tile_rule(self.cfg))
 
     @torch.no_grad()
@@ -419,7 +436,9 @@ class Trainer:
         lower = name in LOWER_IS_BETTER
         better = s.best_value is None or (value < s.best_value if lower else value > s.best_value)
         s.last_eval_step = s.step
-        self.runlog.event("val", s.step, epoch=s.epoch, **metrics)
+        collapsed = self._collapse_check(metrics)
+        better = better and not collapsed
+        self.runlog.event("val", s.step, epoch=s.epoch, collapsed=collapsed, **metrics)
         log.info(
             "step %d: val %s",
             s.step,
@@ -438,6 +457,17 @@ class Trainer:
         self._save("last", with_state=True, reason="eval")
         patience = self.cfg.eval.patience
         return bool(patience and s.bad_evals >= patience)
+
+    def _collapse_check(self, metrics: dict[str, float]) -> bool:
+        """True (and a recorded warning) when this validation shows a collapsed model (health)."""
+        lr = self.cfg.optim.lr
+        s = self.state
+        warning = health.collapse_warning(
+            metrics, s.step, self.cfg.train.batch_size, lr, s.initial_metrics
+        )
+        if warning is not None:
+            health.record(warning, s.warnings, self.runlog)
+        return warning is not None
 
     # ------------------------------------------------------------------ checkpoints
     def _save(self, name: str, with_state: bool, reason: str) -> Path:
@@ -502,7 +532,7 @@ class Trainer:
                         loss=loss if loss is not None else float("nan"),
                         lr=self.optimizer.param_groups[0]["lr"],
                         skipped_batches=s.skipped_batches,
-                        skipped_images=s.skipped_images,
+                        skipped_draws=s.skipped_draws,
                     )
                 if (
                     s.step_in_epoch == self.steps_per_epoch

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.data import SplitData
+from domainclip.finetune.health import feature_spread
 from domainclip.finetune.losses import positive_mask, soft_target_loss
 from domainclip.scoring.prompts import PromptSet
 from domainclip.scoring.retrieval import retrieval_metrics
@@ -105,7 +106,8 @@ def validation_metrics(
         positives: the loss's positive mode; batch_size: chunk size of the val loss.
 
     Returns:
-        {"loss", "zero_shot_acc", "zero_shot_macro_f1" (single-label sets; labelled rows only),
+        {"loss", "image_spread", "text_spread" (`health.feature_spread`: collapse signs),
+         "zero_shot_acc", "zero_shot_macro_f1" (single-label sets; labelled rows only),
          "i2t_R@1", "t2i_R@1", "t2i_R@5", ... (retrieval_metrics), "n"}.
     """
     rows = image.rows
@@ -123,6 +125,10 @@ def validation_metrics(
         losses.append(float(soft_target_loss(logits, pos)))
     out: dict[str, float] = {"n": float(len(rows))}
     out["loss"] = sum(losses) / len(losses) if losses else float("nan")
+    # collapse signs (finetune.health): the spread of the images and of the distinct texts
+    first = list({t: i for i, t in reversed(list(enumerate(texts)))}.values())
+    out["image_spread"] = feature_spread(image.image)  # tiled: over the tiles the scores use
+    out["text_spread"] = feature_spread(txt[first])
     out.update(retrieval_metrics(img, txt, text_groups=texts))
     out.update(zero_shot(adapt, split, image, encode_texts, prompts))
     return out
