@@ -32,7 +32,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("image", "text")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("label", "group", "split")
 CORE_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 # calib: held-out data used only to calibrate (conformal thresholds); optional.
-SPLITS: tuple[str, ...] = ("train", "val", "calib", "test")
+SPLITS: tuple[str, ...] = ("train", "val", "test", "calib")
 UNASSIGNED = "unassigned"
 LABEL_SEP = "|"
 # How spreadsheets and pandas spell a missing value: such a label cell means "no label", never
@@ -160,7 +160,7 @@ class Manifest:
 
 
 def normalize_split(value: str | None) -> str | None:
-    """Map a split name or alias to train/val/test/unassigned; None if it is not recognised."""
+    """Map a split name or alias to train/val/test/calib/unassigned; None if not recognised."""
     key = (value or "").strip().lower()
     return SPLIT_ALIASES.get(key)
 

@@ -114,8 +114,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command."""
-    from domainclip.calibrators import CHOICES
-    from domainclip.calibrators.conformal import METHODS
     from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
     from domainclip.runs.run import add_input_arguments
 
@@ -142,33 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fit the temperature on --val-split and save it (RUN/calibration.json)",
     )
-    p.add_argument(
-        "--calibrate",
-        choices=CHOICES,
-        help="fit this calibrator on --val-split and save it (RUN/calibration.json): temperature, "
-        "bias (temperature + per-class bias / per-finding Platt), isotonic, or auto (lowest "
-        "cross-validated NLL; the record says why). Never fitted on test",
-    )
-    p.add_argument(
-        "--conformal",
-        type=float,
-        metavar="ALPHA",
-        help="conformal prediction sets with coverage 1 - ALPHA (e.g. 0.1): thresholds from the "
-        "manifest's calib split, else --val-split, stored with the calibrator; reports coverage "
-        "(overall, per class, 95%% CIs), set sizes and singleton rate",
-    )
-    p.add_argument(
-        "--conformal-method",
-        choices=METHODS,
-        default="aps",
-        help="single-label set score: lac, aps (default) or raps; multi-label always uses "
-        "per-finding thresholds controlling the false-negative rate",
-    )
-    p.add_argument(
-        "--mondrian",
-        action="store_true",
-        help="class-conditional (Mondrian) conformal: one threshold per class",
-    )
+    _uncertainty_arguments(p)
     p.add_argument(
         "--val-split", default="val", help="split for --calibrate / --fit-temperature (default: val)"
     )
@@ -200,6 +172,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _shortcut_arguments(p)
     p.set_defaults(func=_run)
+
+
+def _uncertainty_arguments(p: argparse.ArgumentParser) -> None:
+    """--calibrate, --conformal, --conformal-method, --mondrian."""
+    from domainclip.calibrators import CHOICES
+    from domainclip.calibrators.conformal import METHODS
+
+    p.add_argument(
+        "--calibrate",
+        choices=CHOICES,
+        help="fit this calibrator on --val-split and save it (RUN/calibration.json): temperature, "
+        "bias (temperature + per-class bias / per-finding Platt), isotonic, or auto (lowest "
+        "cross-validated NLL; the record says why). Never fitted on test",
+    )
+    p.add_argument(
+        "--conformal",
+        type=float,
+        metavar="ALPHA",
+        help="conformal prediction sets with coverage 1 - ALPHA (e.g. 0.1): thresholds from the "
+        "manifest's calib split, else --val-split, stored with the calibrator; reports coverage "
+        "(overall, per class, 95%% CIs), set sizes and singleton rate",
+    )
+    p.add_argument(
+        "--conformal-method",
+        choices=METHODS,
+        default="aps",
+        help="single-label set score: lac, aps (default) or raps; multi-label always uses "
+        "per-finding thresholds controlling the false-negative rate",
+    )
+    p.add_argument(
+        "--mondrian",
+        action="store_true",
+        help="class-conditional (Mondrian) conformal: one threshold per class",
+    )
 
 
 def _shortcut_arguments(p: argparse.ArgumentParser) -> None:
