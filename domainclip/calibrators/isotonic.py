@@ -8,10 +8,11 @@ The fitted maps are stored as their breakpoints (sklearn's `X_thresholds_`, `y_t
 applied by linear interpolation, clipped outside the fitted range (exactly
 `IsotonicRegression(out_of_bounds="clip").predict`). Isotonic maps are flat between breakpoints,
 which would create ties and lower AUROC; a tie-breaker of 1e-6 x the raw probability keeps each
-finding's map strictly increasing, so per-finding ranking (and AUROC) is unchanged.
+finding's map strictly increasing, so per-finding ranking (and AUROC) is unchanged:
+p = 1e-6 + (1 - 3e-6) g(u) + 1e-6 raw, which also keeps p inside [1e-6, 1 - 1e-6].
 
 `calibrate` returns logits: logit(p) for multi-label, log(p) for single-label (softmax of which
-gives the renormalised p back). Probabilities are clipped to [1e-6, 1 - 1e-6].
+gives the renormalised p back).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class IsotonicCalibrator(Calibrator):
             xp = torch.tensor(self.x[c], dtype=u.dtype, device=u.device)
             fp = torch.tensor(self.y[c], dtype=u.dtype, device=u.device)
             cols.append(interpolate(u[..., c], xp, fp))
-        p = (torch.stack(cols, dim=-1) + _TIE * raw).clamp(_CLIP, 1 - _CLIP)
+        # p in [CLIP, 1 - CLIP], strictly increasing in the raw score (tie-breaker)
+        p = _CLIP + (1 - 2 * _CLIP - _TIE) * torch.stack(cols, dim=-1) + _TIE * raw
         if self.multi_label:
             return torch.log(p) - torch.log1p(-p)
         return torch.log(p / p.sum(dim=-1, keepdim=True))
