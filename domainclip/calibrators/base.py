@@ -67,6 +67,17 @@ class Calibrator(ABC):
         """One line for reports, e.g. 'temperature T = 0.29'."""
         return f"{self.kind} {self.parameters()}"
 
+    def check_classes(self, classes: list[str]) -> None:
+        """Refuse to apply a per-class calibrator to other classes (or another order) than it
+        was fitted on (its record's "classes"); a temperature applies to any class set."""
+        fitted = self.fit.get("classes")
+        if self.kind != "temperature" and fitted is not None and list(fitted) != list(classes):
+            raise CalibrationError(
+                f"{self.source or 'the calibrator'}: the {self.kind} calibrator was fitted on classes "
+                f"{fitted} but is applied to {list(classes)}; score the same classes in the same order "
+                "or refit it (--calibrate KIND)"
+            )
+
     def probabilities(self, logits: torch.Tensor, multi_label: bool) -> np.ndarray:
         """[N, C] raw logits -> [N, C] calibrated probabilities (float64 numpy).
 

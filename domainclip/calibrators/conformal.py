@@ -8,6 +8,13 @@ Single-label (probabilities p [N, C], labels y [N]); a nonconformity score s(x, 
 * ``raps`` (regularised APS): aps + lam * max(0, rank_c - k_reg), rank 1-based; penalises long
   sets (defaults lam = 0.01, k_reg = 1).
 
+APS/RAPS are non-randomised by default: the true class's own mass counts fully, so the score of
+an image whose true class is ranked last is exactly 1 for every such image; these ties make the
+sets conservative (coverage above 1 - alpha, by several points when probabilities are flat).
+``randomized=True`` counts u * p_c with u ~ U(0, 1) per image (Romano et al., 2020), which makes
+coverage tight; the draws come from a generator seeded with ``seed``, so the same batch gets the
+same sets, but an image's set depends on its position in the batch. LAC has no such ties.
+
 The threshold is the conformal quantile q = the ceil((n + 1)(1 - alpha))-th smallest calibration
 score s(x_i, y_i) (infinite, i.e. every class, when that rank exceeds n); the set is
 {c : s(x, c) <= q}. Guarantee (exchangeable calibration and test data):
@@ -50,8 +57,18 @@ def _rank_order(probs: np.ndarray) -> np.ndarray:
     return np.argsort(-probs, axis=1, kind="stable")
 
 
-def class_scores(probs: np.ndarray, method: str, lam: float = 0.01, k_reg: int = 1) -> np.ndarray:
-    """Nonconformity score of every class: float [N, C] (see module doc)."""
+def class_scores(
+    probs: np.ndarray,
+    method: str,
+    lam: float = 0.01,
+    k_reg: int = 1,
+    u: np.ndarray | None = None,
+) -> np.ndarray:
+    """Nonconformity score of every class: float [N, C] (see module doc).
+
+    u: float [N] in [0, 1] for randomised APS/RAPS (the class's own mass counts u * p_c);
+    None counts it fully (non-randomised).
+    """
     probs = np.asarray(probs, dtype=float)
     if method == "lac":
         return 1.0 - probs
@@ -62,6 +79,8 @@ def class_scores(probs: np.ndarray, method: str, lam: float = 0.01, k_reg: int =
     cum = np.cumsum(sorted_p, axis=1)
     scores = np.empty_like(probs)
     np.put_along_axis(scores, order, cum, axis=1)
+    if u is not None:
+        scores = scores - (1.0 - np.asarray(u, dtype=float)[:, None]) * probs
     if method == "raps":
         ranks = np.empty_like(order)
         np.put_along_axis(ranks, order, np.arange(1, probs.shape[1] + 1)[None, :].repeat(len(probs), 0), axis=1)
@@ -112,6 +131,8 @@ class ConformalThresholds:
     lam: float = 0.01
     k_reg: int = 1
     split: str = "val"
+    randomized: bool = False
+    seed: int = 0
 
     @property
     def multi_label(self) -> bool:
@@ -122,7 +143,8 @@ class ConformalThresholds:
         probs = np.asarray(probs, dtype=float)
         if self.multi_label:
             return probs >= np.asarray(self.per_class)[None, :]
-        scores = class_scores(probs, self.method, self.lam, self.k_reg)
+        u = _uniforms(len(probs), self.seed) if self.randomized else None
+        scores = class_scores(probs, self.method, self.lam, self.k_reg, u)
         q = np.asarray(self.per_class)[None, :] if self.mondrian else self.threshold
         return scores <= q
 
@@ -141,6 +163,8 @@ class ConformalThresholds:
             "lam": self.lam,
             "k_reg": self.k_reg,
             "split": self.split,
+            "randomized": self.randomized,
+            "seed": self.seed,
         }
 
     @classmethod
@@ -152,7 +176,8 @@ class ConformalThresholds:
         threshold = None if d.get("mondrian") or d["method"] == MULTI_METHOD else num(d.get("threshold"))
         return cls(d["method"], float(d["alpha"]), int(d["n"]), bool(d.get("mondrian", False)),
                    threshold, per_class, [int(v) for v in d.get("n_per_class", [])],
-                   float(d.get("lam", 0.01)), int(d.get("k_reg", 1)), str(d.get("split", "val")))
+                   float(d.get("lam", 0.01)), int(d.get("k_reg", 1)), str(d.get("split", "val")),
+                   bool(d.get("randomized", False)), int(d.get("seed", 0)))
 
 
 def fit_conformal(
@@ -166,23 +191,35 @@ def fit_conformal(
 ) -> ConformalThresholds:
     """Thresholds from calibration probabilities [n, C] and labels ([n] or [n, C]).
 
-    options: lam, k_reg (RAPS), split (recorded). Multi-label always uses crc_fnr per finding.
+    options: lam, k_reg (RAPS), split (recorded), randomized and seed (APS/RAPS). Multi-label
+    always uses crc_fnr per finding.
     """
     if not 0 < alpha < 1:
         raise CalibrationError(f"conformal alpha must be in (0, 1), got {alpha}")
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels)
     lam, k_reg, split = float(options.get("lam", 0.01)), int(options.get("k_reg", 1)), str(options.get("split", "val"))
+    randomized = bool(options.get("randomized", False)) and method in ("aps", "raps") and not multi_label
+    seed = int(options.get("seed", 0))
+    extra = {"randomized": randomized, "seed": seed}
     c = probs.shape[1]
     if multi_label:
         pos = [probs[labels[:, j] == 1, j] for j in range(c)]
         return ConformalThresholds(MULTI_METHOD, alpha, len(probs), True, None,
                                    [crc_fnr_threshold(p, alpha) for p in pos], [len(p) for p in pos],
                                    lam, k_reg, split)
-    true_scores = class_scores(probs, method, lam, k_reg)[np.arange(len(labels)), labels]
+    u = _uniforms(len(probs), seed + 1) if randomized else None  # other draws than at prediction
+    true_scores = class_scores(probs, method, lam, k_reg, u)[np.arange(len(labels)), labels]
     counts = np.bincount(labels, minlength=c).tolist()
     if mondrian:
         per = [conformal_quantile(true_scores[labels == j], alpha) for j in range(c)]
-        return ConformalThresholds(method, alpha, len(probs), True, None, per, counts, lam, k_reg, split)
+        return ConformalThresholds(
+            method, alpha, len(probs), True, None, per, counts, lam, k_reg, split, **extra
+        )
     q = conformal_quantile(true_scores, alpha)
-    return ConformalThresholds(method, alpha, len(probs), False, q, [], counts, lam, k_reg, split)
+    return ConformalThresholds(method, alpha, len(probs), False, q, [], counts, lam, k_reg, split, **extra)
+
+
+def _uniforms(n: int, seed: int) -> np.ndarray:
+    """n draws of U(0, 1) from a generator seeded with `seed` (randomised APS/RAPS)."""
+    return np.random.default_rng(seed).uniform(size=n)

@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         calibrate=args.calibrate,
         conformal=args.conformal,
         conformal_method=args.conformal_method,
+        conformal_randomized=args.conformal_randomized,
         mondrian=args.mondrian,
         val_split=args.val_split,
         temperature=args.temperature,
@@ -197,9 +198,15 @@ def _uncertainty_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--conformal-method",
         choices=METHODS,
-        default="aps",
-        help="single-label set score: lac, aps (default) or raps; multi-label always uses "
-        "per-finding thresholds controlling the false-negative rate",
+        default="lac",
+        help="single-label set score: lac (default: smallest sets, tight coverage), aps or raps "
+        "(adaptive set sizes); multi-label always uses per-finding thresholds controlling the "
+        "false-negative rate",
+    )
+    p.add_argument(
+        "--conformal-randomized",
+        action="store_true",
+        help="randomised APS/RAPS (tight coverage instead of conservative; seeded with --seed)",
     )
     p.add_argument(
         "--mondrian",

@@ -183,7 +183,8 @@ def _conformal(
         inp.resolved, inp.man, task, calib_split, opts.skip_uncovered
     )
     thr = fit_thresholds(
-        cal, calib, opts.conformal, opts.conformal_method, opts.mondrian, inp.ps.multi_label
+        cal, calib, opts.conformal, opts.conformal_method, opts.mondrian, inp.ps.multi_label,
+        randomized=opts.conformal_randomized, seed=opts.seed,
     )
     if normalize_split(inp.split) == normalize_split(calib_split):
         log.warning("conformal thresholds were computed on split %s, the split evaluated: "
@@ -212,7 +213,8 @@ class EvaluationOptions:
         conformal: alpha of conformal prediction sets (e.g. 0.1 for 90 % coverage), thresholds
             computed on the manifest's `calib` split, else `val_split`, stored with the
             calibrator record; None: use thresholds stored in the run's record, if any.
-        conformal_method: lac | aps | raps (single-label; multi-label always controls the FNR).
+        conformal_method: lac | aps | raps (single-label; multi-label always controls the FNR);
+            conformal_randomized: randomised APS/RAPS (tight coverage; seeded with `seed`).
         mondrian: one threshold per class (class-conditional coverage).
         temperature: use this T instead (overrides both).
         n_bins: calibration bins; n_boot: bootstrap replicates (0: no CIs); seed: bootstrap seed.
@@ -237,7 +239,8 @@ class EvaluationOptions:
     fit_temperature: bool = False
     calibrate: str | None = None
     conformal: float | None = None
-    conformal_method: str = "aps"
+    conformal_method: str = "lac"
+    conformal_randomized: bool = False
     mondrian: bool = False
     val_split: str = "val"
     temperature: float | None = None
@@ -420,6 +423,7 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
 
     kind = opts.calibrate or ("temperature" if opts.fit_temperature else None)
     cal, t_info = _calibrator(inp.resolved, kind, inp.out_dir, val, (task, inp.man, opts.n_bins))
+    cal.check_classes(classes)
     thresholds = _conformal(inp, opts, cal, val, task)
     p_raw = probabilities(logits, ps.multi_label)
     p_cal = cal.probabilities(logits, ps.multi_label)

@@ -101,9 +101,16 @@ def fit_record(
 
 
 def fit_thresholds(
-    cal: Calibrator, calib: SplitScores, alpha: float, method: str, mondrian: bool, multi: bool
+    cal: Calibrator,
+    calib: SplitScores,
+    alpha: float,
+    method: str,
+    mondrian: bool,
+    multi: bool,
+    **options: Any,
 ) -> ConformalThresholds:
-    """Conformal thresholds on `calib` through `cal`'s probabilities (never the test split)."""
+    """Conformal thresholds on `calib` through `cal`'s probabilities (never the test split).
+    options: randomized, seed (`calibrators.conformal.fit_conformal`)."""
     check_not_test(calib.split, "conformal thresholds")
     probs = cal.probabilities(calib.logits, multi)
-    return fit_conformal(probs, calib.y, alpha, method, mondrian, multi, split=calib.split)
+    return fit_conformal(probs, calib.y, alpha, method, mondrian, multi, split=calib.split, **options)
