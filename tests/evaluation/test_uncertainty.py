@@ -170,3 +170,26 @@ def test_non_randomised_aps_is_conservative_and_mondrian_covers_every_class(pool
     assert cov >= 0.9 - 0.015  # valid, but ties at score 1 make it over-cover
     cov_m, worst = _resplits(*pooled, "lac", False, mondrian=True)
     assert abs(cov_m - 0.9) <= 0.03 and worst >= 0.8
+
+
+def test_multi_label_platt_and_fnr_control(tmp_path, backbone, synthetic_manifest):
+    prompts = {
+        "version": "syn-ml-1",
+        "mode": "multi_label",
+        "templates": {
+            "positive": ["a metal surface with {label}"],
+            "negative": ["a metal surface without {label}"],
+        },
+        "classes": {"scratch": None, "pit": None, "crack": None, "patch": None},
+        "negative_labels": ["clean"],
+    }
+    m = evaluate(str(backbone), synthetic_manifest, "test", prompts, tmp_path, calibrate="bias",
+                 conformal=0.2, n_boot=0, write=False)
+    record = json.loads((tmp_path / "calibration.json").read_text())
+    assert record["kind"] == "bias" and record["mode"] == "multi_label" and len(record["scale"]) == 4
+    c = m["conformal"]
+    assert c["thresholds"]["method"] == "crc_fnr" and len(c["thresholds"]["per_class"]) == 4
+    assert c["unit"] == "present findings"
+    n_pos = sum(v["n"] for v in c["per_class"].values())
+    assert n_pos == sum(m["classification"]["per_class"][k]["n_pos"] for k in c["per_class"])
+    assert m["selective"]["n_decisions"] == 4 * m["data"]["n_evaluated"]
