@@ -80,6 +80,10 @@ def test_calibrate_bias_and_conformal_sets(tmp_path, backbone, synthetic_manifes
     report = (out / "report.md").read_text()
     assert "## Conformal prediction sets" in report and "## Selective prediction" in report
     assert (out / "risk_coverage.png").is_file()
+    # the dashboard's calibration page reads this result (bias calibrator, conformal section)
+    from domainclip.dashboard.calibdata import calibration_table, reliability_frame
+
+    assert len(calibration_table(m.calibration)) >= 4 and len(reliability_frame(m.calibration)) > 0
 
 
 @pytest.mark.parametrize("kind", ["temperature", "isotonic", "auto"])
