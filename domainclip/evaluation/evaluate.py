@@ -186,6 +186,12 @@ def _conformal(
         cal, calib, opts.conformal, opts.conformal_method, opts.mondrian, inp.ps.multi_label,
         randomized=opts.conformal_randomized, seed=opts.seed,
     )
+    if cal.kind != "temperature" and cal.fit.get("split") == calib_split:
+        log.warning(
+            "the %s calibrator and the conformal thresholds were both fitted on split %s: its "
+            "calibrated scores are optimistic there, so coverage can fall below the target; add a "
+            "`calib` split to the manifest", cal.kind, calib_split,
+        )
     if normalize_split(inp.split) == normalize_split(calib_split):
         log.warning("conformal thresholds were computed on split %s, the split evaluated: "
                     "its coverage is not a held-out estimate", calib_split)
