@@ -2,7 +2,8 @@
 
 One interface (`Calibrator.calibrate(logits [N, C]) -> logits [N, C]`) for every consumer;
 `RUN/calibration.json` stores the fitted one (`save_calibration` / `load_calibrator`).
-Kinds today: temperature scaling.
+Kinds: temperature scaling, temperature + per-class bias (vector / Platt scaling), isotonic
+regression; `auto` picks by cross-validated NLL (`select`). Conformal prediction sets: `conformal`.
 """
 
 from domainclip.calibrators.base import (
@@ -13,6 +14,9 @@ from domainclip.calibrators.base import (
     load_calibrator,
     save_calibration,
 )
+from domainclip.calibrators.bias import BiasCalibrator, fit_bias
+from domainclip.calibrators.isotonic import IsotonicCalibrator, fit_isotonic
+from domainclip.calibrators.select import CHOICES, KINDS, fit_calibrator, select_calibrator
 from domainclip.calibrators.temperature import (
     TemperatureCalibrator,
     apply_temperature,
@@ -22,8 +26,16 @@ from domainclip.calibrators.temperature import (
 )
 
 __all__ = [
+    "CHOICES",
+    "KINDS",
+    "BiasCalibrator",
     "CalibrationError",
     "Calibrator",
+    "IsotonicCalibrator",
+    "fit_bias",
+    "fit_calibrator",
+    "fit_isotonic",
+    "select_calibrator",
     "TemperatureCalibrator",
     "apply_temperature",
     "fit_temperature",

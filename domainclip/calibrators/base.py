@@ -2,7 +2,8 @@
 
 Every command that turns logits into probabilities (evaluate, audit, explain's probability score,
 the dashboard, the card, later predict) applies the run's calibrator through this interface, so a
-new kind (per-class bias, isotonic, ...) is one new subclass and one entry in `KINDS`.
+new kind is one new subclass and one entry in `from_record`'s table (kinds: temperature,
+bias, isotonic; `calibrators.select` fits them and picks one by cross-validated NLL).
 
 Logits are [N, C]: single-label class logits (softmax over C) or multi-label binary logits
 (sigmoid per column). `calibrate` is a torch function of the logits (differentiable where the
@@ -27,7 +28,7 @@ from domainclip.errors import ConfigError
 from domainclip.io import atomic_write_json, read_json
 from domainclip.runs.layout import CALIBRATION_FILE
 
-REFIT_HINT = "refit with `domainclip evaluate RUN --fit-temperature`"
+REFIT_HINT = "refit with `domainclip evaluate RUN --fit-temperature` (or `--calibrate KIND`)"
 
 
 class CalibrationError(ConfigError):
@@ -65,6 +66,17 @@ class Calibrator(ABC):
     def describe(self) -> str:
         """One line for reports, e.g. 'temperature T = 0.29'."""
         return f"{self.kind} {self.parameters()}"
+
+    def check_classes(self, classes: list[str]) -> None:
+        """Refuse to apply a per-class calibrator to other classes (or another order) than it
+        was fitted on (its record's "classes"); a temperature applies to any class set."""
+        fitted = self.fit.get("classes")
+        if self.kind != "temperature" and fitted is not None and list(fitted) != list(classes):
+            raise CalibrationError(
+                f"{self.source or 'the calibrator'}: the {self.kind} calibrator was fitted on classes "
+                f"{fitted} but is applied to {list(classes)}; score the same classes in the same order "
+                "or refit it (--calibrate KIND)"
+            )
 
     def probabilities(self, logits: torch.Tensor, multi_label: bool) -> np.ndarray:
         """[N, C] raw logits -> [N, C] calibrated probabilities (float64 numpy).
@@ -113,9 +125,13 @@ def load_calibrator(directory: str | Path) -> Calibrator | None:
 
 def from_record(record: Any, source: str) -> Calibrator:
     """Rebuild a calibrator from its JSON record (raises CalibrationError naming `source`)."""
+    from domainclip.calibrators.bias import BiasCalibrator
+    from domainclip.calibrators.isotonic import IsotonicCalibrator
     from domainclip.calibrators.temperature import TemperatureCalibrator
 
-    kinds: dict[str, type[Calibrator]] = {TemperatureCalibrator.kind: TemperatureCalibrator}
+    kinds: dict[str, type[Calibrator]] = {
+        k.kind: k for k in (TemperatureCalibrator, BiasCalibrator, IsotonicCalibrator)
+    }
     if not isinstance(record, dict):
         raise CalibrationError(f"{source}: expected a JSON object; {REFIT_HINT}")
     kind = record.get("kind", TemperatureCalibrator.kind)

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "text")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("label", "group", "split")
 CORE_COLUMNS: tuple[str, ...] = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+# calib: held-out data used only to calibrate (conformal thresholds); optional.
+SPLITS: tuple[str, ...] = ("train", "val", "test", "calib")
 UNASSIGNED = "unassigned"
 LABEL_SEP = "|"
 # How spreadsheets and pandas spell a missing value: such a label cell means "no label", never
@@ -46,6 +47,9 @@ SPLIT_ALIASES: Mapping[str, str] = {
     "valid": "val",
     "validation": "val",
     "dev": "val",
+    "calib": "calib",
+    "cal": "calib",
+    "calibration": "calib",
     "test": "test",
     "testing": "test",
     "": UNASSIGNED,
@@ -156,7 +160,7 @@ class Manifest:
 
 
 def normalize_split(value: str | None) -> str | None:
-    """Map a split name or alias to train/val/test/unassigned; None if it is not recognised."""
+    """Map a split name or alias to train/val/test/calib/unassigned; None if not recognised."""
     key = (value or "").strip().lower()
     return SPLIT_ALIASES.get(key)
 
@@ -326,7 +330,7 @@ class _RowBuilder:
         if self.bad_splits:
             raise DataError(
                 f"{self.path}: unknown split name(s) at {_list_more(self.bad_splits)}. "
-                f"Allowed: {', '.join(SPLITS)} (aliases valid/validation/dev -> val, "
+                f"Allowed: {', '.join(SPLITS)} (aliases valid/validation/dev -> val, cal/calibration -> calib, "
                 "training -> train, testing -> test; leave empty for 'unassigned')."
             )
         self._flag_duplicates()

@@ -37,6 +37,17 @@ def _summary(r: EvaluationResult) -> str:
         + (f", after: {fmt(cal.after['ece'])}" if cal.after else ""),
         f"  t2i R@1: {fmt(r.retrieval['t2i_R@1'])}, i2t R@1: {fmt(r.retrieval['i2t_R@1'])}",
     ]
+    if t.kind not in (None, "temperature"):
+        lines.insert(1, f"  calibrator: {t.describe()} ({t.source})")
+    if r.conformal:
+        c = r.conformal
+        lines.append(
+            f"  conformal ({c['thresholds']['method']}, target {c['target_coverage']:.2f}): "
+            f"coverage {fmt(c['coverage'])}, mean set size {c['mean_set_size']:.2f}, "
+            f"singletons {c['singleton_rate']:.2f}"
+        )
+    if r.selective:
+        lines.append(f"  selective: AURC {r.selective['aurc']:.3f} (optimal {r.selective['aurc_optimal']:.3f})")
     if r.forgetting:
         f = r.forgetting
         pts = ", ".join(
@@ -61,12 +72,19 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.bins < 1:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
+    if args.conformal is not None and not 0 < args.conformal < 1:
+        raise ConfigError(f"--conformal is the miscoverage alpha in (0, 1), e.g. 0.1; got {args.conformal}")
     if args.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
     options = EvaluationOptions(
         name=args.name,
         classes=args.classes,
         fit_temperature=args.fit_temperature,
+        calibrate=args.calibrate,
+        conformal=args.conformal,
+        conformal_method=args.conformal_method,
+        conformal_randomized=args.conformal_randomized,
+        mondrian=args.mondrian,
         val_split=args.val_split,
         temperature=args.temperature,
         n_bins=args.bins,
@@ -125,7 +143,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="fit the temperature on --val-split and save it (RUN/calibration.json)",
     )
-    p.add_argument("--val-split", default="val", help="split for --fit-temperature (default: val)")
+    _uncertainty_arguments(p)
+    p.add_argument(
+        "--val-split", default="val", help="split for --calibrate / --fit-temperature (default: val)"
+    )
     p.add_argument("--temperature", type=float, help="use this temperature instead of the run's")
     p.add_argument("--bins", type=int, default=15, help="calibration bins (default: 15)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates (default: 1000)")
@@ -156,6 +177,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _shortcut_arguments(p)
     p.set_defaults(func=_run)
+
+
+def _uncertainty_arguments(p: argparse.ArgumentParser) -> None:
+    """--calibrate, --conformal, --conformal-method, --mondrian."""
+    from domainclip.calibrators import CHOICES
+    from domainclip.calibrators.conformal import METHODS
+
+    p.add_argument(
+        "--calibrate",
+        choices=CHOICES,
+        help="fit this calibrator on --val-split and save it (RUN/calibration.json): temperature, "
+        "bias (temperature + per-class bias / per-finding Platt), isotonic, or auto (lowest "
+        "cross-validated NLL; the record says why). Never fitted on test",
+    )
+    p.add_argument(
+        "--conformal",
+        type=float,
+        metavar="ALPHA",
+        help="conformal prediction sets with coverage 1 - ALPHA (e.g. 0.1): thresholds from the "
+        "manifest's calib split, else --val-split, stored with the calibrator; reports coverage "
+        "(overall, per class, 95%% CIs), set sizes and singleton rate",
+    )
+    p.add_argument(
+        "--conformal-method",
+        choices=METHODS,
+        default="lac",
+        help="single-label set score: lac (default: smallest sets, tight coverage), aps or raps "
+        "(adaptive set sizes); multi-label always uses per-finding thresholds controlling the "
+        "false-negative rate",
+    )
+    p.add_argument(
+        "--conformal-randomized",
+        action="store_true",
+        help="randomised APS/RAPS (tight coverage instead of conservative; seeded with --seed)",
+    )
+    p.add_argument(
+        "--mondrian",
+        action="store_true",
+        help="class-conditional (Mondrian) conformal: one threshold per class",
+    )
 
 
 def _shortcut_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,20 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainclip.calibrators import (
-    Calibrator,
-    TemperatureCalibrator,
-    nll_from_logits,
-    save_calibration,
-)
-from domainclip.calibrators import (
-    fit_temperature as fit_temperature_fn,
-)
+from domainclip.calibrators import Calibrator, TemperatureCalibrator, save_calibration
+from domainclip.calibrators.conformal import ConformalThresholds
 from domainclip.datasets.geometry_report import GeometryReport, geometry_report
 from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
 from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
+from domainclip.evaluation.conformal import conformal_report
 from domainclip.evaluation.embed import EmbeddedSplit, embed_split
 from domainclip.evaluation.forgetting import (
     DEFAULT_ALPHAS,
@@ -51,6 +45,7 @@ from domainclip.evaluation.results import (
     PromptsUsed,
     TemperatureUsed,
 )
+from domainclip.evaluation.selective import risk_coverage
 from domainclip.evaluation.shortcut import (
     ShortcutResult,
     ShortcutSettings,
@@ -65,9 +60,18 @@ from domainclip.evaluation.task import (
     probabilities,
     resolve_classes,
 )
+from domainclip.evaluation.uncertainty import (
+    SplitScores,
+    check_not_test,
+    conformal_split,
+    fit_record,
+    fit_thresholds,
+    split_scores,
+)
 from domainclip.models import Backbone
 from domainclip.privacy import is_shown_column
 from domainclip.runs import ResolvedModel, Run
+from domainclip.runs.layout import CALIBRATION_FILE
 from domainclip.runs.run import resolve_device, resolve_model
 from domainclip.scoring.prompts import PromptSet, load_prompt_set
 from domainclip.scoring.retrieval import retrieval_ranks, summarize_ranks
@@ -122,69 +126,84 @@ def _retrieval(
     return out
 
 
-def _fit_on_val(
-    resolved: ResolvedModel,
-    man: Manifest,
-    task: ZeroShotTask,
-    val_split: str,
-    n_bins: int,
-    skip_uncovered: bool,
-) -> dict[str, Any]:
-    """Fit T on the validation split; returns the calibration record (not yet saved)."""
-    from domainclip.evaluation.calibration import expected_calibration_error
-
-    bb = resolved.backbone
-    emb = embed_split(bb, man, val_split, transform=resolved.preprocess)
-    tgt = build_targets(emb.rows, task.classes, task.ps, skip_uncovered=skip_uncovered)
-    logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
-    multi = task.ps.multi_label
-    y = torch.as_tensor(tgt.y)
-    t = fit_temperature_fn(logits, y, multi)
-    p0, p1 = probabilities(logits, multi), probabilities(logits, multi, t)
-    return {
-        "temperature": t,
-        "mode": task.ps.mode,
-        "split": val_split,
-        "n": len(tgt.keep),
-        "manifest": str(man.path),
-        "prompts": task.ps.source,
-        "prompts_version": task.ps.version,
-        "classes": task.classes,
-        "nll_before": nll_from_logits(logits, y, multi),
-        "nll_after": nll_from_logits(logits / t, y, multi),
-        "ece_before": expected_calibration_error(p0, tgt.y, n_bins, multi_label=multi),
-        "ece_after": expected_calibration_error(p1, tgt.y, n_bins, multi_label=multi),
-        "n_bins": n_bins,
-    }
+def _info(cal: Calibrator, source: str, **extra: Any) -> dict[str, Any]:
+    """The `TemperatureUsed` fields of a calibrator (value: T, or 1.0 for other kinds)."""
+    t = cal.temperature if isinstance(cal, TemperatureCalibrator) else 1.0
+    return {"value": t, "source": source, "kind": cal.kind, "description": cal.describe(), **extra}
 
 
 def _calibrator(
-    resolved: ResolvedModel, fit: bool, out_dir: Path, fit_args: tuple, ps: PromptSet
+    resolved: ResolvedModel,
+    kind: str | None,
+    out_dir: Path,
+    val: Callable[[], SplitScores],
+    fit_args: tuple[ZeroShotTask, Manifest, int],
 ) -> tuple[Calibrator, dict[str, Any]]:
     """The calibrator to evaluate with and its description for metrics.json.
 
-    The precedence (given > run's fitted > identity) is `resolve_model`'s; `fit` refits on the
-    validation split and stores the result in the run (or `out_dir` for a plain backbone).
+    The precedence (given > run's fitted > identity) is `resolve_model`'s; `kind` (temperature,
+    bias, isotonic, auto) refits on the validation split (`val()`) and stores the result in the
+    run (or `out_dir` for a plain backbone).
     """
     cal = resolved.calibrator
+    task, man, n_bins = fit_args
     if resolved.calibration_origin == "given":
-        return cal, {"value": resolved.temperature, "source": "given"}
-    if fit:
-        record = _fit_on_val(*fit_args)
+        return cal, _info(cal, "given")
+    if kind:
+        cal, record = fit_record(kind, val(), task, man, n_bins)
         path = save_calibration(resolved.run_dir or out_dir, record)
-        log.info("fitted temperature %.4f on %s (saved to %s)", record["temperature"], record["split"], path)
-        cal = TemperatureCalibrator(record["temperature"], str(path), record)
-        return cal, {"value": cal.temperature, "source": "fitted", "file": str(path), "fit": record}
+        cal.source = str(path)
+        log.info("fitted %s on %s (saved to %s)", cal.describe(), record["split"], path)
+        return cal, _info(cal, "fitted", file=str(path), fit=record)
     if resolved.calibration_origin == "none":
-        return cal, {"value": 1.0, "source": "none (no calibration.json; use --fit-temperature)"}
-    info = {"value": resolved.temperature, "source": "run calibration.json", "fit": cal.to_record()}
-    if cal.fit.get("prompts_version") not in (None, ps.version):
+        return cal, _info(cal, "none (no calibration.json; use --fit-temperature or --calibrate KIND)")
+    info = _info(cal, "run calibration.json", fit=cal.to_record())
+    if cal.fit.get("prompts_version") not in (None, task.ps.version):
         info["warning"] = (
-            f"temperature was fitted with prompt set {cal.fit.get('prompts_version')}, evaluated with "
-            f"{ps.version}; refit with --fit-temperature"
+            f"the calibrator was fitted with prompt set {cal.fit.get('prompts_version')}, evaluated "
+            f"with {task.ps.version}; refit with --calibrate KIND (or --fit-temperature)"
         )
         log.warning(info["warning"])
     return cal, info
+
+
+def _conformal(
+    inp: _Inputs,
+    opts: EvaluationOptions,
+    cal: Calibrator,
+    val: Callable[[], SplitScores],
+    task: ZeroShotTask,
+) -> ConformalThresholds | None:
+    """Thresholds at `opts.conformal` (stored with the calibrator's record when it has a file),
+    else the ones stored in the run's record, else None."""
+    if opts.conformal is None:
+        stored = cal.fit.get("conformal") if inp.resolved.calibration_origin != "given" else None
+        return ConformalThresholds.from_dict(stored) if isinstance(stored, dict) else None
+    calib_split = conformal_split(inp.man, opts.val_split)
+    calib = val() if calib_split == opts.val_split else split_scores(
+        inp.resolved, inp.man, task, calib_split, opts.skip_uncovered
+    )
+    thr = fit_thresholds(
+        cal, calib, opts.conformal, opts.conformal_method, opts.mondrian, inp.ps.multi_label,
+        randomized=opts.conformal_randomized, seed=opts.seed,
+    )
+    if cal.kind != "temperature" and cal.fit.get("split") == calib_split:
+        log.warning(
+            "the %s calibrator and the conformal thresholds were both fitted on split %s: its "
+            "calibrated scores are optimistic there, so coverage can fall below the target; add a "
+            "`calib` split to the manifest", cal.kind, calib_split,
+        )
+    if normalize_split(inp.split) == normalize_split(calib_split):
+        log.warning("conformal thresholds were computed on split %s, the split evaluated: "
+                    "its coverage is not a held-out estimate", calib_split)
+    path = Path(cal.source)
+    if path.name == CALIBRATION_FILE and path.is_file():
+        cal.fit["conformal"] = thr.to_dict()
+        save_calibration(path.parent, cal.to_record())
+        log.info("stored conformal thresholds (%s, alpha %g) in %s", thr.method, thr.alpha, path)
+    else:
+        log.info("no calibration record to store the conformal thresholds in (metrics.json has them)")
+    return thr
 
 
 @dataclass(frozen=True)
@@ -195,7 +214,15 @@ class EvaluationOptions:
         name: evaluation name (default "<manifest folder>_<split>").
         classes: subset/order of classes to score (default: the prompt set's, else the data's).
         fit_temperature: fit T on `val_split` and save it (RUN/calibration.json, or out_dir for a
-            plain backbone); otherwise a run's saved T is applied (1.0 if none).
+            plain backbone); otherwise a run's saved calibrator is applied (identity if none).
+        calibrate: fit this calibrator kind instead (temperature | bias | isotonic | auto, see
+            `domainclip.calibrators`) on `val_split` and save it the same way; never on test.
+        conformal: alpha of conformal prediction sets (e.g. 0.1 for 90 % coverage), thresholds
+            computed on the manifest's `calib` split, else `val_split`, stored with the
+            calibrator record; None: use thresholds stored in the run's record, if any.
+        conformal_method: lac | aps | raps (single-label; multi-label always controls the FNR);
+            conformal_randomized: randomised APS/RAPS (tight coverage; seeded with `seed`).
+        mondrian: one threshold per class (class-conditional coverage).
         temperature: use this T instead (overrides both).
         n_bins: calibration bins; n_boot: bootstrap replicates (0: no CIs); seed: bootstrap seed.
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
@@ -220,6 +247,11 @@ class EvaluationOptions:
     name: str | None = None
     classes: Sequence[str] | None = None
     fit_temperature: bool = False
+    calibrate: str | None = None
+    conformal: float | None = None
+    conformal_method: str = "lac"
+    conformal_randomized: bool = False
+    mondrian: bool = False
     val_split: str = "val"
     temperature: float | None = None
     n_bins: int = 15
@@ -277,6 +309,7 @@ class _Scored:
     t_info: dict[str, Any]
     p_raw: np.ndarray  # [M, C] uncalibrated
     p_cal: np.ndarray  # [M, C] calibrated
+    thresholds: ConformalThresholds | None = None
 
 
 def evaluate(
@@ -399,16 +432,23 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
     task = ZeroShotTask.build(bb, ps, classes, cache=text_feats)
     logits = emb.scores(lambda f: task.logits(bb, f), tgt.keep)
 
-    cal, t_info = _calibrator(
-        inp.resolved,
-        opts.fit_temperature,
-        inp.out_dir,
-        (inp.resolved, inp.man, task, opts.val_split, opts.n_bins, opts.skip_uncovered),
-        ps,
-    )
+    cache: dict[str, SplitScores] = {}
+
+    def val() -> SplitScores:
+        check_not_test(opts.val_split, "a calibrator or conformal thresholds")
+        if "val" not in cache:
+            cache["val"] = split_scores(inp.resolved, inp.man, task, opts.val_split, opts.skip_uncovered)
+        return cache["val"]
+
+    kind = opts.calibrate or ("temperature" if opts.fit_temperature else None)
+    cal, t_info = _calibrator(inp.resolved, kind, inp.out_dir, val, (task, inp.man, opts.n_bins))
+    cal.check_classes(classes)
+    thresholds = _conformal(inp, opts, cal, val, task)
     p_raw = probabilities(logits, ps.multi_label)
     p_cal = cal.probabilities(logits, ps.multi_label)
-    return _Scored(emb, tgt, text_feats, len(set(prompt_texts)), cal, t_info, p_raw, p_cal)
+    return _Scored(
+        emb, tgt, text_feats, len(set(prompt_texts)), cal, t_info, p_raw, p_cal, thresholds
+    )
 
 
 def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> EvaluationResult:
@@ -436,6 +476,10 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         calibration=_calibration(inp, s, opts),
         retrieval=_retrieval(s.emb, s.text_feats, n_boot, seed),
         input=InputUsed.of(inp.resolved.input),
+        conformal=None
+        if s.thresholds is None
+        else conformal_report(s.thresholds, s.p_cal, s.tgt.y, classes),
+        selective=risk_coverage(s.p_cal, s.tgt.y, multi),
     )
 
 

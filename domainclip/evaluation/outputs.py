@@ -14,6 +14,7 @@ from domainclip.evaluation.embed import EmbeddedSplit
 from domainclip.evaluation.plots import plot_confusion_matrix
 from domainclip.evaluation.report import render_markdown
 from domainclip.evaluation.results import METRICS_FILE, EvaluationResult
+from domainclip.evaluation.selective import plot_risk_coverage
 from domainclip.evaluation.task import Targets
 from domainclip.io import atomic_write_text
 
@@ -70,12 +71,17 @@ def write_outputs(
         if report is None:
             continue
         bins = ReliabilityBins.from_dict(report["bins_width"])
-        t = result.temperature.value if when == "after" else 1.0
+        what = result.temperature.describe() if when == "after" else "T=1"
+        what = what if len(what) <= 60 else what[:57] + "..."
         files[f"reliability_{when}"] = str(
             plot_reliability(
-                bins,
-                out_dir / f"reliability_{when}.png",
-                f"{result.name}: {when} temperature scaling (T={t:.3g})",
+                bins, out_dir / f"reliability_{when}.png", f"{result.name}: {when} calibration ({what})"
+            )
+        )
+    if result.selective is not None:
+        files["risk_coverage"] = str(
+            plot_risk_coverage(
+                result.selective, out_dir / "risk_coverage.png", f"{result.name}: risk-coverage"
             )
         )
     if not multi:

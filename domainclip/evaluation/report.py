@@ -44,7 +44,11 @@ def render_markdown(r: EvaluationResult, allowed: Sequence[str] = ()) -> str:
     multi = r.prompts.multi_label
     lines = _header(r)
     lines += _classification(r.classification, multi)
-    lines += _calibration(r.calibration, r.temperature.value, multi, allowed)
+    lines += _calibration(r.calibration, r.temperature.describe(), multi, allowed)
+    if r.conformal:
+        lines += _conformal(r.conformal, multi)
+    if r.selective:
+        lines += _selective(r.selective)
     lines += _retrieval(r.retrieval)
     if r.geometry is not None:
         lines += _geometry(r.geometry)
@@ -68,7 +72,7 @@ def _header(r: EvaluationResult) -> list[str]:
         f"- Data: `{data.manifest}`, split **{data.split}**: {data.n_evaluated} images evaluated"
         f" ({data.n_unreadable} unreadable)",
         f"- Prompts: `{ps.source}` version {ps.version} ({ps.mode}, {ps.n_prompts} prompts)",
-        f"- Temperature: {t.value:.4g} ({t.source})",
+        f"- Calibrator: {t.describe()} ({t.source})",
         "- Intervals: 95% stratified percentile bootstrap "
         f"({boot['n_boot']} replicates, seed {boot['seed']})",
     ]
@@ -97,14 +101,14 @@ _CALIBRATION_LABELS = (
 
 
 def _calibration(
-    cal: CalibrationSummary, temperature: float, multi: bool, allowed: Sequence[str]
+    cal: CalibrationSummary, calibrator: str, multi: bool, allowed: Sequence[str]
 ) -> list[str]:
     rows = [
         [label, fmt(cal.before[k]), fmt(cal.after[k]) if cal.after else "-"]
         for k, label in _CALIBRATION_LABELS
     ]
     lines = ["", "## Calibration", ""]
-    lines += _table(["metric", "before (T=1)", f"after (T={temperature:.3g})"], rows)
+    lines += _table(["metric", "before (T=1)", f"after ({calibrator})"], rows)
     judged = (
         "multi-label: each (image, finding) probability is judged." if multi else "top-1 confidence."
     )
@@ -123,6 +127,52 @@ def _calibration(
         )
     note = hidden_note(hidden_columns(cal.subgroups, allowed))
     return [*lines, "", note] if note else lines
+
+
+def _conformal(c: dict[str, Any], multi: bool) -> list[str]:
+    """Coverage and set sizes of the conformal prediction sets."""
+    t = c["thresholds"]
+    how = (
+        "per-finding thresholds controlling the false-negative rate (conformal risk control)"
+        if multi
+        else f"{t['method'].upper()}" + (", one threshold per class (Mondrian)" if t["mondrian"] else "")
+    )
+    unit = "present findings flagged" if multi else "images whose true class is in the set"
+    lines = [
+        "",
+        "## Conformal prediction sets",
+        "",
+        f"Target coverage {c['target_coverage']:.2f} (alpha {t['alpha']:g}); {how}; thresholds from "
+        f"split `{t['split']}` ({t['n']} images). Coverage = {unit}; 95% Clopper-Pearson intervals. "
+        "The guarantee assumes calibration and deployment data are exchangeable (same site, device, "
+        "population).",
+        "",
+        f"- Coverage: {fmt(c['coverage'])}",
+        f"- Mean set size: {_num(c['mean_set_size'])}; singletons: {_num(c['singleton_rate'])}; "
+        f"empty sets: {_num(c.get('empty_rate'))}",
+        "- Set sizes: " + ", ".join(f"{k}: {v}" for k, v in c["set_sizes"].items()),
+        "",
+    ]
+    rows = [[k, str(v["n"]), fmt(v["coverage"])] for k, v in c["per_class"].items()]
+    lines += _table(["finding" if multi else "class", "n", "coverage"], rows)
+    if c.get("worst_class"):
+        lines += ["", f"Worst-covered: {c['worst_class']}."]
+    return lines
+
+
+def _selective(sel: dict[str, Any]) -> list[str]:
+    """AURC and referral rates."""
+    refer = ", ".join(f"error <= {k}: refer {v:.1%}" for k, v in sel["refer"].items())
+    return [
+        "",
+        "## Selective prediction",
+        "",
+        f"Risk-coverage over {sel['n_decisions']} decisions ranked by {sel['confidence']}: AURC "
+        f"{sel['aurc']:.4f} (optimal for these errors {sel['aurc_optimal']:.4f}; error at full "
+        f"coverage {sel['error_rate']:.3f}).",
+        "",
+        f"Refer to a person to reach a target error rate: {refer}.",
+    ]
 
 
 def _num(v: float | None) -> str:

@@ -93,7 +93,9 @@ class TemperatureUsed:
     """The temperature applied and where it came from ("given", "fitted", the run's file, none).
 
     file: where a fitted T was saved; fit: the calibration record of the fit; warning: e.g. a T
-    fitted with another prompt-set version.
+    fitted with another prompt-set version. kind / description: the calibrator's kind
+    (temperature, bias, isotonic) and one line describing it; `value` is T for a temperature
+    calibrator and 1.0 for kinds one T does not describe. Absent (None) in older files.
     """
 
     value: float
@@ -101,10 +103,16 @@ class TemperatureUsed:
     file: str | None = None
     fit: dict[str, Any] | None = None
     warning: str | None = None
+    kind: str | None = None
+    description: str | None = None
+
+    def describe(self) -> str:
+        """'temperature T = 1.7' (older files: from `value`)."""
+        return self.description or f"temperature T = {self.value:.4g}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"value": self.value, "source": self.source}
-        for key in ("file", "fit", "warning"):
+        for key in ("file", "fit", "warning", "kind", "description"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -170,6 +178,10 @@ class EvaluationResult(ResultFile):
     (`evaluation.shortcut.ShortcutResult`) or None when it did not run; geometry: what the
     evaluation's fit policy does to the split's annotated boxes/masks (None when the split has
     none). Files written before either existed read as None.
+    conformal: `evaluation.conformal.conformal_report` dict (thresholds, coverage with
+    Clopper-Pearson CIs overall and per class, set sizes) when `--conformal ALPHA` was given;
+    selective: `evaluation.selective.risk_coverage` dict (risk-coverage curve, AURC, referral
+    rates). Both None in files written before they existed.
     """
 
     name: str
@@ -187,6 +199,8 @@ class EvaluationResult(ResultFile):
     geometry: GeometryReport | None = None
     # Absent in files written before fit policies (they used "crop" at the native size).
     input: InputUsed | None = None
+    conformal: dict[str, Any] | None = None
+    selective: dict[str, Any] | None = None
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -224,6 +238,9 @@ class EvaluationResult(ResultFile):
             out["outputs"] = self.outputs
         if self.geometry is not None:
             out["geometry"] = self.geometry.to_dict()
+        for key in ("conformal", "selective"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return finite_json(out)
 
     @classmethod
@@ -244,6 +261,8 @@ class EvaluationResult(ResultFile):
             shortcut=_shortcut(f.obj("shortcut", optional=True, nullable=True)),
             geometry=_geometry(f.obj("geometry", optional=True, nullable=True)),
             input=_input(f.obj("input", optional=True, nullable=True)),
+            conformal=_conformal(f.obj("conformal", optional=True, nullable=True)),
+            selective=_selective(f.obj("selective", optional=True, nullable=True)),
         )
 
 
@@ -328,4 +347,32 @@ def _forgetting(f: Fields | None) -> dict[str, Any] | None:
             raise f.error(f"'{f.path(key)}' has {len(curve)} points for {n} alphas")
         for point in curve:
             point.as_estimate()
+    return f.data
+
+
+def _conformal(f: Fields | None) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    f.estimates("coverage")
+    f.get("target_coverage", float)
+    f.get("mean_set_size", float, type(None))
+    f.get("singleton_rate", float, type(None))
+    f.get("set_sizes", dict)
+    thresholds = f.obj("thresholds")
+    thresholds.get("method", str)
+    thresholds.get("alpha", float)
+    for cls in f.mapping("per_class").values():
+        cls.get("n", int)
+        cls.estimate("coverage")
+    return f.data
+
+
+def _selective(f: Fields | None) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    f.get("aurc", float)
+    f.get("aurc_optimal", float)
+    f.get("refer", dict)
+    if len(f.numbers("coverage", nullable_items=False)) != len(f.numbers("risk", nullable_items=False)):
+        raise f.error(f"'{f.path('coverage')}' and '{f.path('risk')}' differ in length")
     return f.data

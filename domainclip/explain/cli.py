@@ -134,6 +134,13 @@ def _run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
     )
     bb, run = resolved.backbone, resolved.run_dir
+    if args.score == "probability" and resolved.calibrator.kind != "temperature":
+        # per-class calibrators are fitted on the class set; explain's softmax is over the
+        # explained prompt and --against prompts, so only a temperature carries over
+        log.warning(
+            "the run's %s calibrator is per class and does not apply to explain's prompt-vs-others "
+            "softmax: the probability score uses T = 1", resolved.calibrator.kind,
+        )
     valid = methods_for(bb)
     methods = _methods(args.method, valid)
     wrong = [m for m in methods if m not in valid]
