@@ -64,12 +64,19 @@ class TextGraph(nn.Module):
 
 
 def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, input_name: str, dynamic: dict) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(), (example,), str(path), input_names=[input_name], output_names=["features"],
-            dynamic_axes={input_name: dynamic, "features": {0: "batch"}}, opset_version=OPSET, dynamo=False,
-        )
+    # nn.MultiheadAttention's inference fast path (a fused op ONNX has no export for) is off while
+    # tracing, so attention is traced as the plain matmul/softmax it computes.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(), (example,), str(path), input_names=[input_name], output_names=["features"],
+                dynamic_axes={input_name: dynamic, "features": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def _refuse_unfaithful(t: DeployTask) -> None:

@@ -72,7 +72,10 @@ def load_task(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"
     man = read_manifest(run.setting("data.manifest"))
     classes = align_with_head(resolved.backbone, resolve_classes(ps, man, run.setting("data.classes") or None))
     task = ZeroShotTask.build(resolved.backbone, ps, classes)
-    return DeployTask(resolved, run, checkpoint, ps, task, load_calibration(run.root))
+    record = load_calibration(run.root)
+    if record is not None and "kind" not in record:  # records without "kind" are temperature records
+        record = {"kind": "temperature", **record}
+    return DeployTask(resolved, run, checkpoint, ps, task, record)
 
 
 def gate_record(run: Run) -> dict[str, Any] | None:

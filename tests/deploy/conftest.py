@@ -21,13 +21,20 @@ def deploy_data(tmp_path_factory) -> Path:
 
 
 def make_run(root: Path, manifest: Path, arch: str, method: str, *extra: str, calibrate: bool = True) -> Path:
-    """A real fine-tuning run (4 steps) on a tiny random backbone, temperature fitted."""
+    """A real fine-tuning run (4 steps) on a tiny random backbone, temperature fitted.
+
+    arch: "cnn" / "vit" (tiny open_clip) or "hf" (a tiny random HF CLIP directory)."""
     from domainclip.evaluation.evaluate import evaluate
     from domainclip.finetune import finetune, load_config
     from domainclip.models import save_backbone
     from domainclip.models.testing import tiny_open_clip_backbone
 
-    backbone = save_backbone(tiny_open_clip_backbone(arch, image_size=64, seed=2), root / "bb")
+    if arch == "hf":
+        from domainclip.models.testing import write_tiny_hf_clip
+
+        backbone = f"hf-clip:{write_tiny_hf_clip(root / 'hf', image_size=32)}"
+    else:
+        backbone = save_backbone(tiny_open_clip_backbone(arch, image_size=64, seed=2), root / "bb")
     cfg = load_config(None, [
         f"backbone.spec={backbone}", f"data.manifest={manifest}", f"eval.prompts={PROMPTS}",
         f"method.name={method}", "train.max_steps=4", "train.batch_size=8", "eval.every_steps=2",
