@@ -230,10 +230,12 @@ def _parity(t: DeployTask, out: Path, precision: str, pixels: torch.Tensor) -> d
 
 
 def _quantize(t: DeployTask, out: Path, n_calibration: int) -> dict[str, str]:
-    """int8 graphs: the image graph statically (QDQ, per-channel weights, activations calibrated
-    on up to `n_calibration` images of the run's train split), the text graph dynamically."""
+    """int8 graphs: the image graph statically (QDQ, per-channel weights, activation ranges from
+    the 99.999th percentile over up to `n_calibration` images of the run's train split; MinMax
+    and entropy calibration gave lower cosine on EfficientNet-Lite0), the text graph dynamically."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -245,7 +247,8 @@ def _quantize(t: DeployTask, out: Path, n_calibration: int) -> dict[str, str]:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter([{"pixels": calib[i : i + 8]} for i in range(0, len(calib), 8)])
+            # one image per call: the histogram calibrators need equal-shaped batches
+            self.it = iter([{"pixels": calib[i : i + 1]} for i in range(len(calib))])
 
         def get_next(self):
             return next(self.it, None)
@@ -255,8 +258,9 @@ def _quantize(t: DeployTask, out: Path, n_calibration: int) -> dict[str, str]:
         warnings.simplefilter("ignore")
         quant_pre_process(str(out / "image.onnx"), str(pre))
         quantize_static(str(pre), str(out / "image.int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                        per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        calibrate_method=CalibrationMethod.Percentile)
         quantize_dynamic(str(out / "text.onnx"), str(out / "text.int8.onnx"), weight_type=QuantType.QInt8)
     pre.unlink()
-    return {"image": "image.int8.onnx", "text": "text.int8.onnx", "image_method": "static (QDQ, per-channel)",
+    return {"image": "image.int8.onnx", "text": "text.int8.onnx", "image_method": "static (QDQ, per-channel, percentile calibration)",
             "text_method": "dynamic", "calibration_images": str(len(calib))}
