@@ -24,12 +24,25 @@ _COMMAND_MODULES = (
     "domainclip.evaluation.cli",
     "domainclip.audit.cli",
     "domainclip.finetune.cli",
+    "domainclip.deploy.cli",
     "domainclip.demo",
 )
+# `domainclip predict --onnx DIR` must run where torch is not installed (the `domainclip[runtime]`
+# extra); registering the other commands imports torch, so that one parser holds only its command.
+_TORCH_FREE = {"predict": "domainclip.deploy.cli"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every subcommand registered."""
+def _torch_free_module(argv: list[str] | None) -> str | None:
+    """The one command module to register when `argv` is `predict --onnx ...`, else None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = [a for a in argv if not a.startswith("-")]
+    if words and words[0] in _TORCH_FREE and any(a == "--onnx" or a.startswith("--onnx=") for a in argv):
+        return _TORCH_FREE[words[0]]
+    return None
+
+
+def build_parser(modules: tuple[str, ...] = _COMMAND_MODULES) -> argparse.ArgumentParser:
+    """Build the top-level parser with the subcommands of `modules` (default: every one)."""
     parser = argparse.ArgumentParser(
         prog="domainclip",
         description="Adapt, evaluate, explain and audit CLIP-style models for medical and industrial imaging.",
@@ -37,14 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"domainclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Returns the process exit code (also used by tests)."""
-    parser = build_parser()
+    only = _torch_free_module(argv)
+    parser = build_parser((only,) if only else _COMMAND_MODULES)
     args = parser.parse_args(argv)
     # Third-party libraries (open_clip logs through the root logger) stay at WARNING; our own
     # messages (skips, fallbacks, what was written) at INFO.

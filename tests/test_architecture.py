@@ -31,7 +31,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("domainclip.finetune",),
     ("domainclip.runs",),
     ("domainclip.evaluation", "domainclip.explain"),
-    ("domainclip.audit",),
+    # deploy (predict, export) reads the audit verdict (audit.results.AuditReport) and the run's
+    # task (evaluation.task), so it sits beside audit, below the entry points that register it.
+    ("domainclip.audit", "domainclip.deploy"),
     ("domainclip.dashboard", "domainclip.demo", "domainclip.cli", "domainclip.__main__"),
 ]
 TOP = len(LAYERS) - 1

@@ -1,4 +1,5 @@
-"""`domainclip finetune CONFIG [--set key=value ...] [--out RUN] [--resume]` and `domainclip export`.
+"""`domainclip finetune CONFIG [--set key=value ...] [--out RUN] [--resume]` (`domainclip export`,
+merged backbones and ONNX, lives in `domainclip.deploy.cli`).
 
 Multi-process: `torchrun --nproc_per_node N -m domainclip finetune CONFIG ...` (see distributed.py).
 Tip for CPU training: start the process with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
@@ -78,24 +79,8 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-def _export(args: argparse.Namespace) -> int:
-    from domainclip.errors import ConfigError
-    from domainclip.runs import export_merged
-
-    if not args.merge:
-        raise ConfigError(
-            "export writes a merged checkpoint: pass --merge. (Unmerged LoRA adapters are already in "
-            "RUN/checkpoints/<best|last>/image_lora and text_lora in peft format.)"
-        )
-    out = export_merged(args.run, args.out, checkpoint=args.checkpoint)
-    print(
-        f"exported {args.run} ({args.checkpoint}, LoRA merged) to {out}; load it with load_backbone('{out}')"
-    )
-    return 0
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `finetune` and `export` commands."""
+    """Add the `finetune` command."""
     p = sub.add_parser("finetune", help="fine-tune a backbone on paired data (LoRA, adapters, ...)")
     p.add_argument("config", nargs="?", help="YAML config (see configs/*.yaml)")
     p.add_argument(
@@ -112,17 +97,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--list-keys", action="store_true", help="print every config key with its default and help"
     )
     p.set_defaults(func=_finetune)
-    e = sub.add_parser(
-        "export", help="merge a run's LoRA adapters into the base weights and save a backbone"
-    )
-    e.add_argument("run", help="run directory")
-    e.add_argument(
-        "--merge", action="store_true", help="merge LoRA into the base weights (required)"
-    )
-    e.add_argument(
-        "--out",
-        required=True,
-        help="output directory (loadable with load_backbone / open_clip local-dir:)",
-    )
-    e.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    e.set_defaults(func=_export)

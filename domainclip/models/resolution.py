@@ -17,6 +17,8 @@ a checkpoint at a new size), differentiably, so fine-tuning at that size trains 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d
@@ -65,7 +67,8 @@ class AnyResolutionAttentionPool(AttentionPool2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, h, w] feature map -> [B, output_dim]."""
-        side = round((self.positional_embedding.shape[0] - 1) ** 0.5)
+        # int(): under ONNX tracing shapes are traced values; the grid is a constant of the weights
+        side = math.isqrt(int(self.positional_embedding.shape[0]) - 1)
         if tuple(x.shape[-2:]) == (side, side):
             return super().forward(x)
         pos = resize_grid_embedding(self.positional_embedding, (side, side), tuple(x.shape[-2:]))
