@@ -38,7 +38,10 @@ def make_run(root: Path, manifest: Path, arch: str, method: str, *extra: str, ca
     cfg = load_config(None, [
         f"backbone.spec={backbone}", f"data.manifest={manifest}", f"eval.prompts={PROMPTS}",
         f"method.name={method}", "train.max_steps=4", "train.batch_size=8", "eval.every_steps=2",
-        "optim.warmup_steps=1", "train.progress=false", *extra,
+        "optim.warmup_steps=1", "train.progress=false",
+        # whole-image runs: 64 px images at the HF model's 32 px input would make `auto` tile,
+        # and tiled runs are not exportable yet
+        "data.fit=letterbox", *extra,
     ])
     run = root / "run"
     finetune(cfg, run)
