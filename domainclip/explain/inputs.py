@@ -75,7 +75,9 @@ def prepare_image(
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
     else:
-        path = str(Path(image).resolve())
+        # Lexical, like Manifest.image_path: resolving would raise RuntimeError on a symlink loop
+        # (Python 3.11) where load_image names the file and says what is wrong.
+        path = os.path.abspath(Path(image).expanduser())
         pil = load_image(path)
     tf = preprocess or eval_transform(bb)
     if tf.tiled:
@@ -139,7 +141,7 @@ def region_from_meta(
     `boxes`, JSON). None when the row has neither.
     """
     if meta.get("mask"):
-        path = (root / meta["mask"]).resolve()
+        path = Path(os.path.abspath(root / Path(meta["mask"]).expanduser()))
         try:
             with Image.open(path) as im:
                 mask = np.asarray(im.convert("L")) > 0
