@@ -25,6 +25,12 @@ from tests.datasets.helpers import make_dicom
 from tests.finetune.conftest import tiny_cnn  # noqa: F401
 from tests.reliability.harness import Case, Outcome, run_case
 
+
+@pytest.fixture(scope="module")
+def backbone(tiny_cnn: Path) -> Path:  # noqa: F811 - the session's tiny CNN backbone directory
+    return tiny_cnn
+
+
 PROMPTS = (
     'version: "rel-1"\nmode: single_label\ntemplates: ["a photo of {label}"]\n'
     'classes:\n  pit: {names: ["a pit"]}\n  clean: {names: ["a clean surface"]}\n'
@@ -253,8 +259,8 @@ def test_data_validate(kind: ImageKind, good_dir: Path, tmp_path: Path, capsys) 
 
 
 def test_evaluate_counts_every_unreadable_image(
-    good_dir: Path, tiny_cnn: Path, tmp_path: Path, capsys
-) -> None:  # noqa: F811
+    good_dir: Path, backbone: Path, tmp_path: Path, capsys
+) -> None:
     """One evaluation over a manifest holding every kind at once (one model load, not 17):
     each unreadable file is one counted skip, each readable one is evaluated."""
     kinds = [k for k in KINDS if k.name != "unreadable" or os.geteuid() != 0]
@@ -274,7 +280,7 @@ def test_evaluate_counts_every_unreadable_image(
         (d / "m.csv").write_text("\n".join(rows) + "\n")
         return [
             "evaluate",
-            tiny_cnn,
+            backbone,
             "--data",
             d / "m.csv",
             "--prompts",
@@ -302,11 +308,11 @@ def test_evaluate_counts_every_unreadable_image(
 
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_explain_image(
-    kind: ImageKind, good_dir: Path, tiny_cnn: Path, tmp_path: Path, capsys
-) -> None:  # noqa: F811
+    kind: ImageKind, good_dir: Path, backbone: Path, tmp_path: Path, capsys
+) -> None:
     def build(tmp: Path) -> list[str]:
         d, name = _case_dir(tmp, good_dir, kind)
-        return ["explain", tiny_cnn, "--image", d / name, "--text", "a pit", "--out", tmp / "ex"]
+        return ["explain", backbone, "--image", d / name, "--text", "a pit", "--out", tmp / "ex"]
 
     def check(tmp: Path, out: Outcome) -> None:
         written = (tmp / "ex" / "index.json").is_file()
