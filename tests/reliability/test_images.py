@@ -202,7 +202,10 @@ KINDS = [
         r"report\.dcm.*no pixel data",
     ),
     ImageKind(
-        "symlink_loop", symlink_loop, "image_missing", r"loop\.png.*(symlink loop|not found)"
+        "symlink_loop",
+        symlink_loop,
+        "image_missing",
+        r"loop\.png: a symbolic link whose target does not exist or that loops",
     ),
     ImageKind("directory", directory, "image_not_a_file", r"folder\.png.*not a regular file"),
     ImageKind("missing", missing_file, "image_missing", r"never_written\.png.*not found"),
@@ -323,3 +326,85 @@ def test_explain_image(
     else:
         case = Case(f"explain/{kind.name}", build, kind.message, code=2, check=check)
     run_case(case, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_data_validate_geometry_report(
+    kind: ImageKind, good_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """The geometry report reads image headers only (`--no-images --image-size`): a file whose
+    header cannot be read is counted in the report, never a traceback; readable ones are measured."""
+
+    def build(tmp: Path) -> list[str]:
+        d, _ = _case_dir(tmp, good_dir, kind)
+        return [
+            "data",
+            "validate",
+            d / "m.csv",
+            "--backbone",
+            "none",
+            "--no-images",
+            "--image-size",
+            "64",
+            "--json",
+            tmp / "r.json",
+        ]
+
+    def check(tmp: Path, out: Outcome) -> None:
+        report = json.loads((tmp / "r.json").read_text())
+        for geometry in report[
+            "geometry"
+        ]:  # every row is measured, listed as a problem, or skipped
+            accounted = geometry["total"]["n_images"] + sum(geometry["n_problems"].values())
+            assert accounted == N_GOOD + 1, (geometry, report["skips"])
+        if kind.name in ("symlink_loop", "directory", "missing"):
+            assert report["skips"] == {kind.reason: [N_GOOD + 1]}  # found without decoding
+
+    expect = r"geometry: fit letterbox at 64 px"
+    run_case(Case(f"geometry/{kind.name}", build, expect, code=0, check=check), tmp_path, capsys)
+
+
+def test_evaluate_tiled_counts_every_unreadable_image(
+    good_dir: Path, backbone: Path, tmp_path: Path, capsys
+) -> None:
+    """The same manifest scored with `--fit tile` (a 1x1 image, a 30000-px header): one counted
+    skip per unreadable file, the readable ones tiled."""
+    kinds = [k for k in KINDS if k.name != "unreadable" or os.geteuid() != 0]
+    n_bad = sum(_n_skipped(k) for k in kinds)
+
+    def build(tmp: Path) -> list[str]:
+        import shutil
+
+        d = tmp / "data"
+        shutil.copytree(good_dir, d)
+        rows = ["image,text,label,split"]
+        rows += [
+            f"g{i}.png,a {('pit', 'clean')[i % 2]},{('pit', 'clean')[i % 2]},test"
+            for i in range(N_GOOD)
+        ]
+        rows += [f"{k.make(d)},a pit on metal,pit,test" for k in kinds]
+        (d / "m.csv").write_text("\n".join(rows) + "\n")
+        return [
+            "evaluate",
+            backbone,
+            "--data",
+            d / "m.csv",
+            "--prompts",
+            d / "prompts.yaml",
+            "--split",
+            "test",
+            "--out",
+            tmp / "ev",
+            "--n-boot",
+            "0",
+            "--no-shortcut-check",
+            "--fit",
+            "tile",
+        ]
+
+    def check(tmp: Path, out: Outcome) -> None:
+        data = json.loads((tmp / "ev" / "metrics.json").read_text())["data"]
+        assert data["n_unreadable"] == n_bad and data["n_evaluated"] == N_GOOD + len(kinds) - n_bad
+
+    expect = rf"images of split test \({n_bad} unreadable image\(s\) skipped\)"
+    run_case(Case("evaluate_tile/every_kind", build, expect, code=0, check=check), tmp_path, capsys)
