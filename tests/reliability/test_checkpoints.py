@@ -482,12 +482,20 @@ def small_tmpfs(tmp_path: Path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+DISK_FULL = {
+    # less room than one checkpoint: the checkpoint write fails, and says the old one is intact
+    "half_a_checkpoint_free": r"could not write checkpoint .*the disk is full.*previous checkpoint is intact",
+    # no room at all: the first write of the run (its lock file) fails, in plain words
+    "nothing_free": r"no space left on the device; free some space",
+}
+
+
+@pytest.mark.parametrize("room", list(DISK_FULL))
 def test_disk_full_while_writing_a_checkpoint(
-    tiny_run: Path, small_tmpfs: Path, tmp_path: Path, capsys
+    room: str, tiny_run: Path, small_tmpfs: Path, tmp_path: Path, capsys
 ) -> None:
-    """The run (at step 2 of 4) resumes on a disk with less room than one checkpoint: the write
-    fails with a message that says the disk is full and the previous checkpoint is intact, and
-    that checkpoint still loads and is still the one from step 2."""
+    """The run (at step 2 of 4) resumes on a full disk: a clear error, and the previous
+    checkpoint still loads and is still the one from step 2."""
     run = small_tmpfs / "run"
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns(".lock", "tb"))
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -499,7 +507,8 @@ def test_disk_full_while_writing_a_checkpoint(
         f.stat().st_size for f in (run / "checkpoints" / "last").rglob("*") if f.is_file()
     )
     free = shutil.disk_usage(small_tmpfs).free
-    (small_tmpfs / "filler").write_bytes(b"\0" * (free - ckpt_bytes // 2))
+    leave = ckpt_bytes // 2 if room == "half_a_checkpoint_free" else 0
+    (small_tmpfs / "filler").write_bytes(b"\0" * (free - leave))
 
     def check(tmp: Path, out: Outcome) -> None:
         from domainclip.runs import Run
@@ -510,9 +519,9 @@ def test_disk_full_while_writing_a_checkpoint(
         assert not list((run / "checkpoints").glob(".tmp-*")), "a half-written checkpoint was left"
 
     case = Case(
-        "disk_full",
+        f"disk_full/{room}",
         lambda tmp: ["finetune", tmp / "cfg.yaml", "--out", run, "--resume"],
-        r"could not write checkpoint .*the disk is full.*previous checkpoint is intact",
+        DISK_FULL[room],
         2,
         check,
     )
