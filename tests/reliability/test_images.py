@@ -408,3 +408,107 @@ def test_evaluate_tiled_counts_every_unreadable_image(
 
     expect = rf"images of split test \({n_bad} unreadable image\(s\) skipped\)"
     run_case(Case("evaluate_tile/every_kind", build, expect, code=0, check=check), tmp_path, capsys)
+
+
+def _region_case(flag: str, value: Callable[[Path], str]):
+    def build(tmp: Path, good: Path, bb: Path) -> list[str]:
+        import shutil
+
+        d = tmp / "data"
+        shutil.copytree(good, d)
+        v = value(d)
+        return [
+            "explain",
+            bb,
+            "--image",
+            d / "g0.png",
+            "--text",
+            "a pit",
+            flag,
+            d / v if flag == "--mask" else v,
+            "--check-localisation",
+            "--out",
+            tmp / "ex",
+        ]
+
+    return build
+
+
+REGIONS = [
+    Case(
+        "mask_symlink_loop",
+        _region_case("--mask", symlink_loop),
+        r"loop\.png: a symbolic link whose target does not exist or that loops",
+    ),
+    Case(
+        "mask_decompression_bomb",
+        _region_case("--mask", decompression_bomb),
+        r"bomb\.png: .*max_pixels",
+    ),
+    Case("mask_truncated", _region_case("--mask", truncated_png), r"cut\.png: .*truncated"),
+    Case(
+        "mask_is_directory",
+        _region_case("--mask", directory),
+        r"folder\.png: is not a regular file",
+    ),
+    Case(
+        "boxes_three_values",
+        _region_case("--boxes", lambda d: "[[1, 2, 3]]"),
+        r"a box needs four finite numbers.*\[1, 2, 3\]",
+    ),
+    Case(
+        "boxes_not_a_list", _region_case("--boxes", lambda d: "5"), r"boxes must be a list.*got 5"
+    ),
+    Case(
+        "boxes_with_nan",
+        _region_case("--boxes", lambda d: '[[1, 2, "nan", 4]]'),
+        r"a box needs four finite numbers",
+    ),
+    Case("boxes_not_json", _region_case("--boxes", lambda d: "[[1,2"), r"--boxes must be JSON"),
+]
+
+
+@pytest.mark.parametrize("case", REGIONS, ids=[c.name for c in REGIONS])
+def test_explain_region(case: Case, good_dir: Path, backbone: Path, tmp_path: Path, capsys) -> None:
+    """--mask / --boxes for --check-localisation: a bad file or value is a clear error."""
+    c = Case(case.name, lambda tmp: case.build(tmp, good_dir, backbone), case.expect, case.code)
+    run_case(c, tmp_path, capsys)
+
+
+def test_explain_manifest_counts_every_unreadable_image(
+    good_dir: Path, backbone: Path, tmp_path: Path, capsys
+) -> None:
+    """Batch mode over a manifest holding every kind: each unreadable image is a counted skip in
+    index.json, each readable one is explained."""
+    kinds = [k for k in KINDS if k.name != "unreadable" or os.geteuid() != 0]
+    n_bad = sum(_n_skipped(k) for k in kinds)
+
+    def build(tmp: Path) -> list[str]:
+        import shutil
+
+        d = tmp / "data"
+        shutil.copytree(good_dir, d)
+        rows = ["image,text,label,split", "g0.png,a pit,pit,test"]
+        rows += [f"{k.make(d)},a pit on metal,pit,test" for k in kinds]
+        (d / "m.csv").write_text("\n".join(rows) + "\n")
+        return [
+            "explain",
+            backbone,
+            "--manifest",
+            d / "m.csv",
+            "--split",
+            "test",
+            "--out",
+            tmp / "ex",
+        ]
+
+    def check(tmp: Path, out: Outcome) -> None:
+        index = json.loads((tmp / "ex" / "index.json").read_text())
+        assert len(index["skipped"]) == n_bad, index["skipped"]
+        assert len({item["image"] for item in index["items"]}) == 1 + len(kinds) - n_bad
+
+    run_case(
+        Case("explain_manifest/every_kind", build, rf"skipped {n_bad} rows", code=0, check=check),
+        tmp_path,
+        capsys,
+    )
