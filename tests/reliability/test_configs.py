@@ -59,7 +59,12 @@ def _config_yaml(d: Path, bb: Path, extra: str = "") -> str:
 
 
 def _no_run_dir(tmp: Path, out: Outcome) -> None:
-    assert not (tmp / "run").exists(), "a refused config must not create the run folder"
+    """Refused before the run folder is made; a bad backbone spec (found when the model loads)
+    leaves at most the lock file: the same --out works once the config is fixed."""
+    run = tmp / "run"
+    assert not run.exists() or sorted(p.name for p in run.iterdir()) == [".lock"], list(
+        run.iterdir()
+    )
 
 
 def finetune(text: str | None = None, *sets: str, raw: bytes | None = None) -> object:
@@ -149,7 +154,7 @@ FINETUNE = [
     Case(
         "binary_config",
         finetune(raw=b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe"),
-        r"cannot read .*cfg\.yaml: 'utf-8' codec",
+        r"cannot read .*cfg\.yaml: it is not UTF-8 text \(byte 0\); save it as UTF-8",
     ),
     Case(
         "missing_prompt_set",
@@ -157,6 +162,26 @@ FINETUNE = [
         r"prompt set .*nope\.yaml not found",
     ),
     Case("missing_manifest", finetune(None, "data.manifest={d}/nope.csv"), r"nope\.csv.*not found"),
+    Case(
+        "manifest_is_directory",
+        finetune(None, "data.manifest={d}"),
+        r"data\.manifest: .*data (is not a file|not found)",
+    ),
+    Case(
+        "prompt_set_is_directory",
+        finetune(None, "eval.prompts={d}"),
+        r"prompt set .*data (is not a file|not found)",
+    ),
+    Case(
+        "backbone_missing",
+        finetune(None, "backbone.spec={d}/no_backbone"),
+        r"unknown backbone spec .*no_backbone.*\(no such file or directory\)",
+    ),
+    Case(
+        "config_is_utf16",
+        finetune(raw="train: {max_steps: 1}\n".encode("utf-16")),
+        r"cannot read .*cfg\.yaml: it is not UTF-8 text \(byte 0, a UTF-16 byte-order mark\); save it as UTF-8",
+    ),
     Case(
         "set_without_equals", finetune(None, "optim.lr"), r"--set 'optim\.lr': expected KEY=VALUE"
     ),
