@@ -8,6 +8,7 @@ The list below is fixed at import time (no global registry that plugins mutate).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -75,7 +76,34 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = environment_error(exc)
+        if message is None:
+            raise  # a bug, not the machine: keep the traceback for the report
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return int(rc or 0)
+
+
+# OS errors that describe the machine, not a bug: any write may meet them (a full disk fails the
+# first write that needs a block, wherever it is), so they are explained once, here.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: "no space left on the device; free some space (or choose another output "
+    "folder) and run the command again",
+    errno.EDQUOT: "the disk quota is exhausted; free some space and run the command again",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.EACCES: "permission denied; check the owner and mode of the file or folder",
+}
+
+
+def environment_error(exc: OSError) -> str | None:
+    """One line for an OSError caused by the machine (disk full, quota, read-only, permissions),
+    naming the file; None for any other OSError."""
+    advice = _ENVIRONMENT_ERRNOS.get(exc.errno or -1)
+    if advice is None:
+        return None
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{advice} ({exc.strerror or exc})"
 
 
 if __name__ == "__main__":

@@ -184,6 +184,12 @@ def load_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read {path}: it is not UTF-8 text (byte {exc.start}"
+            + (", a UTF-16 byte-order mark" if exc.object[:2] in (b"\xff\xfe", b"\xfe\xff") else "")
+            + "); save it as UTF-8"
+        ) from None
+    except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
     return parse_yaml(text, str(path))

@@ -102,7 +102,7 @@ def load_image(
             DICOM without pixel data or with undecodable pixel data.
     """
     p = Path(path)
-    _check_file(p)
+    check_image_file(p)
     img = _load_dicom(p, max_pixels) if is_dicom(p) else _load_pil(p, max_side, max_pixels)
     if max(img.size) > max_side:
         # thumbnail keeps the aspect ratio and uses a reducing gap (fast and antialiased).
@@ -125,7 +125,7 @@ def read_image_size(
             DICOM without image attributes.
     """
     p = Path(path)
-    _check_file(p)
+    check_image_file(p)
     if is_dicom(p):
         return _dicom_size(p)
     img = _open_pil(p, max_pixels)
@@ -149,7 +149,7 @@ def load_mask(
         ImageReadError: as `load_image` (missing, empty, not an image, truncated, too large).
     """
     p = Path(path)
-    _check_file(p)
+    check_image_file(p)
     img = _open_pil(p, max_pixels)
     try:
         img.load()
@@ -178,8 +178,18 @@ def _dicom_size(p: Path) -> tuple[int, int]:
     return cols, rows
 
 
-def _check_file(p: Path) -> None:
+def check_image_file(p: Path) -> None:
+    """That `p` is a non-empty regular file (no decoding): the first check of every reader.
+
+    Raises:
+        ImageReadError: reason "missing" (also a broken or looping symbolic link), "not_a_file"
+            (a directory, device, ...) or "empty".
+    """
     if not p.exists():
+        if p.is_symlink():  # exists() follows the link: its target is missing or it loops
+            raise ImageReadError(
+                p, "missing", "a symbolic link whose target does not exist or that loops"
+            )
         raise ImageReadError(p, "missing", "file not found (check the path in the manifest)")
     if not p.is_file():
         raise ImageReadError(p, "not_a_file", "is not a regular file")

@@ -214,6 +214,17 @@ def _decode(path: Path, data: bytes) -> tuple[str, str]:
             ) from None
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
+    bomless = _bomless_utf16(data)
+    if bomless:
+        try:
+            text = data.decode(bomless)
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path} looks like UTF-16 without a byte-order mark but is not valid {bomless} "
+                f"(offset {exc.start}); re-save it as UTF-8"
+            ) from None
+        logger.warning("%s has no byte-order mark but is %s; decoded as such", path, bomless)
+        return text, bomless
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -237,6 +248,20 @@ def _decode(path: Path, data: bytes) -> tuple[str, str]:
             n_lost,
         )
     return text, "utf-8"
+
+
+def _bomless_utf16(data: bytes) -> str | None:
+    """"utf-16-le"/"utf-16-be" when the first line is ASCII text stored as UTF-16 without a BOM
+    (every other byte NUL), else None. Without this the header reads as 'i\\x00m\\x00...'."""
+    head = data[:512]
+    if len(head) < 4 or b"\x00" not in head:
+        return None
+    even, odd = head[0::2], head[1::2]
+    if odd.count(0) >= 0.9 * len(odd) and even.count(0) == 0:
+        return "utf-16-le"
+    if even.count(0) >= 0.9 * len(even) and odd.count(0) == 0:
+        return "utf-16-be"
+    return None
 
 
 def _missing_columns_error(path: Path, found: list[str], missing: list[str]) -> DataError:
@@ -459,6 +484,22 @@ def _read_csv(path: Path, text: str, encoding: str, strict: bool) -> Manifest:
     return builder.finish(columns, encoding, strict, None)
 
 
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a key given twice (core columns case-insensitively, as they are read)
+    would silently keep the last value; refuse the row instead."""
+    seen: set[str] = set()
+    for k, _ in pairs:
+        key = k.lower() if k.lower() in CORE_COLUMNS else k
+        if key in seen:
+            raise _DuplicateKeyError(f"key {k!r} appears twice in one object; keep one")
+        seen.add(key)
+    return dict(pairs)
+
+
 def _read_jsonl(path: Path, text: str, encoding: str, strict: bool) -> Manifest:
     builder = _RowBuilder(path)
     columns: dict[str, None] = {}  # ordered set
@@ -469,7 +510,10 @@ def _read_jsonl(path: Path, text: str, encoding: str, strict: bool) -> Manifest:
         builder.n_data_rows += 1
         row = builder.n_data_rows
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            builder.skip("duplicate_key", row, line_no, f"row {row} (line {line_no}): {exc}")
+            continue
         except json.JSONDecodeError as exc:
             builder.skip(
                 "bad_json", row, line_no, f"row {row} (line {line_no}): invalid JSON ({exc.msg})"

@@ -22,7 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from domainclip.datasets.imageio import ImageReadError, load_image, read_image_size
+from domainclip.datasets.imageio import (
+    ImageReadError,
+    check_image_file,
+    load_image,
+    read_image_size,
+)
 from domainclip.datasets.manifest import SPLITS, UNASSIGNED, Manifest, ManifestRow, read_manifest
 from domainclip.datasets.maskfiles import is_mask_name, looks_like_mask
 from domainclip.datasets.splits import check_leakage, format_leakage
@@ -218,9 +223,12 @@ def _check_row(
         except ImageReadError as exc:
             out.skip(f"image_{exc.reason}", row.row, f"{where}: {exc}")
             return
-    elif not image_path.is_file():
-        out.skip("image_missing", row.row, f"{where}: {image_path}: file not found")
-        return
+    elif not image_path.is_file():  # only existence is checked: say why it is not a file
+        try:
+            check_image_file(image_path)
+        except ImageReadError as exc:
+            out.skip(f"image_{exc.reason}", row.row, f"{where}: {exc}")
+            return
     if tokenizer is not None:
         n = token_overflow(row.text, tokenizer)
         if n is not None:

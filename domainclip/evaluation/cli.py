@@ -22,13 +22,20 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _skipped_note(r: EvaluationResult) -> str:
+    """", 1 unreadable image skipped" etc.: the rows of the split that the numbers leave out."""
+    parts = [f"{r.data.n_unreadable} unreadable image(s)"] if r.data.n_unreadable else []
+    parts += [f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(r.data.skipped.items()) if n]
+    return f" ({', '.join(parts)} skipped)" if parts else ""
+
+
 def _summary(r: EvaluationResult) -> str:
     """A few lines on the terminal: the headline metric, AUROC, ECE, retrieval, forgetting."""
     from domainclip.evaluation.report import fmt
 
     cls, cal, t, main = r.classification, r.calibration, r.temperature, r.headline_metric
     lines = [
-        f"{r.name}: {r.data.n_evaluated} images of split {r.data.split} "
+        f"{r.name}: {r.data.n_evaluated} images of split {r.data.split}{_skipped_note(r)} "
         f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source}"
         + (f"; input {r.input.describe()})" if r.input else ")"),
         f"  {main}: {fmt(cls[main])}",

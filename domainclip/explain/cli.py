@@ -33,18 +33,13 @@ def _checks(args: argparse.Namespace) -> list[str]:
 
 def _region(args: argparse.Namespace, image: str):
     """Ground truth for a single image from --mask or --boxes (original pixels)."""
-    import numpy as np
-    from PIL import Image
-
-    from domainclip.datasets import load_image
+    from domainclip.datasets import load_image, load_mask
     from domainclip.explain.inputs import boxes_to_mask
 
     if args.mask:
-        try:
-            with Image.open(args.mask) as im:
-                return np.asarray(im.convert("L")) > 0, "mask"
-        except OSError as exc:
-            raise ExplainError(f"cannot read --mask {args.mask}: {exc}") from exc
+        # load_mask: missing, empty, truncated, a symlink loop or a decompression bomb is an
+        # ImageReadError naming the file (raw PIL raised DecompressionBombError, not OSError)
+        return load_mask(args.mask), "mask"
     if args.boxes:
         try:
             boxes = json.loads(args.boxes)

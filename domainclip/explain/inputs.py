@@ -75,7 +75,9 @@ def prepare_image(
     if isinstance(image, Image.Image):
         pil = image.convert("RGB")
     else:
-        path = str(Path(image).resolve())
+        # Lexical, like Manifest.image_path: resolving would raise RuntimeError on a symlink loop
+        # (Python 3.11) where load_image names the file and says what is wrong.
+        path = os.path.abspath(Path(image).expanduser())
         pil = load_image(path)
     tf = preprocess or eval_transform(bb)
     if tf.tiled:
@@ -128,11 +130,18 @@ def boxes_to_mask(boxes: list, width: int, height: int) -> np.ndarray:
     Coordinates follow the manifest convention (VOC-style inclusive pixel corners, clipped to the
     image). An empty box list gives an all-False mask.
     """
+    if not isinstance(boxes, (list, tuple)):
+        raise ExplainError(f"boxes must be a list like [[xmin, ymin, xmax, ymax], ...], got {boxes!r}")
     mask = np.zeros((height, width), dtype=bool)
     for box in boxes:
-        if len(box) < 4:
-            raise ExplainError(f"a box needs [xmin, ymin, xmax, ymax], got {box!r}")
-        x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
+        try:
+            if len(box) < 4:
+                raise ValueError("fewer than four values")
+            x0, y0, x1, y1 = (round(float(v)) for v in box[:4])
+        except (TypeError, ValueError, OverflowError):  # a number, a string, NaN, infinity
+            raise ExplainError(
+                f"a box needs four finite numbers [xmin, ymin, xmax, ymax], got {box!r}"
+            ) from None
         x0, y0 = max(0, x0), max(0, y0)
         x1, y1 = min(width - 1, x1), min(height - 1, y1)
         if x1 >= x0 and y1 >= y0:
@@ -149,12 +158,10 @@ def region_from_meta(
     `boxes`, JSON). None when the row has neither.
     """
     if meta.get("mask"):
-        path = (root / meta["mask"]).resolve()
-        try:
-            with Image.open(path) as im:
-                mask = np.asarray(im.convert("L")) > 0
-        except OSError as exc:
-            raise ExplainError(f"cannot read the mask {path}: {exc}") from exc
+        from domainclip.datasets import load_mask
+
+        path = Path(os.path.abspath(root / Path(meta["mask"]).expanduser()))
+        mask = load_mask(path)  # every failure is an ImageReadError naming the file
         if mask.shape != (original_size[1], original_size[0]):
             raise ExplainError(
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image is "

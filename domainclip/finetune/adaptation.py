@@ -211,15 +211,27 @@ class Adaptation:
         """Load heads.safetensors (+ the head described in method.json) from a checkpoint dir."""
         from safetensors.torch import load_file
 
+        from domainclip.finetune.checkpoint import damaged_message
+
         path = ckpt_dir / HEADS_FILE
         if not path.is_file():
-            raise CheckpointError(f"{ckpt_dir} has no {HEADS_FILE}: not a complete checkpoint")
+            raise CheckpointError(
+                damaged_message(HEADS_FILE, ckpt_dir, FileNotFoundError("the file is missing"))
+            )
         state = load_file(str(path))
-        meta = json.loads((ckpt_dir / METHOD_FILE).read_text())
         head_state = {k[5:]: v for k, v in state.items() if k.startswith("head.")}
-        if "head" in meta:
-            self.head = _build_head(meta["head"], head_state)
-            self.bb.head = self.head
+        try:
+            meta = json.loads((ckpt_dir / METHOD_FILE).read_text())
+            if not isinstance(meta, dict):
+                raise ValueError(f"expected a JSON object, got {type(meta).__name__}")
+            if "head" in meta:
+                self.head = _build_head(meta["head"], head_state)
+                self.bb.head = self.head
+            elif head_state:  # the weights hold a head that method.json does not describe
+                raise ValueError(f"{HEADS_FILE} holds a head, but no 'head' entry describes it")
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            # without this a hand-edited method.json drops a Tip-Adapter/probe head silently
+            raise CheckpointError(damaged_message(METHOD_FILE, ckpt_dir, exc)) from None
         model_state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
         own = {clean_name(k): k for k in self.model.state_dict()}
         unknown = sorted(set(model_state) - set(own))

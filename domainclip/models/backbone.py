@@ -27,6 +27,8 @@ from torch import nn
 from domainclip.errors import BackboneError, ConfigError
 from domainclip.models import default as default_model
 from domainclip.models.tokenizer import TextTokenizer
+from domainclip.runs.layout import CHECKPOINTS_DIR
+from domainclip.runs.layout import CONFIG_FILE as RUN_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +409,12 @@ def load_backbone(spec: str = "default", device: str | torch.device = "cpu") -> 
             bb = _load_open_clip_dir(spec, path)
         elif path.is_dir() and (path / "config.json").is_file():
             bb = _load_hf(spec, path)
+        elif path.is_dir() and (path / CHECKPOINTS_DIR).is_dir():
+            raise BackboneError(
+                f"{path} looks like a fine-tuning run without its {RUN_CONFIG_FILE} (it has "
+                f"{CHECKPOINTS_DIR}/ but no {RUN_CONFIG_FILE}, which records the backbone and the "
+                f"method): restore {RUN_CONFIG_FILE} from a copy, or re-train"
+            )
         else:
             raise BackboneError(
                 f"{path} is not a saved backbone: expected {CONFIG_NAME} (domainclip/open_clip) or "
