@@ -18,8 +18,10 @@ from tests.audit.conftest import small_spec
 def _config(manifest: Path) -> dict:
     from domainclip.finetune import load_config
 
+    # as `finetune` writes it: data.fit resolved (a run's config.yaml never says "auto")
     cfg = load_config(
-        "configs/demo_synthetic_lora.yaml", [f"data.manifest={manifest}", "train.max_steps=4"]
+        "configs/demo_synthetic_lora.yaml",
+        [f"data.manifest={manifest}", "train.max_steps=4", "data.fit=letterbox"],
     )
     return cfg.to_dict()
 
