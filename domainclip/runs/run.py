@@ -95,7 +95,13 @@ class Run:
     def input_settings(self) -> tuple[str, int | None]:
         """(fit policy, input size or None = the backbone's native size) the run trained with."""
         size = self.setting("data.image_size")
-        return str(self.setting("data.fit") or "crop"), (None if size is None else int(size))
+        fit = str(self.setting("data.fit") or "crop")
+        if fit == "auto":
+            # `finetune` records the policy auto chose; a config that still says auto was written
+            # by hand (or never trained): score it with the policy that never discards pixels.
+            log.warning("%s: data.fit is 'auto' (not resolved by a fine-tune); using letterbox", self.root)
+            fit = "letterbox"
+        return fit, (None if size is None else int(size))
 
     def tile_settings(self) -> TileSettings:
         """The run's data.tile (defaults when it has none: a run not trained with tiles)."""
