@@ -261,6 +261,39 @@ def test_data_validate(kind: ImageKind, good_dir: Path, tmp_path: Path, capsys) 
     run_case(Case(f"validate/{kind.name}", build, expect, code=0, check=check), tmp_path, capsys)
 
 
+def _evaluate_every_kind(
+    tmp: Path, good_dir: Path, backbone: Path, kinds: list, *extra: str
+) -> list[str]:
+    """A manifest of the good images plus one file of every kind in `kinds`; the evaluate argv."""
+    import shutil
+
+    d = tmp / "data"
+    shutil.copytree(good_dir, d)
+    rows = ["image,text,label,split"]
+    rows += [
+        f"g{i}.png,a {('pit', 'clean')[i % 2]},{('pit', 'clean')[i % 2]},test"
+        for i in range(N_GOOD)
+    ]
+    rows += [f"{k.make(d)},a pit on metal,pit,test" for k in kinds]
+    (d / "m.csv").write_text("\n".join(rows) + "\n")
+    return [
+        "evaluate",
+        backbone,
+        "--data",
+        d / "m.csv",
+        "--prompts",
+        d / "prompts.yaml",
+        "--split",
+        "test",
+        "--out",
+        tmp / "ev",
+        "--n-boot",
+        "0",
+        "--no-shortcut-check",
+        *extra,
+    ]
+
+
 def test_evaluate_counts_every_unreadable_image(
     good_dir: Path, backbone: Path, tmp_path: Path, capsys
 ) -> None:
@@ -270,32 +303,7 @@ def test_evaluate_counts_every_unreadable_image(
     n_bad = sum(_n_skipped(k) for k in kinds)
 
     def build(tmp: Path) -> list[str]:
-        import shutil
-
-        d = tmp / "data"
-        shutil.copytree(good_dir, d)
-        rows = ["image,text,label,split"]
-        rows += [
-            f"g{i}.png,a {('pit', 'clean')[i % 2]},{('pit', 'clean')[i % 2]},test"
-            for i in range(N_GOOD)
-        ]
-        rows += [f"{k.make(d)},a pit on metal,pit,test" for k in kinds]
-        (d / "m.csv").write_text("\n".join(rows) + "\n")
-        return [
-            "evaluate",
-            backbone,
-            "--data",
-            d / "m.csv",
-            "--prompts",
-            d / "prompts.yaml",
-            "--split",
-            "test",
-            "--out",
-            tmp / "ev",
-            "--n-boot",
-            "0",
-            "--no-shortcut-check",
-        ]
+        return _evaluate_every_kind(tmp, good_dir, backbone, kinds)
 
     def check(tmp: Path, out: Outcome) -> None:
         data = json.loads((tmp / "ev" / "metrics.json").read_text())["data"]
@@ -373,34 +381,7 @@ def test_evaluate_tiled_counts_every_unreadable_image(
     n_bad = sum(_n_skipped(k) for k in kinds)
 
     def build(tmp: Path) -> list[str]:
-        import shutil
-
-        d = tmp / "data"
-        shutil.copytree(good_dir, d)
-        rows = ["image,text,label,split"]
-        rows += [
-            f"g{i}.png,a {('pit', 'clean')[i % 2]},{('pit', 'clean')[i % 2]},test"
-            for i in range(N_GOOD)
-        ]
-        rows += [f"{k.make(d)},a pit on metal,pit,test" for k in kinds]
-        (d / "m.csv").write_text("\n".join(rows) + "\n")
-        return [
-            "evaluate",
-            backbone,
-            "--data",
-            d / "m.csv",
-            "--prompts",
-            d / "prompts.yaml",
-            "--split",
-            "test",
-            "--out",
-            tmp / "ev",
-            "--n-boot",
-            "0",
-            "--no-shortcut-check",
-            "--fit",
-            "tile",
-        ]
+        return _evaluate_every_kind(tmp, good_dir, backbone, kinds, "--fit", "tile")
 
     def check(tmp: Path, out: Outcome) -> None:
         data = json.loads((tmp / "ev" / "metrics.json").read_text())["data"]
