@@ -481,7 +481,17 @@ def _audit_blocks(a: AuditReport, path: Path, card_dir: Path) -> list[Block]:
                 (
                     "p",
                     f"Against the base model, `{name}`: {o['verdict']} "
-                    f"(mean |shift| per image {o['mean_abs_shift_model']:.3f} vs {o['mean_abs_shift_base']:.3f}).",
+                    f"(flip rate {o['flip_rate_model']:.3f} vs {o['flip_rate_base']:.3f}; mean "
+                    f"|shift| per image {o['mean_abs_shift_model']:.3f} vs {o['mean_abs_shift_base']:.3f}"
+                    + (
+                        f", normalised by each model's score spread {o['normalised_shift_model']:.2f} "
+                        f"vs {o['normalised_shift_base']:.2f}"
+                        if "normalised_shift_model" in o
+                        else ""
+                    )
+                    + ")"
+                    + (f": {o['note']}" if o.get("note") else "")
+                    + ".",
                 )
             )
     return blocks

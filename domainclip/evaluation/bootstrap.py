@@ -102,8 +102,11 @@ def recentred_interval(
 ) -> tuple[float, float]:
     """Percentile interval of the replicates shifted by their bias (mean - value): the spread of the
     bootstrap around the point estimate, for statistics whose replicates are biased (ECE)."""
+    values = np.asarray(values, dtype=float)
     bias = float(np.mean(values)) - float(value)
-    lo, hi = percentile_interval(np.asarray(values, dtype=float) - bias, confidence)
+    lo, hi = percentile_interval(values - bias, confidence)
+    if values.min() >= 0 and value >= 0:  # a non-negative statistic (ECE) keeps a bound >= 0
+        lo = max(lo, 0.0)
     return min(lo, float(value)), max(hi, float(value))
 
 
