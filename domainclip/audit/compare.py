@@ -16,7 +16,8 @@ decisions a wording changes) and the shift normalised by each model's own score 
 Amplified = one of them significantly up and neither significantly down (reduced likewise); both
 ways = "mixed". When the base model is near chance (`floor.near_chance`) its probabilities carry
 no signal for wording to move, so shifts say nothing: the verdict then rests on the flip rate alone
-(its decisions still flip or not), and is "uninformative" unless the flip rate changed clearly.
+(its decisions still flip or not); the cell says `informative: false` with a note, and reports
+call the comparison uninformative.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from domainclip.audit.analysis import Cell, FramingComparison
 from domainclip.audit.stats import bootstrap_p_value, cell_indices, estimate
 
 AMPLIFIED, REDUCED, UNCLEAR = "amplified", "reduced", "no clear change"
-MIXED, UNINFORMATIVE = "mixed", "uninformative"
+MIXED = "mixed"
 
 
 def _direction(e: Any) -> str:
@@ -44,7 +45,7 @@ def _direction(e: Any) -> str:
 def _combine(flip: str, shift: str, base_near_chance: bool) -> str:
     """The verdict from the flip-rate and the normalised-shift directions."""
     if base_near_chance:
-        return flip if flip != UNCLEAR else UNINFORMATIVE
+        return flip
     moves = {flip, shift} - {UNCLEAR}
     if len(moves) == 2:
         return MIXED
@@ -95,6 +96,7 @@ def compare_cells(
         "flip_direction": flip_dir,
         "normalised_shift_direction": shift_dir,
         "verdict": verdict,
+        "informative": not base_near_chance,
         **(
             {"note": "the base model is near chance, so score shifts are uninformative (a "
              "near-uniform model cannot move); the verdict rests on flip rates alone"}
