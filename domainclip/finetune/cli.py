@@ -37,7 +37,7 @@ def _finetune(args: argparse.Namespace) -> int:
     shown = {
         k: round(v, 4)
         for k, v in best.items()
-        if k in ("zero_shot_acc", "zero_shot_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
+        if k in ("zero_shot_acc", "zero_shot_macro_f1", "head_acc", "head_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
     }
     print(
         f"run: {result.run_dir}\nmethod: {result.method}, trainable parameters: "
