@@ -72,6 +72,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     if args.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
+    for flag, value in (("--min-recall", args.min_recall), ("--min-auroc", args.min_auroc)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag} must be between 0 and 1 (a class below it is named as failing), got {value}")
     options = EvaluationOptions(
         name=args.name,
         classes=args.classes,
