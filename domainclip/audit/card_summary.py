@@ -159,7 +159,8 @@ def training_deviation(cfg: dict, result: dict | None) -> list[str]:
     out = []
     steps, best = result.get("steps"), result.get("best_step")
     max_steps = _cfg(cfg, "train.max_steps")
-    if isinstance(steps, int) and isinstance(max_steps, int) and max_steps > 0 and steps < max_steps:
+    # closed-form heads (linear probe, Tip-Adapter) take no steps: nothing was cut
+    if isinstance(steps, int) and isinstance(max_steps, int) and 0 < steps < max_steps:
         why = "early stopping" if result.get("stopped_early") else "stopped before the end"
         out.append(f"Training ran {steps} of the configured {max_steps} steps ({why}).")
     if isinstance(best, int) and isinstance(steps, int) and steps > 0 and best < steps:
