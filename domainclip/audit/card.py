@@ -37,6 +37,7 @@ from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
 from domainclip.datasets.geometry_report import GeometryReport
 from domainclip.errors import DomainClipError, ResultFileError
+from domainclip.evaluation.baselines import disqualifies
 from domainclip.evaluation.results import EvaluationResult
 from domainclip.explain.index import ExplainIndex
 from domainclip.io import atomic_write_text
@@ -140,7 +141,7 @@ def _input_line(cfg: dict, result: dict | None) -> str:
 
 def _intended_use(classes: list[str], manifest: str | None, verdict: str | None) -> list[Block]:
     scope = ", ".join(classes) if classes else "the classes of the training data"
-    unfit = verdict is not None and not verdict.startswith("This model beats")
+    unfit = disqualifies(verdict)
     return [
         ("h2", "Intended use"),
         *([("p", f"**Not fit for use as it stands:** {verdict}")] if unfit else []),
@@ -585,7 +586,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
     cal_path = r.layout.calibration
     calibration = _read_json(cal_path) if cal_path.is_file() else None
     verdict = (lead.baselines or {}).get("verdict") if lead is not None else None
-    limitations = [verdict] if verdict and not verdict.startswith("This model beats") else []
+    limitations = [verdict] if verdict and not verdict.startswith("This model beats") else []  # matched too
     limitations += [
         f"Fails on class {c['class']}: {c['why']}."
         for c in ((lead.failing_classes or {}).get("classes") or [] if lead else [])

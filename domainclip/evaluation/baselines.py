@@ -228,6 +228,31 @@ def _high(metrics: Mapping[str, Any], key: str) -> float | None:
     return ci[1] if ci else _value(metrics, key)
 
 
+BEATEN = {
+    "linear_probe": "A linear probe on the frozen image features beats this model",
+    "untrained": "The untrained backbone beats this model: fine-tuning made it worse",
+    "prior": "Always predicting the majority class beats this model",
+}
+MATCHED = {
+    "linear_probe": "A linear probe on the frozen image features does as well as this model",
+    "untrained": "The untrained backbone does as well as this model: fine-tuning added nothing",
+    "prior": "Always predicting the majority class does as well as this model",
+}
+_CHANCE = "This model performs at chance level"
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def disqualifies(verdict: str | None) -> bool:
+    """Whether a `comparison_verdict` sentence says the model should not be used (at chance, or
+    beaten by a baseline outside its CI)."""
+    return bool(verdict) and (
+        verdict.startswith(_CHANCE) or any(verdict.startswith(p) for p in BEATEN.values())
+    )
+
+
 def comparison_verdict(
     model: Mapping[str, Any], baselines: Mapping[str, Any], multi_label: bool
 ) -> str:
@@ -249,7 +274,7 @@ def comparison_verdict(
     ]
     if at_chance:
         return (
-            "This model performs at chance level: its "
+            f"{_CHANCE}: its "
             + " and ".join(k.replace("_", " ") for k in at_chance)
             + " lie within what uniform guessing reaches on these images. Do not deploy it."
         )
@@ -265,17 +290,16 @@ def comparison_verdict(
     if beaten:
         name, ks = beaten[0]
         vals = ", ".join(
-            f"{k.replace('_', ' ')} {_value((baselines[name])['metrics'], k):.3f} vs {_value(model, k):.3f}"
+            f"{_label(k)} {_value(baselines[name]['metrics'], k):.3f} vs {_value(model, k):.3f}"
             for k in ks
         )
-        what = {
-            "linear_probe": "A linear probe on the frozen image features beats this model",
-            "untrained": "The untrained backbone beats this model: fine-tuning made it worse",
-            "prior": "Always predicting the majority class beats this model",
-        }[name]
-        return f"{what} ({vals}, outside the model's 95% CI)."
+        return f"{BEATEN[name]} ({vals}, outside the model's 95% CI)."
     if matched:
-        names = " and ".join(BASELINE_NAMES[n] for n, _ in matched)
-        return f"This model is no better than the {names} on {', '.join(matched[0][1])}."
+        name, ks = matched[0]
+        vals = ", ".join(
+            f"{_label(k)} {_value(baselines[name]['metrics'], k):.3f} vs {_value(model, k):.3f}"
+            for k in ks
+        )
+        return f"{MATCHED[name]} ({vals}; within the model's 95% CI)."
     done = [BASELINE_NAMES[n] for n in BASELINE_ORDER if (baselines.get(n) or {}).get("metrics")]
     return f"This model beats {', '.join(done)}."

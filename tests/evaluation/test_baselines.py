@@ -187,3 +187,19 @@ def test_linear_probe_run_evaluation_has_baselines_and_its_own_title(tmp_path, s
     assert "## How this compares" in md and b["verdict"] in md
     again = type(r).from_json(r.to_json(), "metrics.json")
     assert again.baselines == r.to_json()["baselines"] and again.model.head == "linear_probe"
+
+
+def test_verdict_when_a_probe_matches_the_model_within_its_ci():
+    """NEU-DET measured: LoRA 0.985 [0.967, 0.996] vs probe 0.996: a match, not a defeat."""
+    from domainclip.evaluation.baselines import disqualifies
+
+    model = {
+        "accuracy": {"value": 0.985, "ci95": [0.967, 0.996]},
+        "balanced_accuracy": {"value": 0.985, "ci95": [0.967, 0.996]},
+        "macro_auroc": {"value": 1.0, "ci95": [1.0, 1.0]},
+    }
+    v = comparison_verdict(model, _baselines(0.996), False)
+    assert v.startswith("A linear probe on the frozen image features does as well as this model")
+    assert "accuracy 0.996 vs 0.985" in v and "within the model's 95% CI" in v
+    assert not disqualifies(v)
+    assert disqualifies(comparison_verdict({**model, "accuracy": {"value": 0.6, "ci95": [0.55, 0.65]}}, _baselines(0.996), False))
