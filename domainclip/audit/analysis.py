@@ -24,13 +24,14 @@ import numpy as np
 
 from domainclip.audit.scores import ScoreTable
 from domainclip.audit.stats import (
+    CONFIDENCE,
     cell_indices,
     estimate,
     mean_shift_test,
     proportion_ci,
     wilcoxon_test,
 )
-from domainclip.evaluation.bootstrap import Estimate, stratified_indices
+from domainclip.evaluation.bootstrap import Estimate, recentred_interval, stratified_indices
 from domainclip.evaluation.calibration import reliability_bins
 
 MISSING = "(missing)"
@@ -235,12 +236,12 @@ def calibration_by_framing(
         conf = table.confidence[k]
         corr = table.correct[k].astype(float)
         score = table.scores[k]
+        # ECE replicates are biased upward: bias-recentred interval (evaluation/bootstrap.py)
+        point_ece = reliability_bins(conf, corr, n_bins, "width").ece()
+        ece_reps = ece_replicates(conf, corr, idx, n_bins)
         out[name] = {
             "accuracy": estimate(corr.mean(), corr[idx].mean(1)),
-            "ece": estimate(
-                reliability_bins(conf, corr, n_bins, "width").ece(),
-                ece_replicates(conf, corr, idx, n_bins),
-            ),
+            "ece": Estimate(point_ece, *recentred_interval(point_ece, ece_reps, CONFIDENCE)),
             "mean_target_score": estimate(score.mean(), score[idx].mean(1)),
         }
     return out

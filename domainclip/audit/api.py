@@ -24,6 +24,7 @@ from domainclip.audit.analysis import (
     point_ece_by_subgroup_and_framing,
 )
 from domainclip.audit.compare import compare_models
+from domainclip.audit.floor import floor_checks, near_chance, performance
 from domainclip.audit.gate import Check, check_resolution, gate_checks
 from domainclip.audit.results import (
     AUDIT_FILE,
@@ -53,6 +54,8 @@ class ModelAudit:
     calibration: dict[str, dict[str, Estimate]]
     subgroup_calibration: dict[str, Any]
     timings: dict[str, float]
+    # Balanced accuracy / macro AUROC under the reference framing and of chance (`floor.performance`).
+    performance: dict[str, Any] | None = None
 
 
 def audit_features(
@@ -95,8 +98,9 @@ def audit_features(
     }
     calibration = calibration_by_framing(table, st.n_bootstrap, st.seed, st.ece_bins)
     sub_cal = point_ece_by_subgroup_and_framing(table, subgroups, st.ece_bins)
+    perf = performance(table, spec.reference, st.n_bootstrap, st.seed)
     timings["statistics_s"] = time.perf_counter() - t0
-    return ModelAudit(resolved, table, prompts, comparisons, calibration, sub_cal, timings)
+    return ModelAudit(resolved, table, prompts, comparisons, calibration, sub_cal, timings, perf)
 
 
 @dataclass
@@ -305,14 +309,29 @@ def _report(
 ) -> AuditReport:
     """Gate checks, the comparison with the base model, and the report."""
     spec_used = images.spec
-    checks: list[Check] = gate_checks(spec_used, main.comparisons, main.calibration)
+    # Performance floors first: a model that cannot do the task fails whatever its framing stability.
+    checks: list[Check] = floor_checks(spec_used, main.performance) + gate_checks(
+        spec_used, main.comparisons, main.calibration
+    )
     compare = None
     if base is not None:
         st = spec_used.statistics
-        change = compare_models(main.comparisons, base.comparisons, st.n_bootstrap, st.seed)
+        k = main.table.k(spec_used.reference)
+        spread = (float(main.table.scores[k].std()), float(base.table.scores[k].std()))
+        change = compare_models(
+            main.comparisons,
+            base.comparisons,
+            st.n_bootstrap,
+            st.seed,
+            spread=spread,
+            base_near_chance=near_chance(base.performance),
+        )
+        base_checks = floor_checks(spec_used, base.performance) + gate_checks(
+            spec_used, base.comparisons, base.calibration
+        )
         compare = BaseComparison(
             base=model_section(spec_used, base),
-            base_gate=gate_summary(gate_checks(spec_used, base.comparisons, base.calibration)),
+            base_gate=gate_summary(base_checks),
             sensitivity_change=change,
         )
     return build_audit_report(

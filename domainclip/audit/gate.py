@@ -14,6 +14,11 @@ Checks (framings with ``expect: invariant`` other than the reference; ECE also o
 * ``ece``: fails when the expected calibration error under the framing exceeds max_ece.
 
 Cells with fewer than ``min_cell_images`` images are reported as skipped checks.
+
+Before all of these, the performance floors (`audit.floor.floor_checks`: balanced accuracy and
+macro AUROC under the reference framing above the chance CI or a stated minimum) are listed
+first by `run_audit`: a model that cannot do the task fails the gate on the floor, whatever its
+framing stability.
 """
 
 from __future__ import annotations

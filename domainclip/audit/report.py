@@ -229,9 +229,18 @@ def _compare_blocks(r: AuditReport) -> list[Block]:
             "p",
             f"Base model gate verdict: {base_gate.verdict.upper()} "
             f"({base_gate.n_failed} failed). Sensitivity = mean absolute per-image shift of "
-            "the target-class probability; a positive difference means fine-tuning amplified it.",
+            "the target-class probability; raw shifts are not comparable across models (a model "
+            "near chance barely moves), so the verdict rests on the flip rate and on the shift "
+            "normalised by each model's own score spread (|shift| / SD of its target-class "
+            "probability).",
         ),
     ]
+    notes = {
+        c["overall"].get("note")
+        for c in r.compare.sensitivity_change.values()
+        if c["overall"].get("note")
+    }
+    out += [("p", f"**Comparison uninformative:** {n}.") for n in sorted(notes)]
     rows = []
     for name, framing in r.compare.sensitivity_change.items():
         framed = r.main.framings.get(name)
@@ -247,6 +256,7 @@ def _compare_blocks(r: AuditReport) -> list[Block]:
                     f"{cell['mean_abs_shift_model']:.3f}",
                     f"{cell['mean_abs_shift_base']:.3f}",
                     fmt_est(cell["mean_abs_shift_difference"], signed=True),
+                    _normalised(cell),
                     f"{cell['flip_rate_model']:.3f} vs {cell['flip_rate_base']:.3f}",
                     cell["verdict"],
                 ]
@@ -257,10 +267,18 @@ def _compare_blocks(r: AuditReport) -> list[Block]:
         "mean |shift| model",
         "mean |shift| base",
         "difference [95% CI]",
+        "normalised |shift| model vs base",
         "flip rate model vs base",
         "verdict",
     ]
     return [*out, ("table", header, rows)]
+
+
+def _normalised(cell: dict[str, Any]) -> str:
+    """'0.41 vs 0.22' (files written before normalised shifts: '-')."""
+    if "normalised_shift_model" not in cell:
+        return "-"
+    return f"{cell['normalised_shift_model']:.3f} vs {cell['normalised_shift_base']:.3f}"
 
 
 def _md_escape(text: str) -> str:

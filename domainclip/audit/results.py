@@ -547,11 +547,24 @@ def _parse_comparison(f: Fields) -> dict[str, Any]:
     return f.data
 
 
+_FLOOR_KEYS = ("performance_floor", "min_balanced_accuracy", "min_macro_auroc")
+
+
+def _thresholds(f: Fields) -> Thresholds:
+    """The gate thresholds; files written before performance floors had none (floor off)."""
+    if any(k in f.data for k in _FLOOR_KEYS):
+        return f.build(Thresholds, require_all=True)
+    floors_off = {"performance_floor": False, "min_balanced_accuracy": None, "min_macro_auroc": None}
+    return Fields({**f.data, **floors_off}, f.source, f.command, f.where).build(
+        Thresholds, require_all=True
+    )
+
+
 def _parse_gate(f: Fields, with_thresholds: bool) -> GateSummary:
     gate = f.build(
         GateSummary,
         checks=[c.build(Check) for c in f.objects("checks")],
-        thresholds=f.obj("thresholds").build(Thresholds, require_all=True) if with_thresholds else None,
+        thresholds=_thresholds(f.obj("thresholds")) if with_thresholds else None,
         min_cell_images=f.get("min_cell_images", int) if with_thresholds else None,
     )
     if gate.verdict not in ("pass", "fail"):

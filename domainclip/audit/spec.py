@@ -124,6 +124,19 @@ class Thresholds:
     alpha: float = option(
         0.05, "family-wise level of the (Holm-adjusted) shift tests", range=(0.0, 0.5, "(]")
     )
+    performance_floor: bool = option(
+        True,
+        "fail first when balanced accuracy or macro AUROC under the reference framing is not above "
+        "the chance CI (what uniform guessing reaches on the same images)",
+    )
+    min_balanced_accuracy: float | None = option(
+        None, "stated minimum balanced accuracy under the reference framing; null = none",
+        range=(0.0, 1.0, "[]"),
+    )
+    min_macro_auroc: float | None = option(
+        None, "stated minimum macro AUROC under the reference framing; null = none",
+        range=(0.0, 1.0, "[]"),
+    )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from domainclip.calibrators.temperature import (
     fit_temperature,
     load_temperature,
     nll_from_logits,
+    temperature_at_bound,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "load_temperature",
     "nll_from_logits",
     "save_calibration",
+    "temperature_at_bound",
 ]

@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 _LOG_T_BOUNDS = (-5.0, 5.0)
 
 
+def temperature_at_bound(temperature: float) -> bool:
+    """Whether a fitted T lies at the search bound (exp(+-5) = 0.0067 or 148): the fitting data
+    barely constrain it, so its calibration numbers must be read with that warning."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        return False
+    return min(abs(math.log(temperature) - b) for b in _LOG_T_BOUNDS) < 1e-3
+
+
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits [N, C] (any shape) / T. T must be a positive finite number."""
     if not (math.isfinite(temperature) and temperature > 0):

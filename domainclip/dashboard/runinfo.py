@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from domainclip.finetune.metric_names import metric_value, resolve_metric
 from domainclip.runs import Run
 from domainclip.runs.layout import METRICS_FILE, RESULT_FILE
 
@@ -180,6 +181,7 @@ def _best_from_log(
 ) -> tuple[float | None, int | None, dict[str, float]]:
     """Best validation value of `metric`, its step and every val metric at that step."""
     val = df[df["kind"] == "val"]
+    metric = resolve_metric(dict.fromkeys(val["metric"], 0.0), metric)  # head_acc of head methods
     series = val[val["metric"] == metric]
     if series.empty:
         return None, None, {}
@@ -209,7 +211,7 @@ def summarise_run(name: str, run_dir: Path) -> RunSummary:
         best_metrics = {
             k: float(v) for k, v in (result.get("best_metrics") or {}).items() if _is_number(v)
         }
-        best_value = best_metrics.get(metric) if metric else None
+        best_value = metric_value(best_metrics, metric) if metric else None
         best_step = result.get("best_step")
         steps = result.get("steps")
     else:

@@ -30,6 +30,8 @@ from domainclip.evaluation.bootstrap import (
 )
 
 STRATEGIES = ("width", "mass")
+# Metrics whose bootstrap replicates are biased upward: bias-recentred intervals (see bootstrap.py).
+RECENTRED = ("ece", "ece_mass", "mce")
 _EPS = 1e-12  # probabilities are clipped to [eps, 1] in NLL so a confident miss costs ~27.6 nats, not inf
 
 
@@ -213,7 +215,9 @@ def calibration_report(
     """ECE (equal-width and equal-mass), MCE, Brier, NLL with stratified bootstrap CIs, plus bins.
 
     ECE is biased upward on small samples (every bin's |gap| includes noise), so bootstrap
-    replicates tend to exceed the point estimate; read small-n ECE intervals with that in mind.
+    replicates tend to exceed the point estimate: ECE, equal-mass ECE and MCE get the
+    bias-recentred percentile interval (`bootstrap.recentred_interval`), which contains the point
+    estimate; Brier and NLL the plain percentile interval.
     """
     probs = np.asarray(probs, dtype=float)
     labels = np.asarray(labels)
@@ -231,7 +235,7 @@ def calibration_report(
         }
 
     keys = [tuple(np.flatnonzero(r)) for r in labels] if multi_label else labels.tolist()
-    est = bootstrap_metrics(stat, strata_of(keys), n_boot, seed, confidence)
+    est = bootstrap_metrics(stat, strata_of(keys), n_boot, seed, confidence, recentre=RECENTRED)
     conf, corr = confidence_and_correct(probs, labels, multi_label)
     return {
         **{k: v.to_dict() for k, v in est.items()},
@@ -293,6 +297,7 @@ def bootstrap_ece_by_subgroup(
                     n_boot,
                     seed,
                     confidence,
+                    recentre=RECENTRED,
                 )["ece"]
             conf, corr = confidence_and_correct(p, y, multi_label)
             out[col][str(v)] = {

@@ -68,6 +68,15 @@ def _summary(r: EvaluationResult) -> str:
         lines.append(
             f"  shortcut check: {r.shortcut.verdict.replace('_', ' ')}. {describe(r.shortcut)}"
         )
+    if r.baselines:
+        lines.append(f"  baselines: {r.baselines.get('verdict', '')}")
+    failing = (r.failing_classes or {}).get("classes") or []
+    if failing:
+        lines.append(
+            "  failing classes: " + "; ".join(f"{c['class']} ({c['why']})" for c in failing)
+        )
+    for w in r.warnings:
+        lines.append(f"  warning: {w['message']}")
     if r.outputs:
         lines.append(f"  wrote {r.outputs['metrics']} (+ report.md, plots, predictions.csv)")
     return "\n".join(lines)
@@ -83,6 +92,9 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--conformal is the miscoverage alpha in (0, 1), e.g. 0.1; got {args.conformal}")
     if args.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
+    for flag, value in (("--min-recall", args.min_recall), ("--min-auroc", args.min_auroc)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{flag} must be between 0 and 1 (a class below it is named as failing), got {value}")
     options = EvaluationOptions(
         name=args.name,
         classes=args.classes,
@@ -109,6 +121,10 @@ def _run(args: argparse.Namespace) -> int:
         reference_split=args.reference_split,
         alphas=args.alphas,
         shortcut_check=args.shortcut_check,
+        baselines=args.baselines,
+        train_split=args.train_split,
+        min_recall=args.min_recall,
+        min_auroc=args.min_auroc,
         shortcut=ShortcutSettings(
             fill=args.shortcut_fill,
             outside=args.shortcut_outside,
@@ -183,6 +199,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="WiSE-FT interpolation weights (default: 0,0.25,0.5,0.75,1)",
     )
     _shortcut_arguments(p)
+    _baseline_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -223,6 +240,36 @@ def _uncertainty_arguments(p: argparse.ArgumentParser) -> None:
         "--mondrian",
         action="store_true",
         help="class-conditional (Mondrian) conformal: one threshold per class",
+    )
+
+
+def _baseline_arguments(p: argparse.ArgumentParser) -> None:
+    """Baselines beside the model and the failing-class thresholds (`evaluation.baselines`)."""
+    from domainclip.evaluation.baselines import DEFAULT_MIN_AUROC, DEFAULT_MIN_RECALL
+
+    p.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score chance, the majority class, the untrained backbone (runs) and a linear probe "
+        "on the frozen image features beside the model (default: on; --no-baselines for speed)",
+    )
+    p.add_argument(
+        "--train-split",
+        help="split the linear probe and the prior are fitted on (default: the run's "
+        "data.train_split, else train)",
+    )
+    p.add_argument(
+        "--min-recall",
+        type=float,
+        default=DEFAULT_MIN_RECALL,
+        help="a class with lower recall is named as failing (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-auroc",
+        type=float,
+        default=DEFAULT_MIN_AUROC,
+        help="a class with lower one-vs-rest AUROC is named as failing (default: %(default)s)",
     )
 
 

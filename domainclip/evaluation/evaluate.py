@@ -24,6 +24,7 @@ from domainclip.calibrators.conformal import ConformalThresholds
 from domainclip.datasets.geometry_report import GeometryReport, geometry_report
 from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.errors import ConfigError
+from domainclip.evaluation.baselines import DEFAULT_MIN_AUROC, DEFAULT_MIN_RECALL, failing_classes
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
 from domainclip.evaluation.calibration import bootstrap_ece_by_subgroup, calibration_report
 from domainclip.evaluation.conformal import conformal_report
@@ -34,6 +35,7 @@ from domainclip.evaluation.forgetting import (
     forgetting_curve,
     write_forgetting,
 )
+from domainclip.evaluation.honest import baselines_for, run_warnings
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
 from domainclip.evaluation.results import (
@@ -242,6 +244,11 @@ class EvaluationOptions:
         show_columns: metadata columns beyond `privacy.SAFE_COLUMNS` that may become automatic
             subgroups and be shown in report.md (explicit `subgroups` are computed either way;
             the report names, but does not show, those not allowed).
+        baselines: also score chance, the training prior, the untrained backbone (runs) and a
+            linear probe on the frozen image features of `train_split` (default: the run's
+            data.train_split, else "train"); False (`--no-baselines`) for speed.
+        min_recall, min_auroc: a class with recall or one-vs-rest AUROC below these is listed in
+            `failing_classes` (named as a failure in reports and the model card).
     """
 
     name: str | None = None
@@ -271,6 +278,10 @@ class EvaluationOptions:
     shortcut_check: bool | None = None
     shortcut: ShortcutSettings = ShortcutSettings()
     show_columns: Sequence[str] = ()
+    baselines: bool = True
+    train_split: str | None = None
+    min_recall: float = DEFAULT_MIN_RECALL
+    min_auroc: float = DEFAULT_MIN_AUROC
 
     def __post_init__(self) -> None:
         # Sequences become tuples so options cannot change under a running evaluation.
@@ -351,6 +362,19 @@ def run_evaluation(
     scored = _score(inp, options)
     result = _build_result(inp, scored, options)
     result.shortcut = _shortcut_for(inp, scored, options, transform=inp.resolved.preprocess)
+    multi = inp.ps.multi_label
+    result.failing_classes = {
+        "min_recall": options.min_recall,
+        "min_auroc": options.min_auroc,
+        "classes": failing_classes(
+            result.classification, multi, options.min_recall, options.min_auroc
+        ),
+    }
+    if options.baselines:
+        result.baselines = _baselines(inp, scored, options, result.classification)
+    result.warnings = run_warnings(
+        scored.t_info, result.data.n_unreadable, result.data.skipped, result.baselines
+    )
     result.geometry = _geometry(inp)
     extra: dict[str, str] = {}
     if options.reference is not None:
@@ -359,7 +383,6 @@ def run_evaluation(
             extra = write_forgetting(result.forgetting, inp.out_dir)
     result.seconds = round(time.perf_counter() - t0, 2)
     if options.write:
-        multi = inp.ps.multi_label
         write_outputs(
             result,
             inp.out_dir,
@@ -462,6 +485,7 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
             family=inp.bb.family,
             run=str(inp.run_dir) if inp.run_dir else None,
             checkpoint=opts.checkpoint if inp.run_dir else None,
+            head=getattr(inp.bb.head, "kind", "classifier") if inp.bb.head is not None else None,
         ),
         data=_data_info(inp.man, inp.split, s.emb, s.tgt),
         prompts=PromptsUsed(
@@ -481,6 +505,57 @@ def _build_result(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Evaluati
         else conformal_report(s.thresholds, s.p_cal, s.tgt.y, classes),
         selective=risk_coverage(s.p_cal, s.tgt.y, multi),
     )
+
+
+def _baselines(
+    inp: _Inputs, s: _Scored, opts: EvaluationOptions, report: dict[str, Any]
+) -> dict[str, Any]:
+    """Chance, prior, untrained backbone and linear probe beside the model (`honest.baselines_for`)."""
+    untrained = None
+    spec = inp.run.setting("backbone.spec") if inp.run is not None else None
+    if spec:
+        def untrained() -> dict[str, Any]:
+            return _untrained_report(inp, opts, str(spec))
+
+    train_split = opts.train_split or (inp.run.setting("data.train_split") if inp.run else None)
+    train_split = str(train_split or "train")
+    keep = torch.as_tensor(s.tgt.keep, dtype=torch.long)
+    return baselines_for(
+        bb=inp.bb,
+        man=inp.man,
+        ps=inp.ps,
+        classes=inp.classes,
+        y=s.tgt.y,
+        test_x=s.emb.image_feats[keep].numpy(),
+        train_split=normalize_split(train_split) or train_split,
+        split=normalize_split(inp.split) or inp.split,
+        transform=inp.resolved.preprocess,
+        untrained=untrained,
+        n_boot=opts.n_boot,
+        seed=opts.seed,
+        model_report=report,
+    )
+
+
+def _untrained_report(inp: _Inputs, opts: EvaluationOptions, spec: str) -> dict[str, Any]:
+    """The classification report of the run's base backbone, zero-shot at T = 1, on the same
+    rows, classes and input geometry (tiled runs: the backbone's default geometry)."""
+    fit = inp.resolved.input
+    tiled = fit["fit"] == "tile"
+    options = dataclasses.replace(
+        opts,
+        baselines=False,
+        write=False,
+        shortcut_check=False,
+        reference=None,
+        fit_temperature=False,
+        temperature=None,
+        classes=tuple(inp.classes),
+        fit=None if tiled else fit["fit"],
+        image_size=None if tiled else int(fit["image_size"]),
+    )
+    log.info("baseline: the untrained backbone %s on %s", spec, inp.split)
+    return run_evaluation(spec, inp.manifest, inp.split, inp.ps, None, options).classification
 
 
 def _shortcut_for(

@@ -137,7 +137,7 @@ def single_label_report(
 
     Returns:
         {"n", "accuracy", "balanced_accuracy", "macro_f1", "macro_auroc", "macro_ap" (Estimate dicts),
-        "per_class": {class: {"n_pos", "auroc", "ap"}}, "confusion_matrix": [[...]], "classes",
+        "per_class": {class: {"n_pos", "auroc", "ap", "recall"}}, "confusion_matrix": [[...]], "classes",
         "bootstrap": {...}}. Macro AUROC/AP average the classes where they are defined.
     """
     probs = np.asarray(probs, dtype=float)
@@ -154,7 +154,9 @@ def single_label_report(
         r = single_class_reason(onehot[:, k])
         if r:
             reasons[f"auroc/{name}"] = reasons[f"ap/{name}"] = r
-    if len(reasons) == 2 * c:
+        if not onehot[:, k].any():
+            reasons[f"recall/{name}"] = "no images of this class"
+    if sum(k.startswith("auroc/") for k in reasons) == c:
         reasons["macro_auroc"] = reasons["macro_ap"] = (
             "no class has both positive and negative images"
         )
@@ -170,9 +172,12 @@ def single_label_report(
             "macro_auroc": _mean_defined(aucs),
             "macro_ap": _mean_defined(aps),
         }
+        hits = np.bincount(yt[yt == yp], minlength=c)
+        support = np.bincount(yt, minlength=c)
         for k, name in enumerate(classes):
             out[f"auroc/{name}"] = aucs[k]
             out[f"ap/{name}"] = aps[k]
+            out[f"recall/{name}"] = float(hits[k] / support[k]) if support[k] else None
         return out
 
     est = bootstrap_metrics(stat, strata_of(y_true.tolist()), n_boot, seed, confidence, reasons)
@@ -188,6 +193,7 @@ def single_label_report(
                 "n_pos": int(onehot[:, k].sum()),
                 "auroc": est[f"auroc/{name}"].to_dict(),
                 "ap": est[f"ap/{name}"].to_dict(),
+                "recall": est[f"recall/{name}"].to_dict(),
             }
             for k, name in enumerate(classes)
         },
@@ -213,7 +219,7 @@ def multi_label_report(
 
     Returns:
         {"n", "macro_auroc", "macro_ap", "macro_f1", "subset_accuracy", "per_class": {finding:
-        {"n_pos", "auroc", "ap", "f1"}}, "threshold", "classes", "bootstrap"}. Images are resampled
+        {"n_pos", "auroc", "ap", "f1", "recall" (at `threshold`)}}, "threshold", "classes", "bootstrap"}. Images are resampled
         within strata of identical label sets, so per-finding positive counts are fixed.
     """
     probs = np.asarray(probs, dtype=float)
@@ -229,6 +235,8 @@ def multi_label_report(
         r = single_class_reason(y[:, k])
         if r:
             reasons[f"auroc/{name}"] = reasons[f"ap/{name}"] = r
+        if not y[:, k].any():
+            reasons[f"recall/{name}"] = "no images with this finding"
     if sum(k.startswith("auroc/") for k in reasons) == c:
         reasons["macro_auroc"] = reasons["macro_ap"] = (
             "no finding has both positive and negative images"
@@ -247,6 +255,8 @@ def multi_label_report(
         }
         for k, name in enumerate(classes):
             out[f"auroc/{name}"], out[f"ap/{name}"], out[f"f1/{name}"] = aucs[k], aps[k], f1s[k]
+            n_pos = int(yy[:, k].sum())
+            out[f"recall/{name}"] = float((yy[:, k] & pr[:, k]).sum() / n_pos) if n_pos else None
         return out
 
     keys = [tuple(np.flatnonzero(row)) for row in y]
@@ -262,6 +272,7 @@ def multi_label_report(
                 "auroc": est[f"auroc/{name}"].to_dict(),
                 "ap": est[f"ap/{name}"].to_dict(),
                 "f1": est[f"f1/{name}"].to_dict(),
+                "recall": est[f"recall/{name}"].to_dict(),
             }
             for k, name in enumerate(classes)
         },
@@ -271,7 +282,7 @@ def multi_label_report(
 
 def _bootstrap_info(n_boot: int, seed: int, confidence: float) -> dict[str, Any]:
     return {
-        "method": "percentile",
+        "method": "percentile (calibration errors: bias-recentred percentile)",
         "stratified_by": "label set",
         "n_boot": n_boot,
         "seed": seed,

@@ -43,7 +43,9 @@ def render_markdown(r: EvaluationResult, allowed: Sequence[str] = ()) -> str:
     """
     multi = r.prompts.multi_label
     lines = _header(r)
-    lines += _classification(r.classification, multi)
+    lines += comparison_lines(r)
+    lines += _classification(r.classification, multi, r.model.task_title)
+    lines += failing_lines(r)
     lines += _calibration(r.calibration, r.temperature.describe(), multi, allowed)
     if r.conformal:
         lines += _conformal(r.conformal, multi)
@@ -80,15 +82,68 @@ def _header(r: EvaluationResult) -> list[str]:
     return lines + ([f"- Warning: {t.warning}"] if t.warning else [])
 
 
-def _classification(cls: dict[str, Any], multi: bool) -> list[str]:
+def _classification(cls: dict[str, Any], multi: bool, title: str) -> list[str]:
+    from domainclip.evaluation.baselines import per_class_recall
+
     keys = MULTI_LABEL_METRICS if multi else SINGLE_LABEL_METRICS
-    lines = ["", "## Zero-shot classification", ""]
+    lines = ["", f"## {title}", ""]
     lines += _table(["metric", "value [95% CI]"], [[k, fmt(cls[k])] for k in keys])
     lines += ["", "Per class (one-vs-rest):" if not multi else "Per finding:", ""]
+    recalls = per_class_recall(cls, multi)
+
+    def recall(c: str, v: dict[str, Any]) -> str:
+        if isinstance(v.get("recall"), dict):
+            return fmt(v["recall"])
+        return "-" if recalls.get(c) is None else f"{recalls[c]:.3f}"
+
     return lines + _table(
-        ["class", "positives", "AUROC", "AP"],
-        [[c, str(v["n_pos"]), fmt(v["auroc"]), fmt(v["ap"])] for c, v in cls["per_class"].items()],
+        ["class", "positives", "recall", "AUROC", "AP"],
+        [
+            [c, str(v["n_pos"]), recall(c, v), fmt(v["auroc"]), fmt(v["ap"])]
+            for c, v in cls["per_class"].items()
+        ],
     )
+
+
+def comparison_rows(r: EvaluationResult) -> tuple[list[str], list[list[str]]]:
+    """The "how this compares" table: the model and each baseline on the headline metrics."""
+    from domainclip.evaluation.baselines import BASELINE_NAMES, BASELINE_ORDER, headline_metrics
+
+    keys = headline_metrics(r.prompts.multi_label)
+    b = r.baselines or {}
+    rows = [[f"**{BASELINE_NAMES['model']}**", *[fmt(r.classification.get(k)) for k in keys]]]
+    for name in BASELINE_ORDER:
+        entry = b.get(name)
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("metrics"):
+            rows.append([BASELINE_NAMES[name], *[fmt(entry["metrics"].get(k)) for k in keys]])
+        elif name != "untrained" or "not a fine-tuning run" not in str(entry.get("reason")):
+            rows.append([BASELINE_NAMES[name], *[f"not computed ({entry.get('reason')})"] + ["-"] * (len(keys) - 1)])
+    return ["", *[k.replace("_", " ") + " [95% CI]" for k in keys]], rows
+
+
+def comparison_lines(r: EvaluationResult) -> list[str]:
+    """'## How this compares': the verdict sentence and the baseline table (nothing when the
+    evaluation ran without baselines)."""
+    if not r.baselines:
+        return []
+    header, rows = comparison_rows(r)
+    return ["", "## How this compares", "", f"**{r.baselines.get('verdict', '')}**", ""] + _table(
+        header, rows
+    )
+
+
+def failing_lines(r: EvaluationResult) -> list[str]:
+    """Failing classes (recall or AUROC below the thresholds), and every warning of the run."""
+    lines: list[str] = []
+    f = r.failing_classes or {}
+    if f.get("classes"):
+        lines += ["", f"**Failing classes** (recall < {f['min_recall']:g} or AUROC < {f['min_auroc']:g}):", ""]
+        lines += [f"- **{c['class']}**: {c['why']}" for c in f["classes"]]
+    if r.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w['message']} ({w['kind']})" for w in r.warnings]
+    return lines
 
 
 _CALIBRATION_LABELS = (
@@ -117,7 +172,8 @@ def _calibration(
     observed = ["positive rate", "mean probability"] if multi else ["accuracy", "mean confidence"]
     for col in displayable_columns(cal.subgroups, allowed):
         groups = cal.subgroups[col]
-        lines += ["", f"ECE by `{col}`:", ""]
+        which = "T = 1, no calibrator" if cal.after is None else f"after {calibrator}"
+        lines += ["", f"ECE by `{col}` (probabilities {which}):", ""]
         lines += _table(
             ["value", "n", "ECE", *observed],
             [

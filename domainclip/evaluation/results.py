@@ -57,6 +57,18 @@ class EvaluatedModel:
     family: str
     run: str | None = None
     checkpoint: str | None = None
+    # The classifier head scoring the classes ("linear_probe", "tip_adapter"); None: zero-shot
+    # prompt similarity (and files written before heads were recorded).
+    head: str | None = None
+
+    @property
+    def task_title(self) -> str:
+        """What the classification section is called: a head's results are not zero-shot."""
+        return {
+            None: "Zero-shot classification",
+            "linear_probe": "Classification by the linear-probe head",
+            "tip_adapter": "Classification by the Tip-Adapter head (zero-shot + cache)",
+        }.get(self.head, f"Classification by the {self.head} head")
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,10 @@ class EvaluationResult(ResultFile):
     input: InputUsed | None = None
     conformal: dict[str, Any] | None = None
     selective: dict[str, Any] | None = None
+    # Absent in files written before baselines (then read as None / empty).
+    baselines: dict[str, Any] | None = None
+    failing_classes: dict[str, Any] | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
     schema: str = SCHEMA
@@ -241,6 +257,11 @@ class EvaluationResult(ResultFile):
         for key in ("conformal", "selective"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.baselines is not None:
+            out["baselines"] = self.baselines
+        if self.failing_classes is not None:
+            out["failing_classes"] = self.failing_classes
+        out["warnings"] = list(self.warnings)
         return finite_json(out)
 
     @classmethod
@@ -263,6 +284,9 @@ class EvaluationResult(ResultFile):
             input=_input(f.obj("input", optional=True, nullable=True)),
             conformal=_conformal(f.obj("conformal", optional=True, nullable=True)),
             selective=_selective(f.obj("selective", optional=True, nullable=True)),
+            baselines=_baselines(f.obj("baselines", optional=True, nullable=True)),
+            failing_classes=_failing(f.obj("failing_classes", optional=True, nullable=True)),
+            warnings=_warnings(f),
         )
 
 
@@ -376,3 +400,39 @@ def _selective(f: Fields | None) -> dict[str, Any] | None:
     if len(f.numbers("coverage", nullable_items=False)) != len(f.numbers("risk", nullable_items=False)):
         raise f.error(f"'{f.path('coverage')}' and '{f.path('risk')}' differ in length")
     return f.data
+def _baselines(f: Fields | None) -> dict[str, Any] | None:
+    """{name: {"what", "metrics": {metric: Estimate}} | {"what", "reason"}, "verdict": str}."""
+    if f is None:
+        return None
+    for name in f.data:
+        if name == "verdict":
+            f.get("verdict", str)
+            continue
+        b = f.obj(name)
+        b.get("what", str)
+        metrics = b.obj("metrics", optional=True)
+        if metrics is None:
+            b.get("reason", str)
+        else:
+            metrics.estimates(*metrics.data)
+    return f.data
+
+
+def _failing(f: Fields | None) -> dict[str, Any] | None:
+    """{"min_recall", "min_auroc", "classes": [{"class", "n_pos", "recall", "auroc", "why"}]}."""
+    if f is None:
+        return None
+    f.get("min_recall", float)
+    f.get("min_auroc", float)
+    for c in f.objects("classes"):
+        c.get("class", str)
+        c.get("why", str)
+    return f.data
+
+
+def _warnings(f: Fields) -> list[dict[str, str]]:
+    """[{"kind", "message"}] (files without the key: none recorded)."""
+    return [
+        {"kind": w.get("kind", str), "message": w.get("message", str)}
+        for w in f.objects("warnings", optional=True)
+    ]

@@ -43,7 +43,7 @@ def summary(result) -> str:
     shown = {
         k: round(v, 4)
         for k, v in result.best_metrics.items()
-        if k in ("zero_shot_acc", "zero_shot_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
+        if k in ("zero_shot_acc", "zero_shot_macro_f1", "head_acc", "head_macro_f1", "t2i_R@1", "i2t_R@1", "loss")
     }
     best = (
         f"best (step {result.best_step}): {json.dumps(shown)}"

@@ -392,8 +392,17 @@ class EvalConfig:
     )
     metric: str = option(
         "zero_shot_acc",
-        "metric that picks the best checkpoint and drives early stopping",
-        choices=("zero_shot_acc", "zero_shot_macro_f1", "loss", "t2i_R@1", "i2t_R@1"),
+        "metric that picks the best checkpoint and drives early stopping (zero_shot_acc means "
+        "head_acc for methods with a classifier head)",
+        choices=(
+            "zero_shot_acc",
+            "zero_shot_macro_f1",
+            "head_acc",
+            "head_macro_f1",
+            "loss",
+            "t2i_R@1",
+            "i2t_R@1",
+        ),
     )
     patience: int = option(
         0, "stop after this many evaluations without improvement; 0 = never", range=(0, None, "[]")

@@ -328,13 +328,16 @@ def _adapt(cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None) 
     else:
         adapt = prepare(bb, cfg.method, trainable=False)
     counts = adapt.parameter_counts()
-    log.info(
-        "%s: %d trainable of %d parameters (%.3f%%)",
-        cfg.method.name,
-        counts["trainable"],
-        counts["total"],
-        100 * counts["fraction"],
-    )
+    if cfg.needs_training or counts["trainable"]:
+        log.info(
+            "%s: %d trainable of %d parameters (%.3f%%)",
+            cfg.method.name,
+            counts["trainable"],
+            counts["total"],
+            100 * counts["fraction"],
+        )
+    else:  # a closed-form head does not exist yet: counted (as in result.json) once fitted
+        log.info("%s: its head is fitted from cached features; parameters counted once fitted", cfg.method.name)
     return adapt
 
 
@@ -348,6 +351,13 @@ def _result(
 ) -> RunResult:
     """The RunResult of a finished run; parameters are counted again (fitted heads exist only now)."""
     counts = adapt.parameter_counts()
+    log.info(
+        "%s: %d trainable (learned) of %d parameters (%.3f%%)",
+        cfg.method.name,
+        counts["trainable"],
+        counts["total"],
+        100 * counts["fraction"],
+    )
     result.update(
         run_dir=run_dir,
         method=cfg.method.name,

@@ -34,6 +34,7 @@ from domainclip.finetune.data import CachedFeatures, GlobalBatches, Splits, imag
 from domainclip.finetune.distributed import DistInfo, gather_features, gather_objects
 from domainclip.finetune.errors import TrainingDiverged
 from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
+from domainclip.finetune.metric_names import resolve_metric
 from domainclip.finetune.optim import build_optimizer, build_scheduler
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
@@ -426,7 +427,8 @@ class Trainer:
 
     def _after_eval(self, metrics: dict[str, float]) -> bool:
         """Record best, write checkpoints. Returns True when early stopping triggers."""
-        s, name = self.state, self.cfg.eval.metric
+        s = self.state
+        name = resolve_metric(metrics, self.cfg.eval.metric)  # head_acc for zero_shot_acc
         if name not in metrics:
             raise ConfigError(
                 f"eval.metric={name} is not available on this data (the val rows have no labels or "
@@ -445,7 +447,7 @@ class Trainer:
             ", ".join(
                 f"{k} {v:.4f}"
                 for k, v in metrics.items()
-                if k in ("loss", "zero_shot_acc", "t2i_R@1", "i2t_R@1")
+                if k in ("loss", "zero_shot_acc", "head_acc", "t2i_R@1", "i2t_R@1")
             ),
         )
         if better:

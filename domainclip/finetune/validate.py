@@ -17,6 +17,7 @@ from domainclip.finetune.adaptation import Adaptation
 from domainclip.finetune.data import SplitData
 from domainclip.finetune.health import feature_spread
 from domainclip.finetune.losses import positive_mask, soft_target_loss
+from domainclip.finetune.metric_names import accuracy_names
 from domainclip.scoring.prompts import PromptSet
 from domainclip.scoring.retrieval import retrieval_metrics
 from domainclip.scoring.tiles import TiledFeatures
@@ -107,7 +108,8 @@ def validation_metrics(
 
     Returns:
         {"loss", "image_spread", "text_spread" (`health.feature_spread`: collapse signs),
-         "zero_shot_acc", "zero_shot_macro_f1" (single-label sets; labelled rows only),
+         "zero_shot_acc", "zero_shot_macro_f1" (single-label sets; labelled rows only;
+         "head_acc", "head_macro_f1" for a classifier head),
          "i2t_R@1", "t2i_R@1", "t2i_R@5", ... (retrieval_metrics), "n"}.
     """
     rows = image.rows
@@ -141,7 +143,8 @@ def zero_shot(
     encode_texts: Callable[[list[str]], torch.Tensor],
     prompts: PromptSet | None,
 ) -> dict[str, float]:
-    """Zero-shot accuracy and macro-F1 through `bb.class_logits` (a head, if any, included)."""
+    """Accuracy and macro-F1 through `bb.class_logits`: `zero_shot_acc` / `zero_shot_macro_f1`,
+    or `head_acc` / `head_macro_f1` when a classifier head scores (`metric_names`)."""
     from sklearn.metrics import f1_score
 
     if prompts is not None and prompts.multi_label:
@@ -158,9 +161,8 @@ def zero_shot(
     logits = image.scores(lambda f: adapt.bb.class_logits(f, W), keep)
     pred = logits.argmax(1)
     yk = y[keep]
+    acc, f1 = accuracy_names(adapt.bb.head is not None)  # a head is not zero-shot
     return {
-        "zero_shot_acc": float((pred == yk).float().mean()),
-        "zero_shot_macro_f1": float(
-            f1_score(yk.numpy(), pred.numpy(), average="macro", zero_division=0)
-        ),
+        acc: float((pred == yk).float().mean()),
+        f1: float(f1_score(yk.numpy(), pred.numpy(), average="macro", zero_division=0)),
     }

@@ -27,6 +27,8 @@ class LinearProbeHead(nn.Module):
         weight: [C, D]; bias: [C]; classes: the C class names in row order.
     """
 
+    kind = "linear_probe"  # what reports call this head (evaluation titles, metric names)
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, classes: Sequence[str]) -> None:
         super().__init__()
         self.register_buffer("weight", weight.float().clone())

@@ -35,6 +35,8 @@ class TipAdapterHead(nn.Module):
         alpha, beta: cache weight and sharpness; scale: exp(logit_scale) of the zero-shot term.
     """
 
+    kind = "tip_adapter"  # what reports call this head (evaluation titles, metric names)
+
     scaled_part = "Tip-Adapter cache weight alpha"  # what `scaled` scales (reported with the curve)
 
     def __init__(
