@@ -287,19 +287,17 @@ def comparison_verdict(
             beaten.append((name, above))
         elif level:
             matched.append((name, level))
+
+    def versus(name: str, ks: list[str]) -> str:
+        return ", ".join(
+            f"{_label(k)} {_value(baselines[name]['metrics'], k):.3f} vs {_value(model, k):.3f}" for k in ks
+        )
+
     if beaten:
         name, ks = beaten[0]
-        vals = ", ".join(
-            f"{_label(k)} {_value(baselines[name]['metrics'], k):.3f} vs {_value(model, k):.3f}"
-            for k in ks
-        )
-        return f"{BEATEN[name]} ({vals}, outside the model's 95% CI)."
+        return f"{BEATEN[name]} ({versus(name, ks)}, outside the model's 95% CI)."
     if matched:
         name, ks = matched[0]
-        vals = ", ".join(
-            f"{_label(k)} {_value(baselines[name]['metrics'], k):.3f} vs {_value(model, k):.3f}"
-            for k in ks
-        )
-        return f"{MATCHED[name]} ({vals}; within the model's 95% CI)."
+        return f"{MATCHED[name]} ({versus(name, ks)}; within the model's 95% CI)."
     done = [BASELINE_NAMES[n] for n in BASELINE_ORDER if (baselines.get(n) or {}).get("metrics")]
     return f"This model beats {', '.join(done)}."
