@@ -88,11 +88,12 @@ class VectorStore:
     """
 
     def __init__(self, uri: str, dim: int | None, fingerprint: str, create: bool,
-                 timeout: float = CONNECT_TIMEOUT_S) -> None:
+                 timeout: float | None = None) -> None:
         self.uri = uri
         self.collection = COLLECTION_PREFIX + fingerprint[:16]
         self.lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         client_cls = _client_class()
+        timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
         try:
             self.client = client_cls(uri=uri, timeout=timeout)
         except Exception as exc:  # pymilvus raises MilvusException or grpc errors
