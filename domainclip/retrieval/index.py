@@ -199,6 +199,7 @@ def build_index(
             feats = emb.image_feats.detach().float().cpu().numpy()
             records = [{**case_record(manifest, r, key), "vector": feats[i].tolist()} for i, r in enumerate(emb.rows)]
             store.insert(records)
+            store.flush()
         embed_s = time.perf_counter() - t_embed
         added = len(new_rows) - len(unreadable)
         info.rows = store.count()

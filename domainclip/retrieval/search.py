@@ -201,7 +201,7 @@ def _load_model(info: IndexInfo, device: str) -> ResolvedModel:
 def search_index(
     index_dir: str | Path,
     *,
-    image: str | Path | None = None,
+    image: str | Path | Image.Image | None = None,
     text: str | None = None,
     k: int = 10,
     where: str = "",
@@ -210,7 +210,8 @@ def search_index(
     device: str = "cpu",
     searcher: CaseSearcher | None = None,
 ) -> SearchResult:
-    """Neighbours of an image file or a text (exactly one), and the draft (image queries only).
+    """Neighbours of an image (a file, or a decoded PIL image) or a text (exactly one), and the
+    draft (image queries only).
 
     Raises:
         ConfigError: bad arguments, a bad filter, or the index cannot be used.
@@ -220,14 +221,14 @@ def search_index(
         raise ConfigError("give exactly one query: --image PATH or --text \"...\"")
     if draft and image is None:
         raise ConfigError("--draft ranks report sentences against an image: give --image PATH")
-    pil = read_query_image(image) if image is not None else None
+    pil = image if isinstance(image, Image.Image) else read_query_image(image) if image is not None else None
     own = searcher is None
     searcher = searcher or CaseSearcher(index_dir, device)
     try:
         vec = searcher.embed_image(pil) if pil is not None else searcher.embed_texts([str(text)])[0]
         rows = searcher.store.count()
         nbs = searcher.neighbours(vec, k, where) if rows else []
-        query = {"image": str(image)} if image is not None else {"text": text}
+        query = {"image": "(decoded image)" if isinstance(image, Image.Image) else str(image)} if image is not None else {"text": text}
         result = SearchResult({**query, "k": k, "filter": where or None}, nbs, rows, searcher.info.model)
         if not rows:
             result.note = f"the index {searcher.index_dir} is empty: add cases with `domainclip index`"

@@ -161,6 +161,11 @@ class VectorStore:
         for start in range(0, len(rows), chunk):
             self.client.insert(self.collection, rows[start:start + chunk])
 
+    def flush(self) -> None:
+        """Seal what was inserted (Milvus builds the vector index of sealed segments; searches
+        of unsealed rows scan them)."""
+        self.client.flush(self.collection)
+
     def count(self) -> int:
         """Rows in the collection."""
         return int(self.client.get_collection_stats(self.collection).get("row_count", 0))
