@@ -13,7 +13,8 @@ agreement (the nearest case has the query's label) and top-5 agreement (fraction
 nearest with the query's label), 95% bootstrap CIs over queries, for each model given with
 `--model` (a backbone spec or a run) vs a random training case.
 
-    python benchmarks/retrieval_index.py --scale 10000 100000
+    python benchmarks/retrieval_index.py --scale 10000
+    python benchmarks/retrieval_index.py --scale 100000 --keep /tmp/r100k   # build (then again: query)
     python benchmarks/retrieval_index.py --neu /tmp/neu/manifest.csv --model default --model RUN
 """
 
@@ -35,27 +36,43 @@ def _mixture(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) ->
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def scale(n: int, dim: int = 384, n_queries: int = 100, seed: int = 0) -> dict:
-    """Recall@10 vs brute force, latency p50/p95, build seconds per 1k vectors."""
+def scale(n: int, dim: int = 384, n_queries: int = 100, seed: int = 0, keep: Path | None = None) -> dict:
+    """Recall@10 vs brute force, latency p50/p95, build seconds per 1k vectors.
+
+    keep: build the store in this folder and keep it; a later call with the same folder, n, dim
+    and seed reuses it (the vectors are regenerated from the seed) and only queries, so a large
+    build and its queries can run as two processes of a few minutes each."""
     from domainclip.retrieval.store import VectorStore, lite_uri
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((100, dim)) / np.sqrt(dim)
     data = _mixture(n, dim, rng, centres)
     queries = _mixture(n_queries, dim, rng, centres)
-    tmp = Path(tempfile.mkdtemp(prefix="retr_bench_"))
+    tmp = keep or Path(tempfile.mkdtemp(prefix="retr_bench_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    done = tmp / f"built-{n}-{dim}-{seed}.json"
     try:
         t0 = time.perf_counter()
         store = VectorStore(lite_uri(tmp), dim, f"{seed:064x}", create=True)
-        rows = [{"id": f"r{i}", "vector": data[i].tolist(), "image": "", "row": i, "text": "",
-                 "label": "", "labels": [], "split": "train", "group": "", "meta": {}, "manifest": ""}
-                for i in range(n)]
-        store.insert(rows, chunk=5000)
-        store.flush()  # as `domainclip index` does: sealed segments get the HNSW index
-        store.search([queries[0].tolist()], 10)
-        build = time.perf_counter() - t0
+        if done.is_file():
+            build = json.loads(done.read_text())["build_s"]
+        else:
+            rows = [{"id": f"r{i}", "vector": data[i].tolist(), "image": "", "row": i, "text": "",
+                     "label": "", "labels": [], "split": "train", "group": "", "meta": {},
+                     "manifest": ""} for i in range(n)]
+            store.insert(rows, chunk=5000)
+            t_insert = time.perf_counter() - t0
+            store.flush()  # as `domainclip index` does: sealed segments get the HNSW index
+            store.search([queries[0].tolist()], 10)
+            build = time.perf_counter() - t0
+            print(f"  n={n}: insert {t_insert:.1f} s, + flush/index {build - t_insert:.1f} s",
+                  file=sys.stderr, flush=True)
+            if keep:
+                done.write_text(json.dumps({"build_s": build}))
+                store.close()
+                return {"n": n, "dim": dim, "build_s_per_1k": build / n * 1000, "build_s": build}
         lat, recall = [], []
-        exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]
+        exact = np.argsort(-(queries @ data.T), axis=1)[:, :10]  # brute force, exact
         for q, truth in zip(queries, exact, strict=True):
             t = time.perf_counter()
             hits = store.search([q.tolist()], 10)[0]
@@ -63,7 +80,8 @@ def scale(n: int, dim: int = 384, n_queries: int = 100, seed: int = 0) -> dict:
             recall.append(len({int(h.id[1:]) for h in hits} & set(truth.tolist())) / 10)
         store.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
     ms = np.array(lat) * 1000
     return {"n": n, "dim": dim, "recall@10": float(np.mean(recall)), "p50_ms": float(np.percentile(ms, 50)),
             "p95_ms": float(np.percentile(ms, 95)), "build_s_per_1k": build / n * 1000, "build_s": build}
@@ -121,14 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, nargs="*", default=[], help="synthetic index sizes, e.g. 10000 100000")
     p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--queries", type=int, default=100)
+    p.add_argument("--keep", type=Path, help="build into this folder and stop; run again to query it")
     p.add_argument("--neu", type=Path, help="NEU-DET manifest (label agreement)")
     p.add_argument("--model", action="append", default=[], help="backbone spec or run (repeatable)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
     results: dict = {"scale": [], "labels": []}
     for n in args.scale:
-        r = scale(n, args.dim)
+        r = scale(n, args.dim, args.queries, keep=args.keep)
         results["scale"].append(r)
+        if "recall@10" not in r:
+            print(f"n={n:>7}: built in {r['build_s']:.1f} s ({r['build_s_per_1k']:.2f} s/1k); run again to query")
+            continue
         print(f"n={n:>7} dim={r['dim']}: recall@10 {r['recall@10']:.4f}  p50 {r['p50_ms']:.1f} ms  "
               f"p95 {r['p95_ms']:.1f} ms  build {r['build_s_per_1k']:.2f} s/1k ({r['build_s']:.1f} s)", flush=True)
     if args.neu:

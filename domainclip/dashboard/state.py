@@ -357,21 +357,19 @@ def index_names(run: RunRef) -> list[str]:
     return _inside(run, cases.index_names(run.path), f"{INDEX_DIR}/{{name}}/{INDEX_FILE}")
 
 
-@st.cache_resource(show_spinner="Loading the run's model (once per checkpoint)...", max_entries=2)
-def _resolved_model(run_dir: str, token: int):
-    from domainclip.runs import resolve_model
-
-    return resolve_model(run_dir, checkpoint="best", device="cpu")
-
-
 @st.cache_data(show_spinner="Searching...", max_entries=256)
 def _similar(run_dir: str, index_dir: str, token: tuple[int, int], query_key: str, _image: Image.Image | None,
              text: str | None, k: int, draft: bool):
     from domainclip.retrieval.search import CaseSearcher, search_index
+    from domainclip.runs import ResolvedModel, Run
 
+    # The run's one shared model (the saliency pages' too), used under its lock: a map running in
+    # another session has temporary hooks on it.
+    model = _run_model(run_dir, token[0])
+    resolved = ResolvedModel(model.bb, Run(run_dir), model.calibrator, run_dir, "run", model.preprocess)
     # the Milvus Lite folder is opened per search and closed again, so `domainclip index` can add
     # to it while the dashboard runs
-    with CaseSearcher(index_dir, resolved=_resolved_model(run_dir, token[0])) as searcher:
+    with model.lock, CaseSearcher(index_dir, resolved=resolved) as searcher:
         res = search_index(index_dir, image=_image, text=text, k=k, draft=draft, searcher=searcher)
     if _image is not None:
         res.query["image"] = query_key

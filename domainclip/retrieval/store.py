@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 LITE_FILE = "cases.db"
 COLLECTION_PREFIX = "domainclip_cases_"
 CONNECT_TIMEOUT_S = 10.0
+# HNSW search breadth (Milvus Lite's own default is 64: recall@10 0.987 at 100k vectors; 128 is
+# the default here, benchmarks/retrieval_index.py). Servers with another index type ignore it.
+SEARCH_EF = 128
 # VARCHAR limits of the schema (bytes); longer reports are cut (the index says so in its log).
 TEXT_BYTES = 65_000
 SHORT_BYTES = 4_096
@@ -180,7 +183,7 @@ class VectorStore:
             res = self.client.search(
                 self.collection, data=[list(map(float, v)) for v in vectors], limit=int(k),
                 filter=where or "", output_fields=list(OUTPUT_FIELDS), anns_field="vector",
-                search_params={"metric_type": "COSINE"},
+                search_params={"metric_type": "COSINE", "params": {"ef": max(SEARCH_EF, int(k))}},
             )
         except Exception as exc:
             if not where:

@@ -4,6 +4,7 @@ model mismatch, filters, an empty index, tiles, privacy of what is stored, the C
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import stat
 import threading
@@ -74,6 +75,15 @@ def test_model_mismatch_refused(index_copy, tiny_run, retrieval_data):
     with pytest.raises(ConfigError, match="has changed since.*rebuild"):
         CaseSearcher(index_copy, resolved=other)
     assert IndexInfo.read(index_copy).rows == len(_rows(retrieval_data, "train")[1])
+
+
+def test_deleted_run_is_named(tmp_path, tiny_run, retrieval_data):
+    run = tmp_path / "runs" / "copy"
+    shutil.copytree(tiny_run, run)
+    build_index(run, retrieval_data, tmp_path / "idx", split="val")
+    shutil.rmtree(run)
+    with pytest.raises(ConfigError, match=r"run .*copy no longer exists.*rebuild the index"):
+        search_index(tmp_path / "idx", text="a crack")
 
 
 def test_filters(built_index, retrieval_data):
