@@ -16,6 +16,7 @@ nearest with the query's label), 95% bootstrap CIs over queries, for each model 
     python benchmarks/retrieval_index.py --scale 10000
     python benchmarks/retrieval_index.py --scale 100000 --keep /tmp/r100k   # build (then again: query)
     python benchmarks/retrieval_index.py --neu /tmp/neu/manifest.csv --model default --model RUN
+    python benchmarks/retrieval_index.py --neu /tmp/neu/manifest.csv --per-class 30 15   # a sample
 """
 
 from __future__ import annotations
@@ -135,6 +136,27 @@ def random_neighbour(manifest: Path, seed: int = 0) -> dict:
     return {"model": "random neighbour", "top1": _ci(top1, rng), "top5": _ci(top5, rng)}
 
 
+def subset(manifest: Path, per_class_train: int, per_class_test: int, out: Path, seed: int = 0) -> Path:
+    """A class-stratified sample of the train and test splits (absolute image paths), for a
+    machine too slow to embed the whole data set within a few minutes."""
+    import dataclasses
+
+    from domainclip.datasets.manifest import read_manifest, write_manifest
+
+    man = read_manifest(manifest)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for split, per in (("train", per_class_train), ("test", per_class_test)):
+        by: dict[str, list] = {}
+        for r in man.rows:
+            if r.split == split:
+                by.setdefault("|".join(r.label), []).append(r)
+        for rows in by.values():
+            for i in rng.permutation(len(rows))[:per]:
+                keep.append(dataclasses.replace(rows[i], image=str(man.image_path(rows[i]))))
+    return write_manifest(keep, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scale", type=int, nargs="*", default=[], help="synthetic index sizes, e.g. 10000 100000")
@@ -142,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=100)
     p.add_argument("--keep", type=Path, help="build into this folder and stop; run again to query it")
     p.add_argument("--neu", type=Path, help="NEU-DET manifest (label agreement)")
+    p.add_argument("--per-class", type=int, nargs=2, metavar=("TRAIN", "TEST"),
+                   help="sample this many train and test images per class (slow machines)")
     p.add_argument("--model", action="append", default=[], help="backbone spec or run (repeatable)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -156,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
               f"p95 {r['p95_ms']:.1f} ms  build {r['build_s_per_1k']:.2f} s/1k ({r['build_s']:.1f} s)", flush=True)
     if args.neu:
         work = Path(tempfile.mkdtemp(prefix="retr_labels_"))
+        neu = subset(args.neu, *args.per_class, work / "subset.csv") if args.per_class else args.neu
         try:
-            rows = [agreement(args.neu, m, work) for m in args.model or ["default"]]
+            rows = [agreement(neu, m, work) for m in args.model or ["default"]]
+            rows.append(random_neighbour(neu))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        rows.append(random_neighbour(args.neu))
         results["labels"] = rows
         for r in rows:
             t1, t5 = r["top1"], r["top5"]

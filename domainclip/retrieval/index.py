@@ -187,22 +187,32 @@ def build_index(
     ids = [row_id(manifest.image_path(r), r.text) for r in rows]
     dim = info.dim if info else _feature_dim(resolved)
     info = info or IndexInfo(record, fp, uri, dim, str(key_dir), created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    # The store is closed while embedding (minutes for a large set): an idle client channel is
+    # not kept open, and another process may use the index meanwhile. Rows are upserted, so a row
+    # added by someone else in between is written once.
     with open_store(out, info, create=True) as store:
         have = store.existing(ids)
-        new_rows = [r for r, i in zip(rows, ids, strict=True) if i not in have and (have.add(i) or True)]
-        unreadable: dict[str, str] = {}
-        t_embed = time.perf_counter()
-        if new_rows:
-            emb = embed_split(resolved.backbone, dataclasses.replace(manifest, rows=new_rows), None,
-                              batch_size=batch_size, transform=resolved.preprocess)
-            unreadable = emb.failures
-            feats = emb.image_feats.detach().float().cpu().numpy()
-            records = [{**case_record(manifest, r, key), "vector": feats[i].tolist()} for i, r in enumerate(emb.rows)]
+    new_rows, seen = [], set(have)
+    for r, i in zip(rows, ids, strict=True):
+        if i not in seen:
+            seen.add(i)
+            new_rows.append(r)
+    unreadable: dict[str, str] = {}
+    t_embed = time.perf_counter()
+    records = []
+    if new_rows:
+        emb = embed_split(resolved.backbone, dataclasses.replace(manifest, rows=new_rows), None,
+                          batch_size=batch_size, transform=resolved.preprocess)
+        unreadable = emb.failures
+        feats = emb.image_feats.detach().float().cpu().numpy()
+        records = [{**case_record(manifest, r, key), "vector": feats[i].tolist()} for i, r in enumerate(emb.rows)]
+    embed_s = time.perf_counter() - t_embed
+    with open_store(out, info, create=True) as store:
+        if records:
             store.insert(records)
             store.flush()
-        embed_s = time.perf_counter() - t_embed
-        added = len(new_rows) - len(unreadable)
         info.rows = store.count()
+    added = len(records)
     info.added.append({"manifest": str(manifest.path), "split": split, "added": added,
                        "skipped_existing": len(rows) - len(new_rows), "unreadable": len(unreadable),
                        "time": time.strftime("%Y-%m-%dT%H:%M:%S")})

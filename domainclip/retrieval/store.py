@@ -160,9 +160,10 @@ class VectorStore:
         return found
 
     def insert(self, rows: list[dict[str, Any]], chunk: int = 1000) -> None:
-        """Store rows (dicts with every schema field; `vector` a list of floats)."""
+        """Store rows (dicts with every schema field; `vector` a list of floats); upserted, so a
+        row id already stored is replaced, never duplicated."""
         for start in range(0, len(rows), chunk):
-            self.client.insert(self.collection, rows[start:start + chunk])
+            self.client.upsert(self.collection, rows[start:start + chunk])
 
     def flush(self) -> None:
         """Seal what was inserted (Milvus builds the vector index of sealed segments; searches
