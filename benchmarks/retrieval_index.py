@@ -94,22 +94,24 @@ def _ci(values: np.ndarray, rng: np.random.Generator, n_boot: int = 2000) -> tup
 
 
 def agreement(manifest: Path, model: str, work: Path, seed: int = 0) -> dict:
-    """Top-1 / top-5 label agreement of test queries against an index of the train split."""
-    from domainclip.datasets.imageio import load_image
+    """Top-1 / top-5 label agreement of test queries against an index of the train split (the
+    model loaded once; queries embedded as a batch with `embed_split`, as `search` embeds one)."""
     from domainclip.datasets.manifest import read_manifest
+    from domainclip.evaluation.embed import embed_split
     from domainclip.retrieval.index import build_index
     from domainclip.retrieval.search import CaseSearcher
+    from domainclip.runs import resolve_model
 
+    resolved = resolve_model(model)
     out = work / f"index_{abs(hash(model)) % 10**8}"
     t0 = time.perf_counter()
-    s = build_index(model, manifest, out, split="train", batch_size=64)
+    s = build_index(resolved, manifest, out, split="train", batch_size=64)
     build = time.perf_counter() - t0
-    man = read_manifest(manifest)
-    test = [r for r in man.rows if r.split == "test"]
+    queries = embed_split(resolved.backbone, read_manifest(manifest), "test", batch_size=64,
+                          transform=resolved.preprocess)
     top1, top5, lat = [], [], []
-    with CaseSearcher(out) as searcher:
-        for r in test:
-            vec = searcher.embed_image(load_image(man.image_path(r)))
+    with CaseSearcher(out, resolved=resolved) as searcher:
+        for r, vec in zip(queries.rows, queries.image_feats.float(), strict=True):
             t = time.perf_counter()
             nbs = searcher.neighbours(vec, k=5)
             lat.append(time.perf_counter() - t)
@@ -118,7 +120,7 @@ def agreement(manifest: Path, model: str, work: Path, seed: int = 0) -> dict:
             top1.append(float(same[0]))
             top5.append(float(np.mean(same)))
     rng = np.random.default_rng(seed)
-    return {"model": model, "n_train": s.total, "n_test": len(test), "index_s": build,
+    return {"model": model, "n_train": s.total, "n_test": len(queries), "index_s": build,
             "top1": _ci(np.array(top1), rng), "top5": _ci(np.array(top5), rng),
             "search_p50_ms": float(np.percentile(np.array(lat) * 1000, 50))}
 
