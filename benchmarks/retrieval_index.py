@@ -138,9 +138,11 @@ def random_neighbour(manifest: Path, seed: int = 0) -> dict:
     return {"model": "random neighbour", "top1": _ci(top1, rng), "top5": _ci(top5, rng)}
 
 
-def subset(manifest: Path, per_class_train: int, per_class_test: int, out: Path, seed: int = 0) -> Path:
+def subset(manifest: Path, per_class_train: int, per_class_test: int, out: Path, seed: int = 0,
+           val: bool = False) -> Path:
     """A class-stratified sample of the train and test splits (absolute image paths), for a
-    machine too slow to embed the whole data set within a few minutes."""
+    machine too slow to embed the whole data set within a few minutes; with `val`, also
+    `per_class_test` val images per class (to fine-tune on the sample; train/test unchanged)."""
     import dataclasses
 
     from domainclip.datasets.manifest import read_manifest, write_manifest
@@ -148,7 +150,8 @@ def subset(manifest: Path, per_class_train: int, per_class_test: int, out: Path,
     man = read_manifest(manifest)
     rng = np.random.default_rng(seed)
     keep = []
-    for split, per in (("train", per_class_train), ("test", per_class_test)):
+    splits = [("train", per_class_train), ("test", per_class_test)] + ([("val", per_class_test)] if val else [])
+    for split, per in splits:
         by: dict[str, list] = {}
         for r in man.rows:
             if r.split == split:
@@ -168,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--neu", type=Path, help="NEU-DET manifest (label agreement)")
     p.add_argument("--per-class", type=int, nargs=2, metavar=("TRAIN", "TEST"),
                    help="sample this many train and test images per class (slow machines)")
+    p.add_argument("--write-sample", type=Path, metavar="CSV",
+                   help="with --per-class: write the sample (with val images) here and stop")
     p.add_argument("--model", action="append", default=[], help="backbone spec or run (repeatable)")
     p.add_argument("--out", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
+    if args.write_sample:
+        print(subset(args.neu, *args.per_class, args.write_sample, val=True))
+        return 0
     results: dict = {"scale": [], "labels": []}
     for n in args.scale:
         r = scale(n, args.dim, args.queries, keep=args.keep)
