@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "domainclip.audit.cli",
     "domainclip.finetune.cli",
     "domainclip.deploy.cli",
+    "domainclip.retrieval.cli",
     "domainclip.demo",
 )
 # `domainclip predict --onnx DIR` must run where torch is not installed (the `domainclip[runtime]`

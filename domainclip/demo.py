@@ -3,8 +3,9 @@
 generate synthetic defects -> validate -> evaluate the untrained default (baseline) -> fine-tune
 (locked image tower + cached features + text LoRA) -> evaluate with temperature scaling (and the
 forgetting curve) -> explain a few test images (saliency overlays + localisation against the masks)
--> prompt-framing audit with the deployment gate (fine-tuned vs base) -> model card -> the command
-that opens the dashboard. Each step calls the same library function as its CLI command.
+-> prompt-framing audit with the deployment gate (fine-tuned vs base) -> model card -> a case index
+of the training split searched with one test image -> the command that opens the dashboard. Each
+step calls the same library function as its CLI command.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     after = _evaluate_tuned(settings, paths, timings)
     _explain(settings, paths, timings)
     audit, card = _audit_and_card(paths, base, timings)
+    _similar_cases(paths, timings)
 
     acc0 = before.classification["accuracy"]["value"]
     acc1 = after.classification["accuracy"]["value"]
@@ -300,6 +302,27 @@ def _audit_and_card(
     for check in audit.failed_checks:
         print(f"   - {check.get('message', check)}")
     return audit, write_card(paths.run_dir, html=True)
+
+
+def _similar_cases(paths: _Paths, timings: dict[str, float]) -> None:
+    """Then: index the training split with the run's model and search it with one test image."""
+    from domainclip.datasets.manifest import read_manifest
+    from domainclip.retrieval.index import build_index
+    from domainclip.retrieval.search import search_index
+    from domainclip.runs.layout import RunLayout
+
+    index = RunLayout(paths.run_dir).index_dir("train")
+    summary = _step("+ similar cases: index the training split (Milvus Lite)",
+                    lambda: build_index(paths.run_dir, paths.manifest, index, split="train"), timings)
+    man = read_manifest(paths.manifest)
+    query = man.image_path(next(r for r in man.rows if r.split == "test"))
+    res = search_index(index, image=query, k=3, draft=True, n_sentences=2)
+    print(f"   {summary.total} cases in {index}; nearest to {query.name}:")
+    for n in res.neighbours:
+        print(f"   {n.rank}. {n.score:.3f} {n.label or '-'}: {n.excerpt(70)}")
+    for d in res.draft or []:
+        print(f"   draft (retrieved, not generated): {d.sentence!r} <- case {d.source_rank}")
+    print(f"   domainclip search {index} --image {query} --draft")
 
 
 def _cli(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("domainclip.scoring", "domainclip.calibrators"),
     ("domainclip.finetune",),
     ("domainclip.runs",),
-    ("domainclip.evaluation", "domainclip.explain"),
+    ("domainclip.evaluation", "domainclip.explain", "domainclip.retrieval"),
     # deploy (predict, export) reads the audit verdict (audit.results.AuditReport) and the run's
     # task (evaluation.task), so it sits beside audit, below the entry points that register it.
     ("domainclip.audit", "domainclip.deploy"),

@@ -163,8 +163,9 @@ def _intended_use(classes: list[str], manifest: str | None, verdict: str | None)
                 f"Decision support: ranking or flagging images for the classes {scope}, on images "
                 f"acquired like the training data (`{manifest or '?'}`), reviewed by a qualified "
                 "person before any action.",
-                "Retrieval of similar cases and their reports; research on adaptation, calibration "
-                "and framing bias.",
+                "Retrieval of similar cases and their reports (`domainclip index` / `search`; an "
+                "index holds report text: treat it like the source data); research on "
+                "adaptation, calibration and framing bias.",
             ],
         ),
         ("h2", "Out-of-scope use"),

@@ -1,6 +1,6 @@
 """Streamlit dashboard over a directory of fine-tuning runs.
 
-Pages: Runs, Data, Saliency explorer, Framing audit, Calibration (see docs/DESIGN.md).
+Pages: Runs, Data, Saliency explorer, Framing audit, Similar cases, Calibration (see docs/DESIGN.md).
 `domainclip dashboard --runs DIR [--data-root DIR ...] [--show-column NAME ...]` starts it; the
 settings reach the app through environment variables (Streamlit re-executes the app script on
 every interaction, so the environment is the one input every rerun sees unchanged): `RUNS_ENV`

@@ -34,6 +34,12 @@ pages = [
     ),
     st.Page(VIEWS / "audit.py", title="Framing audit", icon=":material/rule:", url_path="audit"),
     st.Page(
+        VIEWS / "similar.py",
+        title="Similar cases",
+        icon=":material/image_search:",
+        url_path="similar",
+    ),
+    st.Page(
         VIEWS / "calibration.py",
         title="Calibration",
         icon=":material/tune:",

@@ -24,6 +24,7 @@ from domainclip.dashboard import (
     SHOW_COLUMNS_ENV,
     auditdata,
     calibdata,
+    cases,
     manifests,
     runinfo,
     saliency,
@@ -31,7 +32,8 @@ from domainclip.dashboard import (
 from domainclip.dashboard.access import PathAccessError, RunRef, RunsAccess
 from domainclip.errors import DataError, ResultFileError
 from domainclip.evaluation.results import EvaluationResult
-from domainclip.runs.layout import CONFIG_FILE, METRICS_FILE, RESULT_FILE
+from domainclip.retrieval.index import INDEX_FILE
+from domainclip.runs.layout import CONFIG_FILE, INDEX_DIR, METRICS_FILE, RESULT_FILE
 
 RUN_KEY = "domainclip_run"
 log = logging.getLogger(__name__)
@@ -345,6 +347,43 @@ def sanity(
 def model_token(run: RunRef) -> int:
     """Cache-key component that changes when the run's best checkpoint is rewritten."""
     return mtime(access().run_file(run, "checkpoints/best"))
+
+
+# ---------------------------------------------------------------------------------- similar cases
+
+
+def index_names(run: RunRef) -> list[str]:
+    """Case indexes of the run (RUN/index/<name>) whose folder really lies inside it."""
+    return _inside(run, cases.index_names(run.path), f"{INDEX_DIR}/{{name}}/{INDEX_FILE}")
+
+
+@st.cache_data(show_spinner="Searching...", max_entries=256)
+def _similar(run_dir: str, index_dir: str, token: tuple[int, int], query_key: str, _image: Image.Image | None,
+             text: str | None, k: int, draft: bool):
+    from domainclip.retrieval.search import CaseSearcher, search_index
+    from domainclip.runs import ResolvedModel, Run
+
+    # The run's one shared model (the saliency pages' too), used under its lock: a map running in
+    # another session has temporary hooks on it.
+    model = _run_model(run_dir, token[0])
+    resolved = ResolvedModel(model.bb, Run(run_dir), model.calibrator, run_dir, "run", model.preprocess)
+    # the Milvus Lite folder is opened per search and closed again, so `domainclip index` can add
+    # to it while the dashboard runs
+    with model.lock, CaseSearcher(index_dir, resolved=resolved) as searcher:
+        res = search_index(index_dir, image=_image, text=text, k=k, draft=draft, searcher=searcher)
+    if _image is not None:
+        res.query["image"] = query_key
+    return res
+
+
+def similar_cases(run: RunRef, name: str, query_key: str, image: Image.Image | None, text: str | None,
+                  k: int, draft: bool):
+    """Neighbours (and draft) of an image or a text in the run's index `name` (cached per index
+    version, checkpoint and query). PathAccessError/ConfigError when the page may not use it."""
+    index = access().run_file(run, f"{INDEX_DIR}/{name}")
+    cases.usable_index(index, run.path)
+    token = (model_token(run), mtime(index / INDEX_FILE))
+    return _similar(str(run.path), str(index), token, query_key, image, text, k, draft)
 
 
 def listed_image(view: manifests.ManifestView, path: str | Path) -> Path:

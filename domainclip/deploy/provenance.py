@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from domainclip.calibrators import load_calibration
 from domainclip.datasets.manifest import read_manifest
 from domainclip.errors import ConfigError
 from domainclip.evaluation.task import ZeroShotTask, align_with_head, resolve_classes
-from domainclip.runs import ResolvedModel, Run, resolve_model
+from domainclip.runs import ResolvedModel, Run, resolve_model, weights_sha256
 from domainclip.runs.layout import AUDIT_DIR
 from domainclip.scoring.prompts import PromptSet, load_prompt_set
 
@@ -95,17 +94,6 @@ def gate_record(run: Run) -> dict[str, Any] | None:
         "n_failed": len(rep.gate.failed_checks),
         "path": str(path),
     }
-
-
-def weights_sha256(checkpoint_dir: Path) -> str:
-    """sha256 over every file of a checkpoint folder (relative names and bytes, sorted)."""
-    h = hashlib.sha256()
-    for path in sorted(p for p in checkpoint_dir.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(checkpoint_dir)).encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def provenance(t: DeployTask) -> dict[str, Any]:

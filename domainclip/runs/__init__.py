@@ -13,6 +13,7 @@ therefore not import `Run`: this package resolves `Run` and friends lazily.
 from domainclip.lazy import lazy_exports
 from domainclip.runs.layout import RunLayout, is_run
 
-_LAZY = ("ResolvedModel", "Run", "export_merged", "load_adaptation", "load_model", "resolve_model")
+_LAZY = ("ResolvedModel", "Run", "export_merged", "load_adaptation", "load_model", "resolve_model",
+         "weights_sha256")
 __all__ = ["RunLayout", "is_run", *_LAZY]
 __getattr__ = lazy_exports(__name__, dict.fromkeys(_LAZY, "run"))

@@ -28,6 +28,7 @@ TENSORBOARD_DIR = "tb"
 EVAL_DIR = "eval"
 AUDIT_DIR = "audit"
 EXPLAIN_DIR = "explain"
+INDEX_DIR = "index"  # case indexes (`domainclip index RUN ... --out RUN/index/<name>`)
 CHECKPOINT_NAMES = ("best", "last")
 LOCK_FILE = ".lock"  # held by the process writing the run (domainclip.finetune.checkpoint.run_lock)
 
@@ -84,3 +85,6 @@ class RunLayout:
     @property
     def explain(self) -> Path:
         return self.root / EXPLAIN_DIR
+
+    def index_dir(self, name: str) -> Path:
+        return self.root / INDEX_DIR / name

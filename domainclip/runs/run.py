@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -330,3 +331,15 @@ def export_merged(run: str | Path, out_dir: str | Path, checkpoint: str = "best"
         )
     bb.spec = f"{bb.spec} + {r.root.name}/{checkpoint} (merged)"
     return save_backbone(bb, out_dir)
+
+
+def weights_sha256(checkpoint_dir: Path) -> str:
+    """sha256 over every file of a checkpoint folder (relative names and bytes, sorted): what a
+    deployed model's provenance and a case index record as the weights' identity."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in checkpoint_dir.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(checkpoint_dir)).encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
