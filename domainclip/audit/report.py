@@ -366,7 +366,7 @@ def write_outputs(result: AuditResult, allowed: Sequence[str] = ()) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     report = result.report
     files: dict[str, Path] = {}
-    records = score_rows(result.table, result.rows)
+    records = score_rows(result.table, result.rows, result.show_paths)
     files["scores"] = out / "scores.csv"
     with open(files["scores"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
@@ -377,7 +377,7 @@ def write_outputs(result: AuditResult, allowed: Sequence[str] = ()) -> dict[str,
             result.table, report, report.reference, out / "shift_distributions.png"
         )
     examples = [ex for exs in report.flip_examples.values() for ex in exs]
-    flip_plot = plot_flip_examples(examples, out / "flip_examples.png")
+    flip_plot = plot_flip_examples(examples, out / "flip_examples.png", paths=result.paths)
     if flip_plot is not None:
         files["flip_plot"] = flip_plot
     files["junit"] = write_junit(

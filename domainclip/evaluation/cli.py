@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from domainclip.datasets.subgroups import add_bin_column_argument, parse_bin_columns
 from domainclip.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -125,6 +126,8 @@ def _run(args: argparse.Namespace) -> int:
         train_split=args.train_split,
         min_recall=args.min_recall,
         min_auroc=args.min_auroc,
+        show_paths=args.show_paths,
+        bin_columns=parse_bin_columns(args.bin_column),
         shortcut=ShortcutSettings(
             fill=args.shortcut_fill,
             outside=args.shortcut_outside,
@@ -140,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command."""
     from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
-    from domainclip.privacy import add_show_column_argument
+    from domainclip.privacy import add_show_column_argument, add_show_paths_argument
     from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
@@ -181,6 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "safe list or named by --show-column)",
     )
     add_show_column_argument(p)
+    add_show_paths_argument(p)
+    add_bin_column_argument(p)
     p.add_argument(
         "--skip-uncovered",
         action="store_true",

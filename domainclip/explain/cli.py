@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             _region(args, args.image),
             str(run) if run else None,
             resolved.preprocess,
+            show_paths=args.show_paths,
         )
     else:
         index = explain_manifest(
@@ -183,6 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             limit=args.limit,
             run=str(run) if run else None,
             preprocess=resolved.preprocess,
+            show_paths=args.show_paths,
         )
     _print_summary(index)
     return 0
@@ -266,5 +268,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    from domainclip.privacy import add_show_paths_argument
+
+    add_show_paths_argument(p)
     add_input_arguments(p)
     p.set_defaults(func=_run)
