@@ -181,6 +181,14 @@ def pseudonym(group: str, key: bytes) -> str:
 # ------------------------------------------------------------------------------ image names
 
 SHOW_PATHS_FLAG = "--show-paths"
+# Said in every model card and audit report: nothing here looks for text in the pixels.
+PIXEL_NOTE = (
+    "Images may carry burned-in text (patient names, dates, accession numbers, device labels), "
+    "which domainclip does not detect or remove: it never reads DICOM headers, but it does not "
+    "look at the pixels for text either. Flip-example plots, dashboard thumbnails and saliency "
+    "overlays reproduce the pixels as they are; check a sample of images before sharing these "
+    "files, and de-identify the images themselves if they carry such text."
+)
 # How a single image given by path (no manifest row) is named when paths are not shown.
 GIVEN_IMAGE = "(the given image)"
 

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from domainclip.audit.gate import write_junit
 from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
 from domainclip.audit.results import AUDIT_FILE, AuditReport, score_rows
-from domainclip.privacy import displayable_columns, hidden_columns, hidden_note, is_shown_column
+from domainclip.privacy import (
+    PIXEL_NOTE,
+    displayable_columns,
+    hidden_columns,
+    hidden_note,
+    is_shown_column,
+)
 
 if TYPE_CHECKING:
     from domainclip.audit.api import AuditResult
@@ -176,7 +182,7 @@ def _subgroup_calibration_blocks(r: AuditReport, allowed: Sequence[str]) -> list
 
 
 def _flip_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
-    b: list[Block] = [("h2", "Flip examples")]
+    b: list[Block] = [("h2", "Flip examples"), ("p", PIXEL_NOTE)]
     flips = [(name, ex) for name, exs in r.flip_examples.items() for ex in exs]
     if not flips:
         return [*b, ("p", "No top-1 decision changed under any framing.")]

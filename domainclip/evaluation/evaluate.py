@@ -37,6 +37,7 @@ from domainclip.evaluation.forgetting import (
     write_forgetting,
 )
 from domainclip.evaluation.honest import baselines_for, run_warnings
+from domainclip.evaluation.leakage import leakage_check
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
 from domainclip.evaluation.results import (
@@ -384,6 +385,9 @@ def run_evaluation(
         scored.t_info, result.data.n_unreadable, result.data.skipped, result.baselines
     )
     result.geometry = _geometry(inp)
+    result.text_leakage = leakage_check(
+        inp.bb, scored.emb, inp.ps, _retrieval, options.n_boot, options.seed
+    )
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
