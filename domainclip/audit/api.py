@@ -230,9 +230,7 @@ def run_audit(
     resolved = resolve_model(
         model_or_run, temperature=temperature, fit=fit, image_size=image_size
     )
-    images = _embed_images(
-        resolved, spec, manifest, split, batch_size, num_workers, bin_columns
-    )
+    images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers, bin_columns)
     main = audit_features(
         resolved,
         images.spec,
@@ -248,10 +246,7 @@ def run_audit(
         same_input = {"fit": resolved.input["fit"], "image_size": resolved.input["image_size"]}
         base = _audit_base(resolve_model(compare, **same_input), images, batch_size, num_workers)
     report = _report(spec, main, base, images, split, show_paths, bin_columns)
-    result = AuditResult(report, main.table, images.rows, show_paths=show_paths)
-    result.paths = {
-        row_number(r, i): str(images.manifest.image_path(r)) for i, r in enumerate(images.rows)
-    }
+    result = AuditResult(report, main.table, images.rows, show_paths=show_paths, paths=_paths(images))
     if out_dir is None and resolved.run_dir is not None:
         out_dir = resolved.run.layout.audit_dir(spec.name)
     _write(result, out_dir, started, show_columns)
@@ -264,6 +259,11 @@ def run_audit(
         result.verdict,
     )
     return result
+
+
+def _paths(images: AuditedImages) -> dict[int, str]:
+    """row -> image file of the audited rows (in memory only: the flip thumbnails need pixels)."""
+    return {row_number(r, i): str(images.manifest.image_path(r)) for i, r in enumerate(images.rows)}
 
 
 def _embed_images(

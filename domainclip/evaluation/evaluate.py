@@ -254,6 +254,8 @@ class EvaluationOptions:
             `failing_classes` (named as a failure in reports and the model card).
         show_paths: write image paths into predictions.csv (default: manifest row numbers,
             `privacy.image_name`).
+        text_leakage: when some class's texts name their label, repeat retrieval with those
+            words masked (`evaluation.leakage`).
         bin_columns: column -> bin width for numeric subgroup columns (default: age in decades;
             `datasets.subgroups`).
     """
@@ -290,6 +292,7 @@ class EvaluationOptions:
     min_recall: float = DEFAULT_MIN_RECALL
     min_auroc: float = DEFAULT_MIN_AUROC
     show_paths: bool = False
+    text_leakage: bool = True
     bin_columns: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -385,9 +388,10 @@ def run_evaluation(
         scored.t_info, result.data.n_unreadable, result.data.skipped, result.baselines
     )
     result.geometry = _geometry(inp)
-    result.text_leakage = leakage_check(
-        inp.bb, scored.emb, inp.ps, _retrieval, options.n_boot, options.seed
-    )
+    if options.text_leakage:
+        result.text_leakage = leakage_check(
+            inp.bb, scored.emb, inp.ps, _retrieval, options.n_boot, options.seed, scored.text_feats
+        )
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -558,6 +562,7 @@ def _untrained_report(inp: _Inputs, opts: EvaluationOptions, spec: str) -> dict[
     options = dataclasses.replace(
         opts,
         baselines=False,
+        text_leakage=False,
         write=False,
         shortcut_check=False,
         reference=None,

@@ -41,12 +41,15 @@ def leakage_check(
     retrieval: Any,
     n_boot: int,
     seed: int,
+    text_feats: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any] | None:
     """Retrieval with and without label words in the texts (None when no class leaks).
 
     Args:
         emb: the evaluated split (rows, image features [M, D]).
-        retrieval: `evaluate._retrieval(emb, text_feats, n_boot, seed)` (called twice).
+        retrieval: `evaluate._retrieval(emb, text_feats, n_boot, seed)` (run on the masked texts).
+        text_feats: text -> [D] features already computed (the rows' own texts); only the masked
+            texts are embedded.
     Returns:
         {"leaking_classes": {class: fraction}, "words": {class: [...]}, "n_masked_rows",
          "retrieval": masked R@k dict, "label_accuracy": {"texts": Estimate, "masked": Estimate},
@@ -61,7 +64,8 @@ def leakage_check(
     masked_rows = [dataclasses.replace(r, text=mask_label_words(r.text, every)) for r in emb.rows]
     n_masked = sum(a.text != b.text for a, b in zip(masked_rows, emb.rows, strict=True))
     masked = dataclasses.replace(emb, rows=masked_rows)
-    feats = embed_unique_texts(bb, [r.text for r in emb.rows] + [r.text for r in masked_rows])
+    feats = dict(text_feats or {})
+    feats.update(embed_unique_texts(bb, [r.text for r in emb.rows + masked_rows if r.text not in feats]))
     acc = {}
     for key, split in (("texts", emb), ("masked", masked)):
         hits = _label_accuracy(split, torch.stack([feats[r.text] for r in split.rows]))
@@ -80,5 +84,6 @@ def leakage_check(
         "note": "label words (class names, plural/singular, the prompt set's synonyms) replaced "
         "by [MASK] in every evaluated row's text; label accuracy = the top-1 retrieved text "
         "belongs to a row with the image's labels. A large drop means retrieval read the label "
-        "word, not the image. Zero-shot classification uses the prompts and is unaffected.",
+        "word, not the image. Classification scores images against the class prompts and is "
+        "unaffected.",
     }
