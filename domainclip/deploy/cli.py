@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--show-paths",
         action="store_true",
         help="write image paths into the output (default: 'row N' for --data, 'file N' for the "
-        "N-th file of the sorted --images listing; file names often carry patient ids)",
+        "file at position N (the row column, from 0) of the sorted --images listing; file names often carry patient ids)",
     )
     p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl (+ FILE.provenance.json)")
     p.add_argument("--prompt", action="append", help="free text scored against each image (repeatable)")

@@ -45,7 +45,7 @@ CONFORMAL_KEY = "conformal"
 class InputItem:
     """One image to score: `row` (position in the input listing / manifest row), absolute path,
     and `name`, how the output names it (`privacy.image_name`: "row N" for a manifest row,
-    "file N" for the N-th file of the sorted --images listing; the path with --show-paths)."""
+    "file N" for the file at position N (= `row`, from 0) of the sorted --images listing; the path with --show-paths)."""
 
     row: int
     path: Path
@@ -76,7 +76,7 @@ def list_inputs(
             p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
         )
         items = [
-            InputItem(i, p.resolve(), str(p.resolve()) if show_paths else f"file {i + 1}")
+            InputItem(i, p.resolve(), str(p.resolve()) if show_paths else f"file {i}")
             for i, p in enumerate(files)
         ]
     else:
