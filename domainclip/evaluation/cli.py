@@ -69,6 +69,12 @@ def _summary(r: EvaluationResult) -> str:
         lines.append(
             f"  shortcut check: {r.shortcut.verdict.replace('_', ' ')}. {describe(r.shortcut)}"
         )
+    if r.text_leakage:
+        leak, m = r.text_leakage, r.text_leakage["retrieval"]
+        lines.append(
+            f"  texts name their label ({', '.join(leak['leaking_classes'])}): with those words "
+            f"masked t2i R@1 {fmt(m['t2i_R@1'])}, i2t R@1 {fmt(m['i2t_R@1'])}"
+        )
     if r.baselines:
         lines.append(f"  baselines: {r.baselines.get('verdict', '')}")
     failing = (r.failing_classes or {}).get("classes") or []
