@@ -176,3 +176,52 @@ def pseudonym(group: str, key: bytes) -> str:
     if not group:
         return ""
     return "grp-" + hmac.new(key, group.encode("utf-8"), hashlib.sha256).hexdigest()[:8]
+
+
+# ------------------------------------------------------------------------------ image names
+
+SHOW_PATHS_FLAG = "--show-paths"
+# Said in every model card and audit report: nothing here looks for text in the pixels.
+PIXEL_NOTE = (
+    "Images may carry burned-in text (patient names, dates, accession numbers, device labels), "
+    "which domainclip does not detect or remove: it never reads DICOM headers, but it does not "
+    "look at the pixels for text either. Flip-example plots, dashboard thumbnails and saliency "
+    "overlays reproduce the pixels as they are; check a sample of images before sharing these "
+    "files, and de-identify the images themselves if they carry such text."
+)
+# How a single image given by path (no manifest row) is named when paths are not shown.
+GIVEN_IMAGE = "(the given image)"
+
+
+def image_name(row: int | None, path: str | os.PathLike[str], show_paths: bool = False) -> str:
+    """How an image is named in an output file, a report or the dashboard: the one rule.
+
+    File names at hospitals are often MRNs or accession numbers, so by default an image is named
+    by its manifest row (``"row 12"``; a stable, non-identifying key that joins predictions.csv,
+    scores.csv, audit.json and the explain index with the manifest). The path is written only
+    when the user opted in (`--show-paths`). `row` None or 0: an image given on the command line
+    (explain --image), named `GIVEN_IMAGE`.
+    """
+    if show_paths:
+        return str(path)
+    return f"row {row}" if row else GIVEN_IMAGE
+
+
+def scrub_path(message: str, path: str | os.PathLike[str], name: str) -> str:
+    """`message` with every mention of `path` (as given, and its file name) replaced by `name`:
+    error messages of unreadable images name their file, and are written into outputs."""
+    text = str(path)
+    out = message.replace(text, name) if text else message
+    base = Path(text).name
+    return out.replace(base, name) if base else out
+
+
+def add_show_paths_argument(parser: argparse.ArgumentParser) -> None:
+    """Add `--show-paths` (`args.show_paths`, a bool) to a command that writes image names."""
+    parser.add_argument(
+        SHOW_PATHS_FLAG,
+        action="store_true",
+        dest="show_paths",
+        help="write image file paths into the outputs (default: manifest row numbers only, "
+        "because file names often carry patient or case ids)",
+    )

@@ -33,6 +33,7 @@ from domainclip.audit.results import (
     build_audit_report,
     gate_summary,
     model_section,
+    row_number,
 )
 from domainclip.audit.scores import ScoreTable, score_table
 from domainclip.audit.spec import AuditSpec, load_audit_spec
@@ -113,6 +114,8 @@ class AuditResult:
         rows: the scored manifest rows, in the table's image order.
         out_dir: where the files were written (None when nothing was written).
         files: kind ("json", "markdown", "html", "junit", "scores", plot names) -> path.
+        show_paths: image paths go into the files (`--show-paths`); paths: row -> image file,
+            in memory only (the flip thumbnails need the pixels, the files name rows).
     """
 
     report: AuditReport
@@ -120,6 +123,8 @@ class AuditResult:
     rows: list[ManifestRow]
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    show_paths: bool = False
+    paths: dict[int, str] = field(default_factory=dict)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -190,6 +195,8 @@ def run_audit(
     fit: str | None = None,
     image_size: int | None = None,
     show_columns: Sequence[str] = (),
+    show_paths: bool = False,
+    bin_columns: dict[str, float] | None = None,
 ) -> AuditResult:
     """Audit how a model's scores move when the findings are worded differently.
 
@@ -207,6 +214,9 @@ def run_audit(
             size); the `compare` model sees exactly the same input.
         show_columns: subgroup columns whose values report.md/.html may show although they are
             not on `privacy.SAFE_COLUMNS` (audit.json keeps every subgroup of the spec).
+        show_paths: write image paths (audit.json flip examples, scores.csv, reports); default:
+            images named by manifest row (`privacy.image_name`).
+        bin_columns: bin widths of numeric subgroup columns (default: age in decades).
 
     Returns:
         AuditResult (its `data` is what audit.json holds).
@@ -220,7 +230,7 @@ def run_audit(
     resolved = resolve_model(
         model_or_run, temperature=temperature, fit=fit, image_size=image_size
     )
-    images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers)
+    images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers, bin_columns)
     main = audit_features(
         resolved,
         images.spec,
@@ -235,7 +245,8 @@ def run_audit(
         # Paired comparison: the base model scores the very pixels the audited model scored.
         same_input = {"fit": resolved.input["fit"], "image_size": resolved.input["image_size"]}
         base = _audit_base(resolve_model(compare, **same_input), images, batch_size, num_workers)
-    result = AuditResult(_report(spec, main, base, images, split), main.table, images.rows)
+    report = _report(spec, main, base, images, split, show_paths, bin_columns)
+    result = AuditResult(report, main.table, images.rows, show_paths=show_paths, paths=_paths(images))
     if out_dir is None and resolved.run_dir is not None:
         out_dir = resolved.run.layout.audit_dir(spec.name)
     _write(result, out_dir, started, show_columns)
@@ -250,6 +261,11 @@ def run_audit(
     return result
 
 
+def _paths(images: AuditedImages) -> dict[int, str]:
+    """row -> image file of the audited rows (in memory only: the flip thumbnails need pixels)."""
+    return {row_number(r, i): str(images.manifest.image_path(r)) for i, r in enumerate(images.rows)}
+
+
 def _embed_images(
     resolved: ResolvedModel,
     spec: AuditSpec,
@@ -257,8 +273,10 @@ def _embed_images(
     split: str | None,
     batch_size: int,
     num_workers: int,
+    bins: dict[str, float] | None = None,
 ) -> AuditedImages:
-    """Select the rows the spec can score, embed each image once, derive targets and subgroups."""
+    """Select the rows the spec can score, embed each image once, derive targets and subgroups
+    (numeric subgroup columns binned, `datasets.subgroups`)."""
     mf = _load_manifest(manifest, resolved)
     selection = audit_data.select_rows(mf, split, spec)
     spec_used = selection.spec
@@ -270,7 +288,7 @@ def _embed_images(
     rows = [selection.rows[i] for i in kept]
     target, positives = audit_data.targets(rows, spec_used.labels)
     columns = [c for c in spec_used.subgroups if c not in selection.subgroups_absent]
-    subgroups = audit_data.subgroup_values(rows, columns)
+    subgroups = audit_data.subgroup_values(rows, columns, bins)
     return AuditedImages(
         mf, selection, rows, failures, feats, target, positives, subgroups, timings
     )
@@ -306,6 +324,8 @@ def _report(
     base: ModelAudit | None,
     images: AuditedImages,
     split: str | None,
+    show_paths: bool = False,
+    bins: dict[str, float] | None = None,
 ) -> AuditReport:
     """Gate checks, the comparison with the base model, and the report."""
     spec_used = images.spec
@@ -345,6 +365,8 @@ def _report(
         rows=images.rows,
         failures=images.failures,
         compare=compare,
+        show_paths=show_paths,
+        bins=bins,
     )
 
 

@@ -36,11 +36,13 @@ from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
 from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
 from domainclip.datasets.geometry_report import GeometryReport
+from domainclip.datasets.textquality import text_quality
 from domainclip.errors import DomainClipError, ResultFileError
 from domainclip.evaluation.baselines import disqualifies
 from domainclip.evaluation.results import EvaluationResult
 from domainclip.explain.index import ExplainIndex
 from domainclip.io import atomic_write_text
+from domainclip.privacy import PIXEL_NOTE
 from domainclip.runs.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -257,6 +259,7 @@ def _data(cfg: dict, run: Path) -> tuple[list[Block], list[str], list[str]]:
             f"Classes with fewer than 30 images ({', '.join(small)}): their metrics have wide "
             "intervals or are undefined."
         )
+    caveats += text_quality(man.rows).caveats() + [PIXEL_NOTE]
     if any("synthetic" in (r.group or "") for r in man.rows[:5]):
         caveats.append(
             "The data is synthetic (procedurally generated surfaces), not real inspections."

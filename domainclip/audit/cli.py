@@ -45,6 +45,7 @@ def _print_summary(result) -> None:
 
 def _audit(args: argparse.Namespace) -> int:
     from domainclip.audit.api import run_audit
+    from domainclip.datasets.subgroups import parse_bin_columns
     from domainclip.runs.layout import is_run
 
     if args.out is None and not is_run(args.run):
@@ -64,6 +65,8 @@ def _audit(args: argparse.Namespace) -> int:
         fit=args.fit,
         image_size=args.image_size,
         show_columns=args.show_column,
+        show_paths=args.show_paths,
+        bin_columns=parse_bin_columns(args.bin_column),
     )
     _print_summary(result)
     if args.gate and not result.passed:
@@ -85,7 +88,8 @@ def _card(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `audit` and `card` commands."""
-    from domainclip.privacy import add_show_column_argument
+    from domainclip.datasets.subgroups import add_bin_column_argument
+    from domainclip.privacy import add_show_column_argument, add_show_paths_argument
     from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
@@ -120,6 +124,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per encoder batch")
     add_input_arguments(p)
     add_show_column_argument(p)
+    add_show_paths_argument(p)
+    add_bin_column_argument(p)
     p.set_defaults(func=_audit)
 
     c = sub.add_parser(

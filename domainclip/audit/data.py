@@ -14,6 +14,7 @@ import torch
 from domainclip.audit.analysis import MISSING
 from domainclip.audit.spec import AuditSpec
 from domainclip.datasets.manifest import Manifest, ManifestRow
+from domainclip.datasets.subgroups import subgroup_values as binned
 from domainclip.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -114,9 +115,15 @@ def targets(rows: list[ManifestRow], classes: list[str]) -> tuple[np.ndarray, np
     return target, positives
 
 
-def subgroup_values(rows: list[ManifestRow], columns: list[str]) -> dict[str, list[str]]:
-    """column -> value per row ("(missing)" where empty)."""
-    return {c: [r.meta.get(c, "").strip() or MISSING for r in rows] for c in columns}
+def subgroup_values(
+    rows: list[ManifestRow], columns: list[str], bins: dict[str, float] | None = None
+) -> dict[str, list[str]]:
+    """column -> value per row ("(missing)" where empty); numeric columns such as age binned
+    (`datasets.subgroups`: age in decades unless `bins` says otherwise)."""
+    return {
+        c: [v or MISSING for v in binned(c, [r.meta.get(c, "") for r in rows], bins)]
+        for c in columns
+    }
 
 
 class _Positioned(torch.utils.data.Dataset):

@@ -80,8 +80,11 @@ def plot_shift_distributions(
     return path
 
 
-def plot_flip_examples(examples: list[FlipExample], path: Path, limit: int = 8) -> Path | None:
-    """Thumbnails of the flipped images with both decisions; None when nothing flipped."""
+def plot_flip_examples(
+    examples: list[FlipExample], path: Path, limit: int = 8, paths: dict[int, str] | None = None
+) -> Path | None:
+    """Thumbnails of the flipped images with both decisions; None when nothing flipped.
+    `paths`: row -> image file (examples name images by row unless the audit showed paths)."""
     from domainclip.datasets.imageio import load_image
     from domainclip.errors import DataError
 
@@ -104,10 +107,10 @@ def plot_flip_examples(examples: list[FlipExample], path: Path, limit: int = 8) 
     fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 3.9 * nrows), squeeze=False)
     for ax, ex in zip(axes.flat, chosen, strict=False):
         try:
-            img = load_image(ex.path, max_side=256)
+            img = load_image((paths or {}).get(ex.row) or ex.path, max_side=256)
             ax.imshow(np.asarray(img))
         except DataError as exc:  # the file may have moved since the audit
-            log.warning("flip example %s not shown: %s", ex.path, exc)
+            log.warning("flip example %s not shown: %s", ex.image, exc)
         ref, fr = ex.reference, ex.framed
         ax.set_title(
             f"{Path(ex.image).name} (label {ex.target})\n"

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from domainclip.audit.gate import write_junit
 from domainclip.audit.plots import plot_flip_examples, plot_shift_distributions
 from domainclip.audit.results import AUDIT_FILE, AuditReport, score_rows
-from domainclip.privacy import displayable_columns, hidden_columns, hidden_note, is_shown_column
+from domainclip.privacy import (
+    PIXEL_NOTE,
+    displayable_columns,
+    hidden_columns,
+    hidden_note,
+    is_shown_column,
+)
 
 if TYPE_CHECKING:
     from domainclip.audit.api import AuditResult
@@ -176,7 +182,7 @@ def _subgroup_calibration_blocks(r: AuditReport, allowed: Sequence[str]) -> list
 
 
 def _flip_blocks(r: AuditReport, files: dict[str, Path], out_dir: Path) -> list[Block]:
-    b: list[Block] = [("h2", "Flip examples")]
+    b: list[Block] = [("h2", "Flip examples"), ("p", PIXEL_NOTE)]
     flips = [(name, ex) for name, exs in r.flip_examples.items() for ex in exs]
     if not flips:
         return [*b, ("p", "No top-1 decision changed under any framing.")]
@@ -366,7 +372,7 @@ def write_outputs(result: AuditResult, allowed: Sequence[str] = ()) -> dict[str,
     out.mkdir(parents=True, exist_ok=True)
     report = result.report
     files: dict[str, Path] = {}
-    records = score_rows(result.table, result.rows)
+    records = score_rows(result.table, result.rows, result.show_paths)
     files["scores"] = out / "scores.csv"
     with open(files["scores"], "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(records[0]))
@@ -377,7 +383,7 @@ def write_outputs(result: AuditResult, allowed: Sequence[str] = ()) -> dict[str,
             result.table, report, report.reference, out / "shift_distributions.png"
         )
     examples = [ex for exs in report.flip_examples.values() for ex in exs]
-    flip_plot = plot_flip_examples(examples, out / "flip_examples.png")
+    flip_plot = plot_flip_examples(examples, out / "flip_examples.png", paths=result.paths)
     if flip_plot is not None:
         files["flip_plot"] = flip_plot
     files["junit"] = write_junit(

@@ -25,7 +25,9 @@ from domainclip.audit.gate import Check, verdict
 from domainclip.audit.scores import ScoreTable
 from domainclip.audit.spec import AuditSpec, Thresholds
 from domainclip.datasets.manifest import Manifest, ManifestRow
+from domainclip.datasets.subgroups import subgroup_values as binned
 from domainclip.io import finite_json
+from domainclip.privacy import image_name, scrub_path
 from domainclip.resultfile import Fields, ResultFile, ResultKind, utc_now
 
 SCHEMA = "domainclip.audit/1"
@@ -271,9 +273,18 @@ def row_number(row: ManifestRow, position: int) -> int:
 
 
 def flip_examples(
-    main, framing: str, reference: str, rows: Sequence[ManifestRow], manifest: Manifest, limit: int
+    main,
+    framing: str,
+    reference: str,
+    rows: Sequence[ManifestRow],
+    manifest: Manifest,
+    limit: int,
+    show_paths: bool = False,
 ) -> list[FlipExample]:
-    """The flipped images of `framing` vs `reference`, largest |target-score shift| first."""
+    """The flipped images of `framing` vs `reference`, largest |target-score shift| first.
+
+    Images are named by row (`privacy.image_name`); `path` and `group` (by default the image's
+    path when the manifest has no group column) are left empty unless `show_paths`."""
     t = main.table
     k, r = t.k(framing), t.k(reference)
     dec = t.decisions
@@ -298,13 +309,14 @@ def flip_examples(
             )
 
         row = rows[i]
+        number = row_number(row, int(i))
         out.append(
             FlipExample(
-                row=row_number(row, int(i)),
-                image=row.image,
-                path=str(manifest.image_path(row)),
+                row=number,
+                image=image_name(number, row.image, show_paths),
+                path=str(manifest.image_path(row)) if show_paths else "",
                 label=list(row.label),
-                group=row.group,
+                group=row.group if show_paths else "",
                 target=target,
                 shift=float(shift[i]),
                 reference=side(r, reference),
@@ -384,14 +396,23 @@ def _data_section(
     selection: AuditRows,
     rows: Sequence[ManifestRow],
     failures: dict[str, str],
+    show_paths: bool = False,
+    bins: dict[str, float] | None = None,
 ) -> AuditedData:
+    if not show_paths:  # unreadable images by position, their file names scrubbed
+        failures = {
+            f"unreadable image {n + 1}": scrub_path(why, path, "the image")
+            for n, (path, why) in enumerate(failures.items())
+        }
     return AuditedData(
         manifest=str(manifest.path) if manifest.path else None,
         split=split,
         n_images=table.n,
         n_per_class={c: int(np.sum(table.target == i)) for i, c in enumerate(table.classes)},
         subgroups={
-            col: dict(Counter(r.meta.get(col, "").strip() or MISSING for r in rows))
+            col: dict(
+                Counter(v or MISSING for v in binned(col, [r.meta.get(col, "") for r in rows], bins))
+            )
             for col in spec_used.subgroups
             if col not in selection.subgroups_absent
         },
@@ -435,21 +456,27 @@ def build_audit_report(
     rows: Sequence[ManifestRow],
     failures: dict[str, str],
     compare: BaseComparison | None = None,
+    show_paths: bool = False,
+    bins: dict[str, float] | None = None,
 ) -> AuditReport:
     """The audit report of `main` (an `api.ModelAudit`) with its gate `checks`.
 
     spec: the spec as given (written out); spec_used: restricted to the findings present.
+    show_paths: image paths in audit.json (default: rows, `privacy.image_name`); bins: subgroup
+    bin widths (`datasets.subgroups`).
     """
     st = spec_used.statistics
     return AuditReport(
         spec={**spec.to_dict(), "source": spec.source},
-        data=_data_section(spec_used, main.table, manifest, split, selection, rows, failures),
+        data=_data_section(
+            spec_used, main.table, manifest, split, selection, rows, failures, show_paths, bins
+        ),
         method=_method_section(spec_used),
         main=model_section(spec_used, main),
         gate=gate_summary(checks, spec_used),
         flip_examples={
             f.name: flip_examples(
-                main, f.name, spec_used.reference, rows, manifest, st.max_flip_examples
+                main, f.name, spec_used.reference, rows, manifest, st.max_flip_examples, show_paths
             )
             for f in spec_used.framings
             if f.name != spec_used.reference
@@ -459,15 +486,18 @@ def build_audit_report(
     )
 
 
-def score_rows(t: ScoreTable, rows: Sequence[ManifestRow]) -> list[dict[str, Any]]:
-    """One record per (image, framing) for scores.csv."""
+def score_rows(
+    t: ScoreTable, rows: Sequence[ManifestRow], show_paths: bool = False
+) -> list[dict[str, Any]]:
+    """One record per (image, framing) for scores.csv; `image` is "row N" unless `show_paths`
+    (`privacy.image_name`), `row` the join key."""
     out = []
     for i, row in enumerate(rows):
         for k, name in enumerate(t.framings):
             out.append(
                 {
                     "row": row_number(row, i),
-                    "image": row.image,
+                    "image": image_name(row_number(row, i), row.image, show_paths),
                     "label": "|".join(row.label),
                     "target": t.classes[t.target[i]],
                     "framing": name,

@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from domainclip.dashboard import DATA_ROOTS_ENV, RUNS_ENV, SHOW_COLUMNS_ENV
+from domainclip.dashboard import DATA_ROOTS_ENV, RUNS_ENV, SHOW_COLUMNS_ENV, SHOW_PATHS_ENV
 from domainclip.errors import ConfigError
-from domainclip.privacy import add_show_column_argument, session_key
+from domainclip.privacy import add_show_column_argument, add_show_paths_argument, session_key
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
         RUNS_ENV: str(runs),
         DATA_ROOTS_ENV: os.pathsep.join(str(r) for r in roots),
         SHOW_COLUMNS_ENV: json.dumps(args.show_column or []),
+        SHOW_PATHS_ENV: "1" if args.show_paths else "",
     }
     shown = "localhost" if args.host in LOOPBACK_HOSTS else args.host
     print(
@@ -172,4 +173,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only files inside the runs directory are read)",
     )
     add_show_column_argument(p)
+    add_show_paths_argument(p)
     p.set_defaults(func=_run)

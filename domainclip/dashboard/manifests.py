@@ -16,7 +16,7 @@ import pandas as pd
 
 from domainclip.datasets.manifest import Manifest, read_manifest
 from domainclip.io import resolve_path
-from domainclip.privacy import displayable_columns, hidden_columns, pseudonym
+from domainclip.privacy import displayable_columns, hidden_columns, image_name, pseudonym
 
 THUMBNAIL_PX = 160
 # Metadata columns with more distinct values than this are filtered by substring, not by a
@@ -31,8 +31,9 @@ class ManifestView:
     """A manifest prepared for display.
 
     Attributes:
-        table: one row per usable manifest row: ``row`` (1-based data row), ``image`` (path as
-            written in the manifest), ``text``, ``label`` (``|``-joined), ``split``, ``group``
+        table: one row per usable manifest row: ``row`` (1-based data row), ``image`` (the
+            path as written in the manifest with `show_paths`, else "row N": file names may be
+            patient or case ids, `privacy.image_name`), ``text``, ``label`` (``|``-joined), ``split``, ``group``
             (keyed pseudonym) and the displayable metadata columns.
         images: absolute image path per table row (same order), for thumbnails.
         meta_columns: displayable metadata columns (in the table).
@@ -70,13 +71,16 @@ def listed_files(manifest: Manifest) -> frozenset[Path]:
     return frozenset(out)
 
 
-def manifest_view(path: Path, key: bytes, allowed: Iterable[str] = ()) -> ManifestView:
+def manifest_view(
+    path: Path, key: bytes, allowed: Iterable[str] = (), show_paths: bool = False
+) -> ManifestView:
     """Read a manifest and build its display table.
 
     Args:
         path: the manifest (already checked by the read guard).
         key: pseudonym key of the runs directory (`privacy.pseudonym_key`).
         allowed: metadata columns the user allowed beyond `privacy.SAFE_COLUMNS`.
+        show_paths: show image paths in the table (`--show-paths`), else row numbers.
     """
     manifest = read_manifest(path)
     meta = _meta_columns(manifest)
@@ -85,7 +89,7 @@ def manifest_view(path: Path, key: bytes, allowed: Iterable[str] = ()) -> Manife
     for r in manifest.rows:
         rec: dict[str, Any] = {
             "row": r.row,
-            "image": r.image,
+            "image": image_name(r.row, r.image, show_paths),
             "text": r.text,
             "label": "|".join(r.label),
             "split": r.split,
@@ -116,6 +120,13 @@ def manifest_view(path: Path, key: bytes, allowed: Iterable[str] = ()) -> Manife
         problems=problems,
         listed_files=listed_files(manifest),
     )
+
+
+def image_of_row(view: ManifestView, row: int) -> Path | None:
+    """The absolute image path of manifest row `row` (None when the view has no such row):
+    results name images by row, the dashboard finds the file through the manifest."""
+    hits = [i for i, r in enumerate(view.table["row"]) if int(r) == int(row)]
+    return view.images[hits[0]] if hits else None
 
 
 def labels_of(table: pd.DataFrame) -> list[str]:

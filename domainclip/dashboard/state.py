@@ -22,6 +22,7 @@ from domainclip.dashboard import (
     DATA_ROOTS_ENV,
     RUNS_ENV,
     SHOW_COLUMNS_ENV,
+    SHOW_PATHS_ENV,
     auditdata,
     calibdata,
     cases,
@@ -65,6 +66,11 @@ def shown_columns() -> tuple[str, ...]:
     except ValueError:
         names = []
     return tuple(str(n) for n in names) if isinstance(names, list) else ()
+
+
+def show_paths() -> bool:
+    """True when the user started the dashboard with `--show-paths` (`SHOW_PATHS_ENV`)."""
+    return os.environ.get(SHOW_PATHS_ENV, "") == "1"
 
 
 @st.cache_resource(show_spinner=False)
@@ -164,7 +170,7 @@ def manifest_view(path: str, token: int) -> manifests.ManifestView:
     """Cached `manifests.manifest_view` (token: the manifest's mtime) with the app's pseudonym
     key and allowed columns."""
     key = _pseudonym_key(str(access().root))
-    return manifests.manifest_view(Path(path), key, shown_columns())
+    return manifests.manifest_view(Path(path), key, shown_columns(), show_paths())
 
 
 def load_manifest_view(path: Path) -> manifests.ManifestView:

@@ -91,11 +91,33 @@ def _tokenizer_for(spec: str | None) -> Any:
     return load_tokenizer(spec)
 
 
+def _label_names(prompts: str | None) -> dict[str, list[str]] | None:
+    """class -> synonyms from a prompt set's `names:` (for the label-leakage check)."""
+    if not prompts:
+        return None
+    from domainclip.scoring.prompts import load_prompt_set
+
+    ps = load_prompt_set(prompts)
+    return {c: list(cp.names) for c, cp in ps.classes.items()}
+
+
+def _add_prompts_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prompts",
+        metavar="YAML",
+        help="prompt set whose class synonyms (names:) also count as the label in the "
+        "label-leakage check (default: the class name and its plural/singular)",
+    )
+
+
 def _validate(args: argparse.Namespace) -> int:
     from domainclip.datasets.validate import validate_manifest
 
     report = validate_manifest(
-        args.manifest, _tokenizer_for(args.backbone), check_images=not args.no_images
+        args.manifest,
+        _tokenizer_for(args.backbone),
+        check_images=not args.no_images,
+        names=_label_names(args.prompts),
     )
     print(report.format())
     out = report.to_dict()
@@ -137,7 +159,7 @@ def _geometry(args: argparse.Namespace) -> list[Any]:
 def _stats(args: argparse.Namespace) -> int:
     from domainclip.datasets.stats import format_stats, manifest_stats
 
-    stats = manifest_stats(args.manifest)
+    stats = manifest_stats(args.manifest, _label_names(args.prompts))
     print(format_stats(stats))
     if args.json:
         _write_json(stats, args.json)
@@ -260,6 +282,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = dsub.add_parser("stats", help="class balance per split, text lengths, groups per split")
     s.add_argument("manifest", help="manifest .csv or .jsonl")
     s.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
+    _add_prompts_flag(s)
     s.set_defaults(func=_stats)
 
     i = dsub.add_parser(
@@ -393,6 +416,7 @@ def _add_validate(dsub: argparse._SubParsersAction) -> None:
     )
     v.add_argument("--json", metavar="OUT", help="also write the report as JSON")
     v.add_argument("--no-images", action="store_true", help="only check that image files exist")
+    _add_prompts_flag(v)
     v.add_argument(
         "--fit",
         action="append",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from domainclip.datasets.manifest import SPLITS, UNASSIGNED, Manifest, read_manifest
+from domainclip.datasets.textquality import TextQuality, text_quality
 
 NO_LABEL = "(no label)"
 
@@ -31,8 +33,11 @@ def _split_order(splits: set[str]) -> list[str]:
     return [s for s in (*SPLITS, UNASSIGNED) if s in splits]
 
 
-def manifest_stats(manifest: Manifest | str | os.PathLike[str]) -> dict[str, Any]:
-    """Summary statistics of a manifest's usable rows.
+def manifest_stats(
+    manifest: Manifest | str | os.PathLike[str], names: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, Any]:
+    """Summary statistics of a manifest's usable rows (`names`: class -> synonyms, a prompt
+    set's `names:`, for the label-leakage check).
 
     Returns a JSON-serialisable dict::
 
@@ -44,6 +49,8 @@ def manifest_stats(manifest: Manifest | str | os.PathLike[str]) -> dict[str, Any
         text_words                 {"all" | split: {n, min, median, p95, max, mean}} (whitespace words)
         groups                     {split: distinct groups}
         rows_per_group             {n, min, median, p95, max, mean} over all groups
+        text_quality               `textquality.TextQuality.to_dict()` (placeholder, repeated,
+                                   shared-across-classes texts, label leakage per class)
     """
     m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
     by_split: dict[str, list] = defaultdict(list)
@@ -71,6 +78,7 @@ def manifest_stats(manifest: Manifest | str | os.PathLike[str]) -> dict[str, Any
         },
         "groups": {s: len({r.group for r in by_split[s]}) for s in order},
         "rows_per_group": _distribution(list(group_sizes.values())),
+        "text_quality": text_quality(m.rows, names).to_dict(),
     }
 
 
@@ -107,4 +115,6 @@ def format_stats(stats: dict[str, Any]) -> str:
         f"rows per group: min={g['min']} median={g['median']:g} p95={g['p95']:g} max={g['max']} "
         f"({g['n']} groups)",
     ]
+    if "text_quality" in stats:
+        lines += ["", *TextQuality.from_dict(stats["text_quality"]).format()]
     return "\n".join(lines)

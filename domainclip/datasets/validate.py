@@ -10,6 +10,9 @@ another size than their image, and images that look like masks (a mask name such
 The manifest as a whole is ok when at least one row is usable, the file structure is valid
 (required columns, known split names), no group (or image) spans two splits, and no row's
 image is another row's mask (the mask would be trained on as an image of its own).
+
+Text quality (placeholder / boilerplate texts, texts shared across classes, label leakage;
+`datasets.textquality`) is reported beside, by row number; it never makes a manifest unusable.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +35,7 @@ from domainclip.datasets.imageio import (
 from domainclip.datasets.manifest import SPLITS, UNASSIGNED, Manifest, ManifestRow, read_manifest
 from domainclip.datasets.maskfiles import is_mask_name, looks_like_mask
 from domainclip.datasets.splits import check_leakage, format_leakage
+from domainclip.datasets.textquality import TextQuality, text_quality
 from domainclip.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -62,6 +67,7 @@ class ValidationReport:
         split_counts: split -> usable rows.
         checked_images, checked_tokens: which checks ran.
         context_length: the tokenizer's limit when tokens were checked.
+        text_quality: `TextQuality.to_dict()` of the usable rows (None before reading).
     """
 
     path: str
@@ -75,6 +81,8 @@ class ValidationReport:
     checked_images: bool = False
     checked_tokens: bool = False
     context_length: int | None = None
+    text_quality: dict[str, Any] | None = None
+    _quality: TextQuality | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -88,6 +96,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (includes `ok` and `n_skipped`)."""
         d = asdict(self)
+        d.pop("_quality", None)
         d["ok"] = self.ok
         d["n_skipped"] = self.n_skipped
         return d
@@ -110,6 +119,8 @@ class ValidationReport:
             if self.checked_tokens
             else "text length NOT checked (no tokenizer)",
         ]
+        if self._quality is not None:
+            lines += self._quality.format()
         lines.append("checks: " + "; ".join(checks))
         lines += [f"ERROR: {e}" for e in self.errors]
         if self.ok:
@@ -164,6 +175,7 @@ def validate_manifest(
     tokenizer: TokenCounter | None = None,
     *,
     check_images: bool = True,
+    names: Mapping[str, Sequence[str]] | None = None,
 ) -> ValidationReport:
     """Check every row of a manifest.
 
@@ -172,6 +184,7 @@ def validate_manifest(
         tokenizer: object with ``count_tokens(text)`` and ``context_length`` (a backbone's
             tokenizer); texts with more tokens are reported as "text_truncated" warnings.
         check_images: decode every image (slow for big data sets, but the only real check).
+        names: class -> synonyms (a prompt set's `names:`) for the label-leakage check.
 
     Returns:
         A `ValidationReport`; never raises for data problems (they are in the report).
@@ -199,6 +212,8 @@ def validate_manifest(
     usable = [r for r in manifest.rows if r.row not in out.skipped_rows]
     report.n_usable = len(usable)
     report.split_counts = dict(Counter(r.split for r in usable))
+    report._quality = text_quality(manifest.rows, names)
+    report.text_quality = report._quality.to_dict()
     leaks = check_leakage(manifest.rows)
     if leaks:
         report.errors.append(format_leakage(leaks))

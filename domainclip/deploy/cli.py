@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--images", metavar="DIR", help="score every file below this folder")
     src.add_argument("--data", metavar="MANIFEST", help="score the images of a manifest")
     p.add_argument("--split", help="with --data: only this split")
+    p.add_argument(
+        "--show-paths",
+        action="store_true",
+        help="write image paths into the output (default: 'row N' for --data, 'file N' for the "
+        "file at position N (the row column, from 0) of the sorted --images listing; file names often carry patient ids)",
+    )
     p.add_argument("--out", required=True, help="output FILE.csv or FILE.jsonl (+ FILE.provenance.json)")
     p.add_argument("--prompt", action="append", help="free text scored against each image (repeatable)")
     p.add_argument("--review-below", type=float, help="needs_review when confidence is below this "

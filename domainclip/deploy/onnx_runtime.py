@@ -213,7 +213,9 @@ def predict_onnx(opts: Any) -> dict[str, Any]:
     out_mod.check_gate(man["provenance"].get("gate"), opts.allow_ungated, what)
     out_mod.check_calibrated(model.calibrator, opts.allow_uncalibrated, what,
                              "fit one with `domainclip evaluate RUN --fit-temperature` and export again")
-    items = out_mod.list_inputs(opts.images, opts.data, opts.split)
+    items = out_mod.list_inputs(
+        opts.images, opts.data, opts.split, bool(getattr(opts, "show_paths", False))
+    )
     prompts = list(opts.prompt or [])
     prompt_feats = model.encode_texts(prompts) if prompts else None
     threshold, threshold_source = out_mod.review_threshold(opts.review_below, model.calibrator)

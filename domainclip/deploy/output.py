@@ -31,6 +31,7 @@ import numpy as np
 from domainclip import __version__
 from domainclip.errors import ConfigError, DataError
 from domainclip.io import atomic_write_json
+from domainclip.privacy import image_name, scrub_path
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -42,15 +43,25 @@ CONFORMAL_KEY = "conformal"
 
 @dataclass(frozen=True)
 class InputItem:
-    """One image to score: `row` (position in the input listing / manifest row), absolute path."""
+    """One image to score: `row` (position in the input listing / manifest row), absolute path,
+    and `name`, how the output names it (`privacy.image_name`: "row N" for a manifest row,
+    "file N" for the file at position N (= `row`, from 0) of the sorted --images listing; the path with --show-paths)."""
 
     row: int
     path: Path
+    name: str = ""
+
+    @property
+    def shown(self) -> str:
+        return self.name or str(self.path)
 
 
-def list_inputs(images: str | Path | None, data: str | Path | None, split: str | None = None) -> list[InputItem]:
+def list_inputs(
+    images: str | Path | None, data: str | Path | None, split: str | None = None, show_paths: bool = False
+) -> list[InputItem]:
     """The images named by `--images DIR` (every file below it, sorted; hidden files skipped) or
-    `--data MANIFEST` (its rows, optionally one split).
+    `--data MANIFEST` (its rows, optionally one split). Each is named by row / file number in
+    the output unless `show_paths` (file names may carry patient or case ids).
 
     Raises:
         ConfigError: neither or both given, the folder or manifest is missing, or nothing to score.
@@ -64,13 +75,19 @@ def list_inputs(images: str | Path | None, data: str | Path | None, split: str |
         files = sorted(
             p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)
         )
-        items = [InputItem(i, p.resolve()) for i, p in enumerate(files)]
+        items = [
+            InputItem(i, p.resolve(), str(p.resolve()) if show_paths else f"file {i}")
+            for i, p in enumerate(files)
+        ]
     else:
         from domainclip.datasets.manifest import read_manifest
 
         man = read_manifest(data)
         rows = [r for r in man.rows if split is None or r.split == split]
-        items = [InputItem(r.row, Path(man.image_path(r))) for r in rows]
+        items = [
+            InputItem(r.row, Path(man.image_path(r)), image_name(r.row, man.image_path(r), show_paths))
+            for r in rows
+        ]
     if not items:
         where = images if images is not None else f"{data}" + (f" (split {split})" if split else "")
         raise ConfigError(f"no images to score in {where}")
@@ -150,7 +167,7 @@ def score_rows(
         else:
             k = int(np.argmax(p))
             predicted, confidence = classes[k], float(p[k])
-        row: dict[str, Any] = {"row": item.row, "image": str(item.path), "status": "ok", "reason": ""}
+        row: dict[str, Any] = {"row": item.row, "image": item.shown, "status": "ok", "reason": ""}
         row.update(predicted=predicted, confidence=round(confidence, 6))
         review = confidence < review_below
         if sets is not None:
@@ -166,7 +183,8 @@ def score_rows(
 
 def error_row(item: InputItem, reason: str, message: str) -> dict[str, Any]:
     """The output row of an image that could not be scored."""
-    return {"row": item.row, "image": str(item.path), "status": "error", "reason": f"{reason}: {message}"}
+    message = scrub_path(message, item.path, item.shown) if item.name else message
+    return {"row": item.row, "image": item.shown, "status": "error", "reason": f"{reason}: {message}"}
 
 
 class Progress:

@@ -55,7 +55,9 @@ def predict_run(opts: Any) -> dict[str, Any]:
     out_mod.check_gate(prov["gate"], opts.allow_ungated, what)
     out_mod.check_calibrated(t.calibration, opts.allow_uncalibrated, what,
                              f"fit one with `domainclip evaluate {t.run.root} --fit-temperature`")
-    items = out_mod.list_inputs(opts.images, opts.data, opts.split)
+    items = out_mod.list_inputs(
+        opts.images, opts.data, opts.split, bool(getattr(opts, "show_paths", False))
+    )
     bb, cal, classes, multi = t.resolved.backbone, t.resolved.calibrator, t.classes, t.ps.multi_label
     prompts = list(opts.prompt or [])
     prompt_feats = bb.encode_texts(prompts) if prompts else None

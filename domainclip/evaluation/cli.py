@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from domainclip.datasets.subgroups import add_bin_column_argument, parse_bin_columns
 from domainclip.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,6 +69,12 @@ def _summary(r: EvaluationResult) -> str:
         lines.append(
             f"  shortcut check: {r.shortcut.verdict.replace('_', ' ')}. {describe(r.shortcut)}"
         )
+    if r.text_leakage:
+        leak, m = r.text_leakage, r.text_leakage["retrieval"]
+        lines.append(
+            f"  texts name their label ({', '.join(leak['leaking_classes'])}): with those words "
+            f"masked t2i R@1 {fmt(m['t2i_R@1'])}, i2t R@1 {fmt(m['i2t_R@1'])}"
+        )
     if r.baselines:
         lines.append(f"  baselines: {r.baselines.get('verdict', '')}")
     failing = (r.failing_classes or {}).get("classes") or []
@@ -125,6 +132,8 @@ def _run(args: argparse.Namespace) -> int:
         train_split=args.train_split,
         min_recall=args.min_recall,
         min_auroc=args.min_auroc,
+        show_paths=args.show_paths,
+        bin_columns=parse_bin_columns(args.bin_column),
         shortcut=ShortcutSettings(
             fill=args.shortcut_fill,
             outside=args.shortcut_outside,
@@ -140,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command."""
     from domainclip.evaluation.forgetting import DEFAULT_ALPHAS
-    from domainclip.privacy import add_show_column_argument
+    from domainclip.privacy import add_show_column_argument, add_show_paths_argument
     from domainclip.runs.run import add_input_arguments
 
     p = sub.add_parser(
@@ -181,6 +190,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "safe list or named by --show-column)",
     )
     add_show_column_argument(p)
+    add_show_paths_argument(p)
+    add_bin_column_argument(p)
     p.add_argument(
         "--skip-uncovered",
         action="store_true",

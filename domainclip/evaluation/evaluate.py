@@ -23,6 +23,7 @@ from domainclip.calibrators import Calibrator, TemperatureCalibrator, save_calib
 from domainclip.calibrators.conformal import ConformalThresholds
 from domainclip.datasets.geometry_report import GeometryReport, geometry_report
 from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
+from domainclip.datasets.subgroups import subgroup_values
 from domainclip.errors import ConfigError
 from domainclip.evaluation.baselines import DEFAULT_MIN_AUROC, DEFAULT_MIN_RECALL, failing_classes
 from domainclip.evaluation.bootstrap import DEFAULT_N_BOOT, bootstrap_metrics
@@ -36,6 +37,7 @@ from domainclip.evaluation.forgetting import (
     write_forgetting,
 )
 from domainclip.evaluation.honest import baselines_for, run_warnings
+from domainclip.evaluation.leakage import leakage_check
 from domainclip.evaluation.metrics import multi_label_report, single_label_report
 from domainclip.evaluation.outputs import write_outputs
 from domainclip.evaluation.results import (
@@ -86,24 +88,25 @@ _NOT_SUBGROUPS = frozenset({"boxes", "mask", "doi", "license", "url", "filename"
 MAX_SUBGROUP_VALUES = 12
 
 
-def auto_subgroup_columns(rows: Sequence[Any], allowed: Sequence[str] = ()) -> list[str]:
-    """Metadata columns with 2..MAX_SUBGROUP_VALUES distinct values among `rows` (e.g. view, sex).
+def auto_subgroup_columns(
+    rows: Sequence[Any], allowed: Sequence[str] = (), bins: dict[str, float] | None = None
+) -> list[str]:
+    """Metadata columns with 2..MAX_SUBGROUP_VALUES distinct values among `rows` (e.g. view, sex),
+    counted after binning numeric columns (age in decades, `datasets.subgroups`).
 
     Only columns on `privacy.SAFE_COLUMNS` or in `allowed` (`--show-column`) are chosen: the
     values of any other column (a patient or case id, ...) would be written into metrics.json
     and the report as subgroup names.
     """
-    values: dict[str, set[str]] = {}
-    for r in rows:
-        for k, v in r.meta.items():
-            values.setdefault(k, set()).add(v)
-    return sorted(
-        k
-        for k, vs in values.items()
-        if k not in _NOT_SUBGROUPS
-        and is_shown_column(k, allowed)
-        and 2 <= len(vs) <= MAX_SUBGROUP_VALUES
-    )
+    columns = dict.fromkeys(k for r in rows for k in r.meta)
+    chosen = []
+    for k in columns:
+        if k in _NOT_SUBGROUPS or not is_shown_column(k, allowed):
+            continue
+        values = set(subgroup_values(k, [r.meta.get(k, "") for r in rows], bins))
+        if 2 <= len(values) <= MAX_SUBGROUP_VALUES:
+            chosen.append(k)
+    return sorted(chosen)
 
 
 def _retrieval(
@@ -249,6 +252,12 @@ class EvaluationOptions:
             data.train_split, else "train"); False (`--no-baselines`) for speed.
         min_recall, min_auroc: a class with recall or one-vs-rest AUROC below these is listed in
             `failing_classes` (named as a failure in reports and the model card).
+        show_paths: write image paths into predictions.csv (default: manifest row numbers,
+            `privacy.image_name`).
+        text_leakage: when some class's texts name their label, repeat retrieval with those
+            words masked (`evaluation.leakage`).
+        bin_columns: column -> bin width for numeric subgroup columns (default: age in decades;
+            `datasets.subgroups`).
     """
 
     name: str | None = None
@@ -282,6 +291,9 @@ class EvaluationOptions:
     train_split: str | None = None
     min_recall: float = DEFAULT_MIN_RECALL
     min_auroc: float = DEFAULT_MIN_AUROC
+    show_paths: bool = False
+    text_leakage: bool = True
+    bin_columns: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         # Sequences become tuples so options cannot change under a running evaluation.
@@ -376,6 +388,10 @@ def run_evaluation(
         scored.t_info, result.data.n_unreadable, result.data.skipped, result.baselines
     )
     result.geometry = _geometry(inp)
+    if options.text_leakage:
+        result.text_leakage = leakage_check(
+            inp.bb, scored.emb, inp.ps, _retrieval, options.n_boot, options.seed, scored.text_feats
+        )
     extra: dict[str, str] = {}
     if options.reference is not None:
         result.forgetting = _forgetting_for(inp, options)
@@ -393,6 +409,7 @@ def run_evaluation(
             multi,
             extra,
             show_columns=options.show_columns,
+            show_paths=options.show_paths,
         )
     return result
 
@@ -545,6 +562,7 @@ def _untrained_report(inp: _Inputs, opts: EvaluationOptions, spec: str) -> dict[
     options = dataclasses.replace(
         opts,
         baselines=False,
+        text_leakage=False,
         write=False,
         shortcut_check=False,
         reference=None,
@@ -581,7 +599,9 @@ def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Calibrati
     """Calibration before and after scaling (after: None at T = 1) and ECE per subgroup."""
     multi, y, n_bins, n_boot, seed = inp.ps.multi_label, s.tgt.y, opts.n_bins, opts.n_boot, opts.seed
     kept_rows = [s.emb.rows[i] for i in s.tgt.keep]
-    cols = _subgroup_columns(kept_rows, opts.subgroups, inp.manifest, opts.show_columns)
+    cols = _subgroup_columns(
+        kept_rows, opts.subgroups, inp.manifest, opts.show_columns, opts.bin_columns
+    )
     return CalibrationSummary(
         before=calibration_report(s.p_raw, y, multi, n_bins, n_boot, seed),
         after=calibration_report(s.p_cal, y, multi, n_bins, n_boot, seed)
@@ -590,7 +610,10 @@ def _calibration(inp: _Inputs, s: _Scored, opts: EvaluationOptions) -> Calibrati
         subgroups=bootstrap_ece_by_subgroup(
             s.p_cal,
             y,
-            {c: [r.meta.get(c, "") for r in kept_rows] for c in cols},
+            {
+                c: subgroup_values(c, [r.meta.get(c, "") for r in kept_rows], opts.bin_columns)
+                for c in cols
+            },
             multi,
             n_bins,
             n_boot=n_boot,
@@ -604,9 +627,13 @@ def _subgroup_columns(
     subgroups: Sequence[str] | None,
     manifest: str | Path,
     allowed: Sequence[str] = (),
+    bins: dict[str, float] | None = None,
 ) -> list[str]:
     """The subgroup columns asked for (checked against the rows' metadata), else auto-detected."""
-    cols = list(subgroups) if subgroups is not None else auto_subgroup_columns(kept_rows, allowed)
+    if subgroups is not None:
+        cols = list(subgroups)
+    else:
+        cols = auto_subgroup_columns(kept_rows, allowed, bins)
     missing_cols = [c for c in cols if not any(c in r.meta for r in kept_rows)]
     if missing_cols:
         raise ConfigError(

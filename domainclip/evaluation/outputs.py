@@ -17,12 +17,19 @@ from domainclip.evaluation.results import METRICS_FILE, EvaluationResult
 from domainclip.evaluation.selective import plot_risk_coverage
 from domainclip.evaluation.task import Targets
 from domainclip.io import atomic_write_text
+from domainclip.privacy import image_name
 
 
 def predictions_csv(
-    emb: EmbeddedSplit, tgt: Targets, probs: np.ndarray, classes: Sequence[str], multi: bool
+    emb: EmbeddedSplit,
+    tgt: Targets,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    multi: bool,
+    show_paths: bool = False,
 ) -> str:
-    """One row per evaluated image: manifest row, image path, labels, prediction and P(class)."""
+    """One row per evaluated image: manifest row, image name (`privacy.image_name`: "row N",
+    the path only with `show_paths`), labels, prediction and P(class)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["row", "image", "label", "predicted", "confidence", *[f"p_{c}" for c in classes]])
@@ -37,7 +44,7 @@ def predictions_csv(
         w.writerow(
             [
                 r.row,
-                emb.paths[i],
+                image_name(r.row, emb.paths[i], show_paths),
                 "|".join(r.label),
                 predicted,
                 f"{conf:.6f}",
@@ -58,6 +65,7 @@ def write_outputs(
     extra_files: dict[str, str] | None = None,
     *,
     show_columns: Sequence[str] = (),
+    show_paths: bool = False,
 ) -> dict[str, str]:
     """Write every file of an evaluation into `out_dir`; returns {kind: path} (also set as
     `result.outputs`).
@@ -94,7 +102,7 @@ def write_outputs(
             )
         )
     pred_path = out_dir / "predictions.csv"
-    atomic_write_text(pred_path, predictions_csv(emb, tgt, probs, classes, multi))
+    atomic_write_text(pred_path, predictions_csv(emb, tgt, probs, classes, multi, show_paths))
     files["predictions"] = str(pred_path)
     files["report"] = str(out_dir / "report.md")
     files["metrics"] = str(out_dir / METRICS_FILE)

@@ -52,6 +52,8 @@ def render_markdown(r: EvaluationResult, allowed: Sequence[str] = ()) -> str:
     if r.selective:
         lines += _selective(r.selective)
     lines += _retrieval(r.retrieval)
+    if r.text_leakage:
+        lines += _leakage(r.text_leakage, r.retrieval)
     if r.geometry is not None:
         lines += _geometry(r.geometry)
     if r.forgetting:
@@ -248,6 +250,30 @@ def _retrieval(ret: dict[str, Any]) -> list[str]:
         [
             [p, *(fmt(ret[f"{p}_R@{k}"]) for k in (1, 5, 10)), fmt(ret[f"{p}_median_rank"], 1)]
             for p in ("i2t", "t2i")
+        ],
+    )
+
+
+def _leakage(leak: dict[str, Any], ret: dict[str, Any]) -> list[str]:
+    """Retrieval with and without the label words in the texts (`evaluation.leakage`)."""
+    classes = ", ".join(
+        f"{c} ({f:.0%}: {', '.join(leak.get('words', {}).get(c, []))})"
+        for c, f in leak["leaking_classes"].items()
+    )
+    m, acc = leak["retrieval"], leak["label_accuracy"]
+    lines = [
+        "",
+        "## Label words in the texts",
+        "",
+        f"The texts name their own label: {classes}. Retrieval repeated with those words masked "
+        f"({leak['n_masked_rows']} texts changed). {leak.get('note', '')}",
+        "",
+    ]
+    return lines + _table(
+        ["texts", "i2t R@1", "t2i R@1", "label accuracy (top-1 text's label)"],
+        [
+            ["as written", fmt(ret["i2t_R@1"]), fmt(ret["t2i_R@1"]), fmt(acc["texts"])],
+            ["label words masked", fmt(m["i2t_R@1"]), fmt(m["t2i_R@1"]), fmt(acc["masked"])],
         ],
     )
 

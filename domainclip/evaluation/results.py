@@ -194,6 +194,8 @@ class EvaluationResult(ResultFile):
     Clopper-Pearson CIs overall and per class, set sizes) when `--conformal ALPHA` was given;
     selective: `evaluation.selective.risk_coverage` dict (risk-coverage curve, AURC, referral
     rates). Both None in files written before they existed.
+    text_leakage: `evaluation.leakage.leakage_check` (retrieval with the label words masked in
+    the texts) when some class's texts name their label, else None (and in older files).
     """
 
     name: str
@@ -216,6 +218,7 @@ class EvaluationResult(ResultFile):
     # Absent in files written before baselines (then read as None / empty).
     baselines: dict[str, Any] | None = None
     failing_classes: dict[str, Any] | None = None
+    text_leakage: dict[str, Any] | None = None
     warnings: list[dict[str, str]] = field(default_factory=list)
     created: str = field(default_factory=utc_now)
     domainclip_version: str = __version__
@@ -261,6 +264,8 @@ class EvaluationResult(ResultFile):
             out["baselines"] = self.baselines
         if self.failing_classes is not None:
             out["failing_classes"] = self.failing_classes
+        if self.text_leakage is not None:
+            out["text_leakage"] = self.text_leakage
         out["warnings"] = list(self.warnings)
         return finite_json(out)
 
@@ -286,6 +291,7 @@ class EvaluationResult(ResultFile):
             selective=_selective(f.obj("selective", optional=True, nullable=True)),
             baselines=_baselines(f.obj("baselines", optional=True, nullable=True)),
             failing_classes=_failing(f.obj("failing_classes", optional=True, nullable=True)),
+            text_leakage=_text_leakage(f.obj("text_leakage", optional=True, nullable=True)),
             warnings=_warnings(f),
         )
 
@@ -427,6 +433,17 @@ def _failing(f: Fields | None) -> dict[str, Any] | None:
     for c in f.objects("classes"):
         c.get("class", str)
         c.get("why", str)
+    return f.data
+
+
+def _text_leakage(f: Fields | None) -> dict[str, Any] | None:
+    """{"leaking_classes": {class: fraction}, "retrieval": {...}, "label_accuracy": {"texts",
+    "masked": Estimate}, ...}."""
+    if f is None:
+        return None
+    f.get("leaking_classes", dict)
+    f.obj("label_accuracy").estimates("texts", "masked")
+    _retrieval(f.obj("retrieval"))
     return f.data
 
 

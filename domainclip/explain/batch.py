@@ -50,6 +50,7 @@ from domainclip.explain.sanity import (
 from domainclip.explain.text import token_attribution
 from domainclip.explain.tiles import stitched
 from domainclip.models import Backbone
+from domainclip.privacy import image_name, scrub_path
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class _Session:
         settings: ExplainSettings,
         out: Path,
         preprocess: ImageTransform | None = None,
+        show_paths: bool = False,
     ) -> None:
         unknown = [c for c in settings.checks if c not in CHECKS]
         if unknown:
@@ -109,6 +111,7 @@ class _Session:
         if not settings.methods:
             raise ExplainError(f"no method chosen; use one of: {', '.join(valid)}")
         self.bb, self.s, self.out = bb, settings, out
+        self.show_paths = show_paths  # image paths in the index (default: rows, privacy.image_name)
         self.preprocess = preprocess or eval_transform(bb)
         self.explainer = ImageExplainer(bb)
         self._random: ImageExplainer | None = None
@@ -206,7 +209,7 @@ def _explain_row(
             )
         item = IndexItem(
             row=row,
-            image=inp.path,
+            image=image_name(row, inp.path, sess.show_paths),
             prompt=prompt,
             label=label,
             method=method,
@@ -254,7 +257,7 @@ def _tokens(sess: _Session, inp: ModelInput, prompt: str, row: int) -> TokenReco
     page = save_html(ta.to_html(), sess.out / "tokens" / f"{row:05d}.html")
     return TokenRecord(
         row=row,
-        image=inp.path,
+        image=image_name(row, inp.path, sess.show_paths),
         text=prompt,
         html=str(page.relative_to(sess.out)),
         words=ta.words,
@@ -325,8 +328,10 @@ def explain_files(
     region: tuple[np.ndarray, str] | None = None,
     run: str | None = None,
     preprocess: ImageTransform | None = None,
+    show_paths: bool = False,
 ) -> Path:
-    """Explain one image file; write maps, overlays (and token HTML) and `out/index.json`.
+    """Explain one image file; write maps, overlays (and token HTML) and `out/index.json`
+    (the image is named `privacy.GIVEN_IMAGE` there unless `show_paths`).
 
     Args:
         region: optional ground truth (bool mask in original pixels, "mask"|"boxes").
@@ -337,7 +342,7 @@ def explain_files(
     """
     prompt = check_prompts([prompt])[0]
     out = Path(out)
-    sess = _Session(bb, settings, out, preprocess)
+    sess = _Session(bb, settings, out, preprocess, show_paths)
     inp = prepare_image(bb, image, sess.preprocess)
     w, h = inp.original_size
     if region is not None and region[0].shape != (h, w):
@@ -358,9 +363,11 @@ def explain_manifest(
     limit: int | None = None,
     run: str | None = None,
     preprocess: ImageTransform | None = None,
+    show_paths: bool = False,
 ) -> Path:
     """Explain every row of a manifest split (its own text as the prompt); write `out/index.json`.
-    Images go through `preprocess` (default `eval_transform(bb)`).
+    Images go through `preprocess` (default `eval_transform(bb)`); the index names them by row
+    (`privacy.image_name`) unless `show_paths`.
 
     Rows whose image cannot be read are skipped and listed under "skipped" (the batch goes on).
     Localisation uses the row's `mask` (preferred) or `boxes` metadata.
@@ -379,7 +386,7 @@ def explain_manifest(
         raise ExplainError(f"--limit must be at least 1, got {limit}")
     rows = rows[:limit] if limit else rows
     out = Path(out)
-    sess = _Session(bb, settings, out, preprocess)
+    sess = _Session(bb, settings, out, preprocess, show_paths)
     items: list[IndexItem] = []
     tokens: list[TokenRecord] = []
     skipped: list[SkippedRow] = []
@@ -392,7 +399,9 @@ def explain_manifest(
             region = region_from_meta(row.meta, man.root, inp.original_size)
             got, tok = _explain_row(sess, inp, row.text, row.row, row.label, region)
         except DomainClipError as exc:
-            skipped.append(SkippedRow(row.row, str(image), str(exc)))
+            name = image_name(row.row, image, show_paths)
+            why = str(exc) if show_paths else scrub_path(str(exc), image, name)
+            skipped.append(SkippedRow(row.row, name, why))
             log.warning("skipped row %d: %s", row.row, exc)
             continue
         items.extend(got)

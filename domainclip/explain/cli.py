@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from domainclip.explain.errors import ExplainError
+from domainclip.privacy import add_show_paths_argument
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ def _run(args: argparse.Namespace) -> int:
             _region(args, args.image),
             str(run) if run else None,
             resolved.preprocess,
+            show_paths=args.show_paths,
         )
     else:
         index = explain_manifest(
@@ -183,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
             limit=args.limit,
             run=str(run) if run else None,
             preprocess=resolved.preprocess,
+            show_paths=args.show_paths,
         )
     _print_summary(index)
     return 0
@@ -195,10 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explain",
         help="saliency maps, token attribution and sanity checks for image-text scores",
-        description=(
-            "Explain why a model links an image to a text. Writes maps (.npy), overlays (.png), "
-            "token attribution (.html) and index.json (read by the dashboard)."
-        ),
+        description="Explain why a model links an image to a text. Writes maps (.npy), overlays "
+        "(.png), token attribution (.html) and index.json (read by the dashboard).",
     )
     p.add_argument("model", metavar="RUN_OR_BACKBONE", help="fine-tuning run dir or backbone spec")
     src = p.add_argument_group("input (one of)")
@@ -266,5 +267,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="for runs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    add_show_paths_argument(p)
     add_input_arguments(p)
     p.set_defaults(func=_run)

@@ -97,7 +97,7 @@ def test_verdict_lists_the_crossed_thresholds(audited):
     assert "data:image/png;base64," in html and "<strong>Verdict: FAIL</strong>" in html
 
 
-def test_flip_examples_carry_what_the_dashboard_needs(audited):
+def test_flip_examples_carry_what_the_dashboard_needs(audited, manifest_path):
     result, _, _ = audited
     examples = result.data["flip_examples"]["alarming"]
     assert 0 < len(examples) <= 12
@@ -106,7 +106,11 @@ def test_flip_examples_carry_what_the_dashboard_needs(audited):
     n_flipped = int(np.sum(t.decisions[k] != t.decisions[r]))
     assert result.data["comparisons"]["alarming"]["overall"]["flips"] == n_flipped
     ex = examples[0]
-    assert Path(ex["path"]).is_file()
+    # Images are named by manifest row (paths only with show_paths); the dashboard finds the
+    # file through the manifest row.
+    assert ex["path"] == "" and ex["image"] == f"row {ex['row']}"
+    man = read_manifest(manifest_path)
+    assert man.image_path(next(r for r in man.rows if r.row == ex["row"])).is_file()
     assert ex["reference"]["decision"] != ex["framed"]["decision"]
     assert SEVERE in ex["framed"]["prompt_decision"] or ex["framed"]["decision"] == "clean"
     assert ex["shift"] == pytest.approx(

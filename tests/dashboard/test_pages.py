@@ -270,7 +270,9 @@ def test_audit_page(app: AppTest, dash_runs: DashRuns) -> None:
     framing = next(iter(flipped))
     first = flipped[framing][0]
     caps = captions(app)
-    assert caps[0] == f"row {first['row']} ({first['image']})"
+    # images are named by row (audit.json and the page); paths only with --show-paths
+    assert first["image"] == f"row {first['row']}" and first["path"] == ""
+    assert caps[0] == f"row {first['row']}"
     ref, framed = first["reference"], first["framed"]
     assert caps[1].startswith(
         f"{ref['framing']}: decides {ref['decision']} (p = {ref['decision_prob']:.3f})"

@@ -313,7 +313,7 @@ def test_result_round_trip_and_damaged_file(data):
 def evaluated(data, tmp_path_factory):
     """`run_evaluation` of the colour model on the context data (T = 25, so the calibrator counts)."""
     out = tmp_path_factory.mktemp("eval_context")
-    opts = EvaluationOptions(n_boot=100, temperature=25.0)
+    opts = EvaluationOptions(n_boot=100, temperature=25.0, show_paths=True)
     return run_evaluation(colour_backbone(), data["context"], "test", PROMPTS, out, opts), out
 
 

@@ -45,7 +45,7 @@ def test_manifest_batch_writes_index_maps_and_localisation(tiny_vit, synthetic_d
         options={"gradcam": {}},
     )
     index_path = explain_manifest(
-        tiny_vit, data / "manifest.csv", tmp_path / "out", settings, split=None
+        tiny_vit, data / "manifest.csv", tmp_path / "out", settings, split=None, show_paths=True
     )
     index = _strict_json(index_path)
     assert index["format"] == "domainclip.explain.index/1" and index["complete"] is True

@@ -51,7 +51,8 @@ def _rows(path: Path) -> list[dict]:
 def _bad_images(tmp: Path) -> list[str]:
     (tmp / "images" / "truncated.png").write_bytes((tmp / "images" / "ok0.png").read_bytes()[:60])
     (tmp / "images" / "empty.jpg").write_bytes(b"")
-    return ["predict", tmp / "run", "--images", tmp / "images", "--out", tmp / "p.csv", "--no-progress"]
+    return ["predict", tmp / "run", "--images", tmp / "images", "--out", tmp / "p.csv", "--no-progress",
+            "--show-paths"]
 
 
 def _check_bad_images(tmp: Path, outcome: Outcome) -> None:
@@ -67,7 +68,8 @@ def _non_images(tmp: Path) -> list[str]:
     (tmp / "images" / "notes.txt").write_text("not an image")
     (tmp / "images" / "sub").mkdir()
     (tmp / "images" / "sub" / "table.csv").write_text("a,b\n1,2\n")
-    return ["predict", "--onnx", tmp / "onnx", "--images", tmp / "images", "--out", tmp / "p.csv", "--no-progress"]
+    return ["predict", "--onnx", tmp / "onnx", "--images", tmp / "images", "--out", tmp / "p.csv", "--no-progress",
+            "--show-paths"]
 
 
 def _check_non_images(tmp: Path, outcome: Outcome) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import streamlit as st
 
 from domainclip.audit.results import AuditReport, FlipExample
-from domainclip.dashboard import auditdata, charts, state
+from domainclip.dashboard import auditdata, charts, manifests, state
 from domainclip.dashboard.access import PathAccessError, RunRef
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import DomainClipError
 from domainclip.explain.image import is_signed
 from domainclip.explain.render import overlay_png
-from domainclip.privacy import hidden_note
+from domainclip.privacy import hidden_note, image_name
 
 FLIPS_PER_PAGE = 4
 
@@ -44,15 +44,28 @@ def _verdict(audit: AuditReport) -> None:
     c4.metric("Alpha (Holm)", f"{t.alpha:g}")
 
 
+def _group_of(view, example: FlipExample) -> str:
+    """The pseudonym of the example's group: from the manifest row, else the stored group."""
+    table = view.table
+    hit = table[table["row"] == example.row]
+    if len(hit):
+        return str(hit["group"].iloc[0])
+    return state.pseudonym(example.group)
+
+
 def _flip_card(run: RunRef, view, example: FlipExample, method: str, alpha: float) -> None:
-    path = state.listed_image(view, example.path)
+    # Images are found through the manifest by row (audit.json names them by row unless the
+    # audit ran with --show-paths); older audit.json files still carry the path.
+    path = state.listed_image(view, manifests.image_of_row(view, example.row) or example.path)
     image = load_image(path)
+    group = _group_of(view, example)
     st.markdown(
-        f"**row {example.row}** · target `{example.target}` · group "
-        f"`{state.pseudonym(example.group)}` · shift {example.shift:+.4f}"
+        f"**row {example.row}** · target `{example.target}` · group `{group}` · shift "
+        f"{example.shift:+.4f}"
     )
     cols = st.columns(3)
-    cols[0].image(image, caption=f"row {example.row} ({example.image})", width=200)
+    name = image_name(example.row, example.image, state.show_paths())
+    cols[0].image(image, caption=name, width=200)
     token = state.model_token(run)
     key = f"{path}:{state.mtime(path)}"
     for col, side in ((cols[1], example.reference), (cols[2], example.framed)):

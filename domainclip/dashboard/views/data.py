@@ -13,6 +13,7 @@ import streamlit as st
 from domainclip.dashboard import charts, manifests, state
 from domainclip.dashboard.access import PathAccessError
 from domainclip.datasets.imageio import ImageReadError
+from domainclip.datasets.textquality import TextQuality
 from domainclip.privacy import hidden_note
 
 GALLERY_PAGE = 12
@@ -112,12 +113,19 @@ def _problems(view: manifests.ManifestView, path: Path) -> None:
             for kind, nums in table.items()
         ]
         st.dataframe(rows, hide_index=True, width="stretch")
-        with st.expander("Example messages"):
-            for kind, messages in report["examples"].items():
-                for m in messages:
-                    st.text(f"[{kind}] {m}")
+        if state.show_paths():
+            with st.expander("Example messages"):
+                for kind, messages in report["examples"].items():
+                    for m in messages:
+                        st.text(f"[{kind}] {m}")
+        else:  # the messages name image files (privacy.image_name): rows above instead
+            st.caption("Example messages name image files; start the dashboard with --show-paths to see them.")
     else:
         st.success("Every row is usable: no skipped or flagged rows.")
+    quality = report.get("text_quality")
+    if quality and quality.get("flagged"):
+        st.subheader("Text quality")
+        st.text("\n".join(TextQuality.from_dict(quality).format()))
 
 
 def render() -> None:
