@@ -12,6 +12,7 @@ from typing import Any
 
 from domainclip.errors import ConfigError
 from domainclip.io import atomic_write_text
+from domainclip.privacy import add_show_paths_argument
 
 _NEIGHBOUR_COLUMNS = ("rank", "id", "score", "label", "split", "group", "image", "row", "report")
 _DRAFT_COLUMNS = ("rank", "sentence", "score", "source_case", "source_rank", "source_image", "kind")
@@ -37,7 +38,7 @@ def _search(args: argparse.Namespace) -> int:
     from domainclip.retrieval.search import search_index
 
     res = search_index(args.index, image=args.image, text=args.text, k=args.k, where=args.filter or "",
-                       draft=args.draft, n_sentences=args.sentences, device=args.device)
+                       draft=args.draft, n_sentences=args.sentences, device=args.device).named(args.show_paths)
     fmt = args.format or (Path(args.out).suffix.lstrip(".").lower() if args.out else "json")
     if fmt not in ("json", "csv"):
         raise ConfigError(f"--out {args.out}: write .json or .csv (or give --format)")
@@ -98,4 +99,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", help="write FILE.json or FILE.csv (default: JSON on stdout)")
     s.add_argument("--format", choices=("json", "csv"), help="output format (default: from --out, else json)")
     s.add_argument("--device", default="cpu")
+    add_show_paths_argument(s)
     s.set_defaults(func=_search)

@@ -14,7 +14,7 @@ retrieved, not generated: every sentence is verbatim from a stored report.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from PIL import Image
 
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.errors import ConfigError, DataError
+from domainclip.privacy import image_name
 from domainclip.retrieval.index import IndexInfo, model_identity, open_store
 from domainclip.runs import ResolvedModel, resolve_model
 from domainclip.scoring.tiles import TiledFeatures
@@ -90,6 +91,22 @@ class SearchResult:
         if self.note:
             out["note"] = self.note
         return out
+
+    def named(self, show_paths: bool = False) -> SearchResult:
+        """A copy whose neighbour and draft-source images are named by `privacy.image_name` (manifest
+        row unless `show_paths`): file names often carry patient or case ids. The dashboard keeps
+        the stored paths (it resolves thumbnails from them under its confinement)."""
+        by_rank = {n.rank: n for n in self.neighbours}
+        neighbours = [replace(n, image=image_name(n.row, n.image, show_paths)) for n in self.neighbours]
+        draft = None
+        if self.draft is not None:
+            draft = [
+                replace(s, source_image=image_name(by_rank[s.source_rank].row, s.source_image, show_paths))
+                if s.source_rank in by_rank
+                else s
+                for s in self.draft
+            ]
+        return replace(self, neighbours=neighbours, draft=draft)
 
 
 def split_sentences(text: str) -> list[str]:

@@ -228,3 +228,24 @@ def test_cli_index_and_search(tmp_path, capsys, tiny_run, retrieval_data):
     assert main(["search", str(out), "--text", "a crack", "-k", "2"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["query"]["text"] == "a crack" and len(data["neighbours"]) == 2
+
+
+def test_search_names_neighbours_by_row_unless_show_paths(tmp_path, capsys, tiny_run, retrieval_data):
+    """Neighbour file names (often MRNs or accession numbers) stay out of search output by default."""
+    from domainclip.cli import main
+
+    out = tmp_path / "idx"
+    assert main(["index", str(tiny_run), "--data", str(retrieval_data), "--split", "train", "--out", str(out)]) == 0
+    man, train = _rows(retrieval_data, "train")
+    names = {man.image_path(r).name for r in train}
+    _, test = _rows(retrieval_data, "test")
+    img = str(man.image_path(test[0]))
+    capsys.readouterr()
+    assert main(["search", str(out), "--image", img, "-k", "5", "--draft"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    shown = [n["image"] for n in data["neighbours"]] + [s["source_image"] for s in data["draft"]["sentences"]]
+    assert shown and all(s.startswith("row ") for s in shown)
+    assert not any(name in json.dumps(data) for name in names)
+    assert main(["search", str(out), "--image", img, "-k", "5", "--show-paths"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert all(Path(n["image"]).name in names for n in data["neighbours"])
