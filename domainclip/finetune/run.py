@@ -424,9 +424,11 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
     runlog = RunLog(
         run_dir, resume_step=state["loop"]["step"] if state else None, enabled=dist.is_main
     )
+    text_top = _text_top(cfg, adapt, splits, prompts, device)
     try:
         trainer = Trainer(
-            cfg, adapt, splits, cache, transforms, run_dir, dist, device, runlog, prompts, meta
+            cfg, adapt, splits, cache, transforms, run_dir, dist, device, runlog, prompts, meta,
+            text_top,
         )
         if state is not None:
             trainer.resume_from(state)
@@ -434,6 +436,9 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         s = trainer.fit()
     finally:
         runlog.close()
+    info = {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}}
+    if text_top is not None:
+        info["text_cache"] = dict(text_top.cache.info)
     return {
         "best_metrics": s.best_metrics,
         "initial_metrics": s.initial_metrics,
@@ -443,10 +448,22 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         "skipped_batches": s.skipped_batches,
         "skipped_draws": s.skipped_draws,
         # decoded every step (no cache): the distinct images the trainer saw fail
-        "info": {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}},
+        "info": info,
         "stopped_early": bool(cfg.eval.patience and s.bad_evals >= cfg.eval.patience),
         "warnings": list(s.warnings),
     }
+
+
+def _text_top(cfg, adapt, splits, prompts, device):
+    """Cached lower text layers (`finetune.texttop`) for every text the run encodes: training and
+    validation texts and the class prompts; None when they do not apply."""
+    from domainclip.finetune.texttop import build_text_top
+    from domainclip.finetune.validate import class_texts
+
+    texts = [*splits.train.texts, *splits.val.texts]
+    if prompts is None or not prompts.multi_label:
+        texts += [t for ts in class_texts(prompts, splits.classes).values() for t in ts]
+    return build_text_top(cfg, adapt, device, texts)
 
 
 def _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta) -> dict:
