@@ -324,6 +324,12 @@ class LossConfig:
         "step from eval.prompts, or the class names); rows without a label are ignored",
         range=(0, None, "[]"),
     )
+    anchor_weight: float = option(
+        0.0,
+        "ProLIP-style pull of the trained projections toward their initial weights: adds "
+        "weight x sum of squared differences (0 = off)",
+        range=(0, None, "[]"),
+    )
     max_logit_scale: float = option(100.0, "clamp of exp(logit_scale)", range=(1, 1000, "[]"))
 
 

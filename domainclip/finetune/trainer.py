@@ -29,6 +29,7 @@ from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune import health
 from domainclip.finetune.adaptation import Adaptation
+from domainclip.finetune.anchor import ProjectionAnchor
 from domainclip.finetune.config import FinetuneConfig
 from domainclip.finetune.data import CachedFeatures, GlobalBatches, Splits, image_batches
 from domainclip.finetune.distributed import DistInfo, gather_features, gather_objects
@@ -129,6 +130,7 @@ class Trainer:
         prompts=None,
         meta: dict | None = None,
         text_top: TextTop | None = None,
+        anchor: ProjectionAnchor | None = None,
     ) -> None:
         self.cfg, self.adapt, self.splits = cfg, adapt, splits
         self.image_cache, self.transforms = image_cache, image_transforms
@@ -152,6 +154,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim)
         self.text_top = text_top  # top text layers over cached lower ones (finetune.texttop)
+        self.anchor = anchor  # initial projections for loss.anchor_weight (finetune.anchor)
         self.step_module = StepModule(adapt, text_top)
         self.ddp = self._wrap_ddp()
         self.text_cache: dict[str, torch.Tensor] = {}
@@ -260,6 +263,8 @@ class Trainer:
                 loss = loss + self.cfg.loss.supervised_weight * self._supervised(
                     img, all_labels, scale, tiled
                 )
+            if self.anchor is not None:
+                loss = loss + self.cfg.loss.anchor_weight * self.anchor.penalty(self.adapt.base)
         return loss
 
     def _supervised(
