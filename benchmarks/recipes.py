@@ -7,8 +7,8 @@ bootstrap 95% CIs; t2i / i2t R@1 against the rows' own texts):
 
   today        the recipe before this benchmark: text LoRA on every layer (text_layers 0)
   top2, top1   LoRA on the top 2 / 1 text layers, lower layers cached per distinct text
-  supervised   today + loss.supervised_weight (class-prompt cross-entropy)
-  anchor       today + loss.anchor_weight (ProLIP-style pull of the projections to their start)
+  supervised   top2 + loss.supervised_weight 1 (class-prompt cross-entropy)
+  anchor       top2 + loss.anchor_weight 0.01 (ProLIP-style pull of the projections to their start)
   chosen       the recipe the shipped *_lora.yaml configs now use
   probe        the linear probe (method linear_probe) on the same frozen image features
 
@@ -45,17 +45,17 @@ VARIANTS: dict[str, list[str]] = {
     "today": [ALL_LAYERS],
     "top2": ["method.lora.text_layers=2"],
     "top1": ["method.lora.text_layers=1"],
-    "supervised": [ALL_LAYERS, "loss.supervised_weight=1.0"],
-    "anchor": [ALL_LAYERS, "loss.anchor_weight=0.1"],
+    "supervised": ["method.lora.text_layers=2", "loss.supervised_weight=1.0"],
+    "anchor": ["method.lora.text_layers=2", "loss.anchor_weight=0.01"],
     "chosen": [],  # the shipped config as it is
     "probe": [],
 }
 # data set -> (shipped config, prompt set, steps)
 DATA = {
-    "neu": ("neu_det_lora.yaml", "configs/prompts/neu_det.yaml", 100),
-    "covid": ("covid_cxr_lora.yaml", None, 40),
-    "deeppcb": ("neu_det_lora.yaml", "configs/prompts/deeppcb.yaml", 60),
-    "synthetic": ("demo_synthetic_lora.yaml", "configs/prompts/synthetic.yaml", 40),
+    "neu": ("neu_det_lora.yaml", "configs/prompts/neu_det.yaml", 30),
+    "covid": ("covid_cxr_lora.yaml", None, 30),
+    "deeppcb": ("neu_det_lora.yaml", "configs/prompts/deeppcb.yaml", 30),
+    "synthetic": ("demo_synthetic_lora.yaml", "configs/prompts/synthetic.yaml", 30),
 }
 
 
@@ -171,6 +171,73 @@ def run_one(name: str, variant: str, manifest: Path, prompts: str, seed: int, ar
     return res
 
 
+SPEED_VARIANTS = {
+    "today": [ALL_LAYERS],
+    "top2_onechunk": ["method.lora.text_layers=2"],  # cache, no length bucketing
+    "top2": ["method.lora.text_layers=2"],
+    "top1": ["method.lora.text_layers=1"],
+}
+
+
+def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
+    """A ready Trainer (image features and lower text layers cached) for one speed variant."""
+    import tempfile
+
+    import torch
+
+    from domainclip.finetune import load_config
+    from domainclip.finetune.data import load_splits
+    from domainclip.finetune.distributed import DistInfo
+    from domainclip.finetune.run import _adapt, _image_cache, _prompts, _text_top, absolute_paths
+    from domainclip.finetune.runlog import RunLog
+    from domainclip.finetune.trainer import Trainer
+
+    over = _overrides(name, "today", manifest, prompts, 0, args)[:-1] + SPEED_VARIANTS[variant]
+    cfg = absolute_paths(load_config(REPO / "domainclip/configs" / DATA[name][0], over))
+    cpu = torch.device("cpu")
+    splits = load_splits(cfg.data, 0)
+    prompts_ = _prompts(cfg, splits)
+    adapt, anchor = _adapt(cfg, cpu, None)
+    cache = _image_cache(cfg, adapt, splits, cpu)
+    top = _text_top(cfg, adapt, splits, prompts_, cpu)
+    if top is not None and variant.endswith("onechunk"):
+        top.slack = float("inf")
+    run = Path(tempfile.mkdtemp())
+    t = Trainer(cfg, adapt, splits, cache, {}, run, DistInfo(), cpu, RunLog(run, enabled=False),
+                prompts_, {}, top, anchor)
+    return t, t._micro_batches(0, 0)
+
+
+def speed(args) -> None:
+    """Step times of every (data set, speed variant), interleaved step by step in ONE process so
+    that all see the same machine load; a 1024^3 fp32 matmul is timed each round alongside."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    trainers = {}
+    for name, (manifest, prompts) in _manifests(args).items():
+        for variant in SPEED_VARIANTS:
+            trainers[(name, variant)] = _trainer(name, variant, manifest, prompts, args)
+    times: dict = {k: [] for k in trainers}
+    mm = []
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for r in range(args.rounds + 1):
+        for key, (trainer, it) in trainers.items():
+            _, group = next(it)
+            t = time.perf_counter()
+            trainer._train_step(group)
+            if r:  # round 0 warms up
+                times[key].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a @ b
+        mm.append(2 * 1024**3 / (time.perf_counter() - t) / 1e9)
+    out = {f"{n}/{v}": statistics.median(ts) for (n, v), ts in times.items()}
+    out["matmul_gflops"] = statistics.median(mm)
+    (args.out / "speed.json").write_text(json.dumps(out, indent=1))
+    for k, v in out.items():
+        print(f"{k}: {v:.3f}")
+
+
 def _fmt(v) -> str:
     if isinstance(v, dict):
         ci = v.get("ci95")
@@ -213,12 +280,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="steps per run (0: per data set)")
     p.add_argument("--boards", type=int, default=120, help="DeepPCB train boards (val/test a third)")
     p.add_argument("--rerun", action="store_true")
+    p.add_argument("--speed", action="store_true", help="interleaved step times only")
+    p.add_argument("--rounds", type=int, default=8, help="--speed: timed steps per variant")
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.child:
         child(args)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runs").mkdir(exist_ok=True)
+    if args.speed:
+        speed(args)
+        return
     results = {}
     for name, (manifest, prompts) in _manifests(args).items():
         for variant in args.variants.split(","):

@@ -269,8 +269,8 @@ class LowerTextCache:
 class TextTop:
     """Text features from cached lower layers + the trained top layers (see module docstring)."""
 
-    def __init__(self, adapt: Adaptation, cache: LowerTextCache) -> None:
-        self.adapt, self.cache = adapt, cache
+    def __init__(self, adapt: Adaptation, cache: LowerTextCache, slack: float = PAD_SLACK) -> None:
+        self.adapt, self.cache, self.slack = adapt, cache, slack  # slack inf: one padded chunk
 
     def encode(self, texts: list[str]) -> torch.Tensor:
         """texts -> [n, D] unnormalised features (top layers, pooler, projection; with grad when
@@ -279,7 +279,7 @@ class TextTop:
         self.cache.ensure(texts)
         lengths = [len(self.cache.store[t]) for t in texts]
         outs, order = [], []
-        for chunk in length_chunks(lengths):
+        for chunk in length_chunks(lengths, self.slack):
             hidden, mask = self.cache.batch([texts[i] for i in chunk])
             outs.append(stack.top(hidden.to(device), mask.to(device)))
             order += chunk
