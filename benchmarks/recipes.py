@@ -41,12 +41,13 @@ sys.path.insert(0, str(BENCH))
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
 ALL_LAYERS = "method.lora.text_layers=0"
+NO_SUP = "loss.supervised_weight=0"  # the levers are set explicitly, whatever the shipped config says
 VARIANTS: dict[str, list[str]] = {
-    "today": [ALL_LAYERS],
-    "top2": ["method.lora.text_layers=2"],
-    "top1": ["method.lora.text_layers=1"],
+    "today": [ALL_LAYERS, NO_SUP],
+    "top2": ["method.lora.text_layers=2", NO_SUP],
+    "top1": ["method.lora.text_layers=1", NO_SUP],
     "supervised": ["method.lora.text_layers=2", "loss.supervised_weight=1.0"],
-    "anchor": ["method.lora.text_layers=2", "loss.anchor_weight=0.01"],
+    "anchor": ["method.lora.text_layers=2", NO_SUP, "loss.anchor_weight=0.01"],
     "chosen": [],  # the shipped config as it is
     "probe": [],
 }
@@ -172,10 +173,10 @@ def run_one(name: str, variant: str, manifest: Path, prompts: str, seed: int, ar
 
 
 SPEED_VARIANTS = {
-    "today": [ALL_LAYERS],
-    "top2_onechunk": ["method.lora.text_layers=2"],  # cache, no length bucketing
-    "top2": ["method.lora.text_layers=2"],
-    "top1": ["method.lora.text_layers=1"],
+    "today": [ALL_LAYERS, NO_SUP],
+    "top2_onechunk": ["method.lora.text_layers=2", NO_SUP],  # cache, no length bucketing
+    "top2": ["method.lora.text_layers=2", NO_SUP],
+    "top1": ["method.lora.text_layers=1", NO_SUP],
 }
 
 
@@ -192,7 +193,7 @@ def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
     from domainclip.finetune.runlog import RunLog
     from domainclip.finetune.trainer import Trainer
 
-    over = _overrides(name, "today", manifest, prompts, 0, args)[:-1] + SPEED_VARIANTS[variant]
+    over = _overrides(name, "chosen", manifest, prompts, 0, args) + SPEED_VARIANTS[variant]
     cfg = absolute_paths(load_config(REPO / "domainclip/configs" / DATA[name][0], over))
     cpu = torch.device("cpu")
     splits = load_splits(cfg.data, 0)
