@@ -139,6 +139,7 @@ def score(adapt, split, prompts, cache_dir: str, n_boot: int, seed: int) -> dict
         **{k: rep[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auroc")},
         "t2i_R@1": ret["t2i_R@1"],
         "t2i_R@5": ret["t2i_R@5"],
+        "i2t_R@1": ret["i2t_R@1"],
         "n_test": int(keep.sum()),
         "n_texts": ret["n_texts"],
     }

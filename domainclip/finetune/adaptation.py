@@ -295,8 +295,9 @@ def prepare(
                 )
             lora_mod.load_lora(base, wrap, adapter_dir, trainable)
         else:
+            top = method.lora.text_layers if tower == "text" else 0
             n = lora_mod.apply_lora(
-                base, wrap, _lora_targets(layout, method, tower), method.lora, tower
+                base, wrap, _lora_targets(layout, method, tower), method.lora, tower, top
             )
             log.info("LoRA on %d modules of the %s tower", n, tower)
     groups = split_parameters(base, layout)

@@ -12,7 +12,8 @@ by `method.name`; the resolved config records only the chosen method's section, 
 section given for another method is checked but neither used nor recorded (a note is logged). Runs
 written before this recorded every method's section: their config.yaml loads the same way, and
 `migrate_config_dict` drops the unused sections before a resume compares configs. Runs written
-before fit policies record no `data.fit`: they trained with "crop", which the migration fills in.
+before fit policies record no `data.fit`: they trained with "crop", which the migration fills in;
+runs written before `method.lora.text_layers` had LoRA on every text layer (filled in as 0).
 """
 
 from __future__ import annotations
@@ -172,6 +173,14 @@ class LoraSettings:
     text_targets: str = option(
         "", "regex of text-tower modules to adapt (relative to the tower); empty = family preset"
     )
+    text_layers: int = option(
+        2,
+        "adapt only the top N layers of the text tower (0 = every layer). The frozen layers "
+        "below are then run once per distinct text and their outputs cached (on disk under "
+        "train.feature_cache_dir), so a step runs only the top N layers: long reports train "
+        "about as fast as short descriptions. Fewer layers = faster, less text adaptation",
+        range=(0, 1024, "[]"),
+    )
 
 
 @dataclass
@@ -313,6 +322,12 @@ class LossConfig:
         0.0,
         "weight of a cross-entropy over class-prompt embeddings (one prompt per class drawn per "
         "step from eval.prompts, or the class names); rows without a label are ignored",
+        range=(0, None, "[]"),
+    )
+    anchor_weight: float = option(
+        0.0,
+        "ProLIP-style pull of the trained projections toward their initial weights: adds "
+        "weight x sum of squared differences (0 = off)",
         range=(0, None, "[]"),
     )
     max_logit_scale: float = option(100.0, "clamp of exp(logit_scale)", range=(1, 1000, "[]"))
@@ -537,6 +552,11 @@ def migrate_config_dict(data: Mapping[str, Any], where: str = "config") -> dict[
     name = method.get("name", MethodConfig.name)
     if name not in METHOD_SETTINGS:
         return data
+    lora = method.get("lora")
+    if name == "lora" and isinstance(lora, dict) and "text_layers" not in lora:
+        # Written before method.lora.text_layers: LoRA was on every text layer.
+        lora["text_layers"] = 0
+        log.info("%s: records no method.lora.text_layers (written before it): every layer", where)
     unused = [n for n in METHOD_SETTINGS if n != name and n in method]
     if unused:
         for n in unused:

@@ -106,3 +106,20 @@ def supervised_loss(
         return image_feats.sum() * 0.0
     logits = logit_scale * image_feats[keep] @ class_feats.T
     return F.cross_entropy(logits, label_index[keep])
+
+
+def anchor_loss(current: Sequence[torch.Tensor], initial: Sequence[torch.Tensor]) -> torch.Tensor:
+    """ProLIP-style pull toward initial weights: sum_k ||W_k - W0_k||_F^2 (scalar).
+
+    Args:
+        current: the trained tensors (e.g. the projections), any shapes.
+        initial: their values before training (same shapes; no gradient).
+
+    The gradient w.r.t. W_k is 2 (W_k - W0_k): a descent step moves each tensor back toward its
+    start, in proportion to how far it has moved.
+    """
+    if len(current) != len(initial):
+        raise ValueError(f"{len(current)} tensors but {len(initial)} initial values")
+    if not current:
+        return torch.zeros(())
+    return sum((c - i.to(c)).square().sum() for c, i in zip(current, initial, strict=True))

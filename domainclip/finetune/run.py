@@ -26,6 +26,7 @@ import yaml
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune import health
 from domainclip.finetune.adaptation import Adaptation, prepare
+from domainclip.finetune.anchor import ProjectionAnchor
 from domainclip.finetune.config import FinetuneConfig, config_diff, migrate_config_dict
 from domainclip.finetune.data import (
     CachedFeatures,
@@ -253,7 +254,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         prompts = _prompts(cfg, splits)
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
-        adapt = _adapt(cfg, device, resume_ckpt)
+        adapt, anchor = _adapt(cfg, device, resume_ckpt)
         cfg, fit_reason = _resolve_fit(cfg, adapt.bb, run_dir, resume, dist.world)
         truncated = health.truncation(splits, adapt.bb.tokenizer)
         _write_config(cfg, run_dir, dist)  # after loading: a bad backbone spec leaves no config
@@ -263,7 +264,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         cache_s = time.perf_counter() - tc
         if cfg.needs_training:
             result = _train(
-                cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta
+                cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta, anchor
             )
         else:
             result = _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta)
@@ -317,11 +318,16 @@ def _write_config(cfg: FinetuneConfig, run_dir: Path, dist: DistInfo) -> None:
         atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def _adapt(cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None) -> Adaptation:
-    """Load the backbone and prepare it for the method (resumed adapters/heads when given)."""
+def _adapt(
+    cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None
+) -> tuple[Adaptation, ProjectionAnchor | None]:
+    """Load the backbone and prepare it for the method (resumed adapters/heads when given).
+    Returns it with the projections' starting point when `loss.anchor_weight` is set (taken
+    before a resumed checkpoint's trained projections are loaded)."""
     from domainclip.models import load_backbone
 
     bb = load_backbone(cfg.backbone.spec, device=device)
+    anchor = ProjectionAnchor.of(bb) if cfg.loss.anchor_weight > 0 else None
     torch.manual_seed(cfg.train.seed)  # LoRA init does not depend on how the backbone was built
     if cfg.needs_training:
         adapt = prepare(bb, cfg.method, checkpoint=resume_ckpt, trainable=True)
@@ -338,7 +344,7 @@ def _adapt(cfg: FinetuneConfig, device: torch.device, resume_ckpt: Path | None) 
         )
     else:  # a closed-form head does not exist yet: counted (as in result.json) once fitted
         log.info("%s: its head is fitted from cached features; parameters counted once fitted", cfg.method.name)
-    return adapt
+    return adapt, anchor
 
 
 def _result(
@@ -416,7 +422,9 @@ def _eval_transform(cfg: FinetuneConfig, bb):
     return eval_transform(bb, cfg.data.fit, cfg.data.image_size, cfg.data.tile_settings())
 
 
-def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta) -> dict:
+def _train(
+    cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckpt, meta, anchor=None
+) -> dict:
     from domainclip.datasets.transforms import train_transform
     from domainclip.finetune.trainer import Trainer
 
@@ -434,9 +442,11 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
     runlog = RunLog(
         run_dir, resume_step=state["loop"]["step"] if state else None, enabled=dist.is_main
     )
+    text_top = _text_top(cfg, adapt, splits, prompts, device)
     try:
         trainer = Trainer(
-            cfg, adapt, splits, cache, transforms, run_dir, dist, device, runlog, prompts, meta
+            cfg, adapt, splits, cache, transforms, run_dir, dist, device, runlog, prompts, meta,
+            text_top, anchor,
         )
         if state is not None:
             trainer.resume_from(state)
@@ -444,6 +454,9 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         s = trainer.fit()
     finally:
         runlog.close()
+    info = {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}}
+    if text_top is not None:
+        info["text_cache"] = dict(text_top.cache.info)
     return {
         "best_metrics": s.best_metrics,
         "initial_metrics": s.initial_metrics,
@@ -453,10 +466,22 @@ def _train(cfg, adapt, splits, cache, prompts, run_dir, dist, device, resume_ckp
         "skipped_batches": s.skipped_batches,
         "skipped_draws": s.skipped_draws,
         # decoded every step (no cache): the distinct images the trainer saw fail
-        "info": {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}},
+        "info": info,
         "stopped_early": bool(cfg.eval.patience and s.bad_evals >= cfg.eval.patience),
         "warnings": list(s.warnings),
     }
+
+
+def _text_top(cfg, adapt, splits, prompts, device):
+    """Cached lower text layers (`finetune.texttop`) for every text the run encodes: training and
+    validation texts and the class prompts; None when they do not apply."""
+    from domainclip.finetune.texttop import build_text_top
+    from domainclip.finetune.validate import class_texts
+
+    texts = [*splits.train.texts, *splits.val.texts]
+    if prompts is None or not prompts.multi_label:
+        texts += [t for ts in class_texts(prompts, splits.classes).values() for t in ts]
+    return build_text_top(cfg, adapt, device, texts)
 
 
 def _fit(cfg, adapt, splits, cache, prompts, run_dir, device, meta) -> dict:

@@ -29,6 +29,7 @@ from domainclip.errors import ConfigError
 from domainclip.finetune import checkpoint as ckpt
 from domainclip.finetune import health
 from domainclip.finetune.adaptation import Adaptation
+from domainclip.finetune.anchor import ProjectionAnchor
 from domainclip.finetune.config import FinetuneConfig
 from domainclip.finetune.data import CachedFeatures, GlobalBatches, Splits, image_batches
 from domainclip.finetune.distributed import DistInfo, gather_features, gather_objects
@@ -37,6 +38,7 @@ from domainclip.finetune.losses import multi_positive_loss, positive_mask, super
 from domainclip.finetune.metric_names import resolve_metric
 from domainclip.finetune.optim import build_optimizer, build_scheduler
 from domainclip.finetune.runlog import RunLog
+from domainclip.finetune.texttop import TextTop
 from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
 from domainclip.finetune.validate import ValFeatures, class_texts, validation_metrics
 from domainclip.runs.layout import CHECKPOINTS_DIR
@@ -70,14 +72,16 @@ class TrainState:
 class StepModule(nn.Module):
     """Features of one micro-batch (DDP wraps this, so gradient sync sees every trained module).
 
-    forward(pooled_image=[b,Dpre] | pixels=[b,3,H,W], text_ids=[u,L] | pooled_text=[u,Dpre])
+    forward(pooled_image=[b,Dpre] | pixels=[b,3,H,W], text_ids=[u,L] | pooled_text=[u,Dpre]
+            | texts=[u] (top text layers over cached lower layers, `finetune.texttop`))
         -> (image_feats [b,D], text_feats [u,D], logit_scale scalar), features unnormalised.
     """
 
-    def __init__(self, adapt: Adaptation) -> None:
+    def __init__(self, adapt: Adaptation, text_top: TextTop | None = None) -> None:
         super().__init__()
         self.model = adapt.model  # registered: its parameters are the ones DDP synchronises
         object.__setattr__(self, "adapt", adapt)  # not a submodule (same parameters)
+        object.__setattr__(self, "text_top", text_top)
 
     def forward(
         self,
@@ -85,6 +89,7 @@ class StepModule(nn.Module):
         pixels: torch.Tensor | None = None,
         text_ids: torch.Tensor | None = None,
         pooled_text: torch.Tensor | None = None,
+        texts: list[str] | None = None,
     ):
         a = self.adapt
         img = (
@@ -92,11 +97,12 @@ class StepModule(nn.Module):
             if pooled_image is not None
             else a.model.encode_image(pixels)
         )
-        txt = (
-            a.text_from_pooled(pooled_text)
-            if pooled_text is not None
-            else a.model.encode_text(text_ids)
-        )
+        if texts is not None:
+            txt = self.text_top.encode(texts)
+        elif pooled_text is not None:
+            txt = a.text_from_pooled(pooled_text)
+        else:
+            txt = a.model.encode_text(text_ids)
         return img, txt, a.model.logit_scale
 
 
@@ -124,6 +130,8 @@ class Trainer:
         runlog: RunLog,
         prompts=None,
         meta: dict | None = None,
+        text_top: TextTop | None = None,
+        anchor: ProjectionAnchor | None = None,
     ) -> None:
         self.cfg, self.adapt, self.splits = cfg, adapt, splits
         self.image_cache, self.transforms = image_cache, image_transforms
@@ -146,7 +154,9 @@ class Trainer:
             )
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim)
-        self.step_module = StepModule(adapt)
+        self.text_top = text_top  # top text layers over cached lower ones (finetune.texttop)
+        self.anchor = anchor  # initial projections for loss.anchor_weight (finetune.anchor)
+        self.step_module = StepModule(adapt, text_top)
         self.ddp = self._wrap_ddp()
         self.text_cache: dict[str, torch.Tensor] = {}
         self.state = TrainState()
@@ -233,8 +243,11 @@ class Trainer:
             return None
         texts = [split.texts[r] for r in rows]
         uniq = list(dict.fromkeys(texts))
-        text_in = self._text_features(uniq)
-        kw["pooled_text" if text_in.is_floating_point() else "text_ids"] = text_in
+        if self.text_top is not None:
+            kw["texts"] = uniq
+        else:
+            text_in = self._text_features(uniq)
+            kw["pooled_text" if text_in.is_floating_point() else "text_ids"] = text_in
         with self._autocast():
             img, txt_u, log_scale = self.ddp(**kw)
             where = {t: i for i, t in enumerate(uniq)}
@@ -251,6 +264,8 @@ class Trainer:
                 loss = loss + self.cfg.loss.supervised_weight * self._supervised(
                     img, all_labels, scale, tiled
                 )
+            if self.anchor is not None:
+                loss = loss + self.cfg.loss.anchor_weight * self.anchor.penalty(self.adapt.base)
         return loss
 
     def _supervised(
@@ -265,8 +280,11 @@ class Trainer:
         ct = class_texts(self.prompts, self.splits.classes)
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
         prompts = [ts[int(torch.randint(len(ts), (1,), generator=g))] for ts in ct.values()]
-        ids = self.adapt.bb.tokenizer(prompts).to(self.device)
-        W = F.normalize(self.adapt.model.encode_text(ids).float(), dim=-1)
+        if self.text_top is not None:
+            W = F.normalize(self.text_top.encode(prompts).float(), dim=-1)
+        else:
+            ids = self.adapt.bb.tokenizer(prompts).to(self.device)
+            W = F.normalize(self.adapt.model.encode_text(ids).float(), dim=-1)
         lookup = {c: i for i, c in enumerate(self.splits.classes)}
         y = torch.tensor(
             [lookup.get(lab[0], -1) if lab else -1 for lab in labels], device=img.device
@@ -401,6 +419,8 @@ class Trainer:
         with self._autocast():
             if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "never":
                 return self.adapt.text_from_pooled(self._text_features(texts)).float().cpu()
+            if self.text_top is not None:
+                return self.text_top.encode(texts).float().cpu()
             return (
                 self.adapt.model.encode_text(self.adapt.bb.tokenizer(texts).to(self.device))
                 .float()

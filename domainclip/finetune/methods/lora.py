@@ -33,10 +33,43 @@ def _matching(module: nn.Module, regex: str) -> list[str]:
     return [n for n, _ in module.named_modules() if n and pattern.fullmatch(n)]
 
 
+# The index of a transformer layer in a module name: BERT `encoder.layer.3.`, HF CLIP
+# `encoder.layers.3.`, open_clip `transformer.resblocks.3.`.
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|resblocks)\.(\d+)(?:\.|$)")
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer a module name belongs to (None: not inside a numbered layer)."""
+    m = LAYER_INDEX.search(name)
+    return int(m.group(1)) if m else None
+
+
+def count_layers(module: nn.Module) -> int:
+    """Number of numbered transformer layers in `module` (0 when it has none)."""
+    found = [layer_index(n) for n, _ in module.named_modules()]
+    return max((i for i in found if i is not None), default=-1) + 1
+
+
+def top_layer_names(module: nn.Module, names: list[str], top: int) -> list[str]:
+    """The names among `names` inside the top `top` numbered layers of `module` (top 0 = all)."""
+    if top <= 0:
+        return names
+    first = count_layers(module) - top
+    return [n for n in names if (i := layer_index(n)) is not None and i >= first]
+
+
 def apply_lora(
-    model: nn.Module, wrap_path: str, targets: str, settings: LoraSettings, tower: str
+    model: nn.Module,
+    wrap_path: str,
+    targets: str,
+    settings: LoraSettings,
+    tower: str,
+    top_layers: int = 0,
 ) -> int:
     """Wrap `model.<wrap_path>` in a peft LoRA model. Returns the number of adapted modules.
+
+    top_layers > 0 keeps only the matched modules inside the top `top_layers` numbered layers
+    of the tower (`method.lora.text_layers`); peft then gets their exact names.
 
     Raises:
         ConfigError: the target regex matches no module of the tower (names a few that exist).
@@ -44,18 +77,19 @@ def apply_lora(
     from peft import LoraConfig, get_peft_model
 
     module = get_path(model, wrap_path)
-    matched = _matching(module, targets)
+    matched = top_layer_names(module, _matching(module, targets), top_layers)
     if not matched:
         sample = [n for n, m in module.named_modules() if n and not list(m.children())][:8]
+        within = f" within its top {top_layers} layers" if top_layers else ""
         raise ConfigError(
             f"method.lora.{tower}_targets: regex {targets!r} matches no module of the {tower} tower "
-            f"({type(module).__name__}); leaf modules look like: {', '.join(sample)}"
+            f"({type(module).__name__}){within}; leaf modules look like: {', '.join(sample)}"
         )
     cfg = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=targets,
+        target_modules=matched if top_layers > 0 else targets,
     )
     try:
         with _peft_quietly():

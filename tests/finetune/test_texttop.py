@@ -1,0 +1,156 @@
+"""Top-N text LoRA over cached lower layers (domainclip.finetune.texttop)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from domainclip.finetune.adaptation import prepare
+from domainclip.finetune.config import load_config, migrate_config_dict
+from domainclip.finetune.methods.lora import layer_index
+from domainclip.finetune.texttop import (
+    LowerTextCache,
+    TextTop,
+    build_text_top,
+    length_chunks,
+    text_stack,
+)
+from domainclip.models import load_backbone
+
+TEXTS = [
+    "a scratch",
+    "two long scratches in the upper left of a steel surface",
+    "x",
+    "patient with bilateral opacities and a history of fever, " * 12,
+]
+
+
+@pytest.fixture(scope="module")
+def default_adapt():
+    """The embedded default with LoRA on its top 2 text layers, adapters made non-zero."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["data.manifest=x", "method.lora.text_layers=2"])
+    adapt = prepare(load_backbone("default"), cfg.method)
+    for name, p in adapt.trainable_parameters().items():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)  # peft starts B at zero: make the adapters matter
+    return cfg, adapt
+
+
+def test_lora_only_on_the_top_layers(default_adapt):
+    _, adapt = default_adapt
+    names = [n for n in adapt.trainable_parameters() if "lora_A" in n]
+    layers = {layer_index(n.split("transformer.", 1)[1]) for n in names}
+    assert layers == {4, 5}  # MiniLM has 6 layers: 0..5
+    assert len(names) == 2 * 6  # query, key, value, attention.output.dense, intermediate, output
+    full = prepare(load_backbone("default"), load_config(None, ["data.manifest=x", "method.lora.text_layers=0"]).method)
+    all_layers = {
+        layer_index(n.split("transformer.", 1)[1]) for n in full.trainable_parameters() if "lora_A" in n
+    }
+    assert all_layers == set(range(6))
+
+
+def test_cached_top_forward_equals_full_forward(default_adapt):
+    cfg, adapt = default_adapt
+    top = build_text_top(cfg, adapt, torch.device("cpu"), TEXTS)
+    assert top is not None and top.cache.stack.split == 4
+    adapt.set_train(False)
+    with torch.no_grad():
+        cached = top.encode(TEXTS)
+        full = adapt.model.encode_text(adapt.bb.tokenizer(TEXTS))
+    assert cached.shape == full.shape == (4, 256)
+    torch.testing.assert_close(cached, full, atol=2e-5, rtol=1e-4)
+    # gradients reach the top layers' LoRA and the projection, never the cached layers
+    adapt.set_train(True)
+    adapt.model.zero_grad()
+    top.encode(TEXTS[:2]).square().sum().backward()
+    grads = {n for n, p in adapt.trainable_parameters().items() if p.grad is not None}
+    assert any("layer.5" in n and "lora_B" in n for n in grads)
+    assert any(n.startswith("text.proj") for n in grads)
+
+
+def test_padding_is_trimmed_to_each_chunk(default_adapt):
+    cfg, adapt = default_adapt
+    assert length_chunks([3, 100, 4, 120, 3]) == [[0, 4, 2], [1, 3]]
+    assert length_chunks([5, 5, 5]) == [[0, 1, 2]]
+    top = build_text_top(cfg, adapt, torch.device("cpu"), TEXTS)
+    seen = []
+    real_top = top.cache.stack.top
+
+    def spy(hidden, mask):
+        seen.append(tuple(mask.shape))
+        return real_top(hidden, mask)
+
+    top.cache.stack.top = spy
+    try:
+        with torch.no_grad():
+            top.encode(TEXTS)
+    finally:
+        del top.cache.stack.top
+    lengths = sorted(len(top.cache.store[t]) for t in TEXTS)
+    assert sum(n for n, _ in seen) == 4
+    assert max(width for _, width in seen) == lengths[-1]
+    assert min(width for _, width in seen) <= lengths[2] < lengths[-1]  # short texts not padded to the long
+
+
+def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
+    _, adapt = default_adapt
+    stack = text_stack(adapt, 2)
+    tok = adapt.bb.tokenizer
+
+    def fresh():
+        c = LowerTextCache(stack, tok, torch.device("cpu"), str(tmp_path))
+        c.prepare(TEXTS)
+        return c
+
+    first = fresh()
+    assert not first.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 1
+    second = fresh()
+    assert second.info["reused"]
+    for t in TEXTS:
+        torch.testing.assert_close(first.store[t], second.store[t], atol=0, rtol=0)
+    # a change of a TOP layer does not touch the cached part: still reused
+    w = stack.layers[5].output.dense.base_layer.weight
+    saved = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    assert fresh().info["reused"]
+    with torch.no_grad():
+        w.copy_(saved)
+    # a change of a lower layer's weights: recomputed into a new file
+    emb = stack.bert.embeddings.word_embeddings.weight
+    saved = emb.detach().clone()
+    with torch.no_grad():
+        emb[0, 0] += 1.0
+    try:
+        changed = fresh()
+        assert not changed.info["reused"]
+        assert len(list(tmp_path.glob("text-*.safetensors"))) == 2
+    finally:
+        with torch.no_grad():
+            emb.copy_(saved)
+    # a changed tokenizer (another context length truncates differently): recomputed
+    old = tok.context_length
+    tok.context_length = 16
+    try:
+        short = fresh()
+        assert not short.info["reused"]
+        assert max(len(v) for v in short.store.values()) == 16
+    finally:
+        tok.context_length = old
+    assert fresh().info["reused"]  # back to the original: the first file again
+
+
+def test_not_applicable_cases(default_adapt):
+    cfg, adapt = default_adapt
+    assert text_stack(adapt, 0) is None and text_stack(adapt, 6) is None
+    never = load_config(None, ["data.manifest=x", "train.cache_features=never"])
+    assert build_text_top(never, adapt, torch.device("cpu"), TEXTS) is None
+    assert isinstance(build_text_top(cfg, adapt, torch.device("cpu"), TEXTS), TextTop)
+
+
+def test_old_runs_migrate_to_every_layer():
+    old = {"method": {"name": "lora", "lora": {"r": 8, "alpha": 16.0}}}
+    assert migrate_config_dict(old)["method"]["lora"]["text_layers"] == 0
+    new = {"method": {"name": "lora", "lora": {"r": 8, "text_layers": 1}}}
+    assert migrate_config_dict(new)["method"]["lora"]["text_layers"] == 1
