@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from domainclip.calibrators import CalibrationError, fit_calibrator, record_probabilities, referral_rule
+from domainclip.calibrators import (
+    CalibrationError,
+    fit_calibrator,
+    record_probabilities,
+    referral_rule,
+)
 from domainclip.calibrators.base import from_record
 from domainclip.calibrators.conformal import fit_conformal, stored_thresholds
 from domainclip.deploy.output import DecisionRules, InputItem, score_rows
