@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/scaling.py RUN [--export DIR] [--n 64] [--threads 2] [--json OUT]
 
-End to end, as a deployment runs it: `predict` on N images of the run's test split (a folder of
-links, `--images`), decoding, preprocessing, encoding, calibrating, conformal sets and writing
-the CSV included. Each backend runs in its own child process (so its memory is its own): one
+End to end, as a deployment service runs it once the model is loaded: `predict` on N images of
+the run's test split (a folder of links, `--images`), decoding, preprocessing, encoding,
+calibrating, conformal sets and writing the CSV included; the model (PyTorch run / ONNX Runtime
+sessions) is loaded once per backend (its load is reported separately, with the warm-up). Each backend runs in its own child process (so its memory is its own): one
 warm-up batch, then batch 1, 8 and 32 over the same N images. Reported per backend and batch:
 images/s (N / wall seconds of the predict call) and latency per batch (wall / number of batches,
 ms); per backend, the peak RSS of its process (MiB, `ru_maxrss`: model, runtime and the largest
@@ -15,6 +16,7 @@ temporary folder first (not timed). Takes about 1-3 minutes on 2 cores with N = 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -51,9 +53,16 @@ def _child(backend: str, run: str, export: str, images: str, threads: int, out_d
         import torch
 
         torch.set_num_threads(threads)
-        from domainclip.deploy.predict import predict_run as predict
+        from domainclip.deploy import predict as mod
+
+        mod.load_task = functools.lru_cache(maxsize=None)(mod.load_task)  # load once, as a service would
+        predict = mod.predict_run
     else:
-        from domainclip.deploy.onnx_runtime import predict_onnx as predict
+        from domainclip.deploy import onnx_runtime as mod
+
+        load = mod.OnnxModel.load
+        mod.OnnxModel.load = functools.lru_cache(maxsize=None)(lambda *a: load(*a))
+        predict = mod.predict_onnx
     common = dict(images=images, data=None, split=None, prompt=None, review_below=None, allow_ungated=True,
                   allow_uncalibrated=True, progress=False)
     if backend == "pytorch":
@@ -61,12 +70,13 @@ def _child(backend: str, run: str, export: str, images: str, threads: int, out_d
     else:
         common.update(onnx=export, precision=backend.split()[1], threads=threads)
     n = len(list(Path(images).iterdir()))
-    predict(SimpleNamespace(**common, batch_size=min(8, n), out=f"{out_dir}/warmup.csv"))
+    tag = backend.replace(" ", "_")
+    predict(SimpleNamespace(**common, batch_size=min(8, n), out=f"{out_dir}/{tag}_warmup.csv"))
     load_s = time.perf_counter() - t0
     out = {"load_and_warmup_s": load_s, "batches": {}}
     for b in BATCHES:
         t = time.perf_counter()
-        res = predict(SimpleNamespace(**common, batch_size=b, out=f"{out_dir}/b{b}.csv"))
+        res = predict(SimpleNamespace(**common, batch_size=b, out=f"{out_dir}/{tag}_b{b}.csv"))
         wall = time.perf_counter() - t
         n_batches = -(-n // b)
         out["batches"][b] = {"images_per_s": res["counts"]["n_scored"] / wall,
