@@ -1,11 +1,12 @@
 """`domainclip demo`: the whole product end to end on a generated data set, offline, on a CPU.
 
 generate synthetic defects -> validate -> evaluate the untrained default (baseline) -> fine-tune
-(locked image tower + cached features + text LoRA) -> evaluate with temperature scaling (and the
-forgetting curve) -> explain a few test images (saliency overlays + localisation against the masks)
--> prompt-framing audit with the deployment gate (fine-tuned vs base) -> model card -> a case index
-of the training split searched with one test image -> the command that opens the dashboard. Each
-step calls the same library function as its CLI command.
+(locked image tower + cached features + text LoRA) -> evaluate with a calibrator chosen by `auto`
+and conformal prediction sets at alpha 0.1 (and the forgetting curve) -> explain a few test images
+(saliency overlays + localisation against the masks) -> prompt-framing audit with the deployment
+gate (fine-tuned vs base) -> model card -> a case index of the training split searched with one
+test image -> export to ONNX and predict a few test images with the export -> the command that
+opens the dashboard. Each step calls the same library function as its CLI command.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     _explain(settings, paths, timings)
     audit, card = _audit_and_card(paths, base, timings)
     _similar_cases(paths, timings)
+    deployed = _deploy(paths, audit.verdict, timings)
 
     acc0 = before.classification["accuracy"]["value"]
     acc1 = after.classification["accuracy"]["value"]
@@ -126,6 +128,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "gate": audit.verdict,
         "card": card,
         "timings": timings,
+        **deployed,
     }
 
 
@@ -239,7 +242,8 @@ def _evaluate_tuned(
 
     options = EvaluationOptions(
         name="synthetic_test",
-        fit_temperature=True,
+        calibrate="auto",
+        conformal=0.1,
         n_boot=settings.n_boot,
         reference=paths.manifest,
         reference_prompts=paths.prompts,
@@ -247,14 +251,31 @@ def _evaluate_tuned(
         alphas=(0.0, 0.5, 1.0),
     )
     after = _step(
-        "6/8 evaluate the fine-tuned model (temperature fitted on val, forgetting curve vs base)",
+        "6/8 evaluate the fine-tuned model (calibrator chosen on val, conformal sets at alpha 0.1, "
+        "forgetting curve vs base)",
         lambda: run_evaluation(
             paths.run_dir, paths.manifest, "test", paths.prompts, None, options
         ),
         timings,
     )
     print("   " + _summary(after).replace("\n", "\n   "))
+    _print_uncertainty(paths)
     return after
+
+
+def _print_uncertainty(paths: _Paths) -> None:
+    """The calibrator `auto` chose and why, and where its record (with the conformal thresholds
+    and the referral rule that `predict` applies) is."""
+    from domainclip.calibrators import load_calibration
+
+    record = load_calibration(paths.run_dir) or {}
+    why = (record.get("selection") or {}).get("reason", record.get("kind", "none"))
+    rule = record.get("selective") or {}
+    print(f"   calibrator: {why}")
+    if rule:
+        print(f"   referral rule: refer below confidence {rule['min_confidence']:.3f} (error <= "
+              f"{rule['target_error']:g} on {rule['split']}; refers {rule['refer_rate']:.0%} there)")
+    print(f"   record (calibrator, conformal thresholds, referral rule): {paths.run_dir / 'calibration.json'}")
 
 
 def _explain(settings: DemoSettings, paths: _Paths, timings: dict[str, float]) -> None:
@@ -323,6 +344,36 @@ def _similar_cases(paths: _Paths, timings: dict[str, float]) -> None:
     for d in res.draft or []:
         print(f"   draft (retrieved, not generated): {d.sentence!r} <- case {d.source_rank}")
     print(f"   domainclip search {index} --image {query} --draft")
+
+
+def _deploy(paths: _Paths, verdict: str, timings: dict[str, float], n_images: int = 8) -> dict[str, Path]:
+    """Last stage: export the run to ONNX (fp32 + int8) and score a few test images with the
+    export on ONNX Runtime (`domainclip predict --onnx`); prints where the files are."""
+    from types import SimpleNamespace
+
+    from domainclip.deploy.export import export_onnx
+    from domainclip.deploy.onnx_runtime import predict_onnx
+    from domainclip.deploy.output import list_inputs
+
+    export_dir = paths.out / "export_onnx"
+    man = _step("deploy: export the run to ONNX (image + text graphs, int8)",
+                lambda: export_onnx(paths.run_dir, export_dir, quantize="int8"), timings)
+    parity = ", ".join(f"{k} cosine >= {v['image_cosine_min']:.4f}" for k, v in man["parity"].items())
+    print(f"   {export_dir} (default {man['default_precision']}; image features vs PyTorch: {parity})")
+    images = paths.out / "predict_images"
+    images.mkdir(exist_ok=True)
+    for item in list_inputs(None, paths.manifest, "test")[:n_images]:
+        shutil.copy2(item.path, images / item.path.name)
+    out = paths.out / "predictions.csv"
+    ungated = verdict != "pass"  # the demo scores anyway, and the provenance records it
+    opts = SimpleNamespace(onnx=str(export_dir), images=str(images), data=None, split=None, out=str(out),
+                           batch_size=8, prompt=None, review_below=None, allow_ungated=ungated,
+                           allow_uncalibrated=False, precision=None, threads=None, progress=False)
+    res = _step(f"deploy: predict {n_images} test images with the export (ONNX Runtime, no torch needed)",
+                lambda: predict_onnx(opts), timings)
+    print(f"   {res['counts']['n_scored']} scored -> {out} (provenance: {out}.provenance.json)"
+          + ("; gate failed, scored with --allow-ungated (recorded)" if ungated else ""))
+    return {"export_dir": export_dir, "predictions": out}
 
 
 def _cli(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from domainclip.audit.analysis import (
     point_ece_by_subgroup_and_framing,
 )
 from domainclip.audit.compare import compare_models
+from domainclip.audit.coverage import coverage_checks, framing_coverage
 from domainclip.audit.floor import floor_checks, near_chance, performance
 from domainclip.audit.gate import Check, check_resolution, gate_checks
 from domainclip.audit.results import (
@@ -333,6 +334,8 @@ def _report(
     checks: list[Check] = floor_checks(spec_used, main.performance) + gate_checks(
         spec_used, main.comparisons, main.calibration
     )
+    coverage = framing_coverage(spec_used, main.table, images.subgroups)
+    checks += coverage_checks(spec_used, coverage)
     compare = None
     if base is not None:
         st = spec_used.statistics
@@ -354,7 +357,7 @@ def _report(
             base_gate=gate_summary(base_checks),
             sensitivity_change=change,
         )
-    return build_audit_report(
+    report = build_audit_report(
         spec=spec,
         spec_used=spec_used,
         main=main,
@@ -368,6 +371,8 @@ def _report(
         show_paths=show_paths,
         bins=bins,
     )
+    report.coverage = coverage
+    return report
 
 
 def _write(

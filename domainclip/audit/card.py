@@ -32,6 +32,7 @@ from domainclip.audit.card_summary import (
     training_deviation,
     warning_blocks,
 )
+from domainclip.audit.card_uncertainty import calibrator_sentence, sets_blocks
 from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
 from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
@@ -388,7 +389,7 @@ def _shortcut_sentence(m: EvaluationResult) -> str:
 
 def _calibration(run: Path, lead: EvaluationResult | None) -> list[Block]:
     """Calibration on the evaluated (test) split first; the validation fit of T labelled as such."""
-    blocks: list[Block] = [("h2", "Calibration (temperature scaling)")]
+    blocks: list[Block] = [("h2", "Calibration")]
     if lead is not None:
         header, rows = test_calibration_rows(lead)
         blocks.append(
@@ -407,21 +408,14 @@ def _calibration(run: Path, lead: EvaluationResult | None) -> list[Block]:
         v = cal.get(key)
         return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
 
-    blocks.append(
-        (
-            "p",
-            f"Temperature T = {cal['temperature']:.4g}, fitted on split `{cal.get('split', '?')}` "
-            f"({cal.get('n', '?')} images) by minimising NLL; applied by evaluate, audit and the "
-            "dashboard.",
-        )
-    )
+    blocks.append(("p", calibrator_sentence(cal)))
     blocks.append(
         (
             "table",
             [
-                f"validation split `{cal.get('split', '?')}` (where T was fitted)",
+                f"validation split `{cal.get('split', '?')}` (where it was fitted)",
                 "before (T = 1)",
-                f"after (T = {cal['temperature']:.3g})",
+                f"after ({cal.get('kind', 'temperature')})",
             ],
             [
                 ["NLL", num("nll_before"), num("nll_after")],
@@ -616,7 +610,8 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
     limitations += [
         "Metrics come from one held-out split of the same source as the training data; they do "
         "not show performance on other sites, devices or time periods.",
-        "The temperature is fitted on the validation split; calibration can drift on new data.",
+        "The calibrator (and any conformal thresholds) is fitted on the validation split; "
+        "calibration and coverage can drift on new data.",
         "Saliency maps show what moved the score, not a clinical or physical cause.",
     ]
     return [
@@ -628,6 +623,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
         *data_blocks,
         *eval_blocks,
         *_calibration(run, lead),
+        *sets_blocks(lead, run),
         *audit_blocks,
         *_explanations(run, _get(cfg, "data.manifest") or "MANIFEST"),
         ("h2", "Limitations"),

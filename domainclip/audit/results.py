@@ -229,6 +229,7 @@ class AuditReport(ResultFile):
     files: dict[str, str] = field(default_factory=dict)
     timing: dict[str, float | None] = field(default_factory=dict)
     compare: BaseComparison | None = None
+    coverage: dict[str, Any] | None = None  # audit.coverage.framing_coverage (absent in old files)
     created: str = field(default_factory=utc_now)
     schema: str = SCHEMA
 
@@ -256,6 +257,8 @@ class AuditReport(ResultFile):
         }
         if self.compare is not None:
             out["compare"] = self.compare.to_json()
+        if self.coverage is not None:
+            out["coverage"] = self.coverage
         return finite_json(out)
 
     @classmethod

@@ -137,6 +137,14 @@ class Thresholds:
         None, "stated minimum macro AUROC under the reference framing; null = none",
         range=(0.0, 1.0, "[]"),
     )
+    coverage_alpha: float = option(
+        0.1, "miscoverage alpha of the conformal sets whose coverage under each framing is "
+        "reported (thresholds from the reference framing; audit.coverage)", range=(0.0, 0.5, "()"),
+    )
+    max_coverage_drop: float | None = option(
+        None, "fail an invariant framing whose conformal coverage is below 1 - coverage_alpha - "
+        "this (e.g. 0.05); null = off (coverage is still reported)", range=(0.0, 1.0, "[]"),
+    )
 
 
 @dataclass(frozen=True)

@@ -4,47 +4,40 @@ One interface (`Calibrator.calibrate(logits [N, C]) -> logits [N, C]`) for every
 `RUN/calibration.json` stores the fitted one (`save_calibration` / `load_calibrator`).
 Kinds: temperature scaling, temperature + per-class bias (vector / Platt scaling), isotonic
 regression; `auto` picks by cross-validated NLL (`select`). Conformal prediction sets: `conformal`.
+The record applied without torch (ONNX Runtime): `record`.
+
+Names are re-exported lazily (`domainclip.lazy`) so that the torch-free modules (`record`,
+`conformal`) import without torch.
 """
 
-from domainclip.calibrators.base import (
-    CalibrationError,
-    Calibrator,
-    from_record,
-    load_calibration,
-    load_calibrator,
-    save_calibration,
-)
-from domainclip.calibrators.bias import BiasCalibrator, fit_bias
-from domainclip.calibrators.isotonic import IsotonicCalibrator, fit_isotonic
-from domainclip.calibrators.select import CHOICES, KINDS, fit_calibrator, select_calibrator
-from domainclip.calibrators.temperature import (
-    TemperatureCalibrator,
-    apply_temperature,
-    fit_temperature,
-    load_temperature,
-    nll_from_logits,
-    temperature_at_bound,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CHOICES",
-    "KINDS",
-    "BiasCalibrator",
-    "CalibrationError",
-    "Calibrator",
-    "IsotonicCalibrator",
-    "fit_bias",
-    "fit_calibrator",
-    "fit_isotonic",
-    "select_calibrator",
-    "TemperatureCalibrator",
-    "apply_temperature",
-    "fit_temperature",
-    "from_record",
-    "load_calibration",
-    "load_calibrator",
-    "load_temperature",
-    "nll_from_logits",
-    "save_calibration",
-    "temperature_at_bound",
-]
+from domainclip.lazy import lazy_exports
+
+_EXPORTS: dict[str, str] = {
+    "CalibrationError": "record",
+    "record_probabilities": "record",
+    "referral_rule": "record",
+    "Calibrator": "base",
+    "from_record": "base",
+    "load_calibration": "base",
+    "load_calibrator": "base",
+    "save_calibration": "base",
+    "BiasCalibrator": "bias",
+    "fit_bias": "bias",
+    "IsotonicCalibrator": "isotonic",
+    "fit_isotonic": "isotonic",
+    "CHOICES": "select",
+    "KINDS": "select",
+    "fit_calibrator": "select",
+    "select_calibrator": "select",
+    "TemperatureCalibrator": "temperature",
+    "apply_temperature": "temperature",
+    "fit_temperature": "temperature",
+    "load_temperature": "temperature",
+    "nll_from_logits": "temperature",
+    "temperature_at_bound": "temperature",
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -24,15 +24,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from domainclip.calibrators.record import REFIT_HINT, CalibrationError
 from domainclip.errors import ConfigError
 from domainclip.io import atomic_write_json, read_json
 from domainclip.runs.layout import CALIBRATION_FILE
-
-REFIT_HINT = "refit with `domainclip evaluate RUN --fit-temperature` (or `--calibrate KIND`)"
-
-
-class CalibrationError(ConfigError):
-    """A calibration record is unreadable or invalid (the message names the file)."""
 
 
 class Calibrator(ABC):

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from domainclip.calibrators.base import REFIT_HINT, CalibrationError, Calibrator, positive_finite
+from domainclip.calibrators.base import Calibrator, positive_finite
+from domainclip.calibrators.record import REFIT_HINT, CalibrationError
 
 _L2 = 1e-4
 

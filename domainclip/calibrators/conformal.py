@@ -35,7 +35,10 @@ wrap estimators/p-values around the same quantile and would add a dependency for
 guarantee; TorchCP pulls in heavy dependencies.
 
 Thresholds are JSON (`ConformalThresholds.to_dict`; infinite thresholds are stored as null) and go
-into the calibration record next to the calibrator whose probabilities they were computed on.
+into the calibration record (key ``conformal``) next to the calibrator whose probabilities they
+were computed on. `stored_thresholds(record)` is the one reader (evaluate, predict on PyTorch and
+on ONNX Runtime); it also reads the early deploy form ``{"conformal": {"threshold": q}}`` (no
+method: LAC, a class is in the set when p >= 1 - q; alpha unknown, NaN). Numpy only, no torch.
 """
 
 from __future__ import annotations
@@ -46,10 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from domainclip.calibrators.base import CalibrationError
+from domainclip.calibrators.record import CalibrationError
 
 METHODS = ("lac", "aps", "raps")
 MULTI_METHOD = "crc_fnr"
+CONFORMAL_KEY = "conformal"  # where the calibration record stores the thresholds
 
 
 def _rank_order(probs: np.ndarray) -> np.ndarray:
@@ -218,6 +222,33 @@ def fit_conformal(
         )
     q = conformal_quantile(true_scores, alpha)
     return ConformalThresholds(method, alpha, len(probs), False, q, [], counts, lam, k_reg, split, **extra)
+
+
+def stored_thresholds(record: dict[str, Any] | None, source: str = "calibration record") -> ConformalThresholds | None:
+    """The conformal thresholds stored in a calibration record (see module doc), or None.
+
+    Raises:
+        CalibrationError: the ``conformal`` entry is there but unreadable (names `source`).
+    """
+    d = (record or {}).get(CONFORMAL_KEY)
+    if d is None:
+        return None
+    hint = "recompute it with `domainclip evaluate RUN --conformal ALPHA`"
+    if not isinstance(d, dict):
+        raise CalibrationError(f"{source}: {CONFORMAL_KEY!r} must be a JSON object; {hint}")
+    if "method" not in d:  # the early deploy form {"threshold": q}: LAC
+        if not isinstance(d.get("threshold"), (int, float)) or isinstance(d.get("threshold"), bool):
+            raise CalibrationError(f"{source}: {CONFORMAL_KEY!r} has no method and no numeric threshold; {hint}")
+        d = {"method": "lac", "alpha": d.get("alpha", math.nan), "n": d.get("n", 0), "threshold": d["threshold"]}
+    if d["method"] not in (*METHODS, MULTI_METHOD):
+        raise CalibrationError(f"{source}: unknown conformal method {d['method']!r}; {hint}")
+    try:
+        thr = ConformalThresholds.from_dict(d)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CalibrationError(f"{source}: {CONFORMAL_KEY!r} is malformed ({exc!r}); {hint}") from exc
+    if (thr.mondrian or thr.multi_label) and not thr.per_class:
+        raise CalibrationError(f"{source}: {CONFORMAL_KEY!r} needs per-class thresholds; {hint}")
+    return thr
 
 
 def _uniforms(n: int, seed: int) -> np.ndarray:

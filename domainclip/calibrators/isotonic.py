@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainclip.calibrators.base import REFIT_HINT, CalibrationError, Calibrator
+from domainclip.calibrators.base import Calibrator
 from domainclip.calibrators.bias import check_width
+from domainclip.calibrators.record import REFIT_HINT, CalibrationError
 
 _TIE = 1e-6
 _CLIP = 1e-6

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainclip.calibrators.base import CalibrationError, Calibrator
+from domainclip.calibrators.base import Calibrator
 from domainclip.calibrators.bias import fit_bias
 from domainclip.calibrators.isotonic import fit_isotonic
+from domainclip.calibrators.record import CalibrationError
 from domainclip.calibrators.temperature import (
     TemperatureCalibrator,
     fit_temperature,

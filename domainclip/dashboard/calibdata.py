@@ -13,7 +13,12 @@ from typing import Any
 
 import pandas as pd
 
-from domainclip.evaluation.results import CALIBRATION_METRICS, METRICS_FILE, CalibrationSummary
+from domainclip.evaluation.results import (
+    CALIBRATION_METRICS,
+    METRICS_FILE,
+    CalibrationSummary,
+    TemperatureUsed,
+)
 from domainclip.privacy import is_shown_column
 
 EVAL_DIR = "eval"
@@ -149,3 +154,21 @@ def subgroup_frame(calib: CalibrationSummary, allowed: Iterable[str] = ()) -> pd
             "mean confidence",
         ],
     )
+
+
+def calibrator_facts(temp: TemperatureUsed) -> dict[str, str]:
+    """The calibrator in force: kind, one-line description, and why it was chosen (`auto`'s
+    cross-validated NLL sentence, or where it came from)."""
+    fit = temp.fit or {}
+    why = (fit.get("selection") or {}).get("reason") or temp.source
+    return {"kind": temp.kind or "temperature", "description": temp.describe(), "why": why}
+
+
+def conformal_frame(conformal: dict[str, Any]) -> pd.DataFrame:
+    """Coverage per class / finding (n, coverage [95% CI]) of metrics.json's `conformal` block,
+    with an "all" row first."""
+    rows = [{"class": "all", "n": sum(v["n"] for v in conformal["per_class"].values()),
+             "coverage": fmt_estimate(conformal["coverage"])}]
+    rows += [{"class": c, "n": v["n"], "coverage": fmt_estimate(v["coverage"])}
+             for c, v in conformal["per_class"].items()]
+    return pd.DataFrame(rows, columns=["class", "n", "coverage"])

@@ -25,7 +25,7 @@ from PIL import Image
 from domainclip.datasets.geometry import plan_fit
 from domainclip.datasets.imageio import ImageReadError, load_image
 from domainclip.deploy import output as out_mod
-from domainclip.errors import ConfigError, DataError
+from domainclip.errors import ConfigError
 from domainclip.io import read_json
 
 MANIFEST_FILE = "manifest.json"
@@ -172,18 +172,12 @@ class OnnxModel:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """[N, C] logits -> calibrated probabilities (float64): the calibrator record applied
-        (temperature: logits / T), then softmax (single-label) or sigmoid (multi-label)."""
-        rec = self.calibrator
-        z = logits.astype(np.float64)
-        if rec is not None:
-            if rec.get("kind", "temperature") != "temperature":
-                raise DataError(f"{self.folder}: calibrator kind {rec.get('kind')!r} is not supported by this runtime")
-            z = z / float(rec["temperature"])
-        if self.multi_label:
-            return 1.0 / (1.0 + np.exp(-z))
-        z = z - z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
+        (any kind, `calibrators.record.record_probabilities`), then softmax (single-label) or
+        sigmoid (multi-label)."""
+        from domainclip.calibrators.record import record_probabilities
+
+        return record_probabilities(self.calibrator, logits, self.multi_label,
+                                    f"{self.folder / MANIFEST_FILE} calibrator")
 
 
 def _read_batch(model: OnnxModel, batch: list[out_mod.InputItem]) -> tuple[list, np.ndarray | None, list]:
@@ -219,8 +213,8 @@ def predict_onnx(opts: Any) -> dict[str, Any]:
     prompts = list(opts.prompt or [])
     prompt_feats = model.encode_texts(prompts) if prompts else None
     threshold, threshold_source = out_mod.review_threshold(opts.review_below, model.calibrator)
-    with_sets = out_mod.prediction_sets(np.zeros((0, len(model.classes))), model.classes, model.calibrator) is not None
-    writer = out_mod.PredictionWriter(opts.out, out_mod.columns_for(model.classes, len(prompts), with_sets))
+    rules = out_mod.DecisionRules(model.calibrator, f"{opts.onnx}/{MANIFEST_FILE} calibrator")
+    writer = out_mod.PredictionWriter(opts.out, out_mod.columns_for(model.classes, len(prompts), rules))
     bar = out_mod.Progress(len(items), opts.progress)
     try:
         for batch in out_mod.batches(items, opts.batch_size):
@@ -231,7 +225,7 @@ def predict_onnx(opts: Any) -> dict[str, Any]:
                 probs = model.probabilities(model.class_logits(feats))
                 sims = feats @ prompt_feats.T if prompt_feats is not None else None
                 writer.write(out_mod.score_rows(ok, probs, model.classes, model.multi_label, threshold,
-                                                model.calibrator, sims))
+                                                rules, sims))
             bar.update(len(batch))
     finally:
         bar.close()

@@ -9,9 +9,10 @@ predictor (`domainclip.deploy.onnx_runtime`) uses it on machines without torch.
 - `PredictionWriter`: streams one output row per image to CSV or JSONL (a bad image is a row with
   `status = error` and its `reason`), counts them, and writes the provenance sidecar
   `<out>.provenance.json` when closed.
+- `DecisionRules(record)`: the calibration record's conformal thresholds and referral rule.
 - `score_rows(...)`: calibrated probabilities [N, C] -> output rows (top-1, confidence,
-  needs_review, optional prompt similarities; the prediction set once the run has conformal
-  thresholds).
+  needs_review, optional prompt similarities; the prediction set when the run has conformal
+  thresholds, `refer` when it has a referral rule).
 """
 
 from __future__ import annotations
@@ -36,9 +37,6 @@ from domainclip.privacy import image_name, scrub_path
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 PROVENANCE_SUFFIX = ".provenance.json"
 DEFAULT_REVIEW_BELOW = 0.5
-# The calibrator record key under which the calibration work (issue #15) stores conformal
-# thresholds; until a run has them, rows carry no `prediction_set` field.
-CONFORMAL_KEY = "conformal"
 
 
 @dataclass(frozen=True)
@@ -126,17 +124,30 @@ def review_threshold(given: float | None, calibrator: dict[str, Any] | None) -> 
     return DEFAULT_REVIEW_BELOW, "default"
 
 
-def prediction_sets(probs: np.ndarray, classes: Sequence[str], calibrator: dict[str, Any] | None) -> list[list[str]] | None:
-    """Conformal prediction sets per image, or None while the run has no conformal thresholds.
+class DecisionRules:
+    """What a calibration record adds to the rows: conformal prediction sets and the referral rule.
 
-    The seam for the calibration work: a record `{"conformal": {"threshold": q}}` (single-label
-    APS-free threshold form: a class is in the set when its probability >= 1 - q).
+    Read through the calibrators' own readers (`calibrators.conformal.stored_thresholds`,
+    `calibrators.record.referral_rule`; numpy only), the same for PyTorch and ONNX Runtime.
     """
-    conf = (calibrator or {}).get(CONFORMAL_KEY)
-    if not isinstance(conf, dict) or "threshold" not in conf:
-        return None
-    cut = 1.0 - float(conf["threshold"])
-    return [[c for c, p in zip(classes, row, strict=True) if p >= cut] for row in probs]
+
+    def __init__(self, calibrator: dict[str, Any] | None, source: str = "calibration record") -> None:
+        from domainclip.calibrators.conformal import stored_thresholds
+        from domainclip.calibrators.record import referral_rule
+
+        self.thresholds = stored_thresholds(calibrator, source)
+        self.refer = referral_rule(calibrator)
+
+    @property
+    def with_sets(self) -> bool:
+        return self.thresholds is not None
+
+    def sets(self, probs: np.ndarray, classes: Sequence[str]) -> list[list[str]] | None:
+        """Per image, the classes (findings) in its conformal set, or None without thresholds."""
+        if self.thresholds is None:
+            return None
+        member = self.thresholds.predict_sets(probs)
+        return [[c for c, m in zip(classes, row, strict=True) if m] for row in member]
 
 
 def score_rows(
@@ -145,34 +156,42 @@ def score_rows(
     classes: Sequence[str],
     multi_label: bool,
     review_below: float,
-    calibrator: dict[str, Any] | None = None,
+    rules: DecisionRules | None = None,
     prompt_sims: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Output rows for scored images.
 
     Args:
         probs: [N, C] calibrated probabilities (softmax, or sigmoid per class when multi_label).
+        rules: the record's conformal thresholds and referral rule (None: neither).
         prompt_sims: [N, P] cosine similarities to the `--prompt` texts, or None.
     Single-label: predicted = top-1, confidence = its probability. Multi-label: predicted = the
     classes with p >= 0.5 (joined by |), confidence = the least certain class's max(p, 1 - p).
-    needs_review: confidence < review_below, or a prediction set that is not one class.
+    prediction_set: single-label, the conformal set; multi-label, the findings at or above their
+    per-finding thresholds. refer (with a referral rule): confidence < its min_confidence.
+    needs_review: confidence < review_below, or refer, or a single-label set that is not one class,
+    or a multi-label set with findings that are not predicted.
     """
-    sets = prediction_sets(probs, classes, calibrator) if not multi_label else None
+    rules = rules or DecisionRules(None)
+    sets = rules.sets(probs, classes)
     out = []
     for i, item in enumerate(items):
         p = probs[i]
         if multi_label:
-            predicted = "|".join(c for c, v in zip(classes, p, strict=True) if v >= 0.5)
-            confidence = float(np.min(np.maximum(p, 1.0 - p)))
+            chosen = [c for c, v in zip(classes, p, strict=True) if v >= 0.5]
+            predicted, confidence = "|".join(chosen), float(np.min(np.maximum(p, 1.0 - p)))
         else:
             k = int(np.argmax(p))
-            predicted, confidence = classes[k], float(p[k])
+            chosen, predicted, confidence = [classes[k]], classes[k], float(p[k])
         row: dict[str, Any] = {"row": item.row, "image": item.shown, "status": "ok", "reason": ""}
         row.update(predicted=predicted, confidence=round(confidence, 6))
         review = confidence < review_below
         if sets is not None:
             row["prediction_set"] = "|".join(sets[i])
-            review = review or len(sets[i]) != 1
+            review = review or (bool(set(sets[i]) - set(chosen)) if multi_label else len(sets[i]) != 1)
+        if rules.refer is not None:
+            row["refer"] = confidence < float(rules.refer["min_confidence"])
+            review = review or row["refer"]
         row["needs_review"] = bool(review)
         row.update({f"p_{c}": round(float(v), 6) for c, v in zip(classes, p, strict=True)})
         if prompt_sims is not None:
@@ -266,10 +285,12 @@ class PredictionWriter:
         return atomic_write_json(provenance_path(self.path), provenance)
 
 
-def columns_for(classes: Sequence[str], n_prompts: int, with_sets: bool) -> list[str]:
-    """The output columns (CSV header) for `classes` and `n_prompts` prompt texts."""
+def columns_for(classes: Sequence[str], n_prompts: int, rules: DecisionRules | None = None) -> list[str]:
+    """The output columns (CSV header) for `classes`, `n_prompts` prompt texts and the record's
+    decision rules (prediction_set with conformal thresholds, refer with a referral rule)."""
     cols = ["row", "image", "status", "reason", "predicted", "confidence"]
-    cols += ["prediction_set"] if with_sets else []
+    cols += ["prediction_set"] if rules is not None and rules.with_sets else []
+    cols += ["refer"] if rules is not None and rules.refer is not None else []
     cols += ["needs_review", *(f"p_{c}" for c in classes), *(f"prompt_{j}" for j in range(n_prompts))]
     return cols
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -62,8 +61,8 @@ def predict_run(opts: Any) -> dict[str, Any]:
     prompts = list(opts.prompt or [])
     prompt_feats = bb.encode_texts(prompts) if prompts else None
     threshold, threshold_source = out_mod.review_threshold(opts.review_below, t.calibration)
-    with_sets = out_mod.prediction_sets(np.zeros((0, len(classes))), classes, t.calibration) is not None
-    writer = out_mod.PredictionWriter(opts.out, out_mod.columns_for(classes, len(prompts), with_sets))
+    rules = out_mod.DecisionRules(t.calibration, str(t.run.root / "calibration.json"))
+    writer = out_mod.PredictionWriter(opts.out, out_mod.columns_for(classes, len(prompts), rules))
     loader = DataLoader(_Images(items, t.resolved.preprocess), batch_size=opts.batch_size,
                         num_workers=opts.workers, collate_fn=_collate)
     bar = out_mod.Progress(len(items), opts.progress)
@@ -77,7 +76,7 @@ def predict_run(opts: Any) -> dict[str, Any]:
                 probs = cal.probabilities(t.task.logits(bb, feats), multi)
                 sims = (feats @ prompt_feats.T).numpy() if prompt_feats is not None else None
                 writer.write(out_mod.score_rows([i for i, _ in ok], probs, classes, multi, threshold,
-                                                t.calibration, sims))
+                                                rules, sims))
             bar.update(len(batch))
     finally:
         bar.close()

@@ -53,8 +53,12 @@ def load_task(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu"
     run = Run(run_dir)
     if run.setting("data.fit") == "tile":
         raise ConfigError(
-            f"{run.root} was trained on tiles (data.fit: tile); predict/export score whole images "
-            "and cannot reproduce its tile aggregation yet: score it with `domainclip evaluate`"
+            f"{run.root} was trained on tiles (data.fit: tile): it scores an image as several tiles "
+            "and aggregates their logits (domainclip.scoring.tiles), while predict and the ONNX "
+            "image graph take one whole fitted image, so they would not score as the audited run "
+            "does and are refused. What to do: score new images with `domainclip evaluate "
+            f"{run.root} --data MANIFEST` (tiles honoured), or fine-tune a whole-image run "
+            "(data.fit: letterbox) to deploy with predict/export"
         )
     if merge:
         bb = run.load(checkpoint=checkpoint, device=device, merge=True)

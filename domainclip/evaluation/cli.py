@@ -97,6 +97,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--bins must be >= 1, got {args.bins}")
     if args.conformal is not None and not 0 < args.conformal < 1:
         raise ConfigError(f"--conformal is the miscoverage alpha in (0, 1), e.g. 0.1; got {args.conformal}")
+    if not 0 <= args.refer_error < 1:
+        raise ConfigError(f"--refer-error is a target error rate in [0, 1), e.g. 0.05; got {args.refer_error}")
     if args.n_boot < 0:
         raise ConfigError(f"--n-boot must be >= 0, got {args.n_boot}")
     for flag, value in (("--min-recall", args.min_recall), ("--min-auroc", args.min_auroc)):
@@ -111,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         conformal_method=args.conformal_method,
         conformal_randomized=args.conformal_randomized,
         mondrian=args.mondrian,
+        refer_error=args.refer_error,
         val_split=args.val_split,
         temperature=args.temperature,
         n_bins=args.bins,
@@ -246,6 +249,15 @@ def _uncertainty_arguments(p: argparse.ArgumentParser) -> None:
         "--conformal-randomized",
         action="store_true",
         help="randomised APS/RAPS (tight coverage instead of conservative; seeded with --seed)",
+    )
+    p.add_argument(
+        "--refer-error",
+        type=float,
+        default=0.05,
+        metavar="RATE",
+        help="with --conformal: also store the referral rule (lowest confidence at which the "
+        "calibration split's answered cases have at most this error); `domainclip predict` flags "
+        "images below it (refer column). Default 0.05",
     )
     p.add_argument(
         "--mondrian",

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from domainclip.calibrators import Calibrator, TemperatureCalibrator, save_calibration
-from domainclip.calibrators.conformal import ConformalThresholds
+from domainclip.calibrators.conformal import CONFORMAL_KEY, ConformalThresholds, stored_thresholds
+from domainclip.calibrators.record import SELECTIVE_KEY
 from domainclip.datasets.geometry_report import GeometryReport, geometry_report
 from domainclip.datasets.manifest import Manifest, normalize_split, read_manifest
 from domainclip.datasets.subgroups import subgroup_values
@@ -49,7 +50,7 @@ from domainclip.evaluation.results import (
     PromptsUsed,
     TemperatureUsed,
 )
-from domainclip.evaluation.selective import risk_coverage
+from domainclip.evaluation.selective import DEFAULT_REFER_ERROR, referral_rule, risk_coverage
 from domainclip.evaluation.shortcut import (
     ShortcutResult,
     ShortcutSettings,
@@ -182,8 +183,8 @@ def _conformal(
     """Thresholds at `opts.conformal` (stored with the calibrator's record when it has a file),
     else the ones stored in the run's record, else None."""
     if opts.conformal is None:
-        stored = cal.fit.get("conformal") if inp.resolved.calibration_origin != "given" else None
-        return ConformalThresholds.from_dict(stored) if isinstance(stored, dict) else None
+        given = inp.resolved.calibration_origin == "given"
+        return None if given else stored_thresholds(cal.fit, cal.source or "calibration record")
     calib_split = conformal_split(inp.man, opts.val_split)
     calib = val() if calib_split == opts.val_split else split_scores(
         inp.resolved, inp.man, task, calib_split, opts.skip_uncovered
@@ -192,6 +193,8 @@ def _conformal(
         cal, calib, opts.conformal, opts.conformal_method, opts.mondrian, inp.ps.multi_label,
         randomized=opts.conformal_randomized, seed=opts.seed,
     )
+    rule = referral_rule(cal.probabilities(calib.logits, inp.ps.multi_label), calib.y,
+                         inp.ps.multi_label, opts.refer_error, calib.split)
     if cal.kind != "temperature" and cal.fit.get("split") == calib_split:
         log.warning(
             "the %s calibrator and the conformal thresholds were both fitted on split %s: its "
@@ -203,9 +206,11 @@ def _conformal(
                     "its coverage is not a held-out estimate", calib_split)
     path = Path(cal.source)
     if path.name == CALIBRATION_FILE and path.is_file():
-        cal.fit["conformal"] = thr.to_dict()
+        cal.fit[CONFORMAL_KEY] = thr.to_dict()
+        cal.fit[SELECTIVE_KEY] = rule
         save_calibration(path.parent, cal.to_record())
-        log.info("stored conformal thresholds (%s, alpha %g) in %s", thr.method, thr.alpha, path)
+        log.info("stored conformal thresholds (%s, alpha %g) and the referral rule (confidence >= %.4g "
+                 "for error <= %g) in %s", thr.method, thr.alpha, rule["min_confidence"], opts.refer_error, path)
     else:
         log.info("no calibration record to store the conformal thresholds in (metrics.json has them)")
     return thr
@@ -228,6 +233,8 @@ class EvaluationOptions:
         conformal_method: lac | aps | raps (single-label; multi-label always controls the FNR);
             conformal_randomized: randomised APS/RAPS (tight coverage; seeded with `seed`).
         mondrian: one threshold per class (class-conditional coverage).
+        refer_error: with `conformal`, the target error rate of the referral rule stored beside
+            the thresholds (`evaluation.selective.referral_rule`; predict's `refer` column).
         temperature: use this T instead (overrides both).
         n_bins: calibration bins; n_boot: bootstrap replicates (0: no CIs); seed: bootstrap seed.
         subgroups: metadata columns for per-subgroup ECE (default: auto-detected, e.g. view, sex).
@@ -268,6 +275,7 @@ class EvaluationOptions:
     conformal_method: str = "lac"
     conformal_randomized: bool = False
     mondrian: bool = False
+    refer_error: float = DEFAULT_REFER_ERROR
     val_split: str = "val"
     temperature: float | None = None
     n_bins: int = 15

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 DEFAULT_TARGETS = (0.01, 0.05, 0.1)
+DEFAULT_REFER_ERROR = 0.05  # the referral rule stored with conformal thresholds
 CURVE_POINTS = 101
 
 
@@ -62,6 +63,35 @@ def risk_coverage(
         "aurc_optimal": float(optimal.mean()),
         "error_rate": float(err.mean()),
         "refer": refer,
+    }
+
+
+def referral_rule(
+    probs: np.ndarray, labels: np.ndarray, multi_label: bool, target_error: float, split: str
+) -> dict[str, Any]:
+    """The rule `domainclip predict` applies (`refer` column): on calibration data (never test),
+    the lowest confidence c such that the decisions with confidence >= c have error <= target.
+
+    Returns {"target_error", "min_confidence", "split", "n" (decisions), "refer_rate" (fraction
+    of those decisions below c), "confidence" (what is compared)}. min_confidence is above 1 (every
+    decision referred) when even the most confident decision errs.
+    """
+    conf, err = decisions(probs, labels, multi_label)
+    order = np.argsort(-conf, kind="stable")
+    risk = _curve(err[order])
+    ok = np.flatnonzero(risk <= target_error + 1e-12)
+    if len(ok) == 0:
+        cut, kept = 1.0 + 1e-9, 0
+    else:
+        cut = float(conf[order][ok.max()])
+        kept = int((conf >= cut).sum())
+    return {
+        "target_error": float(target_error),
+        "min_confidence": cut,
+        "split": split,
+        "n": int(len(conf)),
+        "refer_rate": float(1 - kept / len(conf)) if len(conf) else 1.0,
+        "confidence": "top-1 probability" if not multi_label else "max(p, 1 - p) per finding (an image: its least certain finding)",
     }
 
 

@@ -102,6 +102,35 @@ def test_predict_rows_review_threshold_prompts_and_sets_seam(lora_run, deploy_da
         cal.write_text(saved)
 
 
+def test_sets_and_refer_agree_between_pytorch_and_onnx_for_a_bias_calibrator(lora_run, deploy_data, tmp_path):
+    """`evaluate --calibrate bias --conformal` writes one record (thresholds + referral rule) that
+    predict reads the same way on PyTorch and on ONNX Runtime (bias applied without torch)."""
+    import shutil
+
+    from domainclip.evaluation.evaluate import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    evaluate(run, calibrate="bias", conformal=0.2, conformal_method="aps", refer_error=0.3, n_boot=0,
+             baselines=False)
+    record = json.loads((run / "calibration.json").read_text())
+    assert record["kind"] == "bias" and record["conformal"]["method"] == "aps"
+    assert record["selective"]["target_error"] == 0.3 and record["selective"]["split"] == "val"
+    out = tmp_path / "onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    args = ["--data", str(deploy_data), "--split", "test", "--no-progress", "--allow-ungated"]
+    assert main(["predict", str(run), *args, "--out", str(tmp_path / "pt.csv")]) == 0
+    assert main(["predict", "--onnx", str(out), *args, "--out", str(tmp_path / "ort.csv")]) == 0
+    pt, ort = _rows(tmp_path / "pt.csv"), _rows(tmp_path / "ort.csv")
+    assert len(pt) == len(ort) > 0 and "prediction_set" in pt[0] and "refer" in pt[0]
+    assert np.abs(_probs(pt) - _probs(ort)).max() < 1e-4
+    for key in ("predicted", "prediction_set", "refer", "needs_review"):
+        assert [r[key] for r in pt] == [r[key] for r in ort], key
+    rule = record["selective"]["min_confidence"]
+    assert all(r["refer"] == str(float(r["confidence"]) < rule) for r in pt)
+    assert all(r["prediction_set"] for r in pt)  # APS at alpha 0.2 never returns an empty set here
+
+
 def test_predict_onnx_runs_without_torch(lora_export, deploy_data, tmp_path):
     (tmp_path / "block").mkdir()
     (tmp_path / "block" / "sitecustomize.py").write_text(NOTORCH)

@@ -83,6 +83,28 @@ def _subgroups(calib: CalibrationSummary) -> None:
         )
 
 
+def _calibrator_and_sets(result: EvaluationResult) -> None:
+    """The calibrator chosen and why; conformal coverage (overall and per class) and set sizes."""
+    facts = calibdata.calibrator_facts(result.temperature)
+    st.subheader("Calibrator and prediction sets")
+    st.markdown(f"**Calibrator:** `{facts['kind']}`: {facts['description']}  \n*Why:* {facts['why']}")
+    c = result.conformal
+    if not c:
+        st.caption("No conformal prediction sets in this evaluation: add them with "
+                   "`domainclip evaluate RUN --conformal 0.1`.")
+        return
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Conformal coverage", calibdata.fmt_estimate(c["coverage"]),
+              help=f"target {c['target_coverage']:.2f}; method {c['thresholds']['method']}; "
+              f"thresholds from split {c['thresholds']['split']} ({c['unit']})")
+    c2.metric("Mean set size", f"{c['mean_set_size']:.2f}")
+    c3.metric("Singleton rate", f"{c['singleton_rate']:.2f}")
+    st.dataframe(calibdata.conformal_frame(c), hide_index=True, width="stretch")
+    st.caption("Set sizes: " + ", ".join(f"{k}: {v}" for k, v in c["set_sizes"].items())
+               + ". The guarantee assumes calibration and deployment data are exchangeable; a new "
+               "site, device or population breaks it.")
+
+
 def render() -> None:
     """Render the Calibration page."""
     st.title("Calibration")
@@ -106,6 +128,7 @@ def render() -> None:
     st.dataframe(calibdata.calibration_table(result.calibration), hide_index=True, width="stretch")
     _reliability(result.calibration, result.temperature.value)
     _subgroups(result.calibration)
+    _calibrator_and_sets(result)
     with st.expander("Reliability diagrams as written by `domainclip evaluate` (PNG)"):
         for f in ("reliability_before.png", "reliability_after.png"):
             path = state.access().run_file(run, f"{calibdata.EVAL_DIR}/{name}/{f}")
