@@ -552,12 +552,10 @@ _FLOOR_KEYS = ("performance_floor", "min_balanced_accuracy", "min_macro_auroc")
 
 def _thresholds(f: Fields) -> Thresholds:
     """The gate thresholds; files written before performance floors had none (floor off)."""
-    if any(k in f.data for k in _FLOOR_KEYS):
-        return f.build(Thresholds, require_all=True)
-    floors_off = {"performance_floor": False, "min_balanced_accuracy": None, "min_macro_auroc": None}
-    return Fields({**f.data, **floors_off}, f.source, f.command, f.where).build(
-        Thresholds, require_all=True
-    )
+    data = {"require_power": None, "max_abs_logodds_shift": None, **f.data}  # files written before power was required
+    if not any(k in f.data for k in _FLOOR_KEYS):
+        data.update(performance_floor=False, min_balanced_accuracy=None, min_macro_auroc=None)
+    return Fields(data, f.source, f.command, f.where).build(Thresholds, require_all=True)
 
 
 def _parse_gate(f: Fields, with_thresholds: bool) -> GateSummary:
