@@ -103,11 +103,18 @@ class FramingSummary:
 
 @dataclass(frozen=True)
 class NegationNote:
-    """An `expect: lower` framing: does the negated wording lower the target-class score?"""
+    """An `expect: lower` framing: does the negated wording lower the target-class score?
+
+    Judged only on images whose target class's text the framing changes (control classes such
+    as "clean" keep their prompt, so their scores move only through the softmax): `mean_shift`
+    pools those images; `per_class` says per changed class {n, mean_shift, lowers_score,
+    direction: "lowers" | "raises" | "no clear change"}. Files written before: per_class {}.
+    """
 
     mean_shift: dict[str, Any]
     lowers_score: bool
     note: str
+    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -329,24 +336,47 @@ def _framing_summary(spec: AuditSpec, main) -> dict[str, FramingSummary]:
     return out
 
 
+def _direction(e: Any) -> str:
+    if e.high is not None and e.high < 0:
+        return "lowers"
+    if e.low is not None and e.low > 0:
+        return "raises"
+    return "no clear change"
+
+
 def _negation(spec: AuditSpec, main) -> dict[str, NegationNote]:
-    """For `expect: lower` framings: does the negated wording lower the target-class score?"""
+    """For `expect: lower` framings, per class whose text the framing changes: does the negated
+    wording lower the target-class score? (Control classes are left out: their prompt is the same.)"""
     out = {}
+    framed = [f.label for f in spec.findings if f.framed]
     for f in spec.framings:
         if f.expect != "lower":
             continue
-        e = main.comparisons[f.name].overall.mean_shift
-        lowers = e.high is not None and e.high < 0
-        out[f.name] = NegationNote(
-            mean_shift=e.to_dict(),
-            lowers_score=lowers,
-            note=(
-                "the score drops under negation (as it should)"
-                if lowers
-                else "the negated wording does not lower the score significantly: the model may "
-                "ignore negation"
-            ),
-        )
+        comp = main.comparisons[f.name]
+        cells = {c: comp.per_class[c] for c in framed if c in comp.per_class}
+        per_class = {
+            c: {
+                "n": cell.n,
+                "mean_shift": cell.mean_shift.to_dict(),
+                "lowers_score": _direction(cell.mean_shift) == "lowers",
+                "direction": _direction(cell.mean_shift),
+            }
+            for c, cell in cells.items()
+        }
+        pooled = comp.framed.mean_shift if comp.framed is not None else comp.overall.mean_shift
+        lowers = _direction(pooled) == "lowers"
+        raised = [c for c, v in per_class.items() if v["direction"] == "raises"]
+        unclear = [c for c, v in per_class.items() if v["direction"] == "no clear change"]
+        if lowers and not raised and not unclear:
+            note = "the score drops under negation for every class whose text it changes"
+        else:
+            parts = [f"raises the score of {', '.join(raised)}"] if raised else []
+            parts += [f"no clear change for {', '.join(unclear)}"] if unclear else []
+            pooled_text = "lowers" if lowers else "does not significantly lower"
+            note = "; ".join(
+                [f"pooled over the classes whose text changes it {pooled_text} the score", *parts]
+            ) + ": the model may ignore negation"
+        out[f.name] = NegationNote(pooled.to_dict(), lowers, note, per_class)
     return out
 
 
@@ -513,7 +543,11 @@ def _parse_section(f: Fields) -> ModelSection:
         for name, fr in f.mapping("framings").items()
     }
     negation = {
-        name: n.build(NegationNote, mean_shift=n.estimate("mean_shift"))
+        name: n.build(
+            NegationNote,
+            mean_shift=n.estimate("mean_shift"),
+            per_class=n.get("per_class", dict, optional=True) or {},
+        )
         for name, n in f.mapping("negation", optional=True).items()
     }
     return ModelSection(
