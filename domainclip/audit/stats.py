@@ -372,8 +372,7 @@ def images_needed(
     sd = float(d.std(ddof=1)) if len(d) >= 2 else 0.0
     # resolution of the exact test: 2 / 2^n < level / 2
     need = max(min_n, int(math.ceil(math.log2(4.0 / level))) + 1)
-    if sd <= 0:
-        return need
     z_c, z_p = float(ndtri(1 - level / 4)), float(ndtri(POWER))
     se = min((target - threshold) / z_p, target / (z_c + z_p))
-    return max(need, int(math.ceil((sd / se) ** 2)))
+    # the sign-flip statistic's spread includes the shift itself: sum x^2 = n (sd^2 + shift^2)
+    return max(need, int(math.ceil((sd * sd + target * target) / se**2)))
