@@ -222,7 +222,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["neu-det", "synthetic"], default="neu-det")
     ap.add_argument("--per-class", type=int, default=40, help="pool images per class")
     ap.add_argument("--sizes", default="10,30,60", help="audited images per class")
-    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=25)
     ap.add_argument(
         "--cache", default="/tmp", help="folder for the embedded features (reused when present)"
     )
