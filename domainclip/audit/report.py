@@ -40,17 +40,34 @@ def _p(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
 
 
+def _gated_p(cell: dict[str, Any]) -> str:
+    """'0.0012 +/- 0.0001' (sign-flip p with its Monte Carlo error; 'exact' when enumerated)."""
+    sf = cell.get("sign_flip")
+    if not sf:
+        return _p(cell["p_value"])
+    return _p(sf["p"]) + (" (exact)" if sf["exact"] else f" +/- {sf['mc_error']:.1g}")
+
+
+def _power_cell(cell: dict[str, Any]) -> str:
+    if "status" not in cell:
+        return "-"
+    mds = cell.get("min_detectable_shift")
+    return f"{cell['status']}, >= {_mds_text(mds)}"
+
+
 def _cell_row(name: str, cell: dict[str, Any]) -> list[str]:
     w = cell["wilcoxon"]
     return [
         name,
         str(cell["n"]),
         fmt_est(cell["mean_shift"], signed=True),
+        fmt_est(cell.get("logodds_shift"), signed=True),
         fmt_est(cell["median_shift"], signed=True),
-        _p(cell["p_value"]),
+        _gated_p(cell),
         _p(w.get("p")) + (f" ({w['note']})" if w.get("note") else ""),
         f"{cell['flips']} = " + fmt_est(cell["flip_rate"]),
         fmt_est(cell["raw_similarity_shift"], 4, signed=True),
+        _power_cell(cell),
     ]
 
 
@@ -58,11 +75,13 @@ _CELL_HEADER = [
     "cell",
     "n",
     "mean shift [95% CI]",
+    "log-odds shift [95% CI]",
     "median shift [95% CI]",
-    "p (bootstrap-t)",
+    "p (sign-flip: mean, log-odds ranks)",
     "Wilcoxon p",
     "flips = rate [95% CI]",
     "raw similarity shift",
+    "power: status, detectable shift",
 ]
 
 
