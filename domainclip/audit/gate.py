@@ -3,8 +3,8 @@
 Checks (framings with ``expect: invariant`` other than the reference; ECE also on the reference):
 
 * ``mean_shift``: fails when |mean shift| > max_abs_mean_shift AND the shift is significant: its
-  sign-flip permutation p-value (`stats.sign_flip_test`: the smaller of the mean test and the
-  log-odds signed-rank test, doubled), Holm-adjusted over every mean-shift check of the audit (all framings, the
+  sign-flip permutation p-value (`stats.sign_flip_test`: max-T over the mean test and the
+  log-odds signed-rank test), Holm-adjusted over every mean-shift check of the audit (all framings, the
   "all" cell and each class cell), is below alpha. The family-wise correction is what keeps a
   clean model from failing by chance although the gate runs dozens of tests: the probability that
   any shift check of a model without framing bias fails is at most alpha.
@@ -70,8 +70,8 @@ def _ci(e: Estimate) -> list[float] | None:
 def check_resolution(spec: AuditSpec) -> None:
     """Refuse specs whose resampling is too coarse for the Holm correction of its gate.
 
-    A permutation p-value is at least 1 / (B + 1) (a cell's gated p, the smaller of two tests
-    doubled, at least 2 / (B + 1)), so with m tests Holm's smallest adjusted p is 2m / (B + 1).
+    A permutation p-value is at least 1 / (B + 1), so with m tests Holm's smallest adjusted p is
+    m / (B + 1); the check asks for twice that margin.
     If that is not well below alpha, no shift could ever fail the gate: a silent pass. The same
     is required of the bootstrap (its intervals are what the report shows).
 

@@ -444,8 +444,8 @@ def _method_section(spec_used: AuditSpec) -> dict[str, Any]:
         "mean_shift_interval": "symmetric bootstrap-t, paired (images resampled)",
         "median_shift_interval": "percentile bootstrap, paired",
         "flip_rate_interval": "Wilson score",
-        "significance": "sign-flip permutation p-value (the smaller of the mean-shift test and "
-        "the signed-rank test of log-odds shifts, doubled; exact for small cells, else "
+        "significance": "sign-flip permutation p-value (max-T over the mean-shift test and the "
+        "signed-rank test of log-odds shifts; exact for small cells, else "
         f"{st.n_permutations} random sign vectors, ten times more below 2 x alpha), "
         "Holm-adjusted over all gated mean-shift checks",
         "power": "minimum detectable shift at 80% power per cell, by simulation from its own "

@@ -207,9 +207,10 @@ class SignFlip:
     """The sign-flip permutation test of one cell's paired shifts (see `sign_flip_test`).
 
     p_mean: of the mean probability shift; p_rank: of the signed-rank statistic of the log-odds
-    shifts; p: the cell's gated p-value, min(1, 2 * min(p_mean, p_rank)) (Bonferroni over the
-    two); replicates: sign vectors used (2^n when exact); mc_error: Monte Carlo standard error of
-    `p` (0 when exact).
+    shifts; p: the cell's gated p-value, of the larger of the two statistics, each standardised by
+    its sign-flip spread (max-T: one permutation test, so no Bonferroni factor, and between
+    min(p_mean, p_rank) and twice that); replicates: sign vectors used (2^n when exact);
+    mc_error: Monte Carlo standard error of `p` (0 when exact).
     """
 
     p_mean: float
@@ -238,16 +239,20 @@ def _signed_ranks(d: np.ndarray) -> tuple[np.ndarray, float]:
 def _exceedances(
     stats: np.ndarray, observed: np.ndarray, n_sign: int, rng: np.random.Generator | None
 ) -> tuple[np.ndarray, int]:
-    """Count sign vectors s with |s . stats[j]| >= |observed[j]| for each statistic j.
+    """Count sign vectors s with |s . stats[j]| >= |observed[j]| for each statistic j, and (last
+    entry) those whose largest standardised statistic max_j |s . stats[j]| / ||stats[j]|| reaches
+    the observed one (the max-T combination of the J tests).
 
     stats: float [J, n]. rng None: all 2^n sign vectors (exact); else `n_sign` random ones.
-    Returns (counts [J], number of sign vectors).
+    Returns (counts [J + 1], number of sign vectors).
     """
     j, n = stats.shape
     tol = 1e-9 * (1.0 + np.abs(stats).sum(1))
     target = np.abs(observed) - tol
+    norms = np.maximum(np.sqrt((stats * stats).sum(1)), 1e-300)
+    max_obs = float(np.max(np.abs(observed) / norms)) * (1 - 1e-9)
     total = 2**n if rng is None else n_sign
-    counts = np.zeros(j, dtype=np.int64)
+    counts = np.zeros(j + 1, dtype=np.int64)
     chunk = max(1, 2_000_000 // max(n, 1))
     for start in range(0, total, chunk):
         m = min(chunk, total - start)
@@ -256,7 +261,9 @@ def _exceedances(
             signs = ((codes >> np.arange(n)) & 1).astype(np.float64) * 2 - 1
         else:
             signs = rng.integers(0, 2, size=(m, n)).astype(np.float64) * 2 - 1
-        counts += (np.abs(signs @ stats.T) >= target).sum(0)
+        proj = np.abs(signs @ stats.T)
+        counts[:j] += (proj >= target).sum(0)
+        counts[j] += int(np.sum((proj / norms).max(1) >= max_obs))
     return counts, total
 
 
@@ -275,8 +282,9 @@ def sign_flip_test(
     Under "the framing is exchangeable with the reference" every paired difference is as likely
     negative as positive, so flipping signs gives the null distribution with no assumption on
     its shape. Exact (all 2^n sign vectors) when 2^n <= n_perm, else `n_perm` random sign
-    vectors seeded by (seed, key), p = (1 + #exceed) / (1 + B). When refine_below is given and
-    the combined p is below it, 9 * n_perm more sign vectors are drawn, so that p-values near a
+    vectors seeded by (seed, key), p = (1 + #exceed) / (1 + B). The two are combined by max-T
+    (the larger standardised statistic, its own permutation distribution). When refine_below is
+    given and the combined p is below it, 9 * n_perm more sign vectors are drawn, so that p-values near a
     decision boundary carry a Monte Carlo error of about a third.
 
     Args:
@@ -297,15 +305,13 @@ def sign_flip_test(
         rng = np.random.default_rng(_mix(seed, key))
         counts, total = _exceedances(stats, observed, n_perm, rng)
         p_each = (counts + 1) / (total + 1)
-        if refine_below is not None and min(1.0, 2 * p_each.min()) < refine_below:
+        if refine_below is not None and p_each[2] < refine_below:
             more, extra = _exceedances(stats, observed, 9 * n_perm, rng)
             counts, total = counts + more, total + extra
             p_each = (counts + 1) / (total + 1)
-    p_small = float(p_each.min())
-    mc = 0.0 if exact else 2.0 * math.sqrt(p_small * (1 - p_small) / total)
-    return SignFlip(
-        float(p_each[0]), float(p_each[1]), float(min(1.0, 2 * p_small)), total, exact, mc
-    )
+    p_max = float(p_each[2])
+    mc = 0.0 if exact else math.sqrt(p_max * (1 - p_max) / total)
+    return SignFlip(float(p_each[0]), float(p_each[1]), p_max, total, exact, mc)
 
 
 def _mds_power(x: np.ndarray, level: float, threshold: float) -> float:
@@ -336,11 +342,12 @@ def min_detectable_shift(
     level: two tests per cell) *and* |mean| exceeds the magnitude `threshold`; bisect on delta.
     The same resamples are reused for every delta (common random numbers), so the answer is
     monotone and stable. A cell whose exact sign-flip test cannot reach the level at all
-    (2 / 2^n >= level / 2) gets math.inf.
+    (2 / 2^n >= level) gets math.inf. The mean test at level / 2 is conservative: the max-T
+    combination (`sign_flip_test`) spends between level / 2 and level on it.
     """
     d = np.asarray(d, dtype=float)
     n = len(d)
-    if n < 2 or (n < 62 and 2.0 / 2**n >= level / 2):
+    if n < 2 or (n < 62 and 2.0 / 2**n >= level):
         return math.inf
     rng = np.random.default_rng(_mix(seed, "mds"))
     base = (d - d.mean())[rng.integers(0, n, size=(n_sim, n))]
@@ -370,8 +377,8 @@ def images_needed(
         return None
     d = np.asarray(d, dtype=float)
     sd = float(d.std(ddof=1)) if len(d) >= 2 else 0.0
-    # resolution of the exact test: 2 / 2^n < level / 2
-    need = max(min_n, int(math.ceil(math.log2(4.0 / level))) + 1)
+    # resolution of the exact test: 2 / 2^n < level
+    need = max(min_n, int(math.ceil(math.log2(2.0 / level))) + 1)
     z_c, z_p = float(ndtri(1 - level / 4)), float(ndtri(POWER))
     se = min((target - threshold) / z_p, target / (z_c + z_p))
     # the sign-flip statistic's spread includes the shift itself: sum x^2 = n (sd^2 + shift^2)
