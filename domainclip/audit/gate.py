@@ -147,14 +147,15 @@ def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison])
             and abs(lod) > th.max_abs_logodds_shift
         )
         significant = p_adj < th.alpha
-        mc = f" +/- {cell.sign_flip.mc_error:.2g}" if cell.sign_flip and cell.sign_flip.mc_error else ""
+        sf = cell.sign_flip
+        mc = f" +/- {sf.mc_error:.2g}" if sf and sf.mc_error else (" exact" if sf else "")
         msg = (
             f"mean shift {value:+.4f} (95% CI {cell.mean_shift.low:+.4f} .. "
             f"{cell.mean_shift.high:+.4f}, n={cell.n}); |shift| "
             f"{'>' if big else '<='} {th.max_abs_mean_shift}"
             + (f"; log-odds shift {lod:+.3f}" if lod is not None else "")
-            + f"; Holm-adjusted p = {p_adj:.4g}{mc} ({'<' if significant else '>='} alpha "
-            f"{th.alpha}); {power}"
+            + f"; p = {cell.p_value:.3g}{mc}, Holm-adjusted p = {p_adj:.4g} "
+            f"({'<' if significant else '>='} alpha {th.alpha}); {power}"
         )
         status = FAIL if (big or big_lod) and significant else PASS
         if weak and status == PASS:
