@@ -354,12 +354,15 @@ def _negation(spec: AuditSpec, main) -> dict[str, NegationNote]:
             continue
         comp = main.comparisons[f.name]
         cells = {c: comp.per_class[c] for c in framed if c in comp.per_class}
+        min_n = spec.statistics.min_cell_images
         per_class = {
             c: {
                 "n": cell.n,
                 "mean_shift": cell.mean_shift.to_dict(),
-                "lowers_score": _direction(cell.mean_shift) == "lowers",
-                "direction": _direction(cell.mean_shift),
+                "lowers_score": cell.n >= min_n and _direction(cell.mean_shift) == "lowers",
+                "direction": _direction(cell.mean_shift)
+                if cell.n >= min_n
+                else f"too few images (n < min_cell_images = {min_n})",
             }
             for c, cell in cells.items()
         }

@@ -166,7 +166,9 @@ def test_negation_is_judged_per_class_whose_text_it_changes(tiny_backbone, manif
     for c, v in neg.per_class.items():
         cell = res.data["comparisons"]["negated"]["per_class"][c]
         assert v["mean_shift"] == cell["mean_shift"]
-        assert v["direction"] in ("lowers", "raises", "no clear change")
+        assert v["direction"] in ("lowers", "raises", "no clear change") or (
+            v["n"] < 8 and v["direction"].startswith("too few images")
+        )
         assert v["lowers_score"] == (v["direction"] == "lowers")
     raised = [c for c, v in neg.per_class.items() if v["direction"] == "raises"]
     if raised or not neg.lowers_score:
