@@ -319,7 +319,11 @@ def _audit_and_card(
         lambda: run_audit(paths.run_dir, AUDIT_SPEC, paths.manifest, "test", compare=base),
         timings,
     )
+    from domainclip.audit.report import power_sentence
+
     print(f"   gate verdict: {audit.verdict.upper()}")
+    # Power first: with a few test images per class, a class-level bias can go unseen.
+    print(f"   audit power: {power_sentence(audit.report).replace('**', '')}")
     for check in audit.failed_checks:
         print(f"   - {check.get('message', check)}")
     return audit, write_card(paths.run_dir, html=True)

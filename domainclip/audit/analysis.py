@@ -25,16 +25,47 @@ import numpy as np
 from domainclip.audit.scores import ScoreTable
 from domainclip.audit.stats import (
     CONFIDENCE,
+    SignFlip,
     cell_indices,
     estimate,
+    images_needed,
+    log_odds,
     mean_shift_test,
+    min_detectable_shift,
     proportion_ci,
+    sign_flip_test,
     wilcoxon_test,
 )
 from domainclip.evaluation.bootstrap import Estimate, recentred_interval, stratified_indices
 from domainclip.evaluation.calibration import reliability_bins
 
 MISSING = "(missing)"
+TESTED, UNDERPOWERED = "tested", "underpowered"
+
+
+@dataclass(frozen=True)
+class Power:
+    """How a cell is tested and how its power is judged.
+
+    level: the per-cell significance level the power is computed at (alpha / m, m = the gated
+    shift tests: Holm's first step, its strictest); threshold: the magnitude rule
+    (max_abs_mean_shift, 0 when off); require: the shift every cell must be able to detect
+    (spec `require_power`; None = not required); n_perm: random sign vectors per test;
+    refine_below: combined p-values below this get 10x the sign vectors (None: never).
+    """
+
+    level: float = 0.05
+    threshold: float = 0.0
+    require: float | None = None
+    n_perm: int = 10_000
+    refine_below: float | None = None
+
+
+def _clamp(e: Estimate, lo: float = -1.0, hi: float = 1.0) -> Estimate:
+    """An interval of a probability shift clipped to what is possible ([-1, 1])."""
+    if e.low is None:
+        return e
+    return Estimate(e.value, max(lo, min(hi, e.low)), max(lo, min(hi, e.high)))
 
 
 @dataclass
@@ -58,6 +89,11 @@ class Cell:
     n_flips: int
     flip_rate: Estimate
     reason: str | None = None
+    status: str = TESTED
+    logodds_shift: Estimate | None = None
+    sign_flip: SignFlip | None = None
+    mds: float | None = None
+    n_needed: int | None = None
     replicates: np.ndarray | None = field(default=None, repr=False)
     flips: np.ndarray | None = field(default=None, repr=False)
     d: np.ndarray | None = field(default=None, repr=False)
@@ -77,6 +113,16 @@ class Cell:
         }
         if self.reason:
             d["reason"] = self.reason
+        d["status"] = self.status
+        if self.logodds_shift is not None:
+            d["logodds_shift"] = self.logodds_shift.to_dict()
+        if self.sign_flip is not None:
+            d["sign_flip"] = self.sign_flip.to_dict()
+        # math.inf (nothing detectable) is written as null with the reason
+        d["min_detectable_shift"] = (
+            self.mds if self.mds is not None and np.isfinite(self.mds) else None
+        )
+        d["images_needed"] = self.n_needed
         return d
 
 
@@ -88,6 +134,7 @@ class FramingComparison:
     overall: Cell
     per_class: dict[str, Cell]
     per_subgroup: dict[str, dict[str, Cell]]
+    framed: Cell | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +151,29 @@ def _empty(n: int) -> Estimate:
     return Estimate.undefined(f"only {n} image(s)")
 
 
+def _power_status(
+    key: str, d: np.ndarray, n: int, min_n: int, power: Power
+) -> tuple[str, float, int | None, str | None]:
+    """(status, minimum detectable shift, images needed or None, reason or None) of a cell."""
+    mds = min_detectable_shift(d, power.level, power.threshold, seed=0) if n >= 2 else np.inf
+    target = power.require
+    need = None
+    reasons = []
+    if n < min_n:
+        reasons.append(f"n={n} < min_cell_images={min_n}: underpowered, reported, not tested")
+    if not np.isfinite(mds):
+        reasons.append(f"n={n}: no shift up to 1 is detectable with 80% power")
+    elif target is not None and mds > target:
+        reasons.append(
+            f"can only detect shifts of at least {mds:.3f} (require_power {target:g})"
+        )
+    if reasons:
+        goal = target if target is not None else max(2 * power.threshold, 0.1)
+        need = images_needed(d, power.level, power.threshold, goal, min_n)
+        return UNDERPOWERED, float(mds), need, "; ".join(reasons)
+    return TESTED, float(mds), None, None
+
+
 def shift_cell(
     key: str,
     d: np.ndarray,
@@ -114,48 +184,54 @@ def shift_cell(
     seed: int,
     min_n: int,
     detail: bool = True,
+    logodds_d: np.ndarray | None = None,
+    power: Power | None = None,
 ) -> Cell:
     """Statistics of paired shifts `d` (float [n]), raw shifts `raw_d` and `flips` (bool [n]).
 
-    detail=False computes only what the gate reads (mean-shift test and flips) and leaves the
-    median, raw-similarity and Wilcoxon entries undefined: for simulations and quick scans.
+    logodds_d: float [n] shifts of the target class's log-odds (default: `d` stands in).
+    The gated p-value is the sign-flip test's (`stats.sign_flip_test`: mean of `d`, signed ranks
+    of `logodds_d`); the mean's interval is the bootstrap-t one, clipped to [-1, 1]. Power
+    (`power`): the cell's minimum detectable shift and status tested / underpowered.
+    detail=False computes only what the gate reads (tests, flips, power) and leaves the median,
+    raw-similarity and Wilcoxon entries undefined: for simulations and quick scans.
     """
+    power = power or Power()
+    lod = d if logodds_d is None else np.asarray(logodds_d, dtype=float)
     n = len(d)
     n_flips = int(np.sum(flips))
     lo, hi = proportion_ci(n_flips, n)
     flip_rate = Estimate(n_flips / n if n else 0.0, lo, hi) if n else _empty(0)
+    status, mds, need, why = _power_status(key, d, n, min_n, power)
     if n < 2:
         return Cell(
-            key,
-            n,
-            False,
-            _empty(n),
-            _empty(n),
-            _empty(n),
-            None,
-            wilcoxon_test(d),
-            n_flips,
-            flip_rate,
-            reason=f"n={n}: too few images for any interval",
+            key, n, False, _empty(n), _empty(n), _empty(n), None, wilcoxon_test(d), n_flips,
+            flip_rate, reason=f"n={n}: too few images for any interval; {why}",
+            status=UNDERPOWERED, mds=mds, n_needed=need,
         )
     idx = cell_indices(strata, n_boot, seed, key)
-    mean_shift, p_value, means = mean_shift_test(d, idx)
-    tested = n >= min_n
+    mean_shift, _, means = mean_shift_test(d, idx)
+    flip = sign_flip_test(d, lod, power.n_perm, seed, key, power.refine_below)
     skipped = Estimate.undefined("not computed (detail=False)")
     return Cell(
         key=key,
         n=n,
-        tested=tested,
-        mean_shift=mean_shift,
+        tested=n >= min_n,
+        mean_shift=_clamp(mean_shift),
         median_shift=(
-            estimate(float(np.median(d)), np.median(d[idx], axis=1)) if detail else skipped
+            _clamp(estimate(float(np.median(d)), np.median(d[idx], axis=1))) if detail else skipped
         ),
         raw_shift=estimate(raw_d.mean(), raw_d[idx].mean(1)) if detail else skipped,
-        p_value=p_value,
+        p_value=flip.p,
         wilcoxon=wilcoxon_test(d) if detail else {"note": "not computed (detail=False)"},
         n_flips=n_flips,
         flip_rate=flip_rate,
-        reason=None if tested else f"n={n} < min_cell_images={min_n}: reported, not tested",
+        reason=why,
+        status=status,
+        logodds_shift=estimate(lod.mean(), lod[idx].mean(1)) if detail else skipped,
+        sign_flip=flip,
+        mds=mds,
+        n_needed=need,
         replicates=means,
         flips=flips,
         d=d,
@@ -172,13 +248,17 @@ def compare_framing(
     seed: int,
     min_n: int,
     detail: bool = True,
+    power: Power | None = None,
+    framed_classes: Sequence[str] | None = None,
 ) -> FramingComparison:
     """Shifts of `framing` vs `reference`: all images, each class, each subgroup value.
 
-    detail: see `shift_cell` (False: only the gate's mean-shift tests and flips).
+    detail, power: see `shift_cell`. framed_classes: when given, also the cell of the images
+    whose target class's text the framings change (`FramingComparison.framed`, for negation).
     """
     k, r = table.k(framing), table.k(reference)
     d = table.scores[k] - table.scores[r]
+    lod = log_odds(table.scores[k]) - log_odds(table.scores[r])
     raw_d = table.raw[k] - table.raw[r]
     flips = table.decisions[k] != table.decisions[r]
 
@@ -188,7 +268,8 @@ def compare_framing(
         sel = np.flatnonzero(mask)
         strata = np.zeros(len(sel), dtype=np.int64)
         return shift_cell(
-            f"{framing}/{key}", d[sel], raw_d[sel], flips[sel], strata, n_boot, seed, min_n, detail
+            f"{framing}/{key}", d[sel], raw_d[sel], flips[sel], strata, n_boot, seed, min_n,
+            detail, lod[sel], power,
         )
 
     everyone = np.ones(table.n, dtype=bool)
@@ -202,7 +283,11 @@ def compare_framing(
     for col, values in subgroups.items():
         vals = np.asarray(values, dtype=object)
         per_subgroup[col] = {v: cell(f"{col}={v}", vals == v) for v in sorted(set(values))}
-    return FramingComparison(framing, overall, per_class, per_subgroup)
+    framed = None
+    if framed_classes is not None:
+        idx = [table.classes.index(c) for c in framed_classes if c in table.classes]
+        framed = cell("framed", np.isin(table.target, idx))
+    return FramingComparison(framing, overall, per_class, per_subgroup, framed)
 
 
 def ece_replicates(

@@ -19,6 +19,7 @@ import torch
 from domainclip.audit import data as audit_data
 from domainclip.audit.analysis import (
     FramingComparison,
+    Power,
     calibration_by_framing,
     compare_framing,
     point_ece_by_subgroup_and_framing,
@@ -60,6 +61,20 @@ class ModelAudit:
     performance: dict[str, Any] | None = None
 
 
+def power_options(spec: AuditSpec) -> Power:
+    """How the spec's cells are tested and judged for power (`analysis.Power`): the per-cell
+    level alpha / m (Holm's strictest step over the m gated shift tests)."""
+    th, st = spec.thresholds, spec.statistics
+    m = max(1, spec.n_gated_shift_tests)
+    return Power(
+        level=th.alpha / m,
+        threshold=th.max_abs_mean_shift or 0.0,
+        require=th.require_power,
+        n_perm=st.n_permutations,
+        refine_below=2 * th.alpha,
+    )
+
+
 def audit_features(
     resolved: ResolvedModel,
     spec: AuditSpec,
@@ -91,9 +106,12 @@ def audit_features(
         resolved.calibrator,
     )
     st = spec.statistics
+    power = power_options(spec)
+    framed = [f.label for f in spec.findings if f.framed]
     comparisons = {
         f.name: compare_framing(
-            table, f.name, spec.reference, subgroups, st.n_bootstrap, st.seed, st.min_cell_images
+            table, f.name, spec.reference, subgroups, st.n_bootstrap, st.seed, st.min_cell_images,
+            power=power, framed_classes=framed if f.expect == "lower" else None,
         )
         for f in spec.framings
         if f.name != spec.reference

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from domainclip import __version__
 from domainclip.audit.card_summary import (
+    audit_power_blocks,
     comparison_blocks,
     leading_evaluation,
     test_calibration_rows,
@@ -33,7 +34,14 @@ from domainclip.audit.card_summary import (
     warning_blocks,
 )
 from domainclip.audit.card_uncertainty import calibrator_sentence, sets_blocks
-from domainclip.audit.report import Block, fmt_est, to_html, to_markdown
+from domainclip.audit.report import (
+    SIDE_BY_SIDE_HEADER,
+    Block,
+    fmt_est,
+    side_by_side_rows,
+    to_html,
+    to_markdown,
+)
 from domainclip.audit.results import AuditReport
 from domainclip.audit.spec import SPEC_DIR
 from domainclip.datasets.geometry_report import GeometryReport
@@ -426,19 +434,21 @@ def _calibration(run: Path, lead: EvaluationResult | None) -> list[Block]:
     return blocks
 
 
-def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
+def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str], list[AuditReport]]:
     blocks: list[Block] = [("h2", "Prompt-framing audit and deployment gate")]
     files = sorted(run.glob("audit/*/audit.json"))
     if not files:
         return [
             *blocks,
             _not_run("the framing audit", f"domainclip audit {run} --spec SPEC --gate"),
-        ], []
+        ], [], []
     notes = []
+    reports = []
     def read(f: Path) -> AuditReport:
         return AuditReport.read(f, f"domainclip audit {run} --spec {f.parent.name} --gate")
 
     for f, a in _readable(files, read, blocks):
+        reports.append(a)
         blocks += _audit_blocks(a, f, card_dir)
         notes += [
             f"Under the negated framing `{name}` the score does not drop: the model may ignore "
@@ -446,11 +456,18 @@ def _audits(run: Path, card_dir: Path) -> tuple[list[Block], list[str]]:
             for name, neg in a.main.negation.items()
             if not neg.lowers_score
         ]
+        notes += [
+            f"Under the negated framing `{name}` the score of {c} rises: the model ignores "
+            "negation for it."
+            for name, neg in a.main.negation.items()
+            for c, v in neg.per_class.items()
+            if v["direction"] == "raises"
+        ]
         if a.gate.verdict == "fail":
             notes.append(
                 f"The framing audit `{a.spec['name']}` fails its gate: scores depend on wording."
             )
-    return blocks, notes
+    return blocks, notes, reports
 
 
 def _audit_blocks(a: AuditReport, path: Path, card_dir: Path) -> list[Block]:
@@ -484,6 +501,13 @@ def _audit_blocks(a: AuditReport, path: Path, card_dir: Path) -> list[Block]:
             blocks.append(("img", plot.relative_to(card_dir), "score shifts per framing"))
         except ValueError:  # the card is written outside the run: link instead of embedding
             blocks.append(("p", f"Shift distributions: `{plot}`"))
+    rows = side_by_side_rows(a)
+    if rows:
+        label = a.compare.base.model.label if a.compare is not None else "?"
+        blocks += [
+            ("p", f"This run vs `{label}` on the same images (differences paired by image):"),
+            ("table", SIDE_BY_SIDE_HEADER, rows),
+        ]
     change = a.compare.sensitivity_change if a.compare is not None else {}
     for name, c in change.items():
         o = c.get("overall", {})
@@ -589,7 +613,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
     run, cfg = r.root, r.config_dict()
     result = _read_json(r.layout.result) if r.layout.result.is_file() else None
     data_blocks, classes, caveats = _data(cfg, run)
-    audit_blocks, audit_notes = _audits(run, card_dir or run)
+    audit_blocks, audit_notes, audits = _audits(run, card_dir or run)
     evals, left_out = _read_evaluations(run)
     lead = leading_evaluation(evals)
     eval_blocks, geometry_notes = _evaluation(run, evals, left_out)
@@ -617,6 +641,7 @@ def build_card(run_dir: str | Path, card_dir: Path | None = None) -> list[Block]
     return [
         ("h1", f"Model card: {run.name}"),
         *comparison_blocks(lead, run),
+        *audit_power_blocks(audits),
         *warning_blocks(result, evals, calibration),
         *_overview(run, cfg, result),
         *_intended_use(classes, _get(cfg, "data.manifest"), verdict),

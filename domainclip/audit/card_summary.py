@@ -9,7 +9,9 @@ A reviewer deciding on deployment reads the top of the card. So it leads with:
   thresholds) named;
 * every warning raised during the run (result.json `warnings`, read tolerantly) and its
   evaluations (metrics.json `warnings`), and the validation-fitted temperature at its bound;
-* how the run was trained when it deviates from its config (steps cut, the best checkpoint).
+* how the run was trained when it deviates from its config (steps cut, the best checkpoint);
+* what each framing audit could see: the smallest shift it could detect per class, or that its
+  class cells are underpowered, and the remedies when its gate fails.
 
 The leading evaluation is the newest one of split `test` (else the newest of any split).
 """
@@ -20,7 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from domainclip.audit.report import Block, fmt_est
+from domainclip.audit.report import Block, fmt_est, power_sentence, remedy_lines
+from domainclip.audit.results import AuditReport
 from domainclip.evaluation.baselines import (
     BASELINE_NAMES,
     BASELINE_ORDER,
@@ -187,3 +190,25 @@ def test_calibration_rows(m: EvaluationResult) -> tuple[list[str], list[list[str
         for k, label in labels
         if k in before
     ]
+
+
+def audit_power_blocks(audits: Iterable[AuditReport]) -> list[Block]:
+    """First-screen 'What the framing audit could see': per audit its verdict, the shifts it
+    could detect per class (or that its class cells are underpowered) and, when its gate fails,
+    the remedies with their commands."""
+    audits = list(audits)
+    if not audits:
+        return []
+    blocks: list[Block] = [("h2", "What the framing audit could see")]
+    for a in audits:
+        blocks.append(
+            (
+                "p",
+                f"`{a.spec['name']}` (gate {a.gate.verdict.upper()}, {a.data.n_images} images): "
+                + power_sentence(a),
+            )
+        )
+        lines = remedy_lines(a)
+        if lines:
+            blocks.append(("ul", lines))
+    return blocks

@@ -9,7 +9,7 @@ from domainclip.errors import ConfigError
 
 
 def _print_summary(result) -> None:
-    from domainclip.audit.report import fmt_est
+    from domainclip.audit.report import fmt_est, power_sentence, remedy_lines
 
     r = result.report
     model, data = r.main.model, r.data
@@ -39,6 +39,9 @@ def _print_summary(result) -> None:
     print(f"verdict: {gate.verdict.upper()} ({gate.n_failed} of {gate.n_checks} checks failed)")
     for c in gate.failed_checks:
         print(f"  FAILED {c.id}: {c.message}")
+    print("power: " + power_sentence(r).replace("**", ""))
+    for line in remedy_lines(r):
+        print("  remedy: " + line.replace("`", ""))
     if result.out_dir is not None:
         print(f"wrote {result.out_dir} (audit.json, report.md, report.html, junit.xml)")
 

@@ -76,6 +76,8 @@ def compare_cells(
     )
     flip_reps = model.flips[idx].mean(1) - base.flips[idx].mean(1)
     flip_diff = estimate(float(model.flips.mean() - base.flips.mean()), flip_reps)
+    shift_reps = model.d[idx].mean(1) - base.d[idx].mean(1)
+    shift_diff = estimate(float(model.d.mean() - base.d.mean()), shift_reps)
     flip_dir, shift_dir = _direction(flip_diff), _direction(norm)
     verdict = _combine(flip_dir, shift_dir, base_near_chance)
     return {
@@ -97,6 +99,16 @@ def compare_cells(
         "normalised_shift_direction": shift_dir,
         "verdict": verdict,
         "informative": not base_near_chance,
+        # side by side, each with its interval; differences paired by image (same replicates)
+        "side_by_side": {
+            "mean_shift_model": model.mean_shift.to_dict(),
+            "mean_shift_base": base.mean_shift.to_dict(),
+            "flip_rate_model": model.flip_rate.to_dict(),
+            "flip_rate_base": base.flip_rate.to_dict(),
+            "mean_shift_difference": shift_diff.to_dict(),
+            "mean_shift_difference_p": bootstrap_p_value(shift_reps),
+            "flip_rate_difference_p": bootstrap_p_value(flip_reps),
+        },
         **(
             {"note": "the base model is near chance, so score shifts are uninformative (a "
              "near-uniform model cannot move); the verdict rests on flip rates alone"}

@@ -3,7 +3,8 @@
 Checks (framings with ``expect: invariant`` other than the reference; ECE also on the reference):
 
 * ``mean_shift``: fails when |mean shift| > max_abs_mean_shift AND the shift is significant: its
-  bootstrap p-value, Holm-adjusted over every mean-shift check of the audit (all framings, the
+  sign-flip permutation p-value (`stats.sign_flip_test`: max-T over the mean test and the
+  log-odds signed-rank test), Holm-adjusted over every mean-shift check of the audit (all framings, the
   "all" cell and each class cell), is below alpha. The family-wise correction is what keeps a
   clean model from failing by chance although the gate runs dozens of tests: the probability that
   any shift check of a model without framing bias fails is at most alpha.
@@ -13,7 +14,11 @@ Checks (framings with ``expect: invariant`` other than the reference; ECE also o
   max_flip_rate (point estimate; the Wilson interval is reported).
 * ``ece``: fails when the expected calibration error under the framing exceeds max_ece.
 
-Cells with fewer than ``min_cell_images`` images are reported as skipped checks.
+Every gated cell reports its power (`analysis.Power`: n, the minimum detectable shift at 80%
+power, status tested / underpowered). Cells with fewer than ``min_cell_images`` images are not
+tested: their check is ``skipped`` with the reason "underpowered", or ``fail`` when the spec sets
+``require_power``; so is a tested cell whose minimum detectable shift exceeds ``require_power``
+(the message names about how many images the cell would need).
 
 Before all of these, the performance floors (`audit.floor.floor_checks`: balanced accuracy and
 macro AUROC under the reference framing above the chance CI or a stated minimum) are listed
@@ -63,19 +68,20 @@ def _ci(e: Estimate) -> list[float] | None:
 
 
 def check_resolution(spec: AuditSpec) -> None:
-    """Refuse specs whose bootstrap is too coarse for the Holm correction of its gate.
+    """Refuse specs whose resampling is too coarse for the Holm correction of its gate.
 
-    A bootstrap p-value is at least 1 / (B + 1), so with m tests Holm's smallest adjusted p is
-    m / (B + 1). If that is not well below alpha, no shift could ever fail the gate: a silent pass.
+    A permutation p-value is at least 1 / (B + 1), so with m tests Holm's smallest adjusted p is
+    m / (B + 1); the check asks for twice that margin.
+    If that is not well below alpha, no shift could ever fail the gate: a silent pass. The same
+    is required of the bootstrap (its intervals are what the report shows).
 
     Raises:
-        ConfigError: naming statistics.n_bootstrap and the smallest sensible value.
+        ConfigError: naming statistics.n_bootstrap / n_permutations and the smallest sensible value.
     """
     th, st = spec.thresholds, spec.statistics
     if th.max_abs_mean_shift is None:
         return
-    n_gated = sum(1 for f in spec.framings if f.gated and f.name != spec.reference)
-    m = n_gated * (1 + len(spec.findings))
+    m = spec.n_gated_shift_tests
     if m / (st.n_bootstrap + 1) > th.alpha / 2:
         need = int(2 * m / th.alpha)
         raise ConfigError(
@@ -83,12 +89,16 @@ def check_resolution(spec: AuditSpec) -> None:
             f"mean-shift tests at alpha {th.alpha} (the smallest Holm-adjusted p would be "
             f"{m / (st.n_bootstrap + 1):.3g}); use at least {need}"
         )
+    if 2 * m / (st.n_permutations + 1) > th.alpha / 2:
+        raise ConfigError(
+            f"{spec.source}: statistics.n_permutations = {st.n_permutations} is too small for {m} "
+            f"mean-shift tests at alpha {th.alpha}; use at least {int(4 * m / th.alpha)}"
+        )
 
 
-def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:
-    th = spec.thresholds
-    if th.max_abs_mean_shift is None:
-        return []
+def _gated_cells(
+    spec: AuditSpec, comparisons: Mapping[str, FramingComparison]
+) -> list[tuple[str, str, Cell]]:
     cells: list[tuple[str, str, Cell]] = []
     for f in spec.framings:
         if f.name == spec.reference or not f.gated or f.name not in comparisons:
@@ -96,25 +106,61 @@ def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison])
         comp = comparisons[f.name]
         cells.append((f.name, "all", comp.overall))
         cells.extend((f.name, f"class={c}", cell) for c, cell in comp.per_class.items())
+    return cells
+
+
+def _power_note(cell: Cell, th: Thresholds) -> tuple[bool, str]:
+    """(fails for lack of power, sentence on the cell's power)."""
+    mds = cell.mds
+    if mds is None:
+        return False, f"n={cell.n}"
+    can = "nothing up to 1" if mds == float("inf") else f"{mds:.3f}"
+    need = f"; about {cell.n_needed} images would be needed" if cell.n_needed else ""
+    text = f"n={cell.n}, could detect shifts of at least {can} (80% power){need}"
+    weak = th.require_power is not None and cell.status == "underpowered"
+    return weak, text
+
+
+def _shift_checks(spec: AuditSpec, comparisons: Mapping[str, FramingComparison]) -> list[Check]:
+    th = spec.thresholds
+    if th.max_abs_mean_shift is None:
+        return []
+    cells = _gated_cells(spec, comparisons)
     tested = [(i, c) for i, (_, _, c) in enumerate(cells) if c.tested and c.p_value is not None]
     adjusted = dict(zip((i for i, _ in tested), holm([c.p_value for _, c in tested]), strict=True))
     out = []
     for i, (framing, key, cell) in enumerate(cells):
-        value = cell.mean_shift.value
-
+        weak, power = _power_note(cell, th)
         if i not in adjusted:
-            out.append(_shift_check(framing, key, cell, th, SKIPPED, cell.reason or "not testable"))
+            msg = f"underpowered: {cell.reason or 'not testable'}; {power}"
+            if weak:
+                msg = f"{msg} (require_power {th.require_power:g})"
+            out.append(_shift_check(framing, key, cell, th, FAIL if weak else SKIPPED, msg))
             continue
         p_adj = adjusted[i]
+        value = cell.mean_shift.value
         big = abs(value) > th.max_abs_mean_shift
+        lod = cell.logodds_shift.value if cell.logodds_shift is not None else None
+        big_lod = (
+            th.max_abs_logodds_shift is not None
+            and lod is not None
+            and abs(lod) > th.max_abs_logodds_shift
+        )
         significant = p_adj < th.alpha
+        sf = cell.sign_flip
+        mc = f" +/- {sf.mc_error:.2g}" if sf and sf.mc_error else (" exact" if sf else "")
         msg = (
             f"mean shift {value:+.4f} (95% CI {cell.mean_shift.low:+.4f} .. "
             f"{cell.mean_shift.high:+.4f}, n={cell.n}); |shift| "
-            f"{'>' if big else '<='} {th.max_abs_mean_shift}; Holm-adjusted p = {p_adj:.4g} "
-            f"({'<' if significant else '>='} alpha {th.alpha})"
+            f"{'>' if big else '<='} {th.max_abs_mean_shift}"
+            + (f"; log-odds shift {lod:+.3f}" if lod is not None else "")
+            + f"; p = {cell.p_value:.3g}{mc}, Holm-adjusted p = {p_adj:.4g} "
+            f"({'<' if significant else '>='} alpha {th.alpha}); {power}"
         )
-        status = FAIL if big and significant else PASS
+        status = FAIL if (big or big_lod) and significant else PASS
+        if weak and status == PASS:
+            status = FAIL
+            msg = f"underpowered (require_power {th.require_power:g}): {msg}"
         out.append(_shift_check(framing, key, cell, th, status, msg, cell.p_value, p_adj))
     return out
 

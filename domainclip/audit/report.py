@@ -46,17 +46,34 @@ def _p(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3g}"
 
 
+def _gated_p(cell: dict[str, Any]) -> str:
+    """'0.0012 +/- 0.0001' (sign-flip p with its Monte Carlo error; 'exact' when enumerated)."""
+    sf = cell.get("sign_flip")
+    if not sf:
+        return _p(cell["p_value"])
+    return _p(sf["p"]) + (" (exact)" if sf["exact"] else f" +/- {sf['mc_error']:.1g}")
+
+
+def _power_cell(cell: dict[str, Any]) -> str:
+    if "status" not in cell:
+        return "-"
+    mds = cell.get("min_detectable_shift")
+    return f"{cell['status']}, >= {_mds_text(mds)}"
+
+
 def _cell_row(name: str, cell: dict[str, Any]) -> list[str]:
     w = cell["wilcoxon"]
     return [
         name,
         str(cell["n"]),
         fmt_est(cell["mean_shift"], signed=True),
+        fmt_est(cell.get("logodds_shift"), signed=True),
         fmt_est(cell["median_shift"], signed=True),
-        _p(cell["p_value"]),
+        _gated_p(cell),
         _p(w.get("p")) + (f" ({w['note']})" if w.get("note") else ""),
         f"{cell['flips']} = " + fmt_est(cell["flip_rate"]),
         fmt_est(cell["raw_similarity_shift"], 4, signed=True),
+        _power_cell(cell),
     ]
 
 
@@ -64,11 +81,13 @@ _CELL_HEADER = [
     "cell",
     "n",
     "mean shift [95% CI]",
+    "log-odds shift [95% CI]",
     "median shift [95% CI]",
-    "p (bootstrap-t)",
+    "p (sign-flip: mean, log-odds ranks)",
     "Wilcoxon p",
     "flips = rate [95% CI]",
     "raw similarity shift",
+    "power: status, detectable shift",
 ]
 
 
@@ -81,6 +100,8 @@ def report_blocks(
     """
     return [
         *_summary_blocks(report),
+        *remedy_blocks(report),
+        *power_blocks(report),
         *_framing_blocks(report, files, out_dir, allowed),
         *_subgroup_calibration_blocks(report, allowed),
         *_compare_blocks(report),
@@ -161,8 +182,149 @@ def _framing_blocks(
         b.append(("p", hidden_note(withheld)))
     for name, neg in r.main.negation.items():
         shift = fmt_est(neg.mean_shift, signed=True)
-        b.append(("p", f"Negation check `{name}`: mean shift {shift}; {neg.note}."))
+        b.append(("p", f"Negation check `{name}` (images whose class text it changes): mean "
+                  f"shift {shift}; {neg.note}."))
+        if neg.per_class:
+            rows = [
+                [c, str(v["n"]), fmt_est(v["mean_shift"], signed=True), v["direction"]]
+                for c, v in neg.per_class.items()
+            ]
+            b.append(("table", ["class", "n", "mean shift [95% CI]", "negation"], rows))
     return b
+
+
+# ------------------------------------------------------------------------------ power, remedies
+
+
+def _gated_framings(r: AuditReport) -> list[str]:
+    return [n for n, f in r.main.framings.items() if f.gated and not f.is_reference]
+
+
+def _mds_text(v: float | None) -> str:
+    return "nothing up to 1" if v is None else f"{v:.3f}"
+
+
+def cell_power(r: AuditReport) -> list[dict[str, Any]] | None:
+    """Per gated cell group ("all", then each class): n, status (underpowered when any gated
+    framing's cell is), the largest minimum detectable shift over the gated framings (None =
+    nothing detectable) and the most images any of them needs. None for files written before
+    power was reported."""
+    framings = [f for f in _gated_framings(r) if f in r.main.comparisons]
+    if not framings or "status" not in r.main.comparisons[framings[0]]["overall"]:
+        return None
+    keys = ["all", *r.data.n_per_class]
+    out = []
+    for key in keys:
+        cells = [
+            r.main.comparisons[f]["overall"] if key == "all"
+            else r.main.comparisons[f]["per_class"].get(key)
+            for f in framings
+        ]
+        cells = [c for c in cells if c]
+        if not cells:
+            continue
+        mds = [c.get("min_detectable_shift") for c in cells]
+        need = [c.get("images_needed") for c in cells if c.get("images_needed")]
+        out.append(
+            {
+                "cell": key,
+                "n": cells[0]["n"],
+                "status": "underpowered" if any(c["status"] != "tested" for c in cells)
+                else "tested",
+                "mds": None if any(m is None for m in mds) else max(mds),
+                "images_needed": max(need) if need else None,
+            }
+        )
+    return out
+
+
+def power_sentence(r: AuditReport) -> str:
+    """What shifts this audit could have seen, per class, and which cells are underpowered."""
+    cells = cell_power(r)
+    if cells is None:
+        return (
+            "Power not recorded (audit.json written before power was reported): re-run "
+            "`domainclip audit` to see which shifts this audit could detect."
+        )
+    overall, classes = cells[0], cells[1:]
+    weak = [c for c in classes if c["status"] == "underpowered"]
+    text = (
+        f"This audit could detect mean shifts of the target-class probability of at least "
+        f"{_mds_text(overall['mds'])} over all {overall['n']} images"
+        + (
+            "; per class: "
+            + ", ".join(f"{c['cell']} {_mds_text(c['mds'])} (n={c['n']})" for c in classes)
+            if classes
+            else ""
+        )
+        + " (80% power, the gate's own rule and level; the largest over the gated framings)."
+    )
+    if classes and len(weak) == len(classes):
+        need = max((c["images_needed"] or 0) for c in weak)
+        text = (
+            "**Every class cell is underpowered** ("
+            + ", ".join(f"{c['cell']} n={c['n']}" for c in weak)
+            + "): "
+            "a framing bias confined to one class would go unseen by this audit"
+            + (f"; audit about {need} images per class" if need else "")
+            + ". " + text
+        )
+    elif weak:
+        text += " **Underpowered:** " + "; ".join(
+            f"{c['cell']} (n={c['n']}" + (f", about {c['images_needed']} needed)" if c["images_needed"] else ")")
+            for c in weak
+        ) + "."
+    return text
+
+
+def power_blocks(r: AuditReport) -> list[Block]:
+    """'Audit power': the sentence and the per-cell table."""
+    cells = cell_power(r)
+    b: list[Block] = [("h2", "Audit power"), ("p", power_sentence(r))]
+    if cells:
+        rows = [
+            [c["cell"], str(c["n"]), c["status"], _mds_text(c["mds"]),
+             str(c["images_needed"] or "-")]
+            for c in cells
+        ]
+        header = ["cell", "n", "status", "could detect shifts of at least", "images needed"]
+        b.append(("table", header, rows))
+    return b
+
+
+def remedy_lines(r: AuditReport) -> list[str]:
+    """What a user can do about the failed checks, with exact commands (empty when passing)."""
+    failed = r.gate.failed_checks
+    if not failed:
+        return []
+    run = r.main.model.run or "RUN"
+    spec = r.spec["name"]
+    kinds = {c.kind for c in failed}
+    weak = [c for c in failed if c.message.startswith("underpowered")]
+    out = []
+    if {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed):
+        out.append(
+            f"Train for framing robustness: `domainclip finetune {run}/config.yaml --set "
+            f"robustness.enabled=true --out {run}-robust`, then compare: `domainclip audit "
+            f"{run}-robust --spec {spec} --compare {run} --gate`."
+        )
+    if "ece" in kinds:
+        out.append(f"Recalibrate: `domainclip evaluate {run} --calibrate auto`, then re-audit.")
+    if weak:
+        out.append(
+            "Audit more images: " + "; ".join(f"{c.cell} ({c.framing})" for c in weak[:6])
+            + (" ..." if len(weak) > 6 else "")
+            + " cannot detect the required shift (see 'Audit power' for the images needed)."
+        )
+    if any(c.kind.startswith("performance") for c in failed):
+        out.append("The model does not beat chance under the reference wording: fix the task "
+                   "first (more data or steps); framing robustness comes after.")
+    return out
+
+
+def remedy_blocks(r: AuditReport) -> list[Block]:
+    lines = remedy_lines(r)
+    return [("h2", "What you can do"), ("ul", lines)] if lines else []
 
 
 def _subgroup_calibration_blocks(r: AuditReport, allowed: Sequence[str]) -> list[Block]:
@@ -230,10 +392,10 @@ def _compare_blocks(r: AuditReport) -> list[Block]:
         return []
     base, base_gate = r.compare.base, r.compare.base_gate
     out: list[Block] = [
-        ("h2", f"Compared with the base model `{base.model.label}`"),
+        ("h2", f"Compared with `{base.model.label}`"),
         (
             "p",
-            f"Base model gate verdict: {base_gate.verdict.upper()} "
+            f"Compared model's gate verdict: {base_gate.verdict.upper()} "
             f"({base_gate.n_failed} failed). Sensitivity = mean absolute per-image shift of "
             "the target-class probability; raw shifts are not comparable across models (a model "
             "near chance barely moves), so the verdict rests on the flip rate and on the shift "
@@ -277,7 +439,63 @@ def _compare_blocks(r: AuditReport) -> list[Block]:
         "flip rate model vs base",
         "verdict",
     ]
-    return [*out, ("table", header, rows)]
+    return [*out, *side_by_side_blocks(r), ("h3", "Sensitivity change per cell"),
+            ("table", header, rows)]
+
+
+def side_by_side_rows(r: AuditReport) -> list[list[str]]:
+    """Per framing ("all" cell): shift and flip rate of this run and of the compared one, each
+    with its CI, and the paired-by-image differences with their p-values."""
+    rows = []
+    change = r.compare.sensitivity_change if r.compare is not None else {}
+    for name, framing in change.items():
+        sbs = framing["overall"].get("side_by_side")
+        if not sbs:
+            continue
+        rows.append(
+            [
+                name,
+                fmt_est(sbs["mean_shift_model"], signed=True),
+                fmt_est(sbs["mean_shift_base"], signed=True),
+                f"{fmt_est(sbs['mean_shift_difference'], signed=True)}, p "
+                f"{_p(sbs['mean_shift_difference_p'])}",
+                fmt_est(sbs["flip_rate_model"]),
+                fmt_est(sbs["flip_rate_base"]),
+                f"{fmt_est(framing['overall']['flip_rate_difference'], signed=True)}, p "
+                f"{_p(sbs['flip_rate_difference_p'])}",
+                framing["overall"]["verdict"],
+            ]
+        )
+    return rows
+
+
+SIDE_BY_SIDE_HEADER = [
+    "framing",
+    "mean shift: this run",
+    "mean shift: compared",
+    "difference (paired) [95% CI], p",
+    "flip rate: this run",
+    "flip rate: compared",
+    "difference (paired) [95% CI], p",
+    "verdict",
+]
+
+
+def side_by_side_blocks(r: AuditReport) -> list[Block]:
+    rows = side_by_side_rows(r)
+    if not rows:
+        return []
+    label = r.compare.base.model.label if r.compare is not None else "?"
+    return [
+        ("h3", f"This run vs `{label}`, per framing (all images)"),
+        (
+            "p",
+            "Both runs scored the same images; differences are paired by image (the same "
+            "bootstrap replicates for both), p-values two-sided. Use it for robust vs plain: "
+            "audit the robust run with `--compare PLAIN_RUN`.",
+        ),
+        ("table", SIDE_BY_SIDE_HEADER, rows),
+    ]
 
 
 def _normalised(cell: dict[str, Any]) -> str:

@@ -105,11 +105,18 @@ class FramingSummary:
 
 @dataclass(frozen=True)
 class NegationNote:
-    """An `expect: lower` framing: does the negated wording lower the target-class score?"""
+    """An `expect: lower` framing: does the negated wording lower the target-class score?
+
+    Judged only on images whose target class's text the framing changes (control classes such
+    as "clean" keep their prompt, so their scores move only through the softmax): `mean_shift`
+    pools those images; `per_class` says per changed class {n, mean_shift, lowers_score,
+    direction: "lowers" | "raises" | "no clear change"}. Files written before: per_class {}.
+    """
 
     mean_shift: dict[str, Any]
     lowers_score: bool
     note: str
+    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -344,24 +351,50 @@ def _framing_summary(spec: AuditSpec, main) -> dict[str, FramingSummary]:
     return out
 
 
+def _direction(e: Any) -> str:
+    if e.high is not None and e.high < 0:
+        return "lowers"
+    if e.low is not None and e.low > 0:
+        return "raises"
+    return "no clear change"
+
+
 def _negation(spec: AuditSpec, main) -> dict[str, NegationNote]:
-    """For `expect: lower` framings: does the negated wording lower the target-class score?"""
+    """For `expect: lower` framings, per class whose text the framing changes: does the negated
+    wording lower the target-class score? (Control classes are left out: their prompt is the same.)"""
     out = {}
+    framed = [f.label for f in spec.findings if f.framed]
     for f in spec.framings:
         if f.expect != "lower":
             continue
-        e = main.comparisons[f.name].overall.mean_shift
-        lowers = e.high is not None and e.high < 0
-        out[f.name] = NegationNote(
-            mean_shift=e.to_dict(),
-            lowers_score=lowers,
-            note=(
-                "the score drops under negation (as it should)"
-                if lowers
-                else "the negated wording does not lower the score significantly: the model may "
-                "ignore negation"
-            ),
-        )
+        comp = main.comparisons[f.name]
+        cells = {c: comp.per_class[c] for c in framed if c in comp.per_class}
+        min_n = spec.statistics.min_cell_images
+        per_class = {
+            c: {
+                "n": cell.n,
+                "mean_shift": cell.mean_shift.to_dict(),
+                "lowers_score": cell.n >= min_n and _direction(cell.mean_shift) == "lowers",
+                "direction": _direction(cell.mean_shift)
+                if cell.n >= min_n
+                else f"too few images (n < min_cell_images = {min_n})",
+            }
+            for c, cell in cells.items()
+        }
+        pooled = comp.framed.mean_shift if comp.framed is not None else comp.overall.mean_shift
+        lowers = _direction(pooled) == "lowers"
+        raised = [c for c, v in per_class.items() if v["direction"] == "raises"]
+        unclear = [c for c, v in per_class.items() if v["direction"] == "no clear change"]
+        if lowers and not raised and not unclear:
+            note = "the score drops under negation for every class whose text it changes"
+        else:
+            parts = [f"raises the score of {', '.join(raised)}"] if raised else []
+            parts += [f"no clear change for {', '.join(unclear)}"] if unclear else []
+            pooled_text = "lowers" if lowers else "does not significantly lower"
+            note = "; ".join(
+                [f"pooled over the classes whose text changes it {pooled_text} the score", *parts]
+            ) + ": the model may ignore negation"
+        out[f.name] = NegationNote(pooled.to_dict(), lowers, note, per_class)
     return out
 
 
@@ -438,7 +471,12 @@ def _method_section(spec_used: AuditSpec) -> dict[str, Any]:
         "mean_shift_interval": "symmetric bootstrap-t, paired (images resampled)",
         "median_shift_interval": "percentile bootstrap, paired",
         "flip_rate_interval": "Wilson score",
-        "significance": "bootstrap-t p-value, Holm-adjusted over all gated mean-shift checks",
+        "significance": "sign-flip permutation p-value (max-T over the mean-shift test and the "
+        "signed-rank test of log-odds shifts; exact for small cells, else "
+        f"{st.n_permutations} random sign vectors, ten times more below 2 x alpha), "
+        "Holm-adjusted over all gated mean-shift checks",
+        "power": "minimum detectable shift at 80% power per cell, by simulation from its own "
+        "paired differences at level alpha / (gated cells)",
         "ece": f"equal-width bins ({st.ece_bins}), top-1 confidence vs correctness",
         "n_bootstrap": st.n_bootstrap,
         "seed": st.seed,
@@ -546,7 +584,11 @@ def _parse_section(f: Fields) -> ModelSection:
         for name, fr in f.mapping("framings").items()
     }
     negation = {
-        name: n.build(NegationNote, mean_shift=n.estimate("mean_shift"))
+        name: n.build(
+            NegationNote,
+            mean_shift=n.estimate("mean_shift"),
+            per_class=n.get("per_class", dict, optional=True) or {},
+        )
         for name, n in f.mapping("negation", optional=True).items()
     }
     return ModelSection(
@@ -585,12 +627,10 @@ _FLOOR_KEYS = ("performance_floor", "min_balanced_accuracy", "min_macro_auroc")
 
 def _thresholds(f: Fields) -> Thresholds:
     """The gate thresholds; files written before performance floors had none (floor off)."""
-    if any(k in f.data for k in _FLOOR_KEYS):
-        return f.build(Thresholds, require_all=True)
-    floors_off = {"performance_floor": False, "min_balanced_accuracy": None, "min_macro_auroc": None}
-    return Fields({**f.data, **floors_off}, f.source, f.command, f.where).build(
-        Thresholds, require_all=True
-    )
+    data = {"require_power": None, "max_abs_logodds_shift": None, **f.data}  # files written before power was required
+    if not any(k in f.data for k in _FLOOR_KEYS):
+        data.update(performance_floor=False, min_balanced_accuracy=None, min_macro_auroc=None)
+    return Fields(data, f.source, f.command, f.where).build(Thresholds, require_all=True)
 
 
 def _parse_gate(f: Fields, with_thresholds: bool) -> GateSummary:

@@ -145,6 +145,21 @@ class Thresholds:
         None, "fail an invariant framing whose conformal coverage is below 1 - coverage_alpha - "
         "this (e.g. 0.05); null = off (coverage is still reported)", range=(0.0, 1.0, "[]"),
     )
+    max_abs_logodds_shift: float | None = option(
+        None,
+        "largest allowed |mean shift| of the target class's log-odds (counts only when "
+        "significant): catches biases on saturated images whose probabilities cannot move "
+        "(0.2 moves a 50% probability by 0.05); null = off",
+        range=(0.0, None, "[]"),
+    )
+    require_power: float | None = option(
+        None,
+        "every gated shift cell (all images, each class) must be able to detect a mean shift of "
+        "this size with 80% power, else the gate fails and names the images needed; must exceed "
+        "max_abs_mean_shift (a true shift at the threshold is caught only half the time); "
+        "null = power is reported, not required",
+        range=(0.0, 1.0, "(]"),
+    )
 
 
 @dataclass(frozen=True)
@@ -160,6 +175,12 @@ class StatsOptions:
         "smaller class/subgroup cells are reported but not tested (a bootstrap of 3 images says "
         "nothing)",
         range=(2, None, "[]"),
+    )
+    n_permutations: int = option(
+        20000,
+        "random sign vectors per sign-flip test (exact enumeration when 2^n is smaller); p-values "
+        "below 2 x alpha get ten times as many, so no verdict depends on the seed",
+        range=(1000, None, "[]"),
     )
     ece_bins: int = option(15, "equal-width bins of the calibration error", range=(1, None, "[]"))
     max_flip_examples: int = option(
@@ -182,6 +203,12 @@ class AuditSpec:
     description: str = ""
     domain: str = ""
     source: str = "<dict>"
+
+    @property
+    def n_gated_shift_tests(self) -> int:
+        """Gated mean-shift cells: (1 + findings) per gated framing other than the reference."""
+        n_gated = sum(1 for f in self.framings if f.gated and f.name != self.reference)
+        return n_gated * (1 + len(self.findings))
 
     @property
     def labels(self) -> list[str]:
@@ -412,6 +439,15 @@ def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
         )
     if next(f for f in framings if f.name == reference).expect != "invariant":
         raise AuditSpecError(f"{src}: the reference framing {reference!r} cannot be a negation")
+    thresholds = _parse_section(Thresholds, data.get("thresholds"), "thresholds", src)
+    rp, tau = thresholds.require_power, thresholds.max_abs_mean_shift
+    if rp is not None and tau is not None and rp <= tau:
+        raise AuditSpecError(
+            f"{src}: thresholds.require_power = {rp} must exceed thresholds.max_abs_mean_shift = "
+            f"{tau}: a cell fails only when its estimate exceeds the threshold, so a true shift of "
+            f"exactly {tau} is caught half the time and no cell could ever reach 80% power; use "
+            f"e.g. {round(2 * tau, 3)}"
+        )
     subgroups = data.get("subgroups") or []
     if isinstance(subgroups, str):
         subgroups = [subgroups]
@@ -424,7 +460,7 @@ def parse_audit_spec(data: Any, src: str = "<dict>") -> AuditSpec:
         framings=framings,
         reference=reference,
         subgroups=tuple(dict.fromkeys(subgroups)),
-        thresholds=_parse_section(Thresholds, data.get("thresholds"), "thresholds", src),
+        thresholds=thresholds,
         statistics=_parse_section(StatsOptions, data.get("statistics"), "statistics", src),
         description=str(data.get("description") or ""),
         domain=str(data.get("domain") or ""),

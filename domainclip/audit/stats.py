@@ -20,6 +20,7 @@ import math
 import warnings
 import zlib
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -182,3 +183,203 @@ def proportion_ci(k: int, n: int, confidence: float = CONFIDENCE) -> tuple[float
     centre = (phat + z * z / (2 * n)) / denom
     half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ------------------------------------------------------------------------------------------------
+# Sign-flip permutation tests, the log-odds scale and power (what the gate decides with)
+
+LOG_ODDS_CLIP = 1e-12
+POWER = 0.8
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) of probabilities (clipped to [1e-12, 1 - 1e-12]: |log-odds| <= 27.6).
+
+    A shift on this scale is what a change of the prompt's logit produces: a saturated image
+    (p = 0.99) whose logit moves by 0.5 barely moves in probability but moves fully here.
+    """
+    q = np.clip(np.asarray(p, dtype=float), LOG_ODDS_CLIP, 1.0 - LOG_ODDS_CLIP)
+    return np.log(q) - np.log1p(-q)
+
+
+@dataclass(frozen=True)
+class SignFlip:
+    """The sign-flip permutation test of one cell's paired shifts (see `sign_flip_test`).
+
+    p_mean: of the mean probability shift; p_rank: of the signed-rank statistic of the log-odds
+    shifts; p: the cell's gated p-value, of the larger of the two statistics, each standardised by
+    its sign-flip spread (max-T: one permutation test, so no Bonferroni factor, and between
+    min(p_mean, p_rank) and twice that); replicates: sign vectors used (2^n when exact);
+    mc_error: Monte Carlo standard error of `p` (0 when exact).
+    """
+
+    p_mean: float
+    p_rank: float
+    p: float
+    replicates: int
+    exact: bool
+    mc_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _signed_ranks(d: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ranks of |d| (average ties; exact zeros rank 0) and the observed signed-rank sum."""
+    from scipy.stats import rankdata
+
+    a = np.abs(d)
+    nz = a > 1e-9
+    ranks = np.zeros(len(d))
+    if nz.any():
+        ranks[nz] = rankdata(a[nz])
+    return ranks, float(np.sum(np.sign(d) * ranks))
+
+
+def _exceedances(
+    stats: np.ndarray, observed: np.ndarray, n_sign: int, rng: np.random.Generator | None
+) -> tuple[np.ndarray, int]:
+    """Count sign vectors s with |s . stats[j]| >= |observed[j]| for each statistic j, and (last
+    entry) those whose largest standardised statistic max_j |s . stats[j]| / ||stats[j]|| reaches
+    the observed one (the max-T combination of the J tests).
+
+    stats: float [J, n]. rng None: all 2^n sign vectors (exact); else `n_sign` random ones.
+    Returns (counts [J + 1], number of sign vectors).
+    """
+    j, n = stats.shape
+    tol = 1e-9 * (1.0 + np.abs(stats).sum(1))
+    target = np.abs(observed) - tol
+    norms = np.maximum(np.sqrt((stats * stats).sum(1)), 1e-300)
+    max_obs = float(np.max(np.abs(observed) / norms)) * (1 - 1e-9)
+    total = 2**n if rng is None else n_sign
+    counts = np.zeros(j + 1, dtype=np.int64)
+    chunk = max(1, 2_000_000 // max(n, 1))
+    for start in range(0, total, chunk):
+        m = min(chunk, total - start)
+        if rng is None:
+            codes = np.arange(start, start + m, dtype=np.int64)[:, None]
+            signs = ((codes >> np.arange(n)) & 1).astype(np.float64) * 2 - 1
+        else:
+            signs = rng.integers(0, 2, size=(m, n)).astype(np.float64) * 2 - 1
+        proj = np.abs(signs @ stats.T)
+        counts[:j] += (proj >= target).sum(0)
+        counts[j] += int(np.sum((proj / norms).max(1) >= max_obs))
+    return counts, total
+
+
+def sign_flip_test(
+    d: np.ndarray,
+    d_logodds: np.ndarray,
+    n_perm: int,
+    seed: int,
+    key: str,
+    refine_below: float | None = None,
+) -> SignFlip:
+    """Sign-flip permutation tests of paired shifts: the mean (sensitive to large, dense shifts)
+    and the signed ranks of the log-odds shifts (sensitive to sparse shifts and to saturated
+    images, whose probabilities cannot move but whose log-odds can).
+
+    Under "the framing is exchangeable with the reference" every paired difference is as likely
+    negative as positive, so flipping signs gives the null distribution with no assumption on
+    its shape. Exact (all 2^n sign vectors) when 2^n <= n_perm, else `n_perm` random sign
+    vectors seeded by (seed, key), p = (1 + #exceed) / (1 + B). The two are combined by max-T
+    (the larger standardised statistic, its own permutation distribution). When refine_below is
+    given and the combined p is below it, 9 * n_perm more sign vectors are drawn, so that p-values near a
+    decision boundary carry a Monte Carlo error of about a third.
+
+    Args:
+        d: float [n] probability shifts; d_logodds: float [n] log-odds shifts of the same images.
+    """
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n == 0 or not np.any(np.abs(d) > 1e-12) and not np.any(np.abs(d_logodds) > 1e-9):
+        return SignFlip(1.0, 1.0, 1.0, 0, True, 0.0)
+    ranks, t_rank = _signed_ranks(np.asarray(d_logodds, dtype=float))
+    stats = np.stack([d, ranks])
+    observed = np.array([d.sum(), t_rank])
+    exact = 2**n <= n_perm if n < 62 else False
+    if exact:
+        counts, total = _exceedances(stats, observed, 0, None)
+        p_each = counts / total
+    else:
+        rng = np.random.default_rng(_mix(seed, key))
+        counts, total = _exceedances(stats, observed, n_perm, rng)
+        p_each = (counts + 1) / (total + 1)
+        if refine_below is not None and p_each[2] < refine_below:
+            more, extra = _exceedances(stats, observed, 9 * n_perm, rng)
+            counts, total = counts + more, total + extra
+            p_each = (counts + 1) / (total + 1)
+    p_max = float(p_each[2])
+    mc = 0.0 if exact else math.sqrt(p_max * (1 - p_max) / total)
+    return SignFlip(float(p_each[0]), float(p_each[1]), p_max, total, exact, mc)
+
+
+def _mds_power(x: np.ndarray, level: float, threshold: float) -> float:
+    """Share of rows of x (paired shifts, [S, n]) the gate would fail: the sign-flip mean test
+    (normal approximation, z = sum x / sqrt(sum x^2)) at level / 2 and |mean| > threshold."""
+    from scipy.special import ndtri
+
+    z_crit = float(ndtri(1 - level / 4))
+    s = x.sum(1)
+    z = np.abs(s) / np.sqrt(np.maximum((x * x).sum(1), 1e-300))
+    return float(np.mean((z > z_crit) & (np.abs(s / x.shape[1]) > threshold)))
+
+
+def min_detectable_shift(
+    d: np.ndarray,
+    level: float,
+    threshold: float = 0.0,
+    power: float = POWER,
+    n_sim: int = 400,
+    seed: int = 0,
+) -> float:
+    """Smallest uniform shift of the mean target probability that the gate would catch in this
+    cell with probability `power` (math.inf when none up to 1 can be).
+
+    By simulation from the cell's own paired differences: resample the centred differences
+    (fresh samples of images like these), add a shift delta to every image and count how often
+    the sign-flip mean test is significant at `level` / 2 (the cell's share of a Bonferroni
+    level: two tests per cell) *and* |mean| exceeds the magnitude `threshold`; bisect on delta.
+    The same resamples are reused for every delta (common random numbers), so the answer is
+    monotone and stable. A cell whose exact sign-flip test cannot reach the level at all
+    (2 / 2^n >= level) gets math.inf. The mean test at level / 2 is conservative: the max-T
+    combination (`sign_flip_test`) spends between level / 2 and level on it.
+    """
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n < 2 or (n < 62 and 2.0 / 2**n >= level):
+        return math.inf
+    rng = np.random.default_rng(_mix(seed, "mds"))
+    base = (d - d.mean())[rng.integers(0, n, size=(n_sim, n))]
+    if _mds_power(base + 1.0, level, threshold) < power:
+        return math.inf
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        if _mds_power(base + mid, level, threshold) >= power:
+            hi = mid
+        else:
+            lo = mid
+        if hi - lo < 1e-4:
+            break
+    return float(hi)
+
+
+def images_needed(
+    d: np.ndarray, level: float, threshold: float, target: float, min_n: int
+) -> int | None:
+    """About how many images a cell like this one needs before its minimum detectable shift is
+    `target` (normal approximation from the cell's spread; at least `min_n`); None when no cell
+    size can (target <= threshold: the magnitude rule alone needs a larger true shift)."""
+    from scipy.special import ndtri
+
+    if target <= threshold:
+        return None
+    d = np.asarray(d, dtype=float)
+    sd = float(d.std(ddof=1)) if len(d) >= 2 else 0.0
+    # resolution of the exact test: 2 / 2^n < level
+    need = max(min_n, int(math.ceil(math.log2(2.0 / level))) + 1)
+    z_c, z_p = float(ndtri(1 - level / 4)), float(ndtri(POWER))
+    se = min((target - threshold) / z_p, target / (z_c + z_p))
+    # the sign-flip statistic's spread includes the shift itself: sum x^2 = n (sd^2 + shift^2)
+    return max(need, int(math.ceil((sd * sd + target * target) / se**2)))

@@ -22,8 +22,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from domainclip.audit.scores import ScoreTable
 from domainclip.errors import ConfigError
 from domainclip.models import Backbone
 
@@ -76,3 +78,57 @@ class PlantedBiasBackbone(Backbone):
             [[1.0 if trig in t else 0.0 for trig in self.biases] for t in texts], dtype=feats.dtype
         )
         return torch.cat([feats, flags], dim=1)
+
+
+PATTERNS: tuple[str, ...] = ("uniform", "sparse", "saturated", "favouring")
+
+
+def plant_shift(
+    table: ScoreTable,
+    framing: str,
+    cls: int,
+    pattern: str,
+    delta: float,
+    rng: np.random.Generator | None = None,
+    share: float = 0.15,
+    rest: float = 0.1,
+    saturated: float = 0.5,
+    reference: str | None = None,
+) -> ScoreTable:
+    """`table` with a framing bias planted in one framing x one class, on the logit scale.
+
+    What a bias in the class's text feature under that framing does to the logits:
+
+    * uniform / favouring: +delta on the class's logit for every image (favouring: delta > 0,
+      toward the class; the others: delta < 0 lowers it);
+    * sparse: +delta on a random `share` of the class's images and +rest * delta on the others
+      (a few images move a lot, the rest barely: what a text bias does to a class whose images
+      are unevenly saturated); rest = 0 isolates the few images (no test can see 4 of 30);
+    * saturated: +delta only on the `saturated` share of the class's images with the highest
+      reference probability (under `reference`, default the first framing): the images where a
+      probability-scale test sees least.
+
+    table.logits: float [K, N, C]; returns a new table (the input is unchanged).
+    """
+    if pattern not in PATTERNS:
+        raise ConfigError(f"unknown plant pattern {pattern!r}; one of {', '.join(PATTERNS)}")
+    logits = table.logits.copy()
+    k = table.k(framing)
+    members = np.flatnonzero(table.target == cls)
+    if pattern in ("uniform", "favouring"):
+        rows = np.arange(table.n)
+    elif pattern == "sparse":
+        rng = rng or np.random.default_rng(0)
+        take = max(1, int(round(share * len(members))))
+        rows = rng.choice(members, size=min(take, len(members)), replace=False)
+        logits[k, members, cls] += rest * delta
+        logits[k, rows, cls] -= rest * delta
+    else:
+        ref = table.k(reference or table.framings[0])
+        order = np.argsort(-table.probs[ref, members, cls], kind="stable")
+        rows = members[order[: max(1, int(round(saturated * len(members))))]]
+    logits[k, rows, cls] += delta
+    return ScoreTable(
+        table.framings, table.classes, logits, table.cos, table.calibrator, table.target,
+        table.positives,
+    )

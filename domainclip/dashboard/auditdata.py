@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from domainclip.audit.report import SIDE_BY_SIDE_HEADER, cell_power, side_by_side_rows
 from domainclip.audit.results import AUDIT_FILE, AuditReport
 from domainclip.dashboard.calibdata import fmt_estimate
 from domainclip.privacy import is_shown_column
@@ -156,13 +157,47 @@ def subgroup_calibration_table(audit: AuditReport, allowed: Iterable[str] = ()) 
 
 
 def per_class_table(audit: AuditReport) -> pd.DataFrame:
-    """Shift and flip statistics per framing x target class."""
+    """Shift and flip statistics per framing x target class, with each cell's power."""
     rows = [
-        {"framing": name, "class": cls, **_cell_columns(cell)}
+        {
+            "framing": name,
+            "class": cls,
+            **_cell_columns(cell),
+            "status": cell.get("status", "not recorded"),
+            "detectable shift (80% power)": cell.get("min_detectable_shift"),
+            "log-odds shift [95% CI]": fmt_estimate(cell.get("logodds_shift"), 3),
+            "p (sign-flip)": cell.get("p_value"),
+        }
         for name, comp in audit.main.comparisons.items()
         for cls, cell in comp["per_class"].items()
     ]
     return pd.DataFrame(rows)
+
+
+def power_table(audit: AuditReport) -> pd.DataFrame:
+    """Per gated cell group (all, each class): n, status, the smallest shift the audit could
+    detect with 80% power (largest over the gated framings; empty = nothing up to 1), images
+    needed. Empty for files written before power was reported."""
+    cells = cell_power(audit) or []
+    return pd.DataFrame(
+        [
+            {
+                "cell": c["cell"],
+                "n": c["n"],
+                "status": c["status"],
+                "could detect shifts of at least": c["mds"],
+                "images needed": c["images_needed"],
+            }
+            for c in cells
+        ],
+        columns=["cell", "n", "status", "could detect shifts of at least", "images needed"],
+    )
+
+
+def side_by_side_table(audit: AuditReport) -> pd.DataFrame:
+    """`--compare`: per framing, shift and flip rate of both runs with CIs and the paired
+    differences (empty without a comparison)."""
+    return pd.DataFrame(side_by_side_rows(audit), columns=SIDE_BY_SIDE_HEADER)
 
 
 def checks_table(audit: AuditReport) -> pd.DataFrame:

@@ -191,3 +191,14 @@ def test_card_shows_the_input_geometry_of_the_evaluations(full_run, tmp_path):
     assert "| pit | 2 | 2 | 0 | 0 |" in md and "| crack | 1 | 0 | 0 | 0 |" in md
     limitations = md.split("## Limitations", 1)[1]
     assert sentence in limitations
+
+
+def test_card_first_screen_says_what_the_audit_could_see(full_run):
+    run, _, audit = full_run
+    text = write_card(run).read_text()
+    head = text[: text.index("## Intended use")] if "## Intended use" in text else text
+    assert "## What the framing audit could see" in head
+    assert "could detect mean shifts" in head
+    cells = audit.data["comparisons"]["alarming"]["per_class"]
+    if all(c["status"] == "underpowered" for c in cells.values()):
+        assert "Every class cell is underpowered" in head

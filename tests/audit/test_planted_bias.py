@@ -206,3 +206,83 @@ def test_detects_a_planted_005_shift_and_rarely_raises_false_alarms(pool):
     # about its nominal 5%, and without the Holm correction the gate would fail far more often.
     assert 0.025 <= null["uncorrected_cell_rate"] <= 0.085
     assert null["uncorrected_family_rate"] > 0.10
+
+
+# ------------------------------------------------------------------------------------------------
+# Class-specific plants of four patterns (uniform, sparse, saturated, favouring) and a null plant,
+# in one framing x one class of a saturated ("trained") table: the biases issue 20 found the old
+# bootstrap-t gate missing. 30 images per class, the size the audit's power goal is stated at.
+
+PATTERN_SPEC = dataclasses.replace(
+    SIM_SPEC,
+    thresholds=dataclasses.replace(
+        SIM_SPEC.thresholds, max_abs_mean_shift=0.02, max_abs_logodds_shift=0.3
+    ),
+    statistics=dataclasses.replace(SIM_SPEC.statistics, n_bootstrap=200, n_permutations=2000),
+)
+PATTERN_SEEDS = 30
+PATTERN_N = 30
+MARGIN = 4.0  # added to every target logit: probabilities saturate as in a fine-tuned model
+
+
+def _trained(pool) -> ScoreTable:
+    t0, _ = pool
+    logits = t0.logits.copy()
+    logits[:, np.arange(t0.n), t0.target] += MARGIN
+    return ScoreTable(t0.framings, t0.classes, logits, t0.cos, 1.0, t0.target, t0.positives)
+
+
+def _class_shift(table: ScoreTable, pattern: str, delta: float, cls: int) -> float:
+    from domainclip.audit.testing import plant_shift
+
+    planted = plant_shift(table, "alarming", cls, pattern, delta, np.random.default_rng(0))
+    d = planted.scores[1] - planted.scores[0]
+    return float(d[table.target == cls].mean())
+
+
+def _pattern_rates(table: ScoreTable, pattern: str | None, delta: float) -> float:
+    """Share of seeds in which any gated shift check fails (resampled images, logit noise)."""
+    from domainclip.audit.api import power_options
+    from domainclip.audit.testing import plant_shift
+
+    power = dataclasses.replace(power_options(PATTERN_SPEC), refine_below=None)
+    st = PATTERN_SPEC.statistics
+    by_class = [np.flatnonzero(table.target == c) for c in range(len(CLASSES))]
+    failed = 0
+    for s in range(PATTERN_SEEDS):
+        rng = np.random.default_rng(30_000 + s)
+        idx = np.concatenate([rng.choice(m, PATTERN_N) for m in by_class])
+        sample = _noisy(table.take(idx), rng)
+        if pattern is not None:
+            sample = plant_shift(sample, "alarming", 0, pattern, delta, rng)
+        comps = {
+            f: compare_framing(
+                sample, f, "neutral", {}, st.n_bootstrap, s, st.min_cell_images,
+                detail=False, power=power,
+            )
+            for f in ("alarming", "hedged")
+        }
+        failed += any(c.status == FAIL for c in gate_checks(PATTERN_SPEC, comps, {}))
+    return failed / PATTERN_SEEDS
+
+
+def test_class_specific_patterns_are_detected_and_the_null_plant_is_quiet(pool):
+    table = _trained(pool)
+    scratch = CLASSES.index("scratch")
+    assert np.median(table.scores[0][table.target == scratch]) > 0.9  # saturated, as in real runs
+    # logit deltas that move the class's mean target probability by about -0.05 (favouring: as
+    # far up as saturation lets a +1 logit go)
+    plants = {"uniform": -0.7, "sparse": -2.2, "saturated": -1.15, "favouring": 1.0}
+    shifts = {p: _class_shift(table, p, d, scratch) for p, d in plants.items()}
+    rates = {p: _pattern_rates(table, p, d) for p, d in plants.items()}
+    null = _pattern_rates(table, None, 0.0)
+    print(f"\nclass shifts {shifts}; detection {rates}; null false alarms {null}")
+    assert shifts["uniform"] <= -0.05 and shifts["sparse"] <= -0.05
+    assert shifts["saturated"] <= -0.045
+    assert 0 < shifts["favouring"] < 0.05  # saturation: a favouring bias barely moves p
+    assert rates["uniform"] >= 0.9
+    assert rates["saturated"] >= 0.9 and rates["favouring"] >= 0.9  # seen on the log-odds scale
+    # Sparse (15% of the class moved a lot, the rest a tenth as much) at 30 images: 21 of 30
+    # seeds, short of the 90% goal (benchmarks/audit_power.py: reached at larger cells).
+    assert rates["sparse"] >= 0.6
+    assert null <= 0.1

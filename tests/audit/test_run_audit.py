@@ -188,3 +188,22 @@ def test_too_few_findings_in_the_split_is_an_error(tiny_backbone, manifest_path)
         run_audit(planted(tiny_backbone, 0.0), raw, manifest_path, split=None)
     with pytest.raises(DataError, match="no rows in split"):
         run_audit(planted(tiny_backbone, 0.0), small_spec(), manifest_path, split="unassigned")
+
+
+def test_compare_shows_both_runs_side_by_side_with_paired_differences(audited):
+    result, _, out = audited
+    change = result.data["compare"]["sensitivity_change"]["alarming"]["overall"]
+    sbs = change["side_by_side"]
+    main = result.data["comparisons"]["alarming"]["overall"]
+    base = result.data["compare"]["base"]["comparisons"]["alarming"]["overall"]
+    assert sbs["mean_shift_model"] == main["mean_shift"]
+    assert sbs["mean_shift_base"] == base["mean_shift"]
+    assert sbs["flip_rate_model"] == main["flip_rate"] and sbs["flip_rate_base"] == base["flip_rate"]
+    diff = sbs["mean_shift_difference"]
+    assert diff["value"] == pytest.approx(main["mean_shift"]["value"] - base["mean_shift"]["value"])
+    assert diff["ci95"][0] <= diff["value"] <= diff["ci95"][1]
+    assert 0 < sbs["flip_rate_difference_p"] <= 1 and 0 < sbs["mean_shift_difference_p"] <= 1
+    # the planted +3 logit moves decisions: the flip-rate difference is significant
+    assert sbs["flip_rate_difference_p"] < 0.05
+    report = (out / "report.md").read_text()
+    assert "This run vs `planted-bias(" in report and "flip rate: compared" in report

@@ -53,6 +53,43 @@ def _group_of(view, example: FlipExample) -> str:
     return state.pseudonym(example.group)
 
 
+def _power(audit: AuditReport) -> None:
+    """What this audit could see, per class; remedies when the gate fails."""
+    from domainclip.audit.report import power_sentence, remedy_lines
+
+    sentence = power_sentence(audit)
+    table = auditdata.power_table(audit)
+    if not table.empty and (table["status"] == "underpowered").any():
+        st.warning(sentence)
+    else:
+        st.info(sentence)
+    lines = remedy_lines(audit)
+    if lines:
+        st.markdown("**What you can do**\n\n" + "\n".join(f"- {line}" for line in lines))
+
+
+def _power_table(audit: AuditReport) -> None:
+    table = auditdata.power_table(audit)
+    if not table.empty:
+        st.subheader("Audit power per cell")
+        st.caption("The smallest mean shift each cell could detect with 80% power (the largest "
+                   "over the gated framings; empty = nothing up to 1).")
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def _compare(audit: AuditReport) -> None:
+    """`--compare`: this run vs the compared one, per framing, side by side."""
+    table = auditdata.side_by_side_table(audit)
+    if table.empty or audit.compare is None:
+        return
+    st.subheader(f"This run vs `{audit.compare.base.model.label}`")
+    st.caption(
+        "Same images; differences paired by image with 95% CIs and p-values (e.g. robust vs "
+        "plain: audit the robust run with `--compare PLAIN_RUN`)."
+    )
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
 def _flip_card(run: RunRef, view, example: FlipExample, method: str, alpha: float) -> None:
     # Images are found through the manifest by row (audit.json names them by row unless the
     # audit ran with --show-paths); older audit.json files still carry the path.
@@ -150,7 +187,10 @@ def render() -> None:
         f"`{audit.reference}` · {data.n_images} images (split {data.split or 'all'})"
     )
     _verdict(audit)
+    _power(audit)
     _framings(run, name, audit)
+    _power_table(audit)
+    _compare(audit)
     _subgroups(audit)
     with st.expander("Per class"):
         st.dataframe(auditdata.per_class_table(audit), hide_index=True, width="stretch")
