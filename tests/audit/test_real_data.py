@@ -49,11 +49,16 @@ def test_neu_det_audit_of_the_untrained_default(neu_det_dir, tmp_path, default_b
     assert data["data"]["n_per_class"] == dict.fromkeys(spec.labels, 10)
     assert data["data"]["skipped"]["findings_absent"] == []
     # 4 gated framings x (all + 6 classes) mean-shift checks + 4 flip-rate + 5 ECE checks
-    assert data["gate"]["n_checks"] == 4 * 7 + 4 + 5
+    # + 2 performance floors (balanced accuracy, macro AUROC above chance)
+    assert data["gate"]["n_checks"] == 4 * 7 + 4 + 5 + 2
     assert data["gate"]["n_skipped"] == 0  # every class cell has min_cell_images = 10 images
+    man = read_manifest(manifest)
+    rows = {r.row: r for r in man.rows}
     for examples in data["flip_examples"].values():
-        for ex in examples:
-            assert Path(ex["path"]).is_file() and str(neu_det_dir) in ex["path"]
+        for ex in examples:  # named by manifest row (file names may carry ids); the row finds the file
+            assert ex["path"] == "" and ex["image"] == f"row {ex['row']}"
+            path = man.image_path(rows[ex["row"]])
+            assert path.is_file() and str(neu_det_dir) in str(path.resolve())
     assert result.table.logits.shape == (6, 60, 6)
     assert (tmp_path / "audit" / "junit.xml").is_file()
 
