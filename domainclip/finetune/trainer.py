@@ -36,6 +36,7 @@ from domainclip.finetune.errors import TrainingDiverged
 from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
 from domainclip.finetune.metric_names import resolve_metric
 from domainclip.finetune.optim import build_optimizer, build_scheduler
+from domainclip.finetune.robustness import FramingObjective
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
 from domainclip.finetune.validate import ValFeatures, class_texts, validation_metrics
@@ -153,6 +154,7 @@ class Trainer:
         self.precision = _precision(cfg.backbone.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._cache_pos = self._cache_positions()
+        self.robust = FramingObjective.of(cfg, splits.classes, prompts)  # None unless robustness.enabled
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap_ddp(self) -> nn.Module:
@@ -232,6 +234,8 @@ class Trainer:
         if min(sizes) == 0 or sum(sizes) < 2:  # a slice without pairs, or no negative at all
             return None
         texts = [split.texts[r] for r in rows]
+        if self.robust is not None:
+            texts = self.robust.augment(texts, self.state.step)
         uniq = list(dict.fromkeys(texts))
         text_in = self._text_features(uniq)
         kw["pooled_text" if text_in.is_floating_point() else "text_ids"] = text_in
@@ -251,7 +255,19 @@ class Trainer:
                 loss = loss + self.cfg.loss.supervised_weight * self._supervised(
                     img, all_labels, scale, tiled
                 )
+            if self.robust is not None:  # framing consistency + negation (finetune.robustness)
+                loss = loss + self.robust.loss(
+                    img, all_labels, scale, self._encode_with_grad, self.state.step, tiled
+                )
         return loss
+
+    def _encode_with_grad(self, texts: list[str]) -> torch.Tensor:
+        """texts -> [n, D] unnormalised features with gradients through what trains the text side
+        (a locked text tower: its cached pooled output through the projection/adapter)."""
+        text_in = self._text_features(texts)
+        if text_in.is_floating_point():
+            return self.adapt.text_from_pooled(text_in)
+        return self.adapt.model.encode_text(text_in)
 
     def _supervised(
         self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor, tiled: TiledLoss | None = None
@@ -535,6 +551,7 @@ class Trainer:
                         lr=self.optimizer.param_groups[0]["lr"],
                         skipped_batches=s.skipped_batches,
                         skipped_draws=s.skipped_draws,
+                        **(self.robust.last if self.robust is not None else {}),
                     )
                 if (
                     s.step_in_epoch == self.steps_per_epoch
