@@ -28,6 +28,7 @@ fine-tuning; `domainclip audit` validates the rest of a spec).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from dataclasses import dataclass
@@ -107,10 +108,12 @@ def pool_path(name_or_path: str) -> Path:
         return POOL_DIR / f"{name_or_path}.yaml"
     path = resolve_config_path(name_or_path)
     if not path.is_file():
+        close = difflib.get_close_matches(name_or_path, SHIPPED_POOLS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(
             f"robustness.pool: {name_or_path!r} is neither a shipped framing pool "
-            f"({', '.join(SHIPPED_POOLS)}) nor a pool YAML file; name one of those or give the "
-            "path of your own (format: domainclip/finetune/framings.py)"
+            f"({', '.join(SHIPPED_POOLS)}){hint} nor a pool YAML file; name one of those or give "
+            "the path of your own (format: domainclip/finetune/framings.py)"
         )
     return path
 

@@ -391,8 +391,9 @@ def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     # A shipped `configs/...` prompt set names the package's file, wherever the run is started.
     cfg.eval.prompts = absolute(str(resolve_config_path(cfg.eval.prompts)) if cfg.eval.prompts else "")
     cfg.train.feature_cache_dir = absolute(cfg.train.feature_cache_dir)
-    if cfg.robustness.pool not in SHIPPED_POOLS:  # a pool file, like the prompt set
-        cfg.robustness.pool = absolute(str(resolve_config_path(cfg.robustness.pool)))
+    pool = resolve_config_path(cfg.robustness.pool)
+    if cfg.robustness.pool not in SHIPPED_POOLS and pool.is_file():  # a pool file (else the error names it as typed)
+        cfg.robustness.pool = absolute(str(pool))
     spec = cfg.backbone.spec
     if spec.startswith("hf-clip:"):
         cfg.backbone.spec = "hf-clip:" + absolute(spec[len("hf-clip:") :])
