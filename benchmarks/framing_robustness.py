@@ -66,13 +66,15 @@ def prepare_data(name: str, out: Path, data_root: Path) -> Path:
     return run_import(DATA[name][4], data_root / name, target, seed=0).manifest_path
 
 
-def train(name: str, recipe: str, seed: int, steps: int | None, manifest: Path, out: Path, extra: list[str]) -> Path:
+def train(
+    name: str, recipe: str, seed: int, steps: int | None, manifest: Path, out: Path, extra: list[str], tag: str = ""
+) -> Path:
     """Fine-tune one recipe; returns the run directory (reused when it already finished)."""
     from domainclip.finetune import finetune, load_config
     from domainclip.resources import resolve_config_path
 
     config, _, pool, controls, _ = DATA[name]
-    run_dir = out / "runs" / f"{name}_{recipe}_s{seed}"
+    run_dir = out / "runs" / f"{name}_{recipe}{tag and '-' + tag}_s{seed}"
     if (run_dir / "result.json").is_file():
         return run_dir
     overrides = [
@@ -144,10 +146,10 @@ def run_one(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     t0 = time.perf_counter()
     manifest = prepare_data(args.data, out, Path(args.data_root))
-    run_dir = train(args.data, args.recipe, args.seed, args.steps, manifest, out, args.set or [])
+    run_dir = train(args.data, args.recipe, args.seed, args.steps, manifest, out, args.set or [], args.tag)
     result = json.loads((run_dir / "result.json").read_text())
     row = {
-        "data": args.data, "recipe": args.recipe, "seed": args.seed, "steps": result["steps"],
+        "data": args.data, "recipe": args.recipe + (f" ({args.tag})" if args.tag else ""), "seed": args.seed, "steps": result["steps"],
         "step_seconds": step_seconds(run_dir), "t2i_R@1": result["best_metrics"].get("t2i_R@1"),
         "robustness": result["info"].get("robustness"), "extra": args.set or [],
         "eval": evaluate(args.data, run_dir, manifest, args.n_boot),
@@ -155,8 +157,8 @@ def run_one(args: argparse.Namespace) -> dict:
     }
     row["seconds"] = time.perf_counter() - t0
     (out / "results").mkdir(parents=True, exist_ok=True)
-    tag = f"{args.data}_{args.recipe}_s{args.seed}"
-    (out / "results" / f"{tag}.json").write_text(json.dumps(row, indent=2, default=float))
+    name = f"{args.data}_{args.recipe}{args.tag and '-' + args.tag}_s{args.seed}"
+    (out / "results" / f"{name}.json").write_text(json.dumps(row, indent=2, default=float))
     return row
 
 
@@ -198,6 +200,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's)")
     p.add_argument("--set", action="append", help="extra config override (repeatable)")
+    p.add_argument("--tag", default="", help="name of a variant (with --set), kept apart in the results")
     p.add_argument("--n-boot", type=int, default=500)
     p.add_argument("--out", default="/tmp/framing_robustness")
     p.add_argument("--data-root", default="/work/shared/data")

@@ -441,6 +441,11 @@ class RobustnessConfig:
         "prompt, squared) or kl (KL of the framed class distribution from the neutral one)",
         choices=("squared", "kl"),
     )
+    anchored: bool = option(
+        True,
+        "the neutral prompt is the anchor: the consistency term moves the framed probabilities "
+        "towards it and gives the neutral one no gradient (false: both move towards each other)",
+    )
     negation_margin: float = option(
         0.1,
         "a negated framing must lower the target probability by at least this much (hinge); "
