@@ -11,6 +11,7 @@ prompts, or per finding the binary probability of positive vs the neutral negati
                   or KL(sg(q_neutral) || q_k)            divergence: kl (whole class distribution)
     negation    = mean  relu(p_negated - sg(p_neutral) + margin)   (sg: no gradient; 0 if margin 0)
 
+The terms train the text side only (image features and logit scale are detached).
 (`anchored: false` lets the consistency gradient reach the neutral side too. Anchored is the
 default: on the synthetic benchmark the symmetric form dragged the neutral classification towards
 the framed prompts, test accuracy 1.000 -> 0.861.)
@@ -217,6 +218,11 @@ class FramingObjective:
             scale: exp(logit_scale), clamped. encode: texts -> [n, D] features with gradients.
             step: optimizer step (seeds the draw). tiled: a `finetune.tiles.TiledLoss` or None.
         """
+        # Text side only: the image features and the temperature get no gradient from these terms.
+        # Through them the cheapest way to shrink a probability shift is to flatten every
+        # probability (a lower logit scale) or to move images towards the control prompt, which
+        # cost classification in the benchmark; wording invariance belongs to the text encoder.
+        img, scale = img.detach(), scale.detach()
         draw = self.draw(step)
         texts = draw.texts()
         feats = F.normalize(encode(texts).float(), dim=-1)
