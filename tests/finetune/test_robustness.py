@@ -201,6 +201,27 @@ def test_objective_step_moves_probabilities_the_right_way():
     assert set(obj.last) == {"robust_consistency", "robust_negation"}
 
 
+def test_terms_train_the_text_side_only_and_the_neutral_prompt_is_the_anchor():
+    obj = _objective(["crack", "pit"], pool="industrial", k=2)
+    draw = obj.draw(1)
+    texts = draw.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(3)))
+    img = torch.randn(4, 8, requires_grad=True)
+    scale = torch.tensor(10.0, requires_grad=True)
+    feats = torch.nn.functional.normalize(img, dim=-1)
+    obj.loss(feats, [["crack"], ["pit"], ["pit"], ["crack"]], scale, lambda ts: table[[index[t] for t in ts]], 1).backward()
+    assert img.grad is None and scale.grad is None  # image features and temperature: no gradient
+    neutral = [index[t] for t in draw.neutral]
+    framed = [index[t] for f in draw.framed for t in f]
+    assert table.grad[neutral].abs().sum() == 0  # anchored: only the framed prompts move
+    assert table.grad[framed].abs().sum() > 0
+    sym = _objective(["crack", "pit"], pool="industrial", k=2, anchored="false")
+    table.grad = None
+    sym.loss(feats.detach(), [["crack"], ["pit"], ["pit"], ["crack"]], scale, lambda ts: table[[index[t] for t in ts]], 1).backward()
+    assert table.grad[neutral].abs().sum() > 0  # symmetric: the neutral side moves too
+
+
 def test_controls_keep_their_text_and_skip_negation():
     ps = load_prompt_set("configs/prompts/synthetic.yaml")
     obj = _objective(["clean", "pit"], ps, controls="[clean]", pool="industrial", k=3)
