@@ -193,6 +193,39 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def summary(folder: Path) -> str:
+    """Per data set and recipe, means over the seeds (gate: verdicts and failed checks per seed)."""
+    rows = [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["data"], r["recipe"]), []).append(r)
+    lines = [
+        "| data | recipe | seeds | mean abs shift: alarming / hedged / jargon / lay | flip rate (mean) | negation lowers | gate (failed checks per seed) | accuracy | macro AUROC | t2i R@1 | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (data, recipe), rs in groups.items():
+        fr = [r["audit"]["framings"] for r in rs]
+        inv = [n for n, v in fr[0].items() if v["expect"] == "invariant"]
+        neg = [n for n, v in fr[0].items() if v["expect"] == "lower"]
+
+        def mean(xs):
+            xs = [x for x in xs if x is not None]
+            return sum(xs) / len(xs) if xs else float("nan")
+
+        shift = " / ".join(f"{mean([f[n]['mean_abs_shift'] for f in fr]):.3f}" for n in inv)
+        flips = mean([f[n]["flip_rate"] for f in fr for n in inv])
+        negc = mean([f[n].get("negation_correct") for f in fr for n in neg])
+        gates = ", ".join(f"{r['audit']['verdict'].upper()} {r['audit']['n_failed']}" for r in rs)
+        acc = mean([(r["eval"].get("accuracy") or {}).get("value") for r in rs])
+        auc = mean([(r["eval"].get("macro_auroc") or {}).get("value") for r in rs])
+        t2i = mean([r["t2i_R@1"] for r in rs])
+        step = mean([r["step_seconds"] for r in rs])
+        lines.append(
+            f"| {data} | {recipe} | {len(rs)} | {shift} | {flips:.3f} | {negc:.2f} | {gates} | {acc:.3f} | {auc:.3f} | {t2i:.3f} | {step:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=sorted(DATA), default="synthetic")
@@ -205,9 +238,10 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/framing_robustness")
     p.add_argument("--data-root", default="/work/shared/data")
     p.add_argument("--table", metavar="DIR", help="print the table of the results in DIR and exit")
+    p.add_argument("--summary", metavar="DIR", help="print means over seeds of the results in DIR")
     args = p.parse_args()
-    if args.table:
-        print(table(Path(args.table)))
+    if args.table or args.summary:
+        print(table(Path(args.table)) if args.table else summary(Path(args.summary)))
         return
     row = run_one(args)
     print(json.dumps({k: row[k] for k in ("data", "recipe", "seed", "steps", "step_seconds", "seconds")}, default=float))
