@@ -394,6 +394,9 @@ def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     pool = resolve_config_path(cfg.robustness.pool)
     if cfg.robustness.pool not in SHIPPED_POOLS and pool.is_file():  # a pool file (else the error names it as typed)
         cfg.robustness.pool = absolute(str(pool))
+    cfg.robustness.held_out = [  # audit spec files, like the pool (shipped names stay names)
+        absolute(h) if Path(h).expanduser().is_file() else h for h in cfg.robustness.held_out
+    ]
     spec = cfg.backbone.spec
     if spec.startswith("hf-clip:"):
         cfg.backbone.spec = "hf-clip:" + absolute(spec[len("hf-clip:") :])
