@@ -4,9 +4,11 @@ generate synthetic defects -> validate -> evaluate the untrained default (baseli
 (locked image tower + cached features + text LoRA) -> evaluate with a calibrator chosen by `auto`
 and conformal prediction sets at alpha 0.1 (and the forgetting curve) -> explain a few test images
 (saliency overlays + localisation against the masks) -> prompt-framing audit with the deployment
-gate (fine-tuned vs base) -> model card -> a case index of the training split searched with one
-test image -> export to ONNX and predict a few test images with the export -> the command that
-opens the dashboard. Each step calls the same library function as its CLI command.
+gate (fine-tuned vs base) -> model card -> the remedy: a framing-robust fine-tune
+(`robustness.enabled`, training wordings held out from the audit), evaluated, audited again with
+`--compare` against the plain run, and its card -> a case index of the training split searched
+with one test image -> export to ONNX and predict a few test images with the export -> the command
+that opens the dashboard. Each step calls the same library function as its CLI command.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class DemoSettings:
     seed: int = 0
     explain_images: int = 4
     n_boot: int = 500
+    robust: bool = field(
+        default=True, metadata={"help": "also run the framing-robust fine-tune and its audit"}
+    )
 
 
 def _prepare_out(out: Path) -> None:
@@ -110,6 +115,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     after = _evaluate_tuned(settings, paths, timings)
     _explain(settings, paths, timings)
     audit, card = _audit_and_card(paths, base, timings)
+    robust = _robust_loop(settings, paths, timings) if settings.robust else None
     _similar_cases(paths, timings)
     deployed = _deploy(paths, audit.verdict, timings)
 
@@ -118,6 +124,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     print("\n== summary")
     print(f"   zero-shot accuracy on the test split: untrained {acc0:.3f} -> fine-tuned {acc1:.3f}")
     print(f"   model card: {card}")
+    if robust is not None:
+        print(f"   gate: plain {audit.verdict.upper()} -> robust {robust[0].verdict.upper()}; card: {robust[1]}")
     print(f"   total time: {sum(timings.values()):.0f} s")
     print("\nOpen the dashboard on this run:")
     print(f"   domainclip dashboard --runs {paths.run_dir.parent} --data-root {paths.data_dir}")
@@ -127,6 +135,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "accuracy_after": acc1,
         "gate": audit.verdict,
         "card": card,
+        "robust_gate": robust[0].verdict if robust is not None else None,
         "timings": timings,
         **deployed,
     }
@@ -380,6 +389,40 @@ def _deploy(paths: _Paths, verdict: str, timings: dict[str, float], n_images: in
     return {"export_dir": export_dir, "predictions": out}
 
 
+def _robust_loop(
+    settings: DemoSettings, paths: _Paths, timings: dict[str, float]
+) -> tuple[AuditResult, Path]:
+    """The remedy: the same recipe with `robustness.enabled=true` (the recipe's pool, whose wordings
+    the audit never uses), evaluated like the plain run, audited with `--compare` against it, carded."""
+    from domainclip.audit.api import run_audit
+    from domainclip.audit.card import write_card
+    from domainclip.evaluation.evaluate import EvaluationOptions, run_evaluation
+    from domainclip.finetune import finetune, load_config
+    from domainclip.resources import resolve_config_path
+
+    run_dir = paths.run_dir.parent / "synthetic_robust"
+    overrides = [f"data.manifest={paths.manifest}", f"train.seed={settings.seed}",
+                 f"eval.prompts={paths.prompts}", "robustness.enabled=true"]
+    if settings.steps is not None:
+        overrides.append(f"train.max_steps={settings.steps}")
+    cfg = load_config(resolve_config_path(DEMO_CONFIG), overrides)
+    _step("robust 1/3 framing-robust fine-tune (same recipe + robustness.enabled=true, "
+          f"pool {cfg.robustness.pool})", lambda: finetune(cfg, run_dir), timings)
+    options = EvaluationOptions(name="synthetic_test", fit_temperature=True, n_boot=settings.n_boot)
+    _step("robust 2/3 evaluate it (temperature fitted on val)",
+          lambda: run_evaluation(run_dir, paths.manifest, "test", paths.prompts, None, options), timings)
+    audit = _step("robust 3/3 audit it with the same spec, --compare the plain run",
+                  lambda: run_audit(run_dir, AUDIT_SPEC, paths.manifest, "test", compare=paths.run_dir),
+                  timings)
+    print(f"   gate verdict: {audit.verdict.upper()} ({len(audit.failed_checks)} checks failed)")
+    change = (audit.data.get("compare") or {}).get("sensitivity_change") or {}
+    for name, cell in change.items():
+        o = cell.get("overall") or {}
+        print(f"   {name}: vs the plain run {o.get('verdict', 'n/a')} (flip rate "
+              f"{o.get('flip_rate_base', float('nan')):.3f} -> {o.get('flip_rate_model', float('nan')):.3f})")
+    return audit, write_card(run_dir, html=True)
+
+
 def _cli(args: argparse.Namespace) -> int:
     from domainclip.datasets.importers.synthetic import parse_aspects
 
@@ -390,6 +433,7 @@ def _cli(args: argparse.Namespace) -> int:
         seed=args.seed,
         explain_images=args.explain,
         aspects=parse_aspects(args.aspects) or DEMO_ASPECTS,
+        robust=not args.no_robust,
     )
     run_demo(settings)
     return 0
@@ -414,5 +458,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="LIST",
         help="width/height ratios of the generated images, e.g. 1 for squares only "
         "(default: 1,1,1,1,1,2: a sixth 2:1)",
+    )
+    p.add_argument(
+        "--no-robust", action="store_true",
+        help="skip the framing-robust fine-tune, its evaluation, audit (--compare) and card",
     )
     p.set_defaults(func=_cli)

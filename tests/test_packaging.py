@@ -35,6 +35,7 @@ from domainclip import demo
 from domainclip.audit.spec import load_audit_spec
 from domainclip.scoring.prompts import load_prompt_set
 from domainclip.finetune import load_config
+from domainclip.finetune.framings import load_pool, shipped_specs
 from domainclip.finetune.run import absolute_paths
 from domainclip.resources import resolve_config_path
 
@@ -52,6 +53,8 @@ print(json.dumps({
     "run_prompts": run_prompts,
     "recipe_manifest": cfg.data.manifest,
     "audit_spec": spec.source,
+    "framing_pool": load_pool(cfg.robustness.pool).source,
+    "audit_specs_checked": len(shipped_specs()),
 }))
 """
 
@@ -134,10 +137,12 @@ def test_wheel_ships_configs_and_an_install_finds_them_outside_the_repo(tmp_path
     package = Path(found["package"]).resolve()
     assert installed in package.parents, f"imported {package}, not the installed wheel"
     assert REPO not in package.parents
-    for key in ("prompts", "recipe_prompts", "run_prompts", "audit_spec"):
+    for key in ("prompts", "recipe_prompts", "run_prompts", "audit_spec", "framing_pool"):
         path = Path(found[key]).resolve()
         assert installed in path.parents and path.is_file(), f"{key}: {path}"
     assert Path(found["prompts"]).name == "synthetic.yaml"
     assert Path(found["audit_spec"]).name == "synthetic.yaml"
     assert Path(found["recipe_manifest"]).resolve() == manifest.resolve()
     assert len(found["prompt_classes"]) >= 2
+    assert Path(found["framing_pool"]).name == "industrial.yaml"  # the demo's robust recipe
+    assert found["audit_specs_checked"] >= 3  # the pool is checked against the installed specs

@@ -37,6 +37,8 @@ from domainclip.finetune.data import (
 )
 from domainclip.finetune.distributed import DistInfo, barrier, init_from_env, shutdown
 from domainclip.finetune.errors import CheckpointError
+from domainclip.finetune.framings import SHIPPED_POOLS
+from domainclip.finetune.robustness import FramingObjective
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.tiles import TILE_METHODS
 from domainclip.finetune.tiles import check_supported as check_tiles
@@ -252,6 +254,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         check_tiles(cfg, dist.world)  # fit: tile needs a method that trains on tile features
         splits = load_splits(cfg.data, cfg.train.seed)
         prompts = _prompts(cfg, splits)
+        robust = FramingObjective.of(cfg, splits.classes, prompts)  # pool problems: no run folder yet
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
         adapt, anchor = _adapt(cfg, device, resume_ckpt)
@@ -272,6 +275,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         result.setdefault("info", {})["input"] = _eval_transform(cfg, adapt.bb).input
         if fit_reason:
             result["info"]["fit_choice"] = fit_reason
+        if robust is not None:
+            result["info"]["robustness"] = robust.describe()
         _input_findings(result, cache, *truncated)
         rr = _result(cfg, adapt, run_dir, result, wall_s=time.perf_counter() - t0, cache_s=cache_s)
         if dist.is_main:
@@ -392,6 +397,12 @@ def absolute_paths(cfg: FinetuneConfig) -> FinetuneConfig:
     # A shipped `configs/...` prompt set names the package's file, wherever the run is started.
     cfg.eval.prompts = absolute(str(resolve_config_path(cfg.eval.prompts)) if cfg.eval.prompts else "")
     cfg.train.feature_cache_dir = absolute(cfg.train.feature_cache_dir)
+    pool = resolve_config_path(cfg.robustness.pool)
+    if cfg.robustness.pool not in SHIPPED_POOLS and pool.is_file():  # a pool file (else the error names it as typed)
+        cfg.robustness.pool = absolute(str(pool))
+    cfg.robustness.held_out = [  # audit spec files, like the pool (shipped names stay names)
+        absolute(h) if Path(h).expanduser().is_file() else h for h in cfg.robustness.held_out
+    ]
     spec = cfg.backbone.spec
     if spec.startswith("hf-clip:"):
         cfg.backbone.spec = "hf-clip:" + absolute(spec[len("hf-clip:") :])

@@ -37,6 +37,7 @@ from domainclip.finetune.errors import TrainingDiverged
 from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
 from domainclip.finetune.metric_names import resolve_metric
 from domainclip.finetune.optim import build_optimizer, build_scheduler
+from domainclip.finetune.robustness import FramingObjective
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.texttop import TextTop
 from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
@@ -163,6 +164,7 @@ class Trainer:
         self.precision = _precision(cfg.backbone.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._cache_pos = self._cache_positions()
+        self.robust = FramingObjective.of(cfg, splits.classes, prompts)  # None unless robustness.enabled
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap_ddp(self) -> nn.Module:
@@ -242,6 +244,8 @@ class Trainer:
         if min(sizes) == 0 or sum(sizes) < 2:  # a slice without pairs, or no negative at all
             return None
         texts = [split.texts[r] for r in rows]
+        if self.robust is not None:
+            texts = self.robust.augment(texts, self.state.step)
         uniq = list(dict.fromkeys(texts))
         if self.text_top is not None:
             kw["texts"] = uniq
@@ -266,7 +270,22 @@ class Trainer:
                 )
             if self.anchor is not None:
                 loss = loss + self.cfg.loss.anchor_weight * self.anchor.penalty(self.adapt.base)
+            if self.robust is not None:  # framing consistency + negation (finetune.robustness)
+                loss = loss + self.robust.loss(
+                    img, all_labels, scale, self._encode_with_grad, self.state.step, tiled
+                )
         return loss
+
+    def _encode_with_grad(self, texts: list[str]) -> torch.Tensor:
+        """texts -> [n, D] unnormalised features with gradients through what trains the text side
+        (a locked text tower: its cached pooled output through the projection/adapter; top-N text
+        LoRA: the top layers over the cached lower ones)."""
+        if self.text_top is not None:
+            return self.text_top.encode(texts)
+        text_in = self._text_features(texts)
+        if text_in.is_floating_point():
+            return self.adapt.text_from_pooled(text_in)
+        return self.adapt.model.encode_text(text_in)
 
     def _supervised(
         self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor, tiled: TiledLoss | None = None
@@ -555,6 +574,7 @@ class Trainer:
                         lr=self.optimizer.param_groups[0]["lr"],
                         skipped_batches=s.skipped_batches,
                         skipped_draws=s.skipped_draws,
+                        **(self.robust.last if self.robust is not None else {}),
                     )
                 if (
                     s.step_in_epoch == self.steps_per_epoch

@@ -1,0 +1,284 @@
+"""Framing-robust fine-tuning: pool/audit disjointness, config errors, the loss's gradient directions,
+and a short training run with the terms on."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from domainclip.audit.spec import load_audit_spec
+from domainclip.errors import ConfigError
+from domainclip.finetune import finetune
+from domainclip.finetune.config import load_config
+from domainclip.finetune.framings import (
+    SHIPPED_POOLS,
+    key_framing_words,
+    load_pool,
+    normalise_template,
+    read_spec_templates,
+    shipped_specs,
+    template_words,
+)
+from domainclip.finetune.robustness import (
+    FramingObjective,
+    consistency_term,
+    negation_term,
+)
+from domainclip.finetune.runlog import read_metrics
+from domainclip.scoring.prompts import load_prompt_set
+
+from .conftest import tiny_config
+
+SPECS = shipped_specs()
+
+
+def _audit_templates() -> dict[str, str]:
+    """normalised template -> spec file, through the audit's own parser."""
+    out = {}
+    for path in SPECS:
+        spec = load_audit_spec(str(path))
+        for f in spec.framings:
+            out[normalise_template(f.template.text)] = str(path)
+    return out
+
+
+def test_every_spec_is_checked():
+    assert {p.stem for p in SPECS} >= {"synthetic", "neu_det", "covid_cxr"}
+
+
+@pytest.mark.parametrize("pool_name", SHIPPED_POOLS)
+def test_no_pool_template_is_an_audit_template(pool_name):
+    audit = _audit_templates()
+    pool = load_pool(pool_name)
+    assert len(pool.invariant) >= 10 and len(pool.negated) >= 3
+    assert {f.kind for f in pool.invariant} >= {"intensity", "urgency", "hedging", "register", "paraphrase"}
+    for f in pool.framings:
+        assert normalise_template(f.template.text) not in audit, (pool_name, f.template.text)
+
+
+@pytest.mark.parametrize("pool_name", SHIPPED_POOLS)
+def test_no_key_framing_word_of_any_spec_is_in_a_pool(pool_name):
+    keys = key_framing_words([read_spec_templates(p) for p in SPECS])
+    # the words the issue names are among the key words taken from the specs' templates
+    assert {"severe", "critical", "progressive", "deterioration", "possibly", "urgent", "repair"} <= set(keys)
+    for f in load_pool(pool_name).framings:
+        used = template_words(f.template.text) & set(keys)
+        assert not used, f"{pool_name}: {f.template.text!r} uses audit framing words {sorted(used)}"
+
+
+def test_spec_reader_agrees_with_the_audit_parser():
+    """The fine-tuning layer reads the specs' framings itself (audit is a layer above): same texts."""
+    for path in SPECS:
+        spec = load_audit_spec(str(path))
+        mine = read_spec_templates(path)
+        assert mine.framings == {f.name: f.template.text for f in spec.framings}
+        assert mine.reference == spec.framing(spec.reference).template.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Config errors
+
+
+def _cfg(*overrides):
+    return load_config({"data": {"manifest": "m.csv"}}, ["robustness.enabled=true", *overrides])
+
+
+def test_k_below_one_and_negative_weight_are_config_errors():
+    with pytest.raises(ConfigError, match=r"robustness\.k"):
+        _cfg("robustness.k=0")
+    with pytest.raises(ConfigError, match=r"robustness\.weight"):
+        _cfg("robustness.weight=-0.5")
+
+
+def test_unknown_pool_is_a_config_error():
+    cfg = _cfg("robustness.pool=industral")
+    with pytest.raises(ConfigError, match="neither a shipped framing pool.*industrial"):
+        FramingObjective.of(cfg, ["a", "b"], None)
+
+
+def test_pool_template_equal_to_an_audit_template_is_refused(tmp_path):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(
+        'name: mine\nversion: "1"\ninvariant:\n  hedging:\n    - "perhaps {finding} here"\n'
+        '    - "A metal surface with  {finding}."\n'
+    )
+    cfg = _cfg(f"robustness.pool={pool}")
+    with pytest.raises(ConfigError, match=r"audit template of framing 'neutral' in .*synthetic\.yaml"):
+        FramingObjective.of(cfg, ["a", "b"], None)
+
+
+def test_held_out_spec_templates_are_refused_too(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text('reference: plain\nframings:\n  plain: "{finding} here"\n  odd: "perhaps {finding} here"\n')
+    pool = tmp_path / "pool.yaml"
+    pool.write_text('name: mine\nversion: "1"\ninvariant:\n  hedging: ["perhaps {finding} here"]\n')
+    FramingObjective.of(_cfg(f"robustness.pool={pool}"), ["a", "b"], None)  # no clash with shipped specs
+    with pytest.raises(ConfigError, match="framing 'odd'"):
+        FramingObjective.of(_cfg(f"robustness.pool={pool}", f"robustness.held_out=[{spec}]"), ["a", "b"], None)
+
+
+@pytest.mark.parametrize("method", ["linear_probe", "tip_adapter"])
+def test_head_only_methods_say_robustness_does_not_apply(method):
+    with pytest.raises(ConfigError, match=f"does not apply to method.name={method}: its classifier"):
+        _cfg(f"method.name={method}")
+
+
+def test_unknown_control_class_is_a_config_error():
+    with pytest.raises(ConfigError, match="robustness.controls: 'clear' not among the classes"):
+        FramingObjective.of(_cfg("robustness.controls=[clear]"), ["clean", "pit"], None)
+
+
+def test_plain_config_records_no_robustness_section():
+    assert "robustness" not in load_config({"data": {"manifest": "m.csv"}}).to_dict()
+    assert _cfg().to_dict()["robustness"]["enabled"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss: gradient directions on hand-built cases
+
+
+def test_consistency_gradient_pulls_two_framings_together():
+    neutral = torch.tensor([0.8], requires_grad=True)
+    framed = torch.tensor([[0.5]], requires_grad=True)
+    consistency_term(neutral, framed).backward()
+    assert neutral.grad.item() > 0 > framed.grad.item()  # descent lowers neutral, raises framed
+    assert consistency_term(torch.tensor([0.3]), torch.tensor([[0.3]])).item() == 0.0
+
+
+def test_negation_hinge_pushes_the_negation_below_the_neutral():
+    neutral = torch.tensor([0.6, 0.9], requires_grad=True)
+    negated = torch.tensor([0.7, 0.5], requires_grad=True)
+    loss = negation_term(neutral, negated, margin=0.1)
+    loss.backward()
+    assert loss.item() == pytest.approx((0.7 - 0.6 + 0.1) / 2)
+    assert negated.grad[0].item() > 0  # violated: descent lowers the negated probability
+    assert negated.grad[1].item() == 0  # already 0.4 below: no push
+    assert neutral.grad is None or neutral.grad.abs().sum() == 0  # the neutral side is not raised
+
+
+def _objective(classes, prompts=None, **settings):
+    cfg = _cfg(*[f"robustness.{k}={v}" for k, v in settings.items()])
+    return FramingObjective.of(cfg, classes, prompts)
+
+
+def test_objective_step_moves_probabilities_the_right_way():
+    """End to end on features: one gradient step on learnable text embeddings brings the framed
+    target probability towards the neutral one and lowers the negated one."""
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.3)
+    draw = obj.draw(0)
+    texts = draw.texts()
+    g = torch.Generator().manual_seed(0)
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    labels = [["crack"], ["pit"], ["crack"], ["pit"]]
+    index = {t: i for i, t in enumerate(texts)}
+
+    def encode(ts):
+        return table[[index[t] for t in ts]]
+
+    def probs():
+        f = torch.nn.functional.normalize(table.detach(), dim=-1)
+        out = {}
+        for name, group in (("neutral", draw.neutral), ("framed", draw.framed[0]), ("negated", draw.negated)):
+            p = torch.softmax(10 * img @ f[[index[t] for t in group]].T, -1)
+            out[name] = p[torch.arange(4), torch.tensor([0, 1, 0, 1])]
+        return out
+
+    before = probs()
+    opt = torch.optim.SGD([table], lr=0.5)
+    for _ in range(20):
+        opt.zero_grad()
+        obj.loss(img, labels, torch.tensor(10.0), encode, 0).backward()
+        opt.step()
+    after = probs()
+    gap = lambda p: (p["framed"] - p["neutral"]).abs().mean()  # noqa: E731
+    assert gap(after) < gap(before)
+    hinge = lambda p: negation_term(p["neutral"], p["negated"], 0.3)  # noqa: E731
+    assert hinge(after) < hinge(before)
+    assert before["negated"][0] > before["neutral"][0] > after["negated"][0]  # the violation is gone
+    assert set(obj.last) == {"robust_consistency", "robust_negation"}
+
+
+def test_terms_train_the_text_side_only_and_the_neutral_prompt_is_the_anchor():
+    obj = _objective(["crack", "pit"], pool="industrial", k=2)
+    draw = obj.draw(1)
+    texts = draw.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(3)))
+    img = torch.randn(4, 8, requires_grad=True)
+    scale = torch.tensor(10.0, requires_grad=True)
+    feats = torch.nn.functional.normalize(img, dim=-1)
+    obj.loss(feats, [["crack"], ["pit"], ["pit"], ["crack"]], scale, lambda ts: table[[index[t] for t in ts]], 1).backward()
+    assert img.grad is None and scale.grad is None  # image features and temperature: no gradient
+    neutral = [index[t] for t in draw.neutral]
+    framed = [index[t] for f in draw.framed for t in f]
+    assert table.grad[neutral].abs().sum() == 0  # anchored: only the framed prompts move
+    assert table.grad[framed].abs().sum() > 0
+    sym = _objective(["crack", "pit"], pool="industrial", k=2, anchored="false")
+    table.grad = None
+    sym.loss(feats.detach(), [["crack"], ["pit"], ["pit"], ["crack"]], scale, lambda ts: table[[index[t] for t in ts]], 1).backward()
+    assert table.grad[neutral].abs().sum() > 0  # symmetric: the neutral side moves too
+
+
+def test_controls_keep_their_text_and_skip_negation():
+    ps = load_prompt_set("configs/prompts/synthetic.yaml")
+    obj = _objective(["clean", "pit"], ps, controls="[clean]", pool="industrial", k=3)
+    draw = obj.draw(5)
+    assert all(f[0] == draw.neutral[0] for f in draw.framed) and draw.negated[0] == draw.neutral[0]
+    assert all(f[1] != draw.neutral[1] for f in draw.framed)
+    assert len(draw.texts()) <= 2 * (1 + 3 + 1)
+    assert draw.texts() == obj.draw(5).texts()  # seeded by the step
+
+
+def test_multi_label_terms_use_binary_probabilities():
+    ps = load_prompt_set("configs/prompts/covid_cxr.yaml")
+    obj = _objective(["COVID-19", "No Finding", "ARDS"], ps, pool="medical")
+    assert obj.classes == ["COVID-19", "ARDS"] and obj.multi_label  # negative labels are not findings
+    draw = obj.draw(0)
+    assert draw.negatives is not None and len(draw.negatives) == 2
+    texts = draw.texts()
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(1)))
+    index = {t: i for i, t in enumerate(texts)}
+    img = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    loss = obj.loss(img, [["COVID-19"], ["No Finding"], []], torch.tensor(10.0), lambda ts: table[[index[t] for t in ts]], 0)
+    loss.backward()
+    assert loss.item() > 0 and table.grad.abs().sum() > 0
+
+
+def test_augment_rewords_about_half_of_the_texts():
+    obj = _objective(["a", "b"], augment_reports="true")
+    texts = [f"text {i}" for i in range(200)]
+    out = obj.augment(texts, 3)
+    changed = sum(a != b for a, b in zip(texts, out, strict=True))
+    assert 60 < changed < 140 and all(t in o for t, o in zip(texts, out, strict=True))
+    assert _objective(["a", "b"]).augment(texts, 3) == texts
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with the terms on
+
+
+def test_robust_run_records_its_settings_and_logs_the_terms(tiny_vit, syn_manifest, tmp_path):
+    cfg = tiny_config(
+        tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.pool=industrial",
+        "robustness.controls=[clean]", "train.log_every=1",
+    )
+    res = finetune(cfg, tmp_path / "run")
+    info = res.info["robustness"]
+    assert info["pool"]["version"] == "industrial-framings-1" and info["k"] == 2
+    assert info["texts_per_step"] == 4 * (1 + 2 + 1) + 1  # 4 framed classes x 4 + the control once
+    events = [e for e in read_metrics(tmp_path / "run") if e["event"] == "train"]
+    assert events and all(e["robust_consistency"] >= 0 and "robust_negation" in e for e in events)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    assert "robustness:" in saved and "pool: industrial" in saved
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["info"]["robustness"]["controls"] == ["clean"]
+
+
+def test_bad_pool_stops_before_a_run_folder_exists(tiny_vit, syn_manifest, tmp_path):
+    cfg = tiny_config(tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.pool=nope")
+    with pytest.raises(ConfigError, match="robustness.pool"):
+        finetune(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
