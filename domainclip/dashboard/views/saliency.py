@@ -56,16 +56,15 @@ def _from_manifest(run: RunRef) -> PickedImage | None:
     if rows.empty:
         st.info("No rows in this split.")
         return None
-    # The file name only: manifests written outside their data folder hold long relative paths
-    # ('../../data/...'); the row number keeps the choice unambiguous.
-    idx = st.selectbox(
-        "Image",
-        list(rows.index),
-        format_func=lambda i: (
-            f"row {table.at[i, 'row']} · {table.at[i, 'label'] or '(no label)'} · "
-            f"{PurePath(str(table.at[i, 'image'])).name}"
-        ),
-    )
+    # Row and label; the file name only with --show-paths (the table's `image` column is then the
+    # manifest path, else "row N": `privacy.image_name`). The file name, not the path: manifests
+    # written outside their data folder hold long relative paths ('../../data/...').
+    def label(i) -> str:
+        shown = f"row {table.at[i, 'row']} · {table.at[i, 'label'] or '(no label)'}"
+        name = str(table.at[i, "image"])
+        return shown if name == f"row {table.at[i, 'row']}" else f"{shown} · {PurePath(name).name}"
+
+    idx = st.selectbox("Image", list(rows.index), format_func=label)
     try:
         img_path = state.listed_image(view, view.images[idx])
         image = load_image(img_path)
