@@ -141,7 +141,7 @@ def _info(cal: Calibrator, source: str, **extra: Any) -> dict[str, Any]:
 def _calibrator(
     resolved: ResolvedModel,
     kind: str | None,
-    out_dir: Path,
+    out_dir: Path | None,
     val: Callable[[], SplitScores],
     fit_args: tuple[ZeroShotTask, Manifest, int],
 ) -> tuple[Calibrator, dict[str, Any]]:
@@ -149,7 +149,8 @@ def _calibrator(
 
     The precedence (given > run's fitted > identity) is `resolve_model`'s; `kind` (temperature,
     bias, isotonic, auto) refits on the validation split (`val()`) and stores the result in the
-    run (or `out_dir` for a plain backbone).
+    run (or `out_dir` for a plain backbone; None, when no --out was given for one: kept in
+    memory, never saved into the working directory).
     """
     cal = resolved.calibrator
     task, man, n_bins = fit_args
@@ -157,7 +158,11 @@ def _calibrator(
         return cal, _info(cal, "given")
     if kind:
         cal, record = fit_record(kind, val(), task, man, n_bins)
-        path = save_calibration(resolved.run_dir or out_dir, record)
+        where = resolved.run_dir or out_dir
+        if where is None:
+            log.info("fitted %s on %s (not saved: no output folder)", cal.describe(), record["split"])
+            return cal, _info(cal, "fitted", fit=record)
+        path = save_calibration(where, record)
         cal.source = str(path)
         log.info("fitted %s on %s (saved to %s)", cal.describe(), record["split"], path)
         return cal, _info(cal, "fitted", file=str(path), fit=record)
@@ -326,6 +331,9 @@ class _Inputs:
     classes: list[str]
     name: str
     out_dir: Path
+    # False when no --out was given for a plain backbone (out_dir is then "."): a fitted calibrator
+    # is used but not saved, so nothing lands in the working directory.
+    out_given: bool = True
 
 
 @dataclass
@@ -458,12 +466,13 @@ def _resolve(
     man = read_manifest(manifest)
     classes = align_with_head(bb, resolve_classes(ps, man, classes))
     name = opts.name or f"{Path(manifest).resolve().parent.name}_{split}"
+    out_given = out_dir is not None or run is not None
     if out_dir is None:
         if run is None and opts.write:
             raise ConfigError(f"{bb.spec} is not a run directory: pass --out DIR for the results")
         out_dir = run.layout.eval_dir(name) if run is not None else Path(".")
     return _Inputs(
-        resolved, bb, run, resolved.run_dir, manifest, man, split, ps, classes, name, Path(out_dir)
+        resolved, bb, run, resolved.run_dir, manifest, man, split, ps, classes, name, Path(out_dir), out_given
     )
 
 
@@ -489,7 +498,8 @@ def _score(inp: _Inputs, opts: EvaluationOptions) -> _Scored:
         return cache["val"]
 
     kind = opts.calibrate or ("temperature" if opts.fit_temperature else None)
-    cal, t_info = _calibrator(inp.resolved, kind, inp.out_dir, val, (task, inp.man, opts.n_bins))
+    save_to = inp.out_dir if inp.out_given else None
+    cal, t_info = _calibrator(inp.resolved, kind, save_to, val, (task, inp.man, opts.n_bins))
     cal.check_classes(classes)
     thresholds = _conformal(inp, opts, cal, val, task)
     p_raw = probabilities(logits, ps.multi_label)
@@ -575,6 +585,8 @@ def _untrained_report(inp: _Inputs, opts: EvaluationOptions, spec: str) -> dict[
         shortcut_check=False,
         reference=None,
         fit_temperature=False,
+        calibrate=None,
+        conformal=None,
         temperature=None,
         classes=tuple(inp.classes),
         fit=None if tiled else fit["fit"],

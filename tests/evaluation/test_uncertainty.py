@@ -197,3 +197,14 @@ def test_multi_label_platt_and_fnr_control(tmp_path, backbone, synthetic_manifes
     n_pos = sum(v["n"] for v in c["per_class"].values())
     assert n_pos == sum(m["classification"]["per_class"][k]["n_pos"] for k in c["per_class"])
     assert m["selective"]["n_decisions"] == 4 * m["data"]["n_evaluated"]
+
+
+def test_an_evaluation_that_writes_nothing_never_saves_a_calibrator(tmp_path, monkeypatch, backbone, synthetic_manifest):
+    """No output folder for a plain backbone (e.g. the untrained baseline inside an evaluation): the calibrator is
+    fitted and used, but no calibration.json lands in the working directory (a demo run once left
+    one there)."""
+    monkeypatch.chdir(tmp_path)
+    m = evaluate(str(backbone), synthetic_manifest, "test", PROMPTS, None, calibrate="temperature",
+                 write=False, n_boot=0, baselines=False)
+    assert m["temperature"]["source"] == "fitted" and "file" not in m["temperature"]
+    assert list(tmp_path.iterdir()) == []
