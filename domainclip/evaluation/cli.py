@@ -37,7 +37,8 @@ def _summary(r: EvaluationResult) -> str:
     cls, cal, t, main = r.classification, r.calibration, r.temperature, r.headline_metric
     lines = [
         f"{r.name}: {r.data.n_evaluated} images of split {r.data.split}{_skipped_note(r)} "
-        f"(prompts {r.prompts.version}, T={t.value:.4g} {t.source}"
+        f"(prompts {r.prompts.version}, "
+        + (f"T={t.value:.4g} {t.source}" if t.kind in (None, "temperature") else f"{t.kind} calibrator {t.source}")
         + (f"; input {r.input.describe()})" if r.input else ")"),
         f"  {main}: {fmt(cls[main])}",
         *([f"  macro AUROC: {fmt(cls['macro_auroc'])}"] if main != "macro_auroc" else []),
