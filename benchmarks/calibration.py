@@ -6,8 +6,9 @@ The run's validation and test splits are embedded once (its own transform and cl
 included). Each calibrator kind (temperature, bias, isotonic, auto) is fitted on val only; ECE
 (equal-width, 15 bins; multi-label over all image-finding pairs), NLL and macro AUROC are measured
 on test, before (raw logits) and after. Conformal sets at `alpha` (LAC and APS for single-label;
-per-finding FNR control for multi-label) are computed on val through the auto calibrator and
-measured on test: coverage, mean set size, singleton rate. Validity check: over `resplits` random
+per-finding FNR control for multi-label) are computed through the auto calibrator on the manifest's
+`calib` split when it has one, else on val from 5-fold cross-fitted probabilities (as `evaluate`
+does), and measured on test: coverage, mean set size, singleton rate. Validity check: over `resplits` random
 halvings of pooled val+test into calibration/evaluation (the auto calibrator as fitted on val;
 for the calibration half of the check this reuses val images, so read it as the sets' behaviour,
 not a fully held-out estimate), the mean and spread of coverage, and the worst class's mean
@@ -33,7 +34,11 @@ from domainclip.calibrators.conformal import fit_conformal  # noqa: E402
 from domainclip.datasets.manifest import read_manifest  # noqa: E402
 from domainclip.deploy.provenance import load_task  # noqa: E402
 from domainclip.evaluation.calibration import expected_calibration_error  # noqa: E402
-from domainclip.evaluation.uncertainty import split_scores  # noqa: E402
+from domainclip.evaluation.uncertainty import (  # noqa: E402
+    conformal_split,
+    held_out_probabilities,
+    split_scores,
+)
 
 
 def _probs(logits: torch.Tensor, multi: bool) -> np.ndarray:
@@ -103,12 +108,17 @@ def main() -> None:
         res["kinds"][kind] = {"ece": expected_calibration_error(p, yt, 15, multi_label=multi),
                               "nll": nll_from_logits(cal.calibrate(test.logits.double()), torch.as_tensor(yt), multi),
                               "auroc": _auroc(p, yt, multi), "describe": cal.describe()}
-    pv, pt = cal.probabilities(val.logits, multi), cal.probabilities(test.logits, multi)
+    cal.fit = {"split": "val"}
+    calib_split = conformal_split(man, "val")
+    calib = val if calib_split == "val" else split_scores(t.resolved, man, t.task, calib_split, True)
+    pv, folds = held_out_probabilities(cal, calib, multi)  # out-of-fold when the calibrator saw it
+    pt = cal.probabilities(test.logits, multi)
+    res["conformal_split"], res["cross_fitted"] = calib_split, folds
     methods = ("crc_fnr",) if multi else ("lac", "aps")
     res["conformal"] = {}
     for m in methods:
-        thr = fit_conformal(pv, val.y, args.alpha, "lac" if multi else m, multi_label=multi, split="val")
-        pooled_p, pooled_y = np.concatenate([pv, pt]), np.concatenate([val.y, yt])
+        thr = fit_conformal(pv, calib.y, args.alpha, "lac" if multi else m, multi_label=multi, split=calib_split)
+        pooled_p, pooled_y = np.concatenate([pv, pt]), np.concatenate([calib.y, yt])
         res["conformal"][m] = {**_coverage(thr, pt, yt, multi),
                                "resplits": _resplits(pooled_p, pooled_y, multi, args.alpha, args.resplits,
                                                      "lac" if multi else m)}
@@ -124,6 +134,8 @@ def _print(res: dict, alpha: float) -> None:
     for kind, r in res["kinds"].items():
         print(f"  {kind:<12} ECE {r['ece']:.4f}  NLL {r['nll']:.4f}  AUROC {r['auroc']:.4f}  ({r['describe']})")
     print(f"  auto: {res['auto_reason']}")
+    how = f"{res['cross_fitted']}-fold cross-fitted" if res["cross_fitted"] else "as calibrated"
+    print(f"  conformal thresholds from split {res['conformal_split']} ({how})")
     for m, c in res["conformal"].items():
         rs = c["resplits"]
         print(f"  conformal {m} alpha {alpha}: test coverage {c['coverage']:.4f}, mean set size "

@@ -45,7 +45,13 @@ class DemoSettings:
     """What the demo does. Defaults finish in a few minutes on 2 CPU cores."""
 
     out: Path = Path("demo_out")
-    n_images: int = field(default=240, metadata={"help": "synthetic images to generate"})
+    n_images: int = field(default=300, metadata={"help": "synthetic images to generate"})
+    calib_frac: float = field(
+        default=0.15,
+        metadata={"help": "share of the images in a `calib` split: conformal thresholds and the "
+                  "referral rule are computed there, on data that neither chose the checkpoint "
+                  "nor fitted the calibrator (0: on val, cross-fitted)"},
+    )
     image_size: int = field(
         default=128, metadata={"help": "shorter side of the generated images (px)"}
     )
@@ -158,6 +164,7 @@ def _make_data(settings: DemoSettings, paths: _Paths, timings: dict[str, float])
             None,
             paths.data_dir,
             seed=settings.seed,
+            calib_frac=settings.calib_frac,
             n=settings.n_images,
             size=settings.image_size,
             aspects=settings.aspects,
@@ -434,6 +441,7 @@ def _cli(args: argparse.Namespace) -> int:
     settings = DemoSettings(
         out=Path(args.out),
         n_images=args.n,
+        calib_frac=args.calib_frac,
         steps=args.steps,
         seed=args.seed,
         explain_images=args.explain,
@@ -452,7 +460,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", default="demo_out", help="output folder (re-runs clear only their own folder)"
     )
-    p.add_argument("--n", type=int, default=240, help="number of synthetic images")
+    p.add_argument("--n", type=int, default=DemoSettings.n_images, help="number of synthetic images")
+    p.add_argument(
+        "--calib-frac", type=float, default=DemoSettings.calib_frac,
+        help="share of the images in a `calib` split for the conformal thresholds (0: none; "
+        "then they come from cross-fitted val probabilities)",
+    )
     p.add_argument(
         "--steps", type=int, default=None, help="fine-tuning steps (default: the recipe's)"
     )

@@ -122,7 +122,9 @@ class ConformalThresholds:
     """Fitted thresholds: one (``threshold``) or one per class (``per_class``, Mondrian / multi-label).
 
     method: lac | aps | raps | crc_fnr; n: calibration images; n_per_class: calibration images
-    per class (single-label) or positives per finding (multi-label); split: the calibration split.
+    per class (single-label) or positives per finding (multi-label); split: the calibration split;
+    cross_fitted: folds of the out-of-fold calibrated probabilities the thresholds were computed on
+    (0: the calibrator never saw the calibration split, the guarantee is exact).
     """
 
     method: str
@@ -137,6 +139,7 @@ class ConformalThresholds:
     split: str = "val"
     randomized: bool = False
     seed: int = 0
+    cross_fitted: int = 0
 
     @property
     def multi_label(self) -> bool:
@@ -169,6 +172,7 @@ class ConformalThresholds:
             "split": self.split,
             "randomized": self.randomized,
             "seed": self.seed,
+            "cross_fitted": self.cross_fitted,
         }
 
     @classmethod
@@ -181,7 +185,7 @@ class ConformalThresholds:
         return cls(d["method"], float(d["alpha"]), int(d["n"]), bool(d.get("mondrian", False)),
                    threshold, per_class, [int(v) for v in d.get("n_per_class", [])],
                    float(d.get("lam", 0.01)), int(d.get("k_reg", 1)), str(d.get("split", "val")),
-                   bool(d.get("randomized", False)), int(d.get("seed", 0)))
+                   bool(d.get("randomized", False)), int(d.get("seed", 0)), int(d.get("cross_fitted", 0)))
 
 
 def fit_conformal(
@@ -195,8 +199,8 @@ def fit_conformal(
 ) -> ConformalThresholds:
     """Thresholds from calibration probabilities [n, C] and labels ([n] or [n, C]).
 
-    options: lam, k_reg (RAPS), split (recorded), randomized and seed (APS/RAPS). Multi-label
-    always uses crc_fnr per finding.
+    options: lam, k_reg (RAPS), split and cross_fitted (recorded), randomized and seed (APS/RAPS).
+    Multi-label always uses crc_fnr per finding.
     """
     if not 0 < alpha < 1:
         raise CalibrationError(f"conformal alpha must be in (0, 1), got {alpha}")
@@ -205,13 +209,13 @@ def fit_conformal(
     lam, k_reg, split = float(options.get("lam", 0.01)), int(options.get("k_reg", 1)), str(options.get("split", "val"))
     randomized = bool(options.get("randomized", False)) and method in ("aps", "raps") and not multi_label
     seed = int(options.get("seed", 0))
-    extra = {"randomized": randomized, "seed": seed}
+    extra = {"randomized": randomized, "seed": seed, "cross_fitted": int(options.get("cross_fitted", 0))}
     c = probs.shape[1]
     if multi_label:
         pos = [probs[labels[:, j] == 1, j] for j in range(c)]
         return ConformalThresholds(MULTI_METHOD, alpha, len(probs), True, None,
                                    [crc_fnr_threshold(p, alpha) for p in pos], [len(p) for p in pos],
-                                   lam, k_reg, split)
+                                   lam, k_reg, split, cross_fitted=extra["cross_fitted"])
     u = _uniforms(len(probs), seed + 1) if randomized else None  # other draws than at prediction
     true_scores = class_scores(probs, method, lam, k_reg, u)[np.arange(len(labels)), labels]
     counts = np.bincount(labels, minlength=c).tolist()

@@ -196,6 +196,7 @@ def _import(args: argparse.Namespace) -> int:
         seed=args.seed,
         val_frac=args.val_frac,
         test_frac=args.test_frac,
+        calib_frac=args.calib_frac,
         **options,
     )
     print(result.summary())
@@ -298,6 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--seed", type=int, default=0, help="split (and generator) seed")
     i.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
     i.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
+    i.add_argument("--calib-frac", type=float, default=0.0, help="calib fraction of groups: a `calib` split held out for conformal thresholds only (never trained on, never picks the checkpoint; default 0: none)")
     _add_box_flags(i)
     i.add_argument(
         "--templates", metavar="YAML", help="folder: per-class description templates (below)"
@@ -356,6 +358,7 @@ def _split(args: argparse.Namespace) -> int:
         args.manifest,
         val_frac=args.val_frac,
         test_frac=args.test_frac,
+        calib_frac=args.calib_frac,
         seed=args.seed,
         by=args.by,
         stratify=args.stratify,
@@ -380,6 +383,7 @@ def _add_split(dsub: argparse._SubParsersAction) -> None:
     s.add_argument("manifest", help="manifest .csv or .jsonl (rewritten in place)")
     s.add_argument("--val-frac", type=float, default=0.15, help="validation fraction of groups")
     s.add_argument("--test-frac", type=float, default=0.15, help="test fraction of groups")
+    s.add_argument("--calib-frac", type=float, default=0.0, help="calib fraction of groups: a `calib` split held out for conformal thresholds only (never trained on, never picks the checkpoint; default 0: none)")
     s.add_argument("--seed", type=int, default=0, help="split seed")
     s.add_argument(
         "--by",

@@ -100,14 +100,14 @@ def assert_no_leakage(rows: Iterable[ManifestRow]) -> None:
 # Assignment
 
 
-def _check_fractions(val_frac: float, test_frac: float) -> None:
-    for name, v in (("val_frac", val_frac), ("test_frac", test_frac)):
+def _check_fractions(val_frac: float, test_frac: float, calib_frac: float = 0.0) -> None:
+    for name, v in (("val_frac", val_frac), ("test_frac", test_frac), ("calib_frac", calib_frac)):
         if not 0.0 <= v < 1.0:
             raise ConfigError(f"{name} must be in [0, 1), got {v}")
-    if val_frac + test_frac >= 1.0:
+    if val_frac + test_frac + calib_frac >= 1.0:
         raise ConfigError(
-            f"val_frac + test_frac must be below 1 (got {val_frac} + {test_frac}); "
-            "nothing would be left for training"
+            f"val_frac + test_frac + calib_frac must be below 1 (got {val_frac} + {test_frac} + "
+            f"{calib_frac}); nothing would be left for training"
         )
 
 
@@ -185,12 +185,15 @@ def assign_splits(
     stratify: bool = True,
     *,
     overwrite: bool = False,
+    calib_frac: float = 0.0,
 ) -> list[ManifestRow]:
-    """Assign train/val/test to rows group by group (no group is ever split).
+    """Assign train/val/test (and calib) to rows group by group (no group is ever split).
 
     Rows that already have a split keep it unless `overwrite`. Unassigned rows of a group that
     already has rows in a split join that split. The remaining groups are divided with
-    scikit-learn splitters at group level: test first, then val from the rest, stratified by each
+    scikit-learn splitters at group level: test first, then calib (when `calib_frac` > 0: data for
+    conformal thresholds only, never for training, checkpoint choice or calibrator fitting), then
+    val from the rest, stratified by each
     group's most common first label when every label has at least two groups (otherwise an
     unstratified `GroupShuffleSplit`; the reason is logged). Fractions are of the groups being
     assigned, so with groups of unequal size the row fractions are approximate.
@@ -198,6 +201,8 @@ def assign_splits(
     Args:
         rows: manifest rows (not modified).
         val_frac, test_frac: fractions of the groups to put in val and test.
+        calib_frac: fraction of the groups to put in calib (default none; with 0 the assignment
+            is the same as without the option).
         seed: random seed; the same rows and seed always give the same assignment.
         stratify: try to keep label proportions equal across splits.
         overwrite: reassign every row, ignoring existing split values.
@@ -205,7 +210,7 @@ def assign_splits(
     Returns:
         New `ManifestRow` objects in the input order.
     """
-    _check_fractions(val_frac, test_frac)
+    _check_fractions(val_frac, test_frac, calib_frac)
     rows = list(rows)
     fixed: dict[str, Counter[str]] = defaultdict(Counter)
     for r in rows:
@@ -223,12 +228,17 @@ def assign_splits(
     labels = [free_groups[g].most_common(1)[0][0] for g in ids]
     test, how_test = _pick(ids, labels, _n_take(test_frac, len(ids)), seed, stratify, "test")
     rest = [i for i, g in enumerate(ids) if g not in test]
+    calib, _ = _pick([ids[i] for i in rest], [labels[i] for i in rest],
+                     _n_take(calib_frac / (1.0 - test_frac), len(rest)), seed + 2, stratify, "calib")
+    rest = [i for i in rest if ids[i] not in calib]
     rest_ids, rest_labels = [ids[i] for i in rest], [labels[i] for i in rest]
-    val_share = val_frac / (1.0 - test_frac) if val_frac > 0 else 0.0
+    val_share = val_frac / (1.0 - test_frac - calib_frac) if val_frac > 0 else 0.0
     val, how_val = _pick(
         rest_ids, rest_labels, _n_take(val_share, len(rest_ids)), seed + 1, stratify, "val"
     )
-    assignment = {g: "test" if g in test else "val" if g in val else "train" for g in ids}
+    assignment = {
+        g: "test" if g in test else "calib" if g in calib else "val" if g in val else "train" for g in ids
+    }
     for g, splits in fixed.items():
         if len(splits) > 1:
             logger.warning(
@@ -305,8 +315,35 @@ class SplitReport:
         return "\n".join(lines)
 
 
-def _check_splittable(manifest: Any, path: Path, by: str, force: bool) -> None:
-    """Refuse a manifest that would lose rows when rewritten, lacks `by`, or is split already."""
+def carve_calib(rows: Sequence[ManifestRow], calib_frac: float, seed: int = 0, stratify: bool = True) -> list[ManifestRow]:
+    """Move whole train groups into a `calib` split: `calib_frac` of all groups (at least one,
+    never every train group), stratified by label like `assign_splits`. val and test stay as they
+    are, so results measured on them stay comparable; only the training set shrinks.
+
+    Raises:
+        DataError: the manifest already has a calib split, or train has fewer than 2 groups.
+    """
+    _check_fractions(0.0, 0.0, calib_frac)
+    if any(r.split == "calib" for r in rows):
+        raise DataError("the manifest already has a calib split; pass --force to reassign every row")
+    train: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        if r.split == "train":
+            train[_group_of(r)][r.label[0] if r.label else ""] += 1
+    if len(train) < 2:
+        raise DataError(f"train has {len(train)} group(s): nothing can be moved to calib")
+    n_groups = len({_group_of(r) for r in rows})
+    ids = sorted(train)
+    labels = [train[g].most_common(1)[0][0] for g in ids]
+    n_take = min(len(ids) - 1, max(1, round(calib_frac * n_groups)))
+    calib, how = _pick(ids, labels, n_take, seed + 2, stratify, "calib")
+    logger.info("moved %d of %d train groups to calib (%s)", len(calib), len(ids), how)
+    return [dataclasses.replace(r, split="calib") if _group_of(r) in calib else dataclasses.replace(r) for r in rows]
+
+
+def _check_splittable(manifest: Any, path: Path, by: str, force: bool, carve: bool = False) -> None:
+    """Refuse a manifest that would lose rows when rewritten, lacks `by`, or is split already
+    (unless `carve`: only a calib split is cut out of train)."""
     skips = [p for p in manifest.problems if p.severity == "skip"]
     if skips:
         shown = "; ".join(p.message for p in skips[:_MAX_LISTED])
@@ -319,7 +356,7 @@ def _check_splittable(manifest: Any, path: Path, by: str, force: bool) -> None:
             f"{path}: --by {by!r} is not a column; columns: {', '.join(manifest.columns)}"
         )
     counts = Counter(r.split for r in manifest.rows)
-    if not force and manifest.rows and counts.get(UNASSIGNED, 0) == 0:
+    if not force and not carve and manifest.rows and counts.get(UNASSIGNED, 0) == 0:
         parts = ", ".join(f"{s} {counts[s]}" for s in SPLITS if counts.get(s))
         raise DataError(
             f"{path} is already split ({parts}); refusing to reshuffle it. Pass --force to "
@@ -337,11 +374,14 @@ def split_manifest(
     by: str = "group",
     stratify: str = "label",
     force: bool = False,
+    calib_frac: float = 0.0,
 ) -> SplitReport:
     """Write the split column of a manifest file in place: group-aware and stratified.
 
     Rows with a split keep it (and unassigned rows of their group join them) unless `force`,
-    which reassigns every row; a manifest whose every row is split is refused without `force`.
+    which reassigns every row; a manifest whose every row is split is refused without `force`,
+    except with `calib_frac` > 0: then only a `calib` split is carved out of train
+    (`carve_calib`; val and test keep their rows).
     `by` names the column whose values stay together ("group", or any metadata column; an empty
     cell makes the image its own group). The file is rewritten atomically only when the leakage
     check passes.
@@ -355,19 +395,24 @@ def split_manifest(
 
     if stratify not in ("label", "none"):
         raise ConfigError(f"--stratify must be 'label' or 'none', got {stratify!r}")
-    _check_fractions(val_frac, test_frac)
+    _check_fractions(val_frac, test_frac, calib_frac)
     manifest = read_manifest(path)
     p = Path(path)
-    _check_splittable(manifest, p, by, force)
+    carve = calib_frac > 0 and not force and bool(manifest.rows) and all(r.split != UNASSIGNED for r in manifest.rows)
+    _check_splittable(manifest, p, by, force, carve)
     keyed = [
         dataclasses.replace(r, group=r.group if by == "group" else (r.meta.get(by) or r.image))
         for r in manifest.rows
     ]
-    done = assign_splits(
-        keyed, val_frac, test_frac, seed, stratify == "label", overwrite=force
-    )
+    if carve:
+        done = carve_calib(keyed, calib_frac, seed, stratify == "label")
+    else:
+        done = assign_splits(
+            keyed, val_frac, test_frac, seed, stratify == "label", overwrite=force, calib_frac=calib_frac
+        )
     report = SplitReport(str(p), by, stratify, seed)
-    report.kept = sum(1 for r in manifest.rows if not force and r.split != UNASSIGNED)
+    report.kept = sum(1 for r, d in zip(manifest.rows, done, strict=True)
+                      if not force and r.split != UNASSIGNED and r.split == d.split)
     report.assigned = len(done) - report.kept
     report.leakage = check_leakage(done)
     rows = [dataclasses.replace(r, split=d.split) for r, d in zip(manifest.rows, done, strict=True)]

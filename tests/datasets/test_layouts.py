@@ -306,3 +306,27 @@ def test_finetune_on_an_unsplit_manifest_names_data_split(tmp_path):
     path = _unsplit(tmp_path)
     with pytest.raises(DataError, match=rf"domainclip data split {path}"):
         load_splits(DataConfig(manifest=str(path)), seed=0)
+
+
+def test_data_split_carves_a_calib_split_out_of_train_only(tmp_path, capsys):
+    path = _unsplit(tmp_path)
+    assert main(["data", "split", str(path), "--val-frac", "0.2", "--test-frac", "0.2"]) == 0
+    before = {r.image: r.split for r in read_manifest(path)}
+    capsys.readouterr()
+    assert main(["data", "split", str(path), "--calib-frac", "0.1"]) == 0
+    assert "calib: 4 rows, 2 groups" in capsys.readouterr().out
+    after = read_manifest(path)
+    changed = {(before[r.image], r.split) for r in after if before[r.image] != r.split}
+    assert changed == {("train", "calib")} and not check_leakage(after.rows)
+    assert main(["data", "split", str(path), "--calib-frac", "0.1"]) == 2  # already has one
+    assert "already has a calib split" in capsys.readouterr().err
+
+
+def test_import_with_a_calib_fraction_and_mvtec_keep_refuses_it(tmp_path):
+    result = run_import("synthetic", None, tmp_path / "syn", n=40, size=48, calib_frac=0.2)
+    assert Counter(r.split for r in read_manifest(result.manifest_path))["calib"] == 8
+    cat = _mvtec(tmp_path / "src")
+    with pytest.raises(DataError, match="--calib-frac needs --splits pool"):
+        run_import("mvtec", cat, tmp_path / "out", splits="keep", calib_frac=0.2)
+    with pytest.raises(DataError, match="must be below 1"):
+        run_import("synthetic", None, tmp_path / "syn2", n=40, size=48, val_frac=0.4, test_frac=0.3, calib_frac=0.3)

@@ -174,3 +174,28 @@ def test_tiny_sets_fall_back_to_unstratified_instead_of_crashing():
     out = assign_splits(rows, val_frac=0.15, test_frac=0.15, seed=0)
     splits = [r.split for r in out]
     assert splits.count("test") >= 1 and splits.count("val") >= 1 and splits.count("train") >= 6
+
+
+def test_calib_split_is_group_aware_and_leaves_the_rest_unchanged_at_zero():
+    rows = _rows()
+    out = assign_splits(rows, val_frac=0.15, test_frac=0.15, seed=0, calib_frac=0.15)
+    assert check_leakage(out) == []
+    gps = _groups_per_split(out)
+    assert (len(gps["train"]), len(gps["val"]), len(gps["test"]), len(gps["calib"])) == (22, 6, 6, 6)
+    before = [r.split for r in assign_splits(rows, 0.15, 0.15, seed=0)]
+    assert [r.split for r in assign_splits(rows, 0.15, 0.15, seed=0, calib_frac=0.0)] == before
+    with pytest.raises(ConfigError, match="calib_frac"):
+        assign_splits(rows, 0.4, 0.3, calib_frac=0.3)
+
+
+def test_carving_calib_moves_only_train_groups():
+    from domainclip.datasets.splits import carve_calib
+
+    split = assign_splits(_rows(), 0.2, 0.2, seed=0)
+    carved = carve_calib(split, 0.1, seed=0)
+    moved = [(a.split, b.split) for a, b in zip(split, carved, strict=True) if a.split != b.split]
+    assert moved and {m for m in moved} == {("train", "calib")}
+    assert len({r.group for r in carved if r.split == "calib"}) == 4  # 10% of 40 groups
+    assert check_leakage(carved) == []
+    with pytest.raises(DataError, match="already has a calib split"):
+        carve_calib(carved, 0.1)

@@ -208,3 +208,54 @@ def test_an_evaluation_that_writes_nothing_never_saves_a_calibrator(tmp_path, mo
                  write=False, n_boot=0, baselines=False)
     assert m["temperature"]["source"] == "fitted" and "file" not in m["temperature"]
     assert list(tmp_path.iterdir()) == []
+
+
+def _separated(rng, n, c=4):
+    """Logits [n, c] with the true class 4 standard deviations ahead, and labels [n]."""
+    y = rng.integers(0, c, n)
+    z = rng.normal(0, 1, (n, c))
+    z[np.arange(n), y] += 4.0
+    return torch.tensor(z), y
+
+
+def test_cross_fitted_thresholds_keep_coverage_where_in_sample_ones_lose_it():
+    """An isotonic map fitted on val puts val's true-class probabilities at ~1: thresholds taken
+    there in-sample under-cover exchangeable test data; out-of-fold probabilities do not."""
+    from domainclip.calibrators import fit_calibrator
+    from domainclip.evaluation.uncertainty import SplitScores, held_out_probabilities
+
+    rng = np.random.default_rng(0)
+    cov_in, cov_out = [], []
+    for trial in range(60):
+        zv, yv = _separated(rng, 40)
+        zt, yt = _separated(rng, 400)
+        cal = fit_calibrator("isotonic", zv, torch.as_tensor(yv), False)
+        cal.fit = {"split": "val"}
+        p_out, folds = held_out_probabilities(cal, SplitScores("val", zv, yv), False, seed=trial)
+        assert folds == 5
+        p_test = cal.probabilities(zt, False)
+        for p, acc in ((cal.probabilities(zv, False), cov_in), (p_out, cov_out)):
+            sets = fit_conformal(p, yv, 0.1, "lac").predict_sets(p_test)
+            acc.append(sets[np.arange(len(yt)), yt].mean())
+    assert np.mean(cov_in) < 0.88  # measured 0.856
+    assert np.mean(cov_out) >= 0.895  # measured 0.919
+
+
+def test_a_calibrator_fitted_elsewhere_is_applied_as_is():
+    from domainclip.calibrators import fit_calibrator
+    from domainclip.evaluation.uncertainty import SplitScores, held_out_probabilities
+
+    rng = np.random.default_rng(1)
+    zv, yv = _separated(rng, 40)
+    cal = fit_calibrator("bias", zv, torch.as_tensor(yv), False)
+    cal.fit = {"split": "val"}
+    p, folds = held_out_probabilities(cal, SplitScores("calib", zv, yv), False)
+    assert folds == 0 and np.allclose(p, cal.probabilities(zv, False))
+    few, folds = held_out_probabilities(cal, SplitScores("val", zv[:6], yv[:6]), False)
+    assert folds == 0 and np.allclose(few, cal.probabilities(zv[:6], False))  # too few to cross-fit
+
+
+def test_thresholds_record_the_cross_fitting():
+    t = fit_conformal(np.eye(3)[[0, 1, 2, 0]], np.array([0, 1, 2, 0]), 0.2, "lac", cross_fitted=5)
+    assert ConformalThresholds.from_dict(t.to_dict()).cross_fitted == 5
+    assert ConformalThresholds.from_dict({k: v for k, v in t.to_dict().items() if k != "cross_fitted"}).cross_fitted == 0

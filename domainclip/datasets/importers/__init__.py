@@ -135,6 +135,7 @@ def run_import(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     **options: Any,
 ) -> ImportResult:
     """Import data set `kind` from `src` into ``out/manifest.csv``.
@@ -147,6 +148,8 @@ def run_import(
         out: output folder; created if needed.
         seed: seed for the split assignment (and the synthetic generator).
         val_frac, test_frac: fractions of rows (by group) for validation and test.
+        calib_frac: fraction of rows (by group) for a `calib` split: held out for conformal
+            thresholds only (default 0: no calib split).
         **options: kind-specific options (``IMPORTERS`` lists them: neu-det: multi_label,
             outside; folder: templates, group_pattern, label_map, include, exclude; mvtec:
             label_map, splits; voc/coco/yolo: the box options of `_boxes.BoxSettings`, images, plus
@@ -174,11 +177,15 @@ def run_import(
         )
     _check_fraction("val_frac", val_frac)
     _check_fraction("test_frac", test_frac)
-    if val_frac + test_frac >= 1.0:
-        raise DataError(f"val_frac + test_frac must be below 1, got {val_frac + test_frac}")
+    _check_fraction("calib_frac", calib_frac)
+    if val_frac + test_frac + calib_frac >= 1.0:
+        raise DataError(
+            f"val_frac + test_frac + calib_frac must be below 1, got {val_frac + test_frac + calib_frac}"
+        )
     src_path = None if src is None else Path(src).expanduser()
     logger.debug("import %s from %s into %s with %s", key, src_path, out, given)
-    return runner(src_path, Path(out), seed=seed, val_frac=val_frac, test_frac=test_frac, **given)
+    fracs = {"val_frac": val_frac, "test_frac": test_frac, "calib_frac": calib_frac}
+    return runner(src_path, Path(out), seed=seed, **fracs, **given)
 
 
 def importer_options(kind: str) -> tuple[str, ...]:

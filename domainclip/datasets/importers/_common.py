@@ -120,6 +120,7 @@ def finish_import(
     val_frac: float,
     test_frac: float,
     tally: Tally,
+    calib_frac: float = 0.0,
     notes: Sequence[str] = (),
 ) -> ImportResult:
     """Assign group-aware stratified splits, check for leakage, write ``OUT/manifest.csv``."""
@@ -131,7 +132,7 @@ def finish_import(
             f"{kind}: no usable rows found in {src} (skipped: {reasons}); "
             "check the folder layout described in `domainclip data import --help`"
         )
-    rows = assign_splits(list(rows), val_frac=val_frac, test_frac=test_frac, seed=seed)
+    rows = assign_splits(list(rows), val_frac=val_frac, test_frac=test_frac, seed=seed, calib_frac=calib_frac)
     assert_no_leakage(rows)
     path = write_manifest(rows, Path(out) / MANIFEST_NAME)
     splits = Counter(r.split for r in rows)

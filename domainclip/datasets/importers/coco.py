@@ -239,6 +239,7 @@ def import_coco(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     annotations: str | None = None,
     images: str | None = None,
     surface: str | None = None,
@@ -278,6 +279,7 @@ def import_coco(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=[f"annotations: {path}", *label_notes(settings, tally, "the categories' order")],
     )

@@ -187,6 +187,7 @@ def import_covid_cxr(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
 ) -> ImportResult:
     """Import the collection in `src` into ``out/manifest.csv`` (see the module docstring).
 
@@ -217,6 +218,7 @@ def import_covid_cxr(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=notes,
     )

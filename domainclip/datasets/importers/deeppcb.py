@@ -176,6 +176,7 @@ def import_deeppcb(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     multi_label: bool | None = None,
     outside: str | None = None,
     empty_label: str | None = None,
@@ -226,6 +227,7 @@ def import_deeppcb(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=notes,
     )

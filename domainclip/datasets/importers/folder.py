@@ -244,6 +244,7 @@ def import_folder(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     templates: Mapping[str, str] | str | Path | None = None,
     group_pattern: str | None = None,
     label_map: Mapping[str, object] | str | Path | None = None,
@@ -293,6 +294,7 @@ def import_folder(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=notes,
     )

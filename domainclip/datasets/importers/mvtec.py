@@ -203,6 +203,7 @@ def import_mvtec(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     label_map: Mapping[str, object] | str | Path | None = None,
     splits: str = "pool",
 ) -> ImportResult:
@@ -215,6 +216,12 @@ def import_mvtec(
     src = require_dir(src, KIND, _LAYOUT)
     if splits not in SPLIT_MODES:
         raise DataError(f"{KIND}: splits must be one of {', '.join(SPLIT_MODES)}, got {splits!r}")
+    if splits == "keep" and calib_frac > 0:
+        raise DataError(
+            f"{KIND}: --calib-frac needs --splits pool (with keep, train/ holds only defect-free "
+            "images and test/ is divided into val and test); import with --splits pool, or set the "
+            "split column of the rows you want as calib to `calib` in the manifest"
+        )
     labels = load_label_map(KIND, label_map)
     tally = Tally()
     sources: list[_Source] = []
@@ -250,5 +257,5 @@ def import_mvtec(
         rows = _keep_splits(rows, val_frac, test_frac, seed)
     return finish_import(
         rows, out, kind=KIND, src=src, seed=seed, val_frac=val_frac, test_frac=test_frac,
-        tally=tally, notes=notes,
+        calib_frac=calib_frac, tally=tally, notes=notes,
     )

@@ -73,6 +73,7 @@ def import_neu_det(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     multi_label: bool = False,
     outside: str | None = None,
 ) -> ImportResult:
@@ -95,4 +96,5 @@ def import_neu_det(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
     )

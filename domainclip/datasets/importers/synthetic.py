@@ -850,6 +850,7 @@ def generate_synthetic(
     defect_size: str | int | Sequence[int] | None = None,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
 ) -> ImportResult:
     """Generate the synthetic defect data set into `out` and write ``out/manifest.csv``.
 
@@ -903,6 +904,7 @@ def generate_synthetic(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=Tally(),
         notes=notes,
     )

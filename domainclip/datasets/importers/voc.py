@@ -205,6 +205,7 @@ def import_voc_layout(
     seed: int,
     val_frac: float,
     test_frac: float,
+    calib_frac: float,
 ) -> ImportResult:
     """Import VOC files from `ann_dir` for the images in `images_dir` (the shared engine)."""
     out = Path(out)
@@ -222,6 +223,7 @@ def import_voc_layout(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=notes,
     )
@@ -234,6 +236,7 @@ def import_voc(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     images: str | None = None,
     annotations: str | None = None,
     surface: str | None = None,
@@ -274,4 +277,5 @@ def import_voc(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
     )

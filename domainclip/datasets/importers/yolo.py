@@ -237,6 +237,7 @@ def import_yolo(
     seed: int = 0,
     val_frac: float = 0.15,
     test_frac: float = 0.15,
+    calib_frac: float = 0.0,
     images: str | None = None,
     labels: str | None = None,
     class_names: str | None = None,
@@ -277,6 +278,7 @@ def import_yolo(
         seed=seed,
         val_frac=val_frac,
         test_frac=test_frac,
+        calib_frac=calib_frac,
         tally=tally,
         notes=[
             f"classes from {name_file}: {', '.join(names)}",
