@@ -398,7 +398,24 @@ def _deploy(paths: _Paths, verdict: str, timings: dict[str, float], n_images: in
                 lambda: predict_onnx(opts), timings)
     print(f"   {res['counts']['n_scored']} scored -> {out} (provenance: {out}.provenance.json)"
           + ("; gate failed, scored with --allow-ungated (recorded)" if ungated else ""))
+    _print_predictions(out)
     return {"export_dir": export_dir, "predictions": out}
+
+
+def _print_predictions(path: Path, n: int = 4) -> None:
+    """The first `n` rows of predictions.csv: calibrated confidence, conformal set, referral."""
+    import csv
+
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))[:n]
+    for r in rows:
+        if r.get("status") != "ok":
+            print(f"   {r['image']}: {r.get('status')} ({r.get('reason')})")
+            continue
+        chosen = r.get("prediction_set") or "(empty: no class is plausible enough)"
+        refer = "refer to a person" if r.get("refer") == "True" else "no referral"
+        print(f"   {r['image']}: {r['predicted']} (calibrated p {float(r['confidence']):.3f}), "
+              f"90% set {{{chosen.replace('|', ', ')}}}, {refer}")
 
 
 def _robust_loop(

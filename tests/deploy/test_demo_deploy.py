@@ -21,3 +21,5 @@ def test_demo_deploy_stage_exports_and_predicts(lora_run, deploy_data, tmp_path,
     printed = capsys.readouterr().out
     assert str(res["predictions"]) in printed and str(res["export_dir"]) in printed
     assert "scored with --allow-ungated" in printed
+    for r in rows:  # each scored image is shown with its calibrated confidence and referral
+        assert f"{r['image']}: {r['predicted']} (calibrated p {float(r['confidence']):.3f})" in printed
