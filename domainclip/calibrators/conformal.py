@@ -28,6 +28,12 @@ the threshold is the largest lambda with (misses(lambda) + 1) / (n_c + 1) <= alp
 misses(lambda) = #{positives with p < lambda}; the finding is predicted when p >= lambda.
 Guarantee: E[FNR_c] <= alpha for each finding, i.e. a present finding is flagged with
 probability >= 1 - alpha (marginal over positives). False positives are not controlled.
+A finding with fewer than ceil(1 / alpha) - 1 calibration positives (9 at alpha 0.1) can get no
+threshold above 0 ((0 + 1) / (n + 1) > alpha): it would be flagged on every image, which
+over-covers (covid-cxr: 0.93 at target 0.90) and says nothing. Such rare findings share one
+threshold computed over their pooled positives (``pooled``: their indices), so the guarantee holds
+for each common finding and for the rare ones together (approximately when one image carries
+several rare findings); when even the pool is too small they stay at 0.
 
 Why direct computation rather than a library: every method above is one score function and one
 order statistic (about 40 lines, checked in tests against hand computations); MAPIE and crepes
@@ -117,6 +123,23 @@ def crc_fnr_threshold(pos_probs: np.ndarray, alpha: float) -> float:
     return best
 
 
+def min_positives(alpha: float) -> int:
+    """The fewest calibration positives with which FNR control can give a threshold above 0."""
+    return math.ceil(1 / alpha - 1 - 1e-9)
+
+
+def fnr_thresholds(pos: list[np.ndarray], alpha: float) -> tuple[list[float], list[int]]:
+    """Per-finding FNR thresholds from each finding's positives' probabilities, and the findings
+    too rare for their own threshold that share one over their pooled positives (module doc)."""
+    rare = [j for j, p in enumerate(pos) if 0 < len(p) < min_positives(alpha)]
+    per = [crc_fnr_threshold(p, alpha) for p in pos]
+    if len(rare) > 1:
+        shared = crc_fnr_threshold(np.concatenate([pos[j] for j in rare]), alpha)
+        for j in rare:
+            per[j] = shared
+    return per, rare if len(rare) > 1 else []
+
+
 @dataclass(frozen=True)
 class ConformalThresholds:
     """Fitted thresholds: one (``threshold``) or one per class (``per_class``, Mondrian / multi-label).
@@ -124,7 +147,8 @@ class ConformalThresholds:
     method: lac | aps | raps | crc_fnr; n: calibration images; n_per_class: calibration images
     per class (single-label) or positives per finding (multi-label); split: the calibration split;
     cross_fitted: folds of the out-of-fold calibrated probabilities the thresholds were computed on
-    (0: the calibrator never saw the calibration split, the guarantee is exact).
+    (0: the calibrator never saw the calibration split, the guarantee is exact); pooled:
+    multi-label findings too rare for their own threshold that share one (module doc).
     """
 
     method: str
@@ -140,6 +164,7 @@ class ConformalThresholds:
     randomized: bool = False
     seed: int = 0
     cross_fitted: int = 0
+    pooled: list[int] = field(default_factory=list)
 
     @property
     def multi_label(self) -> bool:
@@ -173,6 +198,7 @@ class ConformalThresholds:
             "randomized": self.randomized,
             "seed": self.seed,
             "cross_fitted": self.cross_fitted,
+            "pooled": list(self.pooled),
         }
 
     @classmethod
@@ -185,7 +211,8 @@ class ConformalThresholds:
         return cls(d["method"], float(d["alpha"]), int(d["n"]), bool(d.get("mondrian", False)),
                    threshold, per_class, [int(v) for v in d.get("n_per_class", [])],
                    float(d.get("lam", 0.01)), int(d.get("k_reg", 1)), str(d.get("split", "val")),
-                   bool(d.get("randomized", False)), int(d.get("seed", 0)), int(d.get("cross_fitted", 0)))
+                   bool(d.get("randomized", False)), int(d.get("seed", 0)), int(d.get("cross_fitted", 0)),
+                   [int(j) for j in d.get("pooled", [])])
 
 
 def fit_conformal(
@@ -213,9 +240,9 @@ def fit_conformal(
     c = probs.shape[1]
     if multi_label:
         pos = [probs[labels[:, j] == 1, j] for j in range(c)]
-        return ConformalThresholds(MULTI_METHOD, alpha, len(probs), True, None,
-                                   [crc_fnr_threshold(p, alpha) for p in pos], [len(p) for p in pos],
-                                   lam, k_reg, split, cross_fitted=extra["cross_fitted"])
+        per, pooled = fnr_thresholds(pos, alpha)
+        return ConformalThresholds(MULTI_METHOD, alpha, len(probs), True, None, per, [len(p) for p in pos],
+                                   lam, k_reg, split, cross_fitted=extra["cross_fitted"], pooled=pooled)
     u = _uniforms(len(probs), seed + 1) if randomized else None  # other draws than at prediction
     true_scores = class_scores(probs, method, lam, k_reg, u)[np.arange(len(labels)), labels]
     counts = np.bincount(labels, minlength=c).tolist()

@@ -215,6 +215,20 @@ def _conformal(c: dict[str, Any], multi: bool) -> list[str]:
     lines += _table(["finding" if multi else "class", "n", "coverage"], rows)
     if c.get("worst_class"):
         lines += ["", f"Worst-covered: {c['worst_class']}."]
+    return lines + _conformal_caveats(t, list(c["per_class"]))
+
+
+def _conformal_caveats(t: dict[str, Any], classes: list[str]) -> list[str]:
+    """Cross-fitted thresholds and pooled rare findings, each said once."""
+    lines = []
+    if t.get("cross_fitted"):
+        lines += ["", f"The calibrator was fitted on split `{t['split']}` too: the thresholds come from "
+                  f"{t['cross_fitted']}-fold cross-fitted probabilities (an approximate guarantee; a "
+                  "`calib` split makes it exact)."]
+    if t.get("pooled"):
+        names = ", ".join(classes[j] for j in t["pooled"] if j < len(classes))
+        lines += ["", f"Too few calibration positives for a threshold of their own, so they share one "
+                  f"over their pooled positives (the guarantee holds for them together): {names}."]
     return lines
 
 

@@ -97,6 +97,28 @@ def test_crc_fnr_threshold_by_hand():
     assert t.predict_sets(probs).tolist() == [[True, False], [False, True], [True, True], [False, False]]
 
 
+def test_rare_findings_share_one_threshold_over_their_pooled_positives():
+    """At alpha 0.1 a finding needs 9 positives for a threshold above 0: finding 0 (12 positives)
+    gets its own; findings 1 and 2 (5 each) pool their 10; finding 3 (no positive) stays at 0."""
+    rng = np.random.default_rng(0)
+    n = 40
+    labels = np.zeros((n, 4), dtype=int)
+    labels[:12, 0] = 1
+    labels[12:17, 1] = 1
+    labels[17:22, 2] = 1
+    probs = rng.uniform(0.05, 0.95, (n, 4))
+    t = fit_conformal(probs, labels, 0.1, multi_label=True)
+    pooled = np.concatenate([probs[12:17, 1], probs[17:22, 2]])
+    # 10 pooled positives: (misses + 1) / 11 <= 0.1 -> no miss allowed -> lambda = their minimum
+    assert t.pooled == [1, 2] and t.per_class[1] == t.per_class[2] == pytest.approx(pooled.min())
+    assert t.per_class[0] == pytest.approx(crc_fnr_threshold(probs[:12, 0], 0.1)) and t.per_class[3] == 0.0
+    alone = [crc_fnr_threshold(probs[12:17, 1], 0.1), crc_fnr_threshold(probs[17:22, 2], 0.1)]
+    assert alone == [0.0, 0.0]  # on their own: flagged on every image
+    assert ConformalThresholds.from_dict(t.to_dict()).pooled == [1, 2]
+    few = fit_conformal(probs[:15], labels[:15], 0.1, multi_label=True)  # pool of 3: still too few
+    assert few.per_class[1] == 0.0 and few.per_class[2] == 0.0
+
+
 def test_thresholds_round_trip_with_infinite_values():
     t = fit_conformal(P, Y, 0.34, "raps", mondrian=True, lam=0.05, k_reg=2, split="calib")
     d = t.to_dict()

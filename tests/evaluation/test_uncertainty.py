@@ -70,15 +70,26 @@ def test_calibrate_bias_and_conformal_sets(tmp_path, backbone, synthetic_manifes
     assert sum(m.conformal["set_sizes"].values()) == test.n == m.data.n_evaluated
     lo, hi = m.conformal["coverage"]["ci95"]
     assert lo <= covered.mean() <= hi
-    # the thresholds are the val split's APS quantile through the fitted calibrator
+    # the calibrator was fitted on val, so the thresholds are the APS quantile of val's out-of-fold
+    # probabilities: each fold through a bias calibrator fitted on the other four
+    from domainclip.calibrators import fit_calibrator
+    from domainclip.calibrators.select import cv_folds
+
     val = _scores(backbone, synthetic_manifest, "val")
-    direct = fit_conformal(cal.probabilities(val.logits, False), val.y, 0.1, "aps")
+    oof = np.zeros((val.n, 5))
+    for held in cv_folds(val.y, False, 5, 0):
+        rest = np.setdiff1d(np.arange(val.n), held)
+        part = fit_calibrator("bias", val.logits[rest], torch.as_tensor(val.y[rest]), False)
+        oof[held] = part.probabilities(val.logits[held], False)
+    direct = fit_conformal(oof, val.y, 0.1, "aps")
     assert m.conformal["thresholds"]["threshold"] == pytest.approx(direct.threshold)
+    assert m.conformal["thresholds"]["cross_fitted"] == 5
     sel = m.selective
     assert sel["coverage"][-1] == 1.0 and sel["risk"][-1] == pytest.approx(1 - m.classification["accuracy"]["value"])
     assert sel["aurc_optimal"] <= sel["aurc"] + 1e-12
     report = (out / "report.md").read_text()
     assert "## Conformal prediction sets" in report and "## Selective prediction" in report
+    assert "5-fold cross-fitted probabilities" in report
     assert (out / "risk_coverage.png").is_file()
     # the dashboard's calibration page reads this result (bias calibrator, conformal section)
     from domainclip.dashboard.calibdata import calibration_table, reliability_frame
