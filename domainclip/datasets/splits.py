@@ -177,6 +177,28 @@ def _pick(
     return {group_ids[i] for i in chosen}, how
 
 
+def _assign_groups(
+    ids: list[str], labels: list[str], fracs: tuple[float, float, float], seed: int, stratify: bool
+) -> tuple[dict[str, str], str, str]:
+    """Split of every group in `ids` for fractions (val, test, calib): test first, then calib, then
+    val from the rest. Returns (group -> split, how test was chosen, how val was chosen)."""
+    val_frac, test_frac, calib_frac = fracs
+    test, how_test = _pick(ids, labels, _n_take(test_frac, len(ids)), seed, stratify, "test")
+    rest = [i for i, g in enumerate(ids) if g not in test]
+    calib, _ = _pick([ids[i] for i in rest], [labels[i] for i in rest],
+                     _n_take(calib_frac / (1.0 - test_frac), len(rest)), seed + 2, stratify, "calib")
+    rest = [i for i in rest if ids[i] not in calib]
+    rest_ids, rest_labels = [ids[i] for i in rest], [labels[i] for i in rest]
+    val_share = val_frac / (1.0 - test_frac - calib_frac) if val_frac > 0 else 0.0
+    val, how_val = _pick(
+        rest_ids, rest_labels, _n_take(val_share, len(rest_ids)), seed + 1, stratify, "val"
+    )
+    assignment = {
+        g: "test" if g in test else "calib" if g in calib else "val" if g in val else "train" for g in ids
+    }
+    return assignment, how_test, how_val
+
+
 def assign_splits(
     rows: Iterable[ManifestRow],
     val_frac: float = 0.1,
@@ -226,19 +248,7 @@ def assign_splits(
     # Sorted so the result does not depend on row order, only on the set of groups and the seed.
     ids = sorted(free_groups)
     labels = [free_groups[g].most_common(1)[0][0] for g in ids]
-    test, how_test = _pick(ids, labels, _n_take(test_frac, len(ids)), seed, stratify, "test")
-    rest = [i for i, g in enumerate(ids) if g not in test]
-    calib, _ = _pick([ids[i] for i in rest], [labels[i] for i in rest],
-                     _n_take(calib_frac / (1.0 - test_frac), len(rest)), seed + 2, stratify, "calib")
-    rest = [i for i in rest if ids[i] not in calib]
-    rest_ids, rest_labels = [ids[i] for i in rest], [labels[i] for i in rest]
-    val_share = val_frac / (1.0 - test_frac - calib_frac) if val_frac > 0 else 0.0
-    val, how_val = _pick(
-        rest_ids, rest_labels, _n_take(val_share, len(rest_ids)), seed + 1, stratify, "val"
-    )
-    assignment = {
-        g: "test" if g in test else "calib" if g in calib else "val" if g in val else "train" for g in ids
-    }
+    assignment, how_test, how_val = _assign_groups(ids, labels, (val_frac, test_frac, calib_frac), seed, stratify)
     for g, splits in fixed.items():
         if len(splits) > 1:
             logger.warning(
