@@ -177,8 +177,9 @@ class LoraSettings:
         2,
         "adapt only the top N layers of the text tower (0 = every layer). The frozen layers "
         "below are then run once per distinct text and their outputs cached (on disk under "
-        "train.feature_cache_dir), so a step runs only the top N layers: long reports train "
-        "about as fast as short descriptions. Fewer layers = faster, less text adaptation",
+        "train.feature_cache_dir), so a step runs only the top N layers; its cost still grows "
+        "with report length. Fewer layers = faster, less text adaptation. No text layer at all "
+        "(projection only, cost independent of length): method.text_tower=locked",
         range=(0, 1024, "[]"),
     )
 
@@ -264,7 +265,11 @@ class MethodConfig:
     )
     text_tower: str = option(
         "",
-        "locked | lora | full; empty = the method's default (lora: lora, full: full, others: locked)",
+        "locked | lora | full; empty = the method's default (lora: lora, full: full, others: locked). "
+        "locked: the tower's pooled output is cached per distinct text (on disk under "
+        "train.feature_cache_dir) and only the text projection trains (ProLIP-style; with "
+        "loss.anchor_weight as the pull toward its start), so a step costs the same for long "
+        "reports and short descriptions",
         choices=("",) + TOWER_MODES,
     )
     train_projections: bool = option(True, "train the image/text projections into the shared space")
