@@ -9,7 +9,7 @@ bootstrap 95% CIs; t2i / i2t R@1 against the rows' own texts):
   top2, top1   LoRA on the top 2 / 1 text layers, lower layers cached per distinct text
   supervised   top2 + loss.supervised_weight 1 (class-prompt cross-entropy)
   anchor       top2 + loss.anchor_weight 0.01 (ProLIP-style pull of the projections to their start)
-  chosen       the recipe the shipped *_lora.yaml configs now use
+  chosen       the recipe the shipped *_lora.yaml configs now use (covid-cxr: = locked)
   locked       the shipped config with method.text_tower locked: projection-only text training
                (the tower's pooled output cached per distinct text; class-prompt CE as shipped)
   locked_sup   locked + loss.supervised_weight 1 (for covid-cxr, whose shipped config has none)
@@ -44,18 +44,19 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
+LORA = "method.text_tower=lora"  # set explicitly: covid_cxr_lora.yaml ships a locked text tower
 ALL_LAYERS = "method.lora.text_layers=0"
 NO_SUP = "loss.supervised_weight=0"  # the levers are set explicitly, whatever the shipped config says
 VARIANTS: dict[str, list[str]] = {
-    "today": [ALL_LAYERS, NO_SUP],
-    "top2": ["method.lora.text_layers=2", NO_SUP],
-    "top1": ["method.lora.text_layers=1", NO_SUP],
-    "supervised": ["method.lora.text_layers=2", "loss.supervised_weight=1.0"],
-    "anchor": ["method.lora.text_layers=2", NO_SUP, "loss.anchor_weight=0.01"],
+    "today": [LORA, ALL_LAYERS, NO_SUP],
+    "top2": [LORA, "method.lora.text_layers=2", NO_SUP],
+    "top1": [LORA, "method.lora.text_layers=1", NO_SUP],
+    "supervised": [LORA, "method.lora.text_layers=2", "loss.supervised_weight=1.0"],
+    "anchor": [LORA, "method.lora.text_layers=2", NO_SUP, "loss.anchor_weight=0.01"],
     "chosen": [],  # the shipped config as it is
     "locked": ["method.text_tower=locked"],
     "locked_sup": ["method.text_tower=locked", "loss.supervised_weight=1.0"],
-    "top2_sup": ["method.lora.text_layers=2", "loss.supervised_weight=1.0"],
+    "top2_sup": [LORA, "method.lora.text_layers=2", "loss.supervised_weight=1.0"],
     "probe": [],
 }
 # data set -> (shipped config, prompt set, steps)
@@ -180,10 +181,10 @@ def run_one(name: str, variant: str, manifest: Path, prompts: str, seed: int, ar
 
 
 SPEED_VARIANTS = {
-    "today": [ALL_LAYERS, NO_SUP],
-    "top2_onechunk": ["method.lora.text_layers=2", NO_SUP],  # cache, no length bucketing
-    "top2": ["method.lora.text_layers=2", NO_SUP],
-    "top1": ["method.lora.text_layers=1", NO_SUP],
+    "today": [LORA, ALL_LAYERS, NO_SUP],
+    "top2_onechunk": [LORA, "method.lora.text_layers=2", NO_SUP],  # cache, no length bucketing
+    "top2": [LORA, "method.lora.text_layers=2", NO_SUP],
+    "top1": [LORA, "method.lora.text_layers=1", NO_SUP],
     "locked": ["method.text_tower=locked", NO_SUP],  # projection only, pooled output cached
     "default": [],  # the shipped config as it is (vs full)
     # full fine-tuning of both towers, images decoded every step (NEU-DET only); plain contrastive

@@ -43,6 +43,9 @@ from domainclip.errors import ConfigError
 log = logging.getLogger(__name__)
 
 TOWER_MODES = ("locked", "lora", "full")
+# method.text_tower auto (method lora): locked above this median length of the distinct training
+# texts in word pieces (finetune.texttop.choose_text_tower), else lora
+TEXT_AUTO_TOKENS = 48
 # Keys that may change between a killed run and its resume: they do not affect the weights.
 RESUME_SAFE_KEYS = frozenset(
     {
@@ -269,8 +272,10 @@ class MethodConfig:
         "locked: the tower's pooled output is cached per distinct text (on disk under "
         "train.feature_cache_dir) and only the text projection trains (ProLIP-style; with "
         "loss.anchor_weight as the pull toward its start), so a step costs the same for long "
-        "reports and short descriptions",
-        choices=("",) + TOWER_MODES,
+        "reports and short descriptions. auto (method lora): locked when the distinct training "
+        f"texts' median length exceeds {TEXT_AUTO_TOKENS} word pieces (long reports), else lora; "
+        "chosen when the run starts, logged with the reason and recorded in config.yaml",
+        choices=("",) + TOWER_MODES + ("auto",),
     )
     train_projections: bool = option(True, "train the image/text projections into the shared space")
     train_logit_scale: bool = option(True, "learn the temperature (logit scale)")
@@ -538,6 +543,11 @@ class FinetuneConfig:
         img_d, txt_d = defaults.get(m.name, ("locked", "locked"))
         m.image_tower = m.image_tower or img_d
         m.text_tower = m.text_tower or txt_d
+        if m.text_tower == "auto" and m.name != "lora":
+            raise ConfigError(
+                f"method.text_tower=auto chooses between lora and locked for method.name=lora; "
+                f"for {m.name} set it to locked, lora or full, or leave it empty"
+            )
         if m.name == "full" and (m.image_tower, m.text_tower) != ("full", "full"):
             raise ConfigError(
                 "method.name=full trains both towers: leave method.image_tower/text_tower empty or "

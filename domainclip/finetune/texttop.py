@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -202,6 +203,25 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h = hashlib.sha256(f"{tokenizer.kind}|{tokenizer.context_length}|{type(impl).__name__}|".encode())
     h.update(desc.encode())
     return h.hexdigest()[:16]
+
+
+def choose_text_tower(texts: Iterable[str], tokenizer, threshold: int) -> tuple[str, str]:
+    """`method.text_tower: auto` -> ("locked" | "lora", reason): locked when the distinct texts'
+    median length in word pieces (capped at the context length) exceeds `threshold`. A top-N
+    LoRA step costs in proportion to the tokens it sees; a locked tower's step does not."""
+    uniq = sorted(set(texts))
+    if not uniq:
+        return "lora", "method.text_tower auto -> lora: no training texts to measure"
+    cap = tokenizer.context_length
+    median = statistics.median(min(tokenizer.count_tokens(t), cap) for t in uniq)
+    what = f"the {len(uniq)} distinct training texts' median length is {median:g} word pieces"
+    if median > threshold:
+        return "locked", (
+            f"method.text_tower auto -> locked: {what} (> {threshold}, long reports): only the text "
+            "projection trains, over the tower's cached output, so a step's cost does not grow "
+            "with report length"
+        )
+    return "lora", f"method.text_tower auto -> lora: {what} (<= {threshold}, short texts)"
 
 
 def text_cache_key(weights_fp: str, tokenizer_fp: str, split: int | str, texts: Iterable[str]) -> str:

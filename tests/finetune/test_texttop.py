@@ -13,6 +13,7 @@ from domainclip.finetune.texttop import (
     PooledText,
     TextTop,
     build_text_top,
+    choose_text_tower,
     length_chunks,
     text_cache_key,
     text_stack,
@@ -299,3 +300,62 @@ def test_locked_text_with_the_robust_framing_loss(tiny_vit, syn_manifest, tmp_pa
     res = finetune(cfg, tmp_path / "run")
     assert res.steps == 6 and res.info["text_cache"]["layers_cached"] == "pooled"
     assert res.info["robustness"]["k"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# method.text_tower: auto
+
+
+class _Words:
+    """A tokenizer stand-in: one word piece per word, plus CLS and SEP."""
+
+    context_length = 64
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 2
+
+
+def test_auto_text_tower_locks_for_long_reports_only():
+    short = ["a scratch", "two scratches on steel", "a patch"]
+    mode, reason = choose_text_tower(short * 3, _Words(), 10)
+    assert mode == "lora" and "3 distinct" in reason and "median length is 4 word pieces" in reason
+    long_ = ["word " * 30, "word " * 40, "x"]  # median 32 word pieces
+    mode, reason = choose_text_tower(long_, _Words(), 10)
+    assert mode == "locked" and "median length is 32" in reason and "(> 10" in reason
+    assert choose_text_tower(["word " * 9], _Words(), 10)[0] == "locked"  # 11 > 10
+    assert choose_text_tower(["word " * 8], _Words(), 10)[0] == "lora"  # 10: not above
+    assert choose_text_tower(["word " * 500], _Words(), 100)[0] == "lora"  # capped at 64 tokens
+    assert choose_text_tower([], _Words(), 10)[0] == "lora"
+
+
+def test_auto_text_tower_is_for_lora_only():
+    from domainclip.errors import ConfigError
+
+    assert load_config(None, ["data.manifest=x", "method.text_tower=auto"]).method.text_tower == "auto"
+    with pytest.raises(ConfigError, match="text_tower=auto.*clip_adapter"):
+        load_config(None, ["data.manifest=x", "method.name=clip_adapter", "method.text_tower=auto"])
+
+
+@pytest.mark.parametrize("threshold, expected", [(1000, "lora"), (1, "locked")])
+def test_auto_text_tower_resolved_recorded_and_resumed(
+    tiny_vit, syn_manifest, tmp_path, monkeypatch, threshold, expected
+):
+    import yaml
+
+    from domainclip.finetune import finetune
+
+    from .conftest import tiny_config
+
+    monkeypatch.setattr("domainclip.finetune.config.TEXT_AUTO_TOKENS", threshold)
+    cfg = tiny_config(tiny_vit, syn_manifest, "method.text_tower=auto", "train.max_steps=2",
+                      "eval.every_steps=2")
+    res = finetune(cfg, tmp_path / "run")
+    choice = res.info["text_tower_choice"]
+    assert choice.startswith(f"method.text_tower auto -> {expected}:")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method"]["text_tower"] == expected
+    layers = res.info.get("text_cache", {}).get("layers_cached")
+    assert layers == ("pooled" if expected == "locked" else None)  # tiny causal tower: no stack
+    # the same config (auto) resumes the run: the recorded choice, no config difference
+    again = finetune(cfg, tmp_path / "run", resume=True)
+    assert again.info["text_tower_choice"] == f"method.text_tower auto: {expected}, as chosen when the run started"
