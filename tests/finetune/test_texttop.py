@@ -359,3 +359,17 @@ def test_auto_text_tower_resolved_recorded_and_resumed(
     # the same config (auto) resumes the run: the recorded choice, no config difference
     again = finetune(cfg, tmp_path / "run", resume=True)
     assert again.info["text_tower_choice"] == f"method.text_tower auto: {expected}, as chosen when the run started"
+
+
+def test_shipped_recipes_lock_the_text_tower_for_long_reports_only():
+    """covid-cxr (long notes) trains projections only; the short-text configs keep top-2 LoRA."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "domainclip" / "configs"
+    modes = {
+        name: load_config(configs / f"{name}.yaml", ["data.manifest=x"]).method
+        for name in ("covid_cxr_lora", "neu_det_lora", "demo_synthetic_lora")
+    }
+    assert (modes["covid_cxr_lora"].image_tower, modes["covid_cxr_lora"].text_tower) == ("locked", "locked")
+    for name in ("neu_det_lora", "demo_synthetic_lora"):
+        assert modes[name].text_tower == "lora" and modes[name].lora.text_layers == 2
