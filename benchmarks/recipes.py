@@ -9,7 +9,11 @@ bootstrap 95% CIs; t2i / i2t R@1 against the rows' own texts):
   top2, top1   LoRA on the top 2 / 1 text layers, lower layers cached per distinct text
   supervised   top2 + loss.supervised_weight 1 (class-prompt cross-entropy)
   anchor       top2 + loss.anchor_weight 0.01 (ProLIP-style pull of the projections to their start)
-  chosen       the recipe the shipped *_lora.yaml configs now use
+  chosen       the recipe the shipped *_lora.yaml configs now use (covid-cxr: = locked)
+  locked       the shipped config with method.text_tower locked: projection-only text training
+               (the tower's pooled output cached per distinct text; class-prompt CE as shipped)
+  locked_sup   locked + loss.supervised_weight 1 (for covid-cxr, whose shipped config has none)
+  top2_sup     top2 + loss.supervised_weight 1 (= supervised; the name pairs it with locked_sup)
   probe        the linear probe (method linear_probe) on the same frozen image features
 
 Step time: the median gap between consecutive training steps (train.log_every 1; evaluations
@@ -40,15 +44,19 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 
+LORA = "method.text_tower=lora"  # set explicitly: covid_cxr_lora.yaml ships a locked text tower
 ALL_LAYERS = "method.lora.text_layers=0"
 NO_SUP = "loss.supervised_weight=0"  # the levers are set explicitly, whatever the shipped config says
 VARIANTS: dict[str, list[str]] = {
-    "today": [ALL_LAYERS, NO_SUP],
-    "top2": ["method.lora.text_layers=2", NO_SUP],
-    "top1": ["method.lora.text_layers=1", NO_SUP],
-    "supervised": ["method.lora.text_layers=2", "loss.supervised_weight=1.0"],
-    "anchor": ["method.lora.text_layers=2", NO_SUP, "loss.anchor_weight=0.01"],
+    "today": [LORA, ALL_LAYERS, NO_SUP],
+    "top2": [LORA, "method.lora.text_layers=2", NO_SUP],
+    "top1": [LORA, "method.lora.text_layers=1", NO_SUP],
+    "supervised": [LORA, "method.lora.text_layers=2", "loss.supervised_weight=1.0"],
+    "anchor": [LORA, "method.lora.text_layers=2", NO_SUP, "loss.anchor_weight=0.01"],
     "chosen": [],  # the shipped config as it is
+    "locked": ["method.text_tower=locked"],
+    "locked_sup": ["method.text_tower=locked", "loss.supervised_weight=1.0"],
+    "top2_sup": [LORA, "method.lora.text_layers=2", "loss.supervised_weight=1.0"],
     "probe": [],
 }
 # data set -> (shipped config, prompt set, steps)
@@ -173,11 +181,17 @@ def run_one(name: str, variant: str, manifest: Path, prompts: str, seed: int, ar
 
 
 SPEED_VARIANTS = {
-    "today": [ALL_LAYERS, NO_SUP],
-    "top2_onechunk": ["method.lora.text_layers=2", NO_SUP],  # cache, no length bucketing
-    "top2": ["method.lora.text_layers=2", NO_SUP],
-    "top1": ["method.lora.text_layers=1", NO_SUP],
+    "today": [LORA, ALL_LAYERS, NO_SUP],
+    "top2_onechunk": [LORA, "method.lora.text_layers=2", NO_SUP],  # cache, no length bucketing
+    "top2": [LORA, "method.lora.text_layers=2", NO_SUP],
+    "top1": [LORA, "method.lora.text_layers=1", NO_SUP],
+    "locked": ["method.text_tower=locked", NO_SUP],  # projection only, pooled output cached
+    "default": [],  # the shipped config as it is (vs full)
+    # full fine-tuning of both towers, images decoded every step (NEU-DET only); plain contrastive
+    # loss, the cheapest full step
+    "full": ["method.name=full", "method.image_tower=", "method.text_tower=", "optim.lr=1e-5", NO_SUP],
 }
+FULL_ONLY = ("neu",)  # full fine-tuning is timed on these sets only (minutes per step elsewhere)
 
 
 def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
@@ -189,7 +203,14 @@ def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
     from domainclip.finetune import load_config
     from domainclip.finetune.data import load_splits
     from domainclip.finetune.distributed import DistInfo
-    from domainclip.finetune.run import _adapt, _image_cache, _prompts, _text_top, absolute_paths
+    from domainclip.finetune.run import (
+        _adapt,
+        _eval_transform,
+        _image_cache,
+        _prompts,
+        _text_top,
+        absolute_paths,
+    )
     from domainclip.finetune.runlog import RunLog
     from domainclip.finetune.trainer import Trainer
 
@@ -203,28 +224,48 @@ def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
     top = _text_top(cfg, adapt, splits, prompts_, cpu)
     if top is not None and variant.endswith("onechunk"):
         top.slack = float("inf")
+    transforms = {}
+    if cache is None:  # images decoded every step (full fine-tuning)
+        from domainclip.datasets.transforms import train_transform
+
+        transforms = {"train": train_transform(adapt.bb, "none", cfg.data.fit, cfg.data.image_size),
+                      "val": _eval_transform(cfg, adapt.bb)}
     run = Path(tempfile.mkdtemp())
-    t = Trainer(cfg, adapt, splits, cache, {}, run, DistInfo(), cpu, RunLog(run, enabled=False),
-                prompts_, {}, top, anchor)
-    return t, t._micro_batches(0, 0)
+    t = Trainer(cfg, adapt, splits, cache, transforms, run, DistInfo(), cpu,
+                RunLog(run, enabled=False), prompts_, {}, top, anchor)
+    return t, _forever(t)
+
+
+def _forever(trainer):
+    """Micro-batch groups of one epoch after another."""
+    epoch = 0
+    while True:
+        for _, group in trainer._micro_batches(epoch, 0):
+            yield group
+        epoch += 1
 
 
 def speed(args) -> None:
     """Step times of every (data set, speed variant), interleaved step by step in ONE process so
-    that all see the same machine load; a 1024^3 fp32 matmul is timed each round alongside."""
+    that all see the same machine load; a 1024^3 fp32 matmul is timed each round alongside. With
+    `default` and `full` on NEU-DET: the FLOPs of one step of each (finetune_speed._flops), so the
+    default step's share of the matmul rate measured alongside."""
     import torch
 
     torch.set_num_threads(args.threads)
     trainers = {}
+    variants = args.speed_variants.split(",")
     for name, (manifest, prompts) in _manifests(args).items():
-        for variant in SPEED_VARIANTS:
+        for variant in variants:
+            if variant == "full" and name not in FULL_ONLY:
+                continue
             trainers[(name, variant)] = _trainer(name, variant, manifest, prompts, args)
     times: dict = {k: [] for k in trainers}
     mm = []
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     for r in range(args.rounds + 1):
         for key, (trainer, it) in trainers.items():
-            _, group = next(it)
+            group = next(it)
             t = time.perf_counter()
             trainer._train_step(group)
             if r:  # round 0 warms up
@@ -234,9 +275,31 @@ def speed(args) -> None:
         mm.append(2 * 1024**3 / (time.perf_counter() - t) / 1e9)
     out = {f"{n}/{v}": statistics.median(ts) for (n, v), ts in times.items()}
     out["matmul_gflops"] = statistics.median(mm)
+    out["load_average"] = os.getloadavg()[0]
+    out.update(_ratios(out, variants, trainers))
     (args.out / "speed.json").write_text(json.dumps(out, indent=1))
     for k, v in out.items():
         print(f"{k}: {v:.3f}")
+
+
+def _ratios(out: dict, variants: list[str], trainers: dict) -> dict:
+    """covid/NEU per variant; full/default on NEU-DET with the default step's FLOP rate."""
+    from finetune_speed import _flops
+
+    res = {}
+    for v in variants:
+        if f"covid/{v}" in out and f"neu/{v}" in out:
+            res[f"covid_over_neu/{v}"] = out[f"covid/{v}"] / out[f"neu/{v}"]
+    for v in ("default", "full"):
+        if ("neu", v) in trainers:
+            trainer, it = trainers[("neu", v)]
+            gflop = sum(_flops(lambda t=trainer, g=it: t._train_step(next(g)), trainer.adapt.model)
+                        for _ in range(3)) / 3 / 1e9
+            res[f"neu/{v}_gflop_per_step"] = gflop
+            res[f"neu/{v}_matmul_fraction"] = gflop / out[f"neu/{v}"] / out["matmul_gflops"]
+    if "neu/full" in out and "neu/default" in out:
+        res["full_over_default"] = out["neu/full"] / out["neu/default"]
+    return res
 
 
 def _fmt(v) -> str:
@@ -283,6 +346,8 @@ def main() -> None:
     p.add_argument("--rerun", action="store_true")
     p.add_argument("--speed", action="store_true", help="interleaved step times only")
     p.add_argument("--rounds", type=int, default=8, help="--speed: timed steps per variant")
+    p.add_argument("--speed-variants", default="top2,top1,locked",
+                   help=f"--speed: any of {','.join(SPEED_VARIANTS)} (full: NEU-DET only)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.child:

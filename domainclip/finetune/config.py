@@ -43,6 +43,9 @@ from domainclip.errors import ConfigError
 log = logging.getLogger(__name__)
 
 TOWER_MODES = ("locked", "lora", "full")
+# method.text_tower auto (method lora): locked above this median length of the distinct training
+# texts in word pieces (finetune.texttop.choose_text_tower), else lora
+TEXT_AUTO_TOKENS = 48
 # Keys that may change between a killed run and its resume: they do not affect the weights.
 RESUME_SAFE_KEYS = frozenset(
     {
@@ -177,8 +180,9 @@ class LoraSettings:
         2,
         "adapt only the top N layers of the text tower (0 = every layer). The frozen layers "
         "below are then run once per distinct text and their outputs cached (on disk under "
-        "train.feature_cache_dir), so a step runs only the top N layers: long reports train "
-        "about as fast as short descriptions. Fewer layers = faster, less text adaptation",
+        "train.feature_cache_dir), so a step runs only the top N layers; its cost still grows "
+        "with report length. Fewer layers = faster, less text adaptation. No text layer at all "
+        "(projection only, cost independent of length): method.text_tower=locked",
         range=(0, 1024, "[]"),
     )
 
@@ -264,8 +268,14 @@ class MethodConfig:
     )
     text_tower: str = option(
         "",
-        "locked | lora | full; empty = the method's default (lora: lora, full: full, others: locked)",
-        choices=("",) + TOWER_MODES,
+        "locked | lora | full; empty = the method's default (lora: lora, full: full, others: locked). "
+        "locked: the tower's pooled output is cached per distinct text (on disk under "
+        "train.feature_cache_dir) and only the text projection trains (ProLIP-style; with "
+        "loss.anchor_weight as the pull toward its start), so a step costs the same for long "
+        "reports and short descriptions. auto (method lora): locked when the distinct training "
+        f"texts' median length exceeds {TEXT_AUTO_TOKENS} word pieces (long reports), else lora; "
+        "chosen when the run starts, logged with the reason and recorded in config.yaml",
+        choices=("",) + TOWER_MODES + ("auto",),
     )
     train_projections: bool = option(True, "train the image/text projections into the shared space")
     train_logit_scale: bool = option(True, "learn the temperature (logit scale)")
@@ -533,6 +543,11 @@ class FinetuneConfig:
         img_d, txt_d = defaults.get(m.name, ("locked", "locked"))
         m.image_tower = m.image_tower or img_d
         m.text_tower = m.text_tower or txt_d
+        if m.text_tower == "auto" and m.name != "lora":
+            raise ConfigError(
+                f"method.text_tower=auto chooses between lora and locked for method.name=lora; "
+                f"for {m.name} set it to locked, lora or full, or leave it empty"
+            )
         if m.name == "full" and (m.image_tower, m.text_tower) != ("full", "full"):
             raise ConfigError(
                 "method.name=full trains both towers: leave method.image_tower/text_tower empty or "

@@ -129,7 +129,9 @@ def _prepare_run_dir(cfg: FinetuneConfig, run_dir: Path, resume: bool) -> Path |
     saved = migrate_config_dict(saved, str(cfg_path))
     # A run written before per-method sections recorded every method's settings: compare the
     # chosen method's only. `data.fit: auto` was resolved when the run started: compare with that.
-    diff = config_diff(saved, _with_fit(cfg, _saved_fit(saved)).to_dict())
+    # Likewise `method.text_tower: auto`.
+    chosen = _with_text_tower(_with_fit(cfg, _saved_fit(saved)), _saved_text_tower(saved))
+    diff = config_diff(saved, chosen.to_dict())
     if diff:
         raise CheckpointError(
             f"--resume: the config differs from the one {run_dir} was started with:\n  "
@@ -183,6 +185,38 @@ def _resolve_fit(
     reason = f"data.fit auto -> {fit}: {reason}"
     log.info("%s", reason)
     return _with_fit(cfg, fit), reason
+
+
+def _saved_text_tower(saved: dict) -> str | None:
+    method = saved.get("method")
+    return method.get("text_tower") if isinstance(method, dict) else None
+
+
+def _with_text_tower(cfg: FinetuneConfig, mode: str | None) -> FinetuneConfig:
+    """`cfg` with `method.text_tower: auto` replaced by `mode` when auto could have chosen it."""
+    if cfg.method.text_tower != "auto" or mode not in ("locked", "lora"):
+        return cfg
+    return dataclasses.replace(cfg, method=dataclasses.replace(cfg.method, text_tower=mode))
+
+
+def _resolve_text_tower(
+    cfg: FinetuneConfig, splits: Splits, run_dir: Path, resume: bool
+) -> tuple[FinetuneConfig, str | None]:
+    """`method.text_tower: auto` -> locked or lora (`texttop.choose_text_tower` on the training
+    texts), logged and returned with the reason; a resumed run keeps its recorded choice."""
+    if cfg.method.text_tower != "auto":
+        return cfg, None
+    if resume and (run_dir / CONFIG_FILE).is_file():
+        mode = _saved_text_tower(load_yaml(run_dir / CONFIG_FILE))
+        return _with_text_tower(cfg, mode), f"method.text_tower auto: {mode}, as chosen when the run started"
+    from domainclip.finetune.config import TEXT_AUTO_TOKENS
+    from domainclip.finetune.texttop import choose_text_tower
+    from domainclip.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.backbone.spec)
+    mode, reason = choose_text_tower(splits.train.texts, tokenizer, TEXT_AUTO_TOKENS)
+    log.info("%s", reason)
+    return _with_text_tower(cfg, mode), reason
 
 
 def _image_cache(
@@ -257,6 +291,7 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         robust = FramingObjective.of(cfg, splits.classes, prompts)  # pool problems: no run folder yet
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
+        cfg, tower_reason = _resolve_text_tower(cfg, splits, run_dir, resume)
         adapt, anchor = _adapt(cfg, device, resume_ckpt)
         cfg, fit_reason = _resolve_fit(cfg, adapt.bb, run_dir, resume, dist.world)
         truncated = health.truncation(splits, adapt.bb.tokenizer)
@@ -275,6 +310,8 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         result.setdefault("info", {})["input"] = _eval_transform(cfg, adapt.bb).input
         if fit_reason:
             result["info"]["fit_choice"] = fit_reason
+        if tower_reason:
+            result["info"]["text_tower_choice"] = tower_reason
         if robust is not None:
             result["info"]["robustness"] = robust.describe()
         _input_findings(result, cache, *truncated)

@@ -2,7 +2,7 @@
 
 With `method.lora.text_layers: N` LoRA sits only on the top N layers of the text tower
 (`methods.lora.apply_lora(top_layers=N)`), so the embeddings and the layers below them are
-frozen and their output for a text never changes during a run. `LowerTextCache` runs them once per
+frozen and their output for a text never changes during a run. `FrozenTextCache` runs them once per
 distinct text (training texts, validation texts, class prompts) and keeps each text's hidden
 states `[L_i, H]` (real tokens only); a step then runs only the top N layers (`TextTop.encode`).
 With `train.feature_cache_dir` the hidden states are kept on disk like the image features: one
@@ -23,6 +23,13 @@ in eval mode to float tolerance (tested). During training dropout acts in the to
 Supported text towers: open_clip `CustomTextCLIP` with a Hugging Face BERT-style encoder (the
 default MiniLM; mean or last-hidden-state CLS pooling). Other towers (open_clip's causal text
 transformer, HF CLIP) still get LoRA on the top N layers only, but run every layer each step.
+
+Projection-only text training (`method.text_tower: locked`, ProLIP-style): the whole text tower is
+frozen, so `PooledText` caches its pooled output `[1, Dpre]` per distinct text in the same cache
+(`FrozenTextCache`, same disk format, keyed by the whole tower's weights minus the projection, the
+tokenizer and the texts); a step then only applies the trainable projection (and CLIP-Adapter, if
+any), so its cost does not depend on report length. Works for every text tower family
+(`Adaptation.pooled_text`).
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +80,27 @@ class TextStack:
     def pad_id(self) -> int:
         return int(self.text.config.pad_token_id or 0)
 
-    def lower_state(self) -> dict[str, torch.Tensor]:
+    @property
+    def tag(self) -> int:
+        """What is cached (part of the cache key): the number of lower layers."""
+        return self.split
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """The lower layers in eval mode (no dropout) within the block."""
+        was = self.bert.training
+        self.bert.train(False)
+        try:
+            yield
+        finally:
+            self.bert.train(was)
+
+    def run(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """ids [B, L] -> per text its hidden states [L_i, H] after the lower layers (real tokens)."""
+        h, mask = self.lower(ids)
+        return [hi[:mi] for hi, mi in zip(h.float().cpu(), mask.sum(1).tolist(), strict=True)]
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
         """Weights that determine the cached hidden states: embeddings and the lower layers."""
         out = {f"embeddings.{k}": v for k, v in self.bert.embeddings.state_dict().items()}
         for i in range(self.split):
@@ -122,6 +151,41 @@ def text_stack(adapt: Adaptation, top: int) -> TextStack | None:
     return TextStack(text, bert, n - top)
 
 
+@dataclass
+class PooledText:
+    """The whole text tower frozen (`method.text_tower: locked`): what is cached per text is the
+    tower's pooled output before the projection, `[1, Dpre]` (any tower family)."""
+
+    adapt: Adaptation
+
+    tag = "pooled"  # part of the cache key
+
+    @contextmanager
+    def eval_mode(self) -> Iterator[None]:
+        """The locked tower in eval mode (no dropout) within the block."""
+        was = self.adapt.model.training
+        self.adapt.set_train(False)
+        try:
+            yield
+        finally:
+            self.adapt.set_train(was)
+
+    @torch.no_grad()
+    def run(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """ids [B, L] -> per text its pooled output [1, Dpre]."""
+        return list(self.adapt.pooled_text(ids).float().cpu().unsqueeze(1))
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """Weights that determine the pooled output: the text tower without its projection."""
+        a = self.adapt
+        proj = set(a.layout.text_proj.param_names(a.base))
+        return {
+            k: v
+            for k, v in a.base.state_dict().items()
+            if not k.startswith(a.layout.image_prefixes) and k not in proj and k not in a.layout.shared
+        }
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of what turns a text into ids: the tokenizer's full definition and context length."""
     impl = tokenizer.impl
@@ -141,8 +205,28 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def text_cache_key(weights_fp: str, tokenizer_fp: str, split: int, texts: Iterable[str]) -> str:
-    """Key of one cached set of texts: lower weights, tokenizer, layers cached, the texts."""
+def choose_text_tower(texts: Iterable[str], tokenizer, threshold: int) -> tuple[str, str]:
+    """`method.text_tower: auto` -> ("locked" | "lora", reason): locked when the distinct texts'
+    median length in word pieces (capped at the context length) exceeds `threshold`. A top-N
+    LoRA step costs in proportion to the tokens it sees; a locked tower's step does not."""
+    uniq = sorted(set(texts))
+    if not uniq:
+        return "lora", "method.text_tower auto -> lora: no training texts to measure"
+    cap = tokenizer.context_length
+    median = statistics.median(min(tokenizer.count_tokens(t), cap) for t in uniq)
+    what = f"the {len(uniq)} distinct training texts' median length is {median:g} word pieces"
+    if median > threshold:
+        return "locked", (
+            f"method.text_tower auto -> locked: {what} (> {threshold}, long reports): only the text "
+            "projection trains, over the tower's cached output, so a step's cost does not grow "
+            "with report length"
+        )
+    return "lora", f"method.text_tower auto -> lora: {what} (<= {threshold}, short texts)"
+
+
+def text_cache_key(weights_fp: str, tokenizer_fp: str, split: int | str, texts: Iterable[str]) -> str:
+    """Key of one cached set of texts: frozen weights, tokenizer, what is cached (the number of
+    lower layers, or "pooled" for a locked tower), the texts."""
     h = hashlib.sha256(f"text-hidden|{weights_fp}|{tokenizer_fp}|{split}".encode())
     for t in sorted(set(texts)):
         h.update(hashlib.sha256(t.encode()).digest())
@@ -168,32 +252,32 @@ def length_chunks(lengths: list[int], slack: float = PAD_SLACK) -> list[list[int
     return chunks
 
 
-class LowerTextCache:
-    """Hidden states after the frozen lower text layers, per distinct text (CPU, float32).
+class FrozenTextCache:
+    """What the frozen part of the text tower computes, per distinct text (CPU, float32): hidden
+    states [L_i, H] after the lower layers (`TextStack`) or the pooled output [1, Dpre] of a locked
+    tower (`PooledText`).
 
     Args:
-        stack: the tower's TextStack; tokenizer: the backbone's TextTokenizer; device: where the
-        lower layers run; cache_dir: folder for files ("" = memory only).
+        stack: the TextStack or PooledText; tokenizer: the backbone's TextTokenizer; device: where
+        the frozen part runs; cache_dir: folder for files ("" = memory only).
     """
 
-    def __init__(self, stack: TextStack, tokenizer, device: torch.device, cache_dir: str = "") -> None:
+    def __init__(
+        self, stack: TextStack | PooledText, tokenizer, device: torch.device, cache_dir: str = ""
+    ) -> None:
         self.stack, self.tokenizer, self.device, self.cache_dir = stack, tokenizer, device, cache_dir
         self.store: dict[str, torch.Tensor] = {}
-        self.info: dict = {"layers_cached": stack.split, "texts": 0, "seconds": 0.0, "reused": False}
+        self.info: dict = {"layers_cached": stack.tag, "texts": 0, "seconds": 0.0, "reused": False}
 
     def _compute(self, texts: list[str], batch_size: int = 64) -> None:
-        """Run the lower layers over `texts` (sorted by length, so batches pad little)."""
+        """Run the frozen part over `texts` (sorted by length, so batches pad little)."""
         order = sorted(texts, key=len)
-        was = self.stack.bert.training
-        self.stack.bert.train(False)
-        try:
+        with torch.no_grad(), self.stack.eval_mode():
             for i in range(0, len(order), batch_size):
                 chunk = order[i : i + batch_size]
-                h, mask = self.stack.lower(self.tokenizer(chunk).to(self.device))
-                for t, hi, mi in zip(chunk, h.float().cpu(), mask.sum(1).tolist(), strict=True):
-                    self.store[t] = hi[:mi].clone()
-        finally:
-            self.stack.bert.train(was)
+                outs = self.stack.run(self.tokenizer(chunk).to(self.device))
+                for t, out in zip(chunk, outs, strict=True):
+                    self.store[t] = out.clone()
 
     def prepare(self, texts: Iterable[str]) -> None:
         """Make sure every text is cached: from the disk file of this set when it exists, else
@@ -215,8 +299,8 @@ class LowerTextCache:
     def _path(self, uniq: list[str]) -> Path | None:
         if not self.cache_dir:
             return None
-        weights = fingerprint_state(self.stack.lower_state())
-        key = text_cache_key(weights, tokenizer_fingerprint(self.tokenizer), self.stack.split, uniq)
+        weights = fingerprint_state(self.stack.frozen_state())
+        key = text_cache_key(weights, tokenizer_fingerprint(self.tokenizer), self.stack.tag, uniq)
         return Path(self.cache_dir).expanduser() / f"{key}.safetensors"
 
     def _load(self, path: Path, uniq: list[str]) -> bool:
@@ -231,7 +315,7 @@ class LowerTextCache:
                 raise ValueError(f"{len(lengths)} texts stored, {len(uniq)} expected")
             for t, piece in zip(uniq, torch.split(data["hidden"], lengths), strict=True):
                 self.store[t] = piece
-            log.info("reusing cached text hidden states %s", path)
+            log.info("reusing cached text states %s", path)
             return True
         except (OSError, KeyError, ValueError, RuntimeError) as exc:
             log.warning("ignoring unreadable text cache %s (%s); recomputing", path, exc)
@@ -243,7 +327,7 @@ class LowerTextCache:
         hidden = torch.cat([self.store[t] for t in uniq]).contiguous()
         lengths = torch.tensor([len(self.store[t]) for t in uniq], dtype=torch.long)
         try:
-            atomic_write_json(path.with_suffix(".json"), {"n": len(uniq), "layers": self.stack.split})
+            atomic_write_json(path.with_suffix(".json"), {"n": len(uniq), "layers": self.stack.tag})
             atomic_write_bytes(path, save({"hidden": hidden, "lengths": lengths}))
         except OSError as exc:  # a full or read-only cache disk must not stop training
             log.warning("could not write the text cache %s: %s", path, exc)
@@ -255,7 +339,7 @@ class LowerTextCache:
             self._compute(missing)
 
     def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded hidden [u, Lmax, H] and mask [u, Lmax] of cached texts."""
+        """Padded hidden [u, Lmax, H] and mask [u, Lmax] of cached texts (Lmax 1 when pooled)."""
         parts = [self.store[t] for t in texts]
         longest = max(len(p) for p in parts)
         hidden = parts[0].new_zeros(len(parts), longest, parts[0].shape[-1])
@@ -267,9 +351,11 @@ class LowerTextCache:
 
 
 class TextTop:
-    """Text features from cached lower layers + the trained top layers (see module docstring)."""
+    """Text features from the cache + what trains above it (see module docstring): the top layers
+    over cached lower ones (`TextStack`), or only the projection over a locked tower's cached
+    pooled output (`PooledText`)."""
 
-    def __init__(self, adapt: Adaptation, cache: LowerTextCache, slack: float = PAD_SLACK) -> None:
+    def __init__(self, adapt: Adaptation, cache: FrozenTextCache, slack: float = PAD_SLACK) -> None:
         self.adapt, self.cache, self.slack = adapt, cache, slack  # slack inf: one padded chunk
 
     def encode(self, texts: list[str]) -> torch.Tensor:
@@ -277,6 +363,9 @@ class TextTop:
         enabled), length-bucketed so each chunk pads only to its own longest text."""
         stack, device = self.cache.stack, self.cache.device
         self.cache.ensure(texts)
+        if isinstance(stack, PooledText):  # nothing per token trains: [n, Dpre] -> projection
+            pooled = torch.cat([self.cache.store[t] for t in texts]).to(device)
+            return self.adapt.text_from_pooled(pooled)
         lengths = [len(self.cache.store[t]) for t in texts]
         outs, order = [], []
         for chunk in length_chunks(lengths, self.slack):
@@ -292,20 +381,33 @@ class TextTop:
 def build_text_top(
     cfg: FinetuneConfig, adapt: Adaptation, device: torch.device, texts: Iterable[str]
 ) -> TextTop | None:
-    """The TextTop of a run (lower layers of `texts` cached), or None when it does not apply: the
-    text tower is not LoRA-trained, `method.lora.text_layers` is 0 or covers every layer, the
-    tower is not BERT-style, or `train.cache_features: never`."""
+    """The TextTop of a run (the frozen part of `texts` cached), or None when it does not apply:
+    `train.cache_features: never`, a fully trained text tower, or LoRA with
+    `method.lora.text_layers` 0 (every layer) or on a tower that is not BERT-style.
+
+    `method.text_tower: locked` (any method the step loop trains): the pooled output is cached and
+    only the projection trains (`PooledText`)."""
     m = cfg.method
-    if m.text_tower != "lora" or m.lora is None or cfg.train.cache_features == "never":
+    if cfg.train.cache_features == "never":
         return None
-    stack = text_stack(adapt, m.lora.text_layers)
+    if m.text_tower == "locked":
+        stack: TextStack | PooledText | None = PooledText(adapt)
+    elif m.text_tower == "lora" and m.lora is not None:
+        stack = text_stack(adapt, m.lora.text_layers)
+    else:
+        stack = None
     if stack is None:
         return None
-    cache = LowerTextCache(stack, adapt.bb.tokenizer, device, cfg.train.feature_cache_dir)
+    cache = FrozenTextCache(stack, adapt.bb.tokenizer, device, cfg.train.feature_cache_dir)
     cache.prepare(texts)
+    if isinstance(stack, PooledText):
+        what, trained = "the locked tower's pooled output", "only the text projection trains"
+    else:
+        what = f"{stack.split} lower layers"
+        trained = f"{len(stack.layers) - stack.split} layers trained"
     log.info(
-        "text tower: %d lower layers cached for %d distinct texts (%.1f s%s); %d layers trained",
-        stack.split, cache.info["texts"], cache.info["seconds"],
-        ", from disk" if cache.info["reused"] else "", len(stack.layers) - stack.split,
+        "text tower: %s cached for %d distinct texts (%.1f s%s); %s",
+        what, cache.info["texts"], cache.info["seconds"],
+        ", from disk" if cache.info["reused"] else "", trained,
     )
     return TextTop(adapt, cache)

@@ -73,8 +73,8 @@ class TrainState:
 class StepModule(nn.Module):
     """Features of one micro-batch (DDP wraps this, so gradient sync sees every trained module).
 
-    forward(pooled_image=[b,Dpre] | pixels=[b,3,H,W], text_ids=[u,L] | pooled_text=[u,Dpre]
-            | texts=[u] (top text layers over cached lower layers, `finetune.texttop`))
+    forward(pooled_image=[b,Dpre] | pixels=[b,3,H,W], text_ids=[u,L] | texts=[u] (through the
+            cached frozen text part, `finetune.texttop`: top layers, or a locked tower's projection))
         -> (image_feats [b,D], text_feats [u,D], logit_scale scalar), features unnormalised.
     """
 
@@ -89,7 +89,6 @@ class StepModule(nn.Module):
         pooled_image: torch.Tensor | None = None,
         pixels: torch.Tensor | None = None,
         text_ids: torch.Tensor | None = None,
-        pooled_text: torch.Tensor | None = None,
         texts: list[str] | None = None,
     ):
         a = self.adapt
@@ -98,12 +97,7 @@ class StepModule(nn.Module):
             if pooled_image is not None
             else a.model.encode_image(pixels)
         )
-        if texts is not None:
-            txt = self.text_top.encode(texts)
-        elif pooled_text is not None:
-            txt = a.text_from_pooled(pooled_text)
-        else:
-            txt = a.model.encode_text(text_ids)
+        txt = self.text_top.encode(texts) if texts is not None else a.model.encode_text(text_ids)
         return img, txt, a.model.logit_scale
 
 
@@ -155,11 +149,12 @@ class Trainer:
             )
         self.optimizer = build_optimizer(self.params, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg.optim)
-        self.text_top = text_top  # top text layers over cached lower ones (finetune.texttop)
+        # cached frozen text part (finetune.texttop): lower layers under top-N LoRA, or a locked
+        # tower's pooled output; None = the whole text tower runs every step
+        self.text_top = text_top
         self.anchor = anchor  # initial projections for loss.anchor_weight (finetune.anchor)
         self.step_module = StepModule(adapt, text_top)
         self.ddp = self._wrap_ddp()
-        self.text_cache: dict[str, torch.Tensor] = {}
         self.state = TrainState()
         self.precision = _precision(cfg.backbone.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
@@ -209,15 +204,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ features
-    def _text_features(self, texts: list[str]) -> torch.Tensor:
-        """Unique texts -> input for StepModule (ids, or cached pooled features if text is locked)."""
-        if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "never":
-            missing = [t for t in texts if t not in self.text_cache]
-            if missing:
-                ids = self.adapt.bb.tokenizer(missing).to(self.device)
-                pooled = self.adapt.pooled_text(ids).float()
-                self.text_cache.update(zip(missing, pooled, strict=True))
-            return torch.stack([self.text_cache[t] for t in texts])
+    def _text_ids(self, texts: list[str]) -> torch.Tensor:
+        """Unique texts -> token ids [u, L] (the whole tower runs: no `text_top` cache applies)."""
         return self.adapt.bb.tokenizer(texts).to(self.device)
 
     def _micro_loss(self, item: tuple | None) -> torch.Tensor | None:
@@ -250,8 +238,7 @@ class Trainer:
         if self.text_top is not None:
             kw["texts"] = uniq
         else:
-            text_in = self._text_features(uniq)
-            kw["pooled_text" if text_in.is_floating_point() else "text_ids"] = text_in
+            kw["text_ids"] = self._text_ids(uniq)
         with self._autocast():
             img, txt_u, log_scale = self.ddp(**kw)
             where = {t: i for i, t in enumerate(uniq)}
@@ -282,10 +269,7 @@ class Trainer:
         LoRA: the top layers over the cached lower ones)."""
         if self.text_top is not None:
             return self.text_top.encode(texts)
-        text_in = self._text_features(texts)
-        if text_in.is_floating_point():
-            return self.adapt.text_from_pooled(text_in)
-        return self.adapt.model.encode_text(text_in)
+        return self.adapt.model.encode_text(self._text_ids(texts))
 
     def _supervised(
         self, img: torch.Tensor, labels: list[list[str]], scale: torch.Tensor, tiled: TiledLoss | None = None
@@ -299,11 +283,7 @@ class Trainer:
         ct = class_texts(self.prompts, self.splits.classes)
         g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.state.step)
         prompts = [ts[int(torch.randint(len(ts), (1,), generator=g))] for ts in ct.values()]
-        if self.text_top is not None:
-            W = F.normalize(self.text_top.encode(prompts).float(), dim=-1)
-        else:
-            ids = self.adapt.bb.tokenizer(prompts).to(self.device)
-            W = F.normalize(self.adapt.model.encode_text(ids).float(), dim=-1)
+        W = F.normalize(self._encode_with_grad(prompts).float(), dim=-1)
         lookup = {c: i for i, c in enumerate(self.splits.classes)}
         y = torch.tensor(
             [lookup.get(lab[0], -1) if lab else -1 for lab in labels], device=img.device
@@ -436,15 +416,7 @@ class Trainer:
     @torch.no_grad()
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         with self._autocast():
-            if self.adapt.modes["text"] == "locked" and self.cfg.train.cache_features != "never":
-                return self.adapt.text_from_pooled(self._text_features(texts)).float().cpu()
-            if self.text_top is not None:
-                return self.text_top.encode(texts).float().cpu()
-            return (
-                self.adapt.model.encode_text(self.adapt.bb.tokenizer(texts).to(self.device))
-                .float()
-                .cpu()
-            )
+            return self._encode_with_grad(texts).float().cpu()  # no_grad: the decorator
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics of the current weights (every process computes the same numbers)."""

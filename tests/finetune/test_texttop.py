@@ -9,10 +9,13 @@ from domainclip.finetune.adaptation import prepare
 from domainclip.finetune.config import load_config, migrate_config_dict
 from domainclip.finetune.methods.lora import layer_index
 from domainclip.finetune.texttop import (
-    LowerTextCache,
+    FrozenTextCache,
+    PooledText,
     TextTop,
     build_text_top,
+    choose_text_tower,
     length_chunks,
+    text_cache_key,
     text_stack,
 )
 from domainclip.models import load_backbone
@@ -99,7 +102,7 @@ def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
     tok = adapt.bb.tokenizer
 
     def fresh():
-        c = LowerTextCache(stack, tok, torch.device("cpu"), str(tmp_path))
+        c = FrozenTextCache(stack, tok, torch.device("cpu"), str(tmp_path))
         c.prepare(TEXTS)
         return c
 
@@ -154,3 +157,219 @@ def test_old_runs_migrate_to_every_layer():
     assert migrate_config_dict(old)["method"]["lora"]["text_layers"] == 0
     new = {"method": {"name": "lora", "lora": {"r": 8, "text_layers": 1}}}
     assert migrate_config_dict(new)["method"]["lora"]["text_layers"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Projection-only text training: method.text_tower locked, the pooled output cached
+
+
+@pytest.fixture(scope="module")
+def locked_adapt():
+    """The embedded default with a locked text tower (only the projections train)."""
+    torch.manual_seed(0)
+    cfg = load_config(None, ["data.manifest=x", "method.text_tower=locked"])
+    return cfg, prepare(load_backbone("default"), cfg.method)
+
+
+def test_locked_tower_cached_pooled_output_equals_the_full_forward(locked_adapt):
+    cfg, adapt = locked_adapt
+    top = build_text_top(cfg, adapt, torch.device("cpu"), TEXTS)
+    assert isinstance(top.cache.stack, PooledText) and top.cache.info["layers_cached"] == "pooled"
+    assert all(tuple(v.shape) == (1, 384) for v in top.cache.store.values())  # MiniLM width
+    adapt.set_train(True)  # the locked tower runs in eval mode whatever the model's mode
+    with torch.no_grad():
+        cached = top.encode(TEXTS)
+        adapt.set_train(False)
+        full = adapt.model.encode_text(adapt.bb.tokenizer(TEXTS))
+    assert cached.shape == full.shape == (4, 256)
+    torch.testing.assert_close(cached, full, atol=2e-5, rtol=1e-4)
+    # only the text projection gets gradients; the tower is not run again (served from the cache)
+    adapt.set_train(True)
+    adapt.model.zero_grad()
+    calls = []
+    real_run = top.cache.stack.run
+    top.cache.stack.run = lambda ids: calls.append(ids) or real_run(ids)
+    try:
+        top.encode(TEXTS[:2]).square().sum().backward()
+    finally:
+        del top.cache.stack.run
+    assert not calls
+    grads = {n for n, p in adapt.trainable_parameters().items() if p.grad is not None}
+    assert grads and all(n.startswith("text.proj") for n in grads)
+
+
+def test_locked_pooled_cache_invalidates_on_tower_weights_and_tokenizer(locked_adapt, tmp_path):
+    _, adapt = locked_adapt
+    tok = adapt.bb.tokenizer
+
+    def fresh():
+        c = FrozenTextCache(PooledText(adapt), tok, torch.device("cpu"), str(tmp_path))
+        c.prepare(TEXTS)
+        return c
+
+    first = fresh()
+    assert not first.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 1
+    second = fresh()
+    assert second.info["reused"]
+    for t in TEXTS:
+        torch.testing.assert_close(first.store[t], second.store[t], atol=0, rtol=0)
+    # the projection trains: a change of it keeps the cache
+    proj = adapt.base.text.proj
+    w = next(proj.parameters())
+    saved = w.detach().clone()
+    with torch.no_grad():
+        w.add_(1.0)
+    assert fresh().info["reused"]
+    with torch.no_grad():
+        w.copy_(saved)
+    # any tower weight (here the TOP layer, which the lower-layer cache would not cover): new file
+    top_w = adapt.base.text.transformer.encoder.layer[5].output.dense.weight
+    saved = top_w.detach().clone()
+    with torch.no_grad():
+        top_w.add_(0.5)
+    try:
+        changed = fresh()
+        assert not changed.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 2
+        assert not torch.allclose(changed.store[TEXTS[1]], first.store[TEXTS[1]])
+    finally:
+        with torch.no_grad():
+            top_w.copy_(saved)
+    old = tok.context_length
+    tok.context_length = 8  # truncates the long texts differently: recomputed
+    try:
+        short = fresh()
+        assert not short.info["reused"]
+        assert not torch.allclose(short.store[TEXTS[3]], first.store[TEXTS[3]])
+    finally:
+        tok.context_length = old
+    assert fresh().info["reused"]
+
+
+def test_lower_layer_and_pooled_caches_never_share_a_file():
+    """Same weights, tokenizer and texts: the key still says what is cached."""
+    assert text_cache_key("w", "t", 4, TEXTS) != text_cache_key("w", "t", "pooled", TEXTS)
+
+
+def test_help_text_names_the_projection_only_recipe():
+    from domainclip.configschema import describe
+    from domainclip.finetune.config import FinetuneConfig
+
+    helps = {k: h for k, _, h in describe(FinetuneConfig)}
+    assert "method.text_tower=locked" in helps["method.lora.text_layers"]
+    tower = helps["method.text_tower"]
+    assert "cached" in tower and "projection" in tower and "anchor_weight" in tower
+
+
+def test_locked_text_trains_through_the_cache(tiny_vit, syn_manifest, tmp_path, monkeypatch):
+    """The step loop serves a locked tower from the cache: each distinct text runs through the
+    tower once (training, validation texts and class prompts), however many steps; the text
+    projection moves, the tower does not; the supervised term and the anchor work on top."""
+    from domainclip.finetune import finetune
+    from domainclip.runs import load_adaptation
+
+    from .conftest import tiny_config
+
+    seen: list[int] = []
+    real = PooledText.run
+    monkeypatch.setattr(PooledText, "run", lambda self, ids: seen.append(len(ids)) or real(self, ids))
+    cfg = tiny_config(
+        tiny_vit, syn_manifest, "method.text_tower=locked", "loss.supervised_weight=0.5",
+        "loss.anchor_weight=0.1", "train.max_steps=4", "eval.every_steps=2",
+    )
+    res = finetune(cfg, tmp_path / "run")
+    assert res.steps == 4 and res.info["text_cache"]["layers_cached"] == "pooled"
+    assert sum(seen) == res.info["text_cache"]["texts"]  # never recomputed after prepare
+    trained = load_adaptation(tmp_path / "run", "last")
+    base = load_backbone(str(tiny_vit)).model.state_dict()
+    now = trained.base.state_dict()
+    assert not torch.equal(now["text_projection"], base["text_projection"])
+    assert torch.equal(now["token_embedding.weight"], base["token_embedding.weight"])
+
+
+def test_locked_text_with_the_robust_framing_loss(tiny_vit, syn_manifest, tmp_path):
+    """robustness on a locked text tower: the terms train the text projection (the only text part
+    that trains) over cached pooled prompts, including prompts met only during training."""
+    from domainclip.finetune import finetune
+
+    from .conftest import tiny_config
+
+    cfg = tiny_config(
+        tiny_vit, syn_manifest, "method.text_tower=locked", "robustness.enabled=true",
+        "robustness.pool=industrial", "robustness.augment_reports=true", "train.log_every=1",
+    )
+    res = finetune(cfg, tmp_path / "run")
+    assert res.steps == 6 and res.info["text_cache"]["layers_cached"] == "pooled"
+    assert res.info["robustness"]["k"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# method.text_tower: auto
+
+
+class _Words:
+    """A tokenizer stand-in: one word piece per word, plus CLS and SEP."""
+
+    context_length = 64
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 2
+
+
+def test_auto_text_tower_locks_for_long_reports_only():
+    short = ["a scratch", "two scratches on steel", "a patch"]
+    mode, reason = choose_text_tower(short * 3, _Words(), 10)
+    assert mode == "lora" and "3 distinct" in reason and "median length is 4 word pieces" in reason
+    long_ = ["word " * 30, "word " * 40, "x"]  # median 32 word pieces
+    mode, reason = choose_text_tower(long_, _Words(), 10)
+    assert mode == "locked" and "median length is 32" in reason and "(> 10" in reason
+    assert choose_text_tower(["word " * 9], _Words(), 10)[0] == "locked"  # 11 > 10
+    assert choose_text_tower(["word " * 8], _Words(), 10)[0] == "lora"  # 10: not above
+    assert choose_text_tower(["word " * 500], _Words(), 100)[0] == "lora"  # capped at 64 tokens
+    assert choose_text_tower([], _Words(), 10)[0] == "lora"
+
+
+def test_auto_text_tower_is_for_lora_only():
+    from domainclip.errors import ConfigError
+
+    assert load_config(None, ["data.manifest=x", "method.text_tower=auto"]).method.text_tower == "auto"
+    with pytest.raises(ConfigError, match="text_tower=auto.*clip_adapter"):
+        load_config(None, ["data.manifest=x", "method.name=clip_adapter", "method.text_tower=auto"])
+
+
+@pytest.mark.parametrize("threshold, expected", [(1000, "lora"), (1, "locked")])
+def test_auto_text_tower_resolved_recorded_and_resumed(
+    tiny_vit, syn_manifest, tmp_path, monkeypatch, threshold, expected
+):
+    import yaml
+
+    from domainclip.finetune import finetune
+
+    from .conftest import tiny_config
+
+    monkeypatch.setattr("domainclip.finetune.config.TEXT_AUTO_TOKENS", threshold)
+    cfg = tiny_config(tiny_vit, syn_manifest, "method.text_tower=auto", "train.max_steps=2",
+                      "eval.every_steps=2")
+    res = finetune(cfg, tmp_path / "run")
+    choice = res.info["text_tower_choice"]
+    assert choice.startswith(f"method.text_tower auto -> {expected}:")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["method"]["text_tower"] == expected
+    layers = res.info.get("text_cache", {}).get("layers_cached")
+    assert layers == ("pooled" if expected == "locked" else None)  # tiny causal tower: no stack
+    # the same config (auto) resumes the run: the recorded choice, no config difference
+    again = finetune(cfg, tmp_path / "run", resume=True)
+    assert again.info["text_tower_choice"] == f"method.text_tower auto: {expected}, as chosen when the run started"
+
+
+def test_shipped_recipes_lock_the_text_tower_for_long_reports_only():
+    """covid-cxr (long notes) trains projections only; the short-text configs keep top-2 LoRA."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "domainclip" / "configs"
+    modes = {
+        name: load_config(configs / f"{name}.yaml", ["data.manifest=x"]).method
+        for name in ("covid_cxr_lora", "neu_det_lora", "demo_synthetic_lora")
+    }
+    assert (modes["covid_cxr_lora"].image_tower, modes["covid_cxr_lora"].text_tower) == ("locked", "locked")
+    for name in ("neu_det_lora", "demo_synthetic_lora"):
+        assert modes[name].text_tower == "lora" and modes[name].lora.text_layers == 2
