@@ -457,6 +457,25 @@ class RobustnessConfig:
         "prompt, squared) or kl (KL of the framed class distribution from the neutral one)",
         choices=("squared", "kl"),
     )
+    space: str = option(
+        "probability",
+        "where the consistency term compares a framing with the neutral prompt: probability (the "
+        "target probability, or the class distribution with kl) or logit (the target's log-odds "
+        "against the other classes; multi-label: the finding's positive-vs-negative logit), "
+        "which keeps a gradient on confident images whose probability is saturated",
+        choices=("probability", "logit"),
+    )
+    start: float = option(
+        0.0,
+        "share of the training steps before the terms start (the main loss converges first); "
+        "no prompt is encoded for them before",
+        range=(0, 1, "[)"),
+    )
+    ramp: float = option(
+        0.0,
+        "share of the training steps over which the weight then rises linearly from 0 to weight",
+        range=(0, 1, "[]"),
+    )
     anchored: bool = option(
         True,
         "the neutral prompt is the anchor: the consistency term moves the framed probabilities "
