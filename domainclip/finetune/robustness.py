@@ -11,6 +11,12 @@ prompts, or per finding the binary probability of positive vs the neutral negati
                   or KL(sg(q_neutral) || q_k)            divergence: kl (whole class distribution)
     negation    = mean  relu(p_negated - sg(p_neutral) + margin)   (sg: no gradient; 0 if margin 0)
 
+With `space: logit` the consistency term compares log-odds instead: for single-label sets the
+target's z_y - logsumexp(z_others) (`target_log_odds`), for multi-label the finding's positive
+minus negative logit. A probability near 1 has almost no gradient (most training images of a
+fitted run), although its log-odds still drop by nats under a new wording; the log-odds keep that
+gradient. `start`/`ramp` delay and ramp the weight (shares of the run's steps; `factor`).
+
 The terms train the text side only (image features and logit scale are detached).
 (`anchored: false` lets the consistency gradient reach the neutral side too. Anchored is the
 default: on the synthetic benchmark the symmetric form dragged the neutral classification towards
