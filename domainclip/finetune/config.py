@@ -483,8 +483,8 @@ class RobustnessConfig:
     )
     negation_margin: float = option(
         0.1,
-        "a negated framing must lower the target probability by at least this much (hinge); "
-        "0 = no negation term",
+        "a negated framing must lower the target probability by at least this much (hinge; with "
+        "space: logit, its log-odds, in nats); 0 = no negation term",
         range=(0, 1, "[]"),
     )
     controls: list[str] = option(

@@ -91,7 +91,7 @@ def negation_term(neutral: torch.Tensor, negated: torch.Tensor, margin: float) -
     so the term lowers the negated probability rather than raising the neutral one.
 
     Args:
-        neutral, negated: [n] target probabilities. margin: in probability units.
+        neutral, negated: [n] target probabilities (or log-odds). margin: in the same units.
     """
     if neutral.shape[0] == 0 or margin <= 0:
         return negated.sum() * 0.0
@@ -306,11 +306,11 @@ class FramingObjective:
         yk = y[keep]
         target = [p.gather(1, yk[:, None])[:, 0] for p in probs]
         framed = probs[1 : 1 + self.k]
-        if self.space == "logit":
-            odds = [target_log_odds(z[keep], yk) for z in logits]
+        if self.space == "logit":  # both terms on the target's log-odds
+            target = [target_log_odds(z[keep], yk) for z in logits]
             if self.anchored:
-                odds[0] = odds[0].detach()
-            cons = consistency_term(odds[0], torch.stack(odds[1 : 1 + self.k]))
+                target[0] = target[0].detach()
+            cons = consistency_term(target[0], torch.stack(target[1 : 1 + self.k]))
         elif self.divergence == "kl":
             cons = consistency_term(probs[0], torch.stack(framed), "kl")
         else:
@@ -336,10 +336,11 @@ class FramingObjective:
         p = [torch.sigmoid(z[labelled]) for z in logits]
         if self.anchored:
             p[0] = p[0].detach()
-        if self.space == "logit":
-            z = [x[labelled] for x in logits]
-            z0 = z[0].detach() if self.anchored else z[0]
-            cons = consistency_term(z0.reshape(-1), torch.stack([q.reshape(-1) for q in z[1 : 1 + self.k]]))
+        if self.space == "logit":  # both terms on the finding's positive-vs-negative logit
+            p = [x[labelled] for x in logits]
+            if self.anchored:
+                p[0] = p[0].detach()
+            cons = consistency_term(p[0].reshape(-1), torch.stack([q.reshape(-1) for q in p[1 : 1 + self.k]]))
         elif self.divergence == "kl":
             two = [torch.stack([q, 1 - q], -1).reshape(-1, 2) for q in p]
             cons = consistency_term(two[0], torch.stack(two[1 : 1 + self.k]), "kl")

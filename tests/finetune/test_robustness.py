@@ -295,6 +295,33 @@ def test_logit_space_step_pulls_framed_log_odds_together():
     assert gap() < 0.5 * before
 
 
+def test_logit_space_hinge_lowers_the_negated_log_odds_by_the_margin():
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.5, space="logit")
+    draw = obj.draw(0)
+    texts = draw.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    g = torch.Generator().manual_seed(4)
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    labels, y = [["crack"], ["pit"], ["crack"], ["pit"]], torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # make the negated prompts the best match: the hinge is violated
+        for i, t in enumerate(draw.negated):
+            table[index[t]] = table[index[draw.neutral[i]]] + 0.5 * img[i]
+
+    def odds(group):
+        f = torch.nn.functional.normalize(table.detach(), dim=-1)
+        return target_log_odds(10 * img @ f[[index[t] for t in group]].T, y)
+
+    assert (odds(draw.negated) > odds(draw.neutral) - 0.5).any()
+    opt = torch.optim.SGD([table], lr=0.2)
+    for _ in range(60):
+        opt.zero_grad()
+        obj.loss(img, labels, torch.tensor(10.0), lambda ts: table[[index[t] for t in ts]], 0).backward()
+        opt.step()
+    assert obj.last["robust_negation"] < 0.1
+    assert (odds(draw.negated) < odds(draw.neutral)).all()  # the negation lowers every target
+
+
 def test_controls_keep_their_text_and_skip_negation():
     ps = load_prompt_set("configs/prompts/synthetic.yaml")
     obj = _objective(["clean", "pit"], ps, controls="[clean]", pool="industrial", k=3)
