@@ -167,7 +167,7 @@ def _objective(classes, prompts=None, **settings):
 def test_objective_step_moves_probabilities_the_right_way():
     """End to end on features: one gradient step on learnable text embeddings brings the framed
     target probability towards the neutral one and lowers the negated one."""
-    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.3)
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.3, space="probability")
     draw = obj.draw(0)
     texts = draw.texts()
     g = torch.Generator().manual_seed(0)
@@ -363,7 +363,7 @@ def test_augment_rewords_about_half_of_the_texts():
 def test_robust_run_records_its_settings_and_logs_the_terms(tiny_vit, syn_manifest, tmp_path):
     cfg = tiny_config(
         tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.pool=industrial",
-        "robustness.controls=[clean]", "train.log_every=1",
+        "robustness.controls=[clean]", "train.log_every=1", "robustness.k=2",
     )
     res = finetune(cfg, tmp_path / "run")
     info = res.info["robustness"]
