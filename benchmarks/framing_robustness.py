@@ -24,6 +24,11 @@ minutes on 2 shared CPU cores; `--table DIR` prints the collected table:
     python benchmarks/framing_robustness.py --data neu-det --recipe plain --steps 100 --out /tmp/fr
     python benchmarks/framing_robustness.py --table /tmp/fr
 
+`robust` uses the shipped `robustness` settings (README "Framing-robust fine-tuning"); `--set`
+overrides them for a variant (`--tag` keeps its results apart). covid-cxr with a short `--steps`:
+add `--set eval.at_start=false --set eval.every_steps=STEPS`, else the untrained step-0
+checkpoint can win on val R@1 and both recipes audit the untrained model.
+
 Data: synthetic = the demo's generated set (240 images, a sixth 2:1); neu-det and covid-cxr are
 imported from --data-root (default /work/shared/data). Frozen image features are kept in
 OUT/feature_cache, so the second recipe on a data set does not re-embed the images.

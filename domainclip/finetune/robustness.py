@@ -11,6 +11,12 @@ prompts, or per finding the binary probability of positive vs the neutral negati
                   or KL(sg(q_neutral) || q_k)            divergence: kl (whole class distribution)
     negation    = mean  relu(p_negated - sg(p_neutral) + margin)   (sg: no gradient; 0 if margin 0)
 
+With `space: logit` the consistency term compares log-odds instead: for single-label sets the
+target's z_y - logsumexp(z_others) (`target_log_odds`), for multi-label the finding's positive
+minus negative logit. A probability near 1 has almost no gradient (most training images of a
+fitted run), although its log-odds still drop by nats under a new wording; the log-odds keep that
+gradient. `start`/`ramp` delay and ramp the weight (shares of the run's steps; `factor`).
+
 The terms train the text side only (image features and logit scale are detached).
 (`anchored: false` lets the consistency gradient reach the neutral side too. Anchored is the
 default: on the synthetic benchmark the symmetric form dragged the neutral classification towards
@@ -68,12 +74,24 @@ def consistency_term(
     return (p * (p.log() - q.log())).sum(-1).mean()
 
 
+def target_log_odds(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log p_y - log(1 - p_y) of the softmax over the classes: z_y - logsumexp of the others.
+
+    Args:
+        logits: [n, C] class logits. y: [n] target indices.
+    Returns:
+        [n] log-odds (finite even where p_y rounds to 1, unlike the probability's gradient).
+    """
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return logits.gather(1, y[:, None])[:, 0] - torch.logsumexp(others, dim=1)
+
+
 def negation_term(neutral: torch.Tensor, negated: torch.Tensor, margin: float) -> torch.Tensor:
     """Hinge relu(p_negated - p_neutral + margin), mean over rows; p_neutral carries no gradient,
     so the term lowers the negated probability rather than raising the neutral one.
 
     Args:
-        neutral, negated: [n] target probabilities. margin: in probability units.
+        neutral, negated: [n] target probabilities (or log-odds). margin: in the same units.
     """
     if neutral.shape[0] == 0 or margin <= 0:
         return negated.sum() * 0.0
@@ -113,6 +131,10 @@ class FramingObjective:
     seed: int
     anchored: bool = True
     augment_reports: bool = False
+    space: str = "probability"
+    start: float = 0.0
+    ramp: float = 0.0
+    total_steps: int = 0
     last: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -121,9 +143,11 @@ class FramingObjective:
 
     @classmethod
     def of(
-        cls, cfg: FinetuneConfig, classes: Sequence[str], prompts: PromptSet | None
+        cls, cfg: FinetuneConfig, classes: Sequence[str], prompts: PromptSet | None,
+        total_steps: int = 0,
     ) -> FramingObjective | None:
-        """The objective of a config (None when `robustness.enabled` is off).
+        """The objective of a config (None when `robustness.enabled` is off). `total_steps`: the
+        run's optimizer steps (what `robustness.start` and `ramp` are shares of).
 
         Raises:
             ConfigError: unknown pool, a pool template equal to an audit template, a control
@@ -151,7 +175,8 @@ class FramingObjective:
             negative_templates=prompts.negative_templates if multi else (),
             controls=frozenset(() if multi else r.controls), k=r.k, weight=r.weight,
             divergence=r.divergence, margin=r.negation_margin, seed=cfg.train.seed,
-            anchored=r.anchored, augment_reports=r.augment_reports,
+            anchored=r.anchored, augment_reports=r.augment_reports, space=r.space,
+            start=r.start, ramp=r.ramp, total_steps=total_steps,
         )
 
     # ------------------------------------------------------------------ drawing texts
@@ -180,6 +205,16 @@ class FramingObjective:
             negatives = [neg_t.fill(label=n) for n in names]
         return PromptDraw(neutral, framed, negated, negatives)
 
+    def all_texts(self) -> list[str]:
+        """Every class prompt a draw can produce (neutral, framed, negated, negatives): what a
+        run with a cached lower text tower computes once before training."""
+        out: list[str] = []
+        for names in self.names:
+            for n in names:
+                out += [t.fill(label=n) for t in (*self.templates, *self.negative_templates)]
+                out += [f.fill(n) for f in self.pool.framings]
+        return list(dict.fromkeys(out))
+
     def _framed(self, framing: PoolFraming, names: list[str], neutral: list[str]) -> list[str]:
         return [
             neutral[i] if c in self.controls else framing.fill(names[i])
@@ -201,6 +236,17 @@ class FramingObjective:
         return out
 
     # ------------------------------------------------------------------ the loss
+    def factor(self, step: int) -> float:
+        """The share of `weight` applied at `step`: 0 before `start` x total_steps, then rising
+        linearly to 1 over `ramp` x total_steps (1 throughout when both are 0 or the run's
+        length is unknown)."""
+        if self.total_steps <= 0:
+            return 1.0
+        begin, width = self.start * self.total_steps, self.ramp * self.total_steps
+        if step < begin:
+            return 0.0
+        return 1.0 if width <= 0 else min(1.0, (step - begin + 1) / width)
+
     def loss(
         self,
         img: torch.Tensor,
@@ -223,6 +269,10 @@ class FramingObjective:
         # probability (a lower logit scale) or to move images towards the control prompt, which
         # cost classification in the benchmark; wording invariance belongs to the text encoder.
         img, scale = img.detach(), scale.detach()
+        factor = self.factor(step)
+        if factor == 0.0:  # warm-up: the main loss alone, nothing encoded
+            self.last = {"robust_consistency": 0.0, "robust_negation": 0.0}
+            return img.sum() * 0.0
         draw = self.draw(step)
         texts = draw.texts()
         feats = F.normalize(encode(texts).float(), dim=-1)
@@ -239,7 +289,7 @@ class FramingObjective:
         else:
             terms = self._single_label([logits(g) for g in groups], labels, draw.negated is not None)
         self.last = {f"robust_{k}": float(v.detach()) for k, v in terms.items()}
-        return self.weight * (terms["consistency"] + terms["negation"])
+        return factor * self.weight * (terms["consistency"] + terms["negation"])
 
     def _single_label(
         self, logits: list[torch.Tensor], labels: Sequence[Sequence[str]], has_negated: bool
@@ -256,7 +306,12 @@ class FramingObjective:
         yk = y[keep]
         target = [p.gather(1, yk[:, None])[:, 0] for p in probs]
         framed = probs[1 : 1 + self.k]
-        if self.divergence == "kl":
+        if self.space == "logit":  # both terms on the target's log-odds
+            target = [target_log_odds(z[keep], yk) for z in logits]
+            if self.anchored:
+                target[0] = target[0].detach()
+            cons = consistency_term(target[0], torch.stack(target[1 : 1 + self.k]))
+        elif self.divergence == "kl":
             cons = consistency_term(probs[0], torch.stack(framed), "kl")
         else:
             cons = consistency_term(target[0], torch.stack(target[1 : 1 + self.k]))
@@ -281,7 +336,12 @@ class FramingObjective:
         p = [torch.sigmoid(z[labelled]) for z in logits]
         if self.anchored:
             p[0] = p[0].detach()
-        if self.divergence == "kl":
+        if self.space == "logit":  # both terms on the finding's positive-vs-negative logit
+            p = [x[labelled] for x in logits]
+            if self.anchored:
+                p[0] = p[0].detach()
+            cons = consistency_term(p[0].reshape(-1), torch.stack([q.reshape(-1) for q in p[1 : 1 + self.k]]))
+        elif self.divergence == "kl":
             two = [torch.stack([q, 1 - q], -1).reshape(-1, 2) for q in p]
             cons = consistency_term(two[0], torch.stack(two[1 : 1 + self.k]), "kl")
         else:
@@ -297,6 +357,7 @@ class FramingObjective:
             "pool": self.pool.describe(), "k": self.k, "weight": self.weight,
             "divergence": self.divergence, "negation_margin": self.margin, "anchored": self.anchored,
             "controls": sorted(self.controls), "augment_reports": self.augment_reports,
+            "space": self.space, "start": self.start, "ramp": self.ramp,
             "classes": list(self.classes), "texts_per_step": len(self.draw(0).texts()),
         }
 

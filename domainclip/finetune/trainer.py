@@ -159,7 +159,9 @@ class Trainer:
         self.precision = _precision(cfg.backbone.precision, device)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
         self._cache_pos = self._cache_positions()
-        self.robust = FramingObjective.of(cfg, splits.classes, prompts)  # None unless robustness.enabled
+        self.robust = FramingObjective.of(cfg, splits.classes, prompts, self.total_steps)  # None unless enabled
+        if self.robust is not None and text_top is not None:  # the pool's lower layers once, not per step
+            text_top.cache.ensure(self.robust.all_texts())
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap_ddp(self) -> nn.Module:

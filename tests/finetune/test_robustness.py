@@ -25,6 +25,7 @@ from domainclip.finetune.robustness import (
     FramingObjective,
     consistency_term,
     negation_term,
+    target_log_odds,
 )
 from domainclip.finetune.runlog import read_metrics
 from domainclip.scoring.prompts import load_prompt_set
@@ -166,7 +167,7 @@ def _objective(classes, prompts=None, **settings):
 def test_objective_step_moves_probabilities_the_right_way():
     """End to end on features: one gradient step on learnable text embeddings brings the framed
     target probability towards the neutral one and lowers the negated one."""
-    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.3)
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.3, space="probability")
     draw = obj.draw(0)
     texts = draw.texts()
     g = torch.Generator().manual_seed(0)
@@ -222,6 +223,105 @@ def test_terms_train_the_text_side_only_and_the_neutral_prompt_is_the_anchor():
     assert table.grad[neutral].abs().sum() > 0  # symmetric: the neutral side moves too
 
 
+def test_target_log_odds_is_the_logit_of_the_softmax_probability():
+    z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 2])
+    p = torch.softmax(z, -1)[torch.arange(2), y]
+    assert torch.allclose(target_log_odds(z, y), torch.log(p / (1 - p)), atol=1e-5)
+
+
+def test_logit_space_keeps_a_gradient_where_the_probability_saturates():
+    """A confident image (p ~ 1 under both wordings): the squared probability gap gives the framed
+    prompt almost no gradient, the log-odds gap still pulls it towards the neutral one."""
+    neutral = torch.tensor([[12.0, 0.0]])
+    framed = torch.tensor([[8.0, 0.0]], requires_grad=True)
+    y = torch.tensor([0])
+    p = lambda z: torch.softmax(z, -1)[:, 0]  # noqa: E731
+    consistency_term(p(neutral), p(framed)[None]).backward()
+    prob_grad = framed.grad[0, 0].item()
+    framed.grad = None
+    consistency_term(target_log_odds(neutral, y), target_log_odds(framed, y)[None]).backward()
+    logit_grad = framed.grad[0, 0].item()
+    assert logit_grad < 0 and abs(logit_grad) > 1000 * abs(prob_grad)  # descent raises the framed logit
+
+
+def test_weight_warm_up_and_ramp():
+    obj = _objective(["crack", "pit"], pool="industrial", start=0.5, ramp=0.25)
+    obj.total_steps = 40
+    assert [obj.factor(s) for s in (0, 19)] == [0.0, 0.0]
+    assert obj.factor(20) == pytest.approx(0.1) and obj.factor(29) == 1.0 and obj.factor(39) == 1.0
+    calls = []
+    img = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    loss = obj.loss(img, [["crack"], ["pit"]], torch.tensor(10.0), lambda ts: calls.append(ts), 3)
+    assert loss.item() == 0.0 and not calls  # warm-up: nothing encoded, no term
+    assert _objective(["crack", "pit"], pool="industrial").factor(0) == 1.0  # default: from step 0
+
+
+def test_space_and_start_are_checked():
+    with pytest.raises(ConfigError, match=r"robustness\.space"):
+        _cfg("robustness.space=logits")
+    with pytest.raises(ConfigError, match=r"robustness\.start"):
+        _cfg("robustness.start=1")
+
+
+def test_all_texts_cover_every_draw():
+    ps = load_prompt_set("configs/prompts/synthetic.yaml")
+    obj = _objective(["clean", "pit", "crack"], ps, controls="[clean]", pool="industrial", k=3)
+    every = set(obj.all_texts())
+    assert all(set(obj.draw(s).texts()) <= every for s in range(30))
+
+
+def test_logit_space_step_pulls_framed_log_odds_together():
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0, space="logit")
+    draw = obj.draw(0)
+    texts = draw.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    g = torch.Generator().manual_seed(2)
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    labels, y = [["crack"], ["pit"], ["crack"], ["pit"]], torch.tensor([0, 1, 0, 1])
+
+    def gap():
+        f = torch.nn.functional.normalize(table.detach(), dim=-1)
+        lo = [target_log_odds(10 * img @ f[[index[t] for t in grp]].T, y) for grp in (draw.neutral, draw.framed[0])]
+        return (lo[1] - lo[0]).abs().mean().item()
+
+    before = gap()
+    opt = torch.optim.SGD([table], lr=0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        obj.loss(img, labels, torch.tensor(10.0), lambda ts: table[[index[t] for t in ts]], 0).backward()
+        opt.step()
+    assert gap() < 0.5 * before
+
+
+def test_logit_space_hinge_lowers_the_negated_log_odds_by_the_margin():
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.5, space="logit")
+    draw = obj.draw(0)
+    texts = draw.texts()
+    index = {t: i for i, t in enumerate(texts)}
+    g = torch.Generator().manual_seed(4)
+    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    labels, y = [["crack"], ["pit"], ["crack"], ["pit"]], torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():  # make the negated prompts the best match: the hinge is violated
+        for i, t in enumerate(draw.negated):
+            table[index[t]] = table[index[draw.neutral[i]]] + 0.5 * img[i]
+
+    def odds(group):
+        f = torch.nn.functional.normalize(table.detach(), dim=-1)
+        return target_log_odds(10 * img @ f[[index[t] for t in group]].T, y)
+
+    assert (odds(draw.negated) > odds(draw.neutral) - 0.5).any()
+    opt = torch.optim.SGD([table], lr=0.2)
+    for _ in range(60):
+        opt.zero_grad()
+        obj.loss(img, labels, torch.tensor(10.0), lambda ts: table[[index[t] for t in ts]], 0).backward()
+        opt.step()
+    assert obj.last["robust_negation"] < 0.1
+    assert (odds(draw.negated) < odds(draw.neutral)).all()  # the negation lowers every target
+
+
 def test_controls_keep_their_text_and_skip_negation():
     ps = load_prompt_set("configs/prompts/synthetic.yaml")
     obj = _objective(["clean", "pit"], ps, controls="[clean]", pool="industrial", k=3)
@@ -263,7 +363,7 @@ def test_augment_rewords_about_half_of_the_texts():
 def test_robust_run_records_its_settings_and_logs_the_terms(tiny_vit, syn_manifest, tmp_path):
     cfg = tiny_config(
         tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.pool=industrial",
-        "robustness.controls=[clean]", "train.log_every=1",
+        "robustness.controls=[clean]", "train.log_every=1", "robustness.k=2",
     )
     res = finetune(cfg, tmp_path / "run")
     info = res.info["robustness"]
