@@ -488,6 +488,20 @@ class RobustnessConfig:
         "share of the training steps over which the weight then rises linearly from 0 to weight",
         range=(0, 1, "[]"),
     )
+    balance: str = option(
+        "none",
+        "how the terms' gradient is weighed against the main loss's before optim.grad_clip: none "
+        "(one backward of the sum; the terms can dominate the clipped step) or gradnorm (the "
+        "terms' gradient is taken apart and scaled down to at most max_ratio x the main loss's "
+        "gradient norm on the parameters both train)",
+        choices=("none", "gradnorm"),
+    )
+    max_ratio: float = option(
+        1.0,
+        "with balance: gradnorm, the largest allowed norm of the terms' gradient as a multiple "
+        "of the main loss's gradient norm on the shared parameters",
+        range=(0, None, "()"),
+    )
     anchored: bool = option(
         True,
         "the neutral prompt is the anchor: the consistency term moves the framed probabilities "

@@ -23,6 +23,11 @@ default: on the synthetic benchmark the symmetric form dragged the neutral class
 the framed prompts, test accuracy 1.000 -> 0.861.)
     loss       += weight * (consistency + negation)
 
+`balance: gradnorm` (`GradBalance`) takes the terms' gradient apart from the main loss's and
+scales it to at most `max_ratio` x the main gradient's norm on the parameters both reach, before
+`optim.grad_clip`: with `none` the terms' gradient (5-10x the main one on the benchmark) dominated
+the clipped sum and the contrastive step shrank.
+
 Control classes (`robustness.controls`, e.g. clean) keep their neutral text under every framing
 and still compete in every softmax, as in the audit; the negation term skips images whose target
 is a control (the negated wording does not change its text). The negation term is also what keeps
@@ -98,6 +103,71 @@ def negation_term(neutral: torch.Tensor, negated: torch.Tensor, margin: float) -
     return F.relu(negated - neutral.detach() + margin).mean()
 
 
+def balance_factor(main_norm: float, robust_norm: float, max_ratio: float) -> float:
+    """The factor applied to the terms' gradient under `balance: gradnorm`: min(1, max_ratio x
+    main_norm / robust_norm), so the scaled gradient's norm is at most max_ratio x the main one
+    (and unchanged when already below). A zero terms' gradient keeps factor 1.
+    """
+    if robust_norm <= 0.0:
+        return 1.0
+    return min(1.0, max_ratio * main_norm / robust_norm)
+
+
+@dataclass
+class GradBalance:
+    """`balance: gradnorm`: the terms' gradient kept apart from `.grad`, then scaled and added.
+
+    Per micro-batch `accumulate(robust_loss, params)` takes the terms' gradient with
+    `torch.autograd.grad` (their graph is separate from the main loss's: image features and scale
+    are detached, the prompts encoded on their own), while the main loss goes through the usual
+    backward. Before clipping, `apply(params)` measures both norms on the parameters the terms
+    reach (the text side), scales the terms' gradient by `balance_factor` and adds it to `.grad`.
+    The optimizer step then sees main + s * robust, and `optim.grad_clip` clips that sum.
+    """
+
+    max_ratio: float
+    grads: dict[int, torch.Tensor] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+    def accumulate(self, robust: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
+        """Add d robust / d params (params: the trainable tensors, [any] each) to the buffer."""
+        if not robust.requires_grad:  # warm-up: the terms are a constant 0
+            return
+        for i, g in enumerate(torch.autograd.grad(robust, list(params), allow_unused=True)):
+            if g is not None:
+                self.grads[i] = g if i not in self.grads else self.grads[i] + g
+
+    def apply(self, params: Sequence[torch.Tensor]) -> dict[str, float]:
+        """Scale the buffered gradient and add it to the params' `.grad`; clear the buffer.
+
+        Returns:
+            {"robust_grad_ratio": robust norm / main norm before scaling, "robust_grad_scale": s}
+            ({} when the terms produced no gradient this step).
+        """
+        if not self.grads:
+            self.last = {}
+            return self.last
+        params = list(params)
+        idx = sorted(self.grads)
+        robust = _norm([self.grads[i] for i in idx])
+        main = _norm([params[i].grad for i in idx if params[i].grad is not None])
+        s = balance_factor(main, robust, self.max_ratio)
+        for i in idx:
+            g = self.grads[i].to(params[i].dtype) * s
+            params[i].grad = g if params[i].grad is None else params[i].grad.add_(g)
+        self.grads.clear()
+        ratio = robust / main if main > 0 else float("inf")
+        self.last = {"robust_grad_ratio": ratio, "robust_grad_scale": s}
+        return self.last
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    """L2 norm of a list of tensors taken as one vector (0 for none)."""
+    if not tensors:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([t.detach().float().norm() for t in tensors])))
+
+
 @dataclass
 class PromptDraw:
     """The texts of one step: neutral [C], framed [K][C], negated [C] | None, and for multi-label
@@ -135,6 +205,8 @@ class FramingObjective:
     start: float = 0.0
     ramp: float = 0.0
     total_steps: int = 0
+    balance: str = "none"
+    max_ratio: float = 1.0
     last: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -176,7 +248,8 @@ class FramingObjective:
             controls=frozenset(() if multi else r.controls), k=r.k, weight=r.weight,
             divergence=r.divergence, margin=r.negation_margin, seed=cfg.train.seed,
             anchored=r.anchored, augment_reports=r.augment_reports, space=r.space,
-            start=r.start, ramp=r.ramp, total_steps=total_steps,
+            start=r.start, ramp=r.ramp, total_steps=total_steps, balance=r.balance,
+            max_ratio=r.max_ratio,
         )
 
     # ------------------------------------------------------------------ drawing texts
@@ -358,6 +431,7 @@ class FramingObjective:
             "divergence": self.divergence, "negation_margin": self.margin, "anchored": self.anchored,
             "controls": sorted(self.controls), "augment_reports": self.augment_reports,
             "space": self.space, "start": self.start, "ramp": self.ramp,
+            "balance": self.balance, "max_ratio": self.max_ratio,
             "classes": list(self.classes), "texts_per_step": len(self.draw(0).texts()),
         }
 

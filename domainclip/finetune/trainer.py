@@ -37,7 +37,7 @@ from domainclip.finetune.errors import TrainingDiverged
 from domainclip.finetune.losses import multi_positive_loss, positive_mask, supervised_loss
 from domainclip.finetune.metric_names import resolve_metric
 from domainclip.finetune.optim import build_optimizer, build_scheduler
-from domainclip.finetune.robustness import FramingObjective
+from domainclip.finetune.robustness import FramingObjective, GradBalance
 from domainclip.finetune.runlog import RunLog
 from domainclip.finetune.texttop import TextTop
 from domainclip.finetune.tiles import TiledLoss, cached_images, tile_rule
@@ -162,6 +162,11 @@ class Trainer:
         self.robust = FramingObjective.of(cfg, splits.classes, prompts, self.total_steps)  # None unless enabled
         if self.robust is not None and text_top is not None:  # the pool's lower layers once, not per step
             text_top.cache.ensure(self.robust.all_texts())
+        # balance: gradnorm -> the terms' gradient is taken apart and scaled before the clip
+        self.balance = (
+            GradBalance(self.robust.max_ratio)
+            if self.robust is not None and self.robust.balance == "gradnorm" else None
+        )
 
     # ------------------------------------------------------------------ setup helpers
     def _wrap_ddp(self) -> nn.Module:
@@ -210,8 +215,10 @@ class Trainer:
         """Unique texts -> token ids [u, L] (the whole tower runs: no `text_top` cache applies)."""
         return self.adapt.bb.tokenizer(texts).to(self.device)
 
-    def _micro_loss(self, item: tuple | None) -> torch.Tensor | None:
-        """Loss of one micro-batch over the global batch, or None when it is skipped.
+    def _micro_loss(self, item: tuple | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """(loss, robust terms) of one micro-batch over the global batch, or None when it is
+        skipped. The robust terms are returned apart only under `robustness.balance: gradnorm`
+        (else they are in the loss and the second item is None).
 
         item: (split rows, pixels or None for cached features, tiles per image or None), or None
             when every image failed.
@@ -259,11 +266,14 @@ class Trainer:
                 )
             if self.anchor is not None:
                 loss = loss + self.cfg.loss.anchor_weight * self.anchor.penalty(self.adapt.base)
+            robust = None
             if self.robust is not None:  # framing consistency + negation (finetune.robustness)
-                loss = loss + self.robust.loss(
+                robust = self.robust.loss(
                     img, all_labels, scale, self._encode_with_grad, self.state.step, tiled
                 )
-        return loss
+                if self.balance is None:
+                    loss, robust = loss + robust, None
+        return loss, robust
 
     def _encode_with_grad(self, texts: list[str]) -> torch.Tensor:
         """texts -> [n, D] unnormalised features with gradients through what trains the text side
@@ -337,20 +347,29 @@ class Trainer:
         for item in group:
             # No DDP no_sync() for accumulation: a skipped last micro-batch would leave gradients
             # unsynchronised; syncing every micro-batch costs only communication.
-            loss = self._micro_loss(item)
-            if loss is None:
+            out = self._micro_loss(item)
+            if out is None:
                 self.state.skipped_batches += 1
                 log.warning(
                     "step %d: a batch without usable pairs (unreadable images) was skipped",
                     self.state.step + 1,
                 )
                 continue
-            if not torch.isfinite(loss):
-                self._diverged(f"the loss became {float(loss.detach())}")
+            loss, robust = out
+            total = loss if robust is None else loss + robust.detach()
+            if not torch.isfinite(total):
+                self._diverged(f"the loss became {float(total.detach())}")
             scaled = loss / acc
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            losses.append(float(loss.detach()))
+            if robust is not None:  # balance: gradnorm, kept apart until the step
+                scaled = robust / acc
+                self.balance.accumulate(
+                    self.scaler.scale(scaled) if self.scaler else scaled, list(self.params.values())
+                )
+            losses.append(float(total.detach()))
         if losses:
+            if self.balance is not None:
+                self.robust.last.update(self.balance.apply(list(self.params.values())))
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             norm = _grad_norm(self.params.values(), self.cfg.optim.grad_clip)

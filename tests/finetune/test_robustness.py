@@ -23,6 +23,8 @@ from domainclip.finetune.framings import (
 )
 from domainclip.finetune.robustness import (
     FramingObjective,
+    GradBalance,
+    balance_factor,
     consistency_term,
     negation_term,
     target_log_odds,
@@ -357,7 +359,73 @@ def test_augment_rewords_about_half_of_the_texts():
 
 
 # ---------------------------------------------------------------------------------------------
+# balance: gradnorm
+
+
+def _hand_built(robust_scale: float):
+    """Shared w [3] (both losses), main-only m [2]: main = a.w + c.m, robust = robust_scale * b.w."""
+    w = torch.zeros(3, requires_grad=True)
+    m = torch.zeros(2, requires_grad=True)
+    a, b, c = torch.tensor([1.0, 2.0, 2.0]), torch.tensor([0.0, 3.0, -4.0]), torch.tensor([30.0, 40.0])
+    main = a @ w + c @ m
+    robust = robust_scale * (b @ w)
+    return w, m, a, b, c, main, robust
+
+
+def test_gradnorm_scales_the_terms_gradient_to_max_ratio_of_the_main_one_on_shared_params():
+    w, m, a, b, c, main, robust = _hand_built(10.0)  # |a| = 3, |10 b| = 50: ratio 16.7
+    main.backward()
+    bal = GradBalance(max_ratio=0.5)
+    bal.accumulate(robust, [w, m])
+    info = bal.apply([w, m])
+    # main norm on the shared w only (3), not on m (50): s = 0.5 * 3 / 50
+    assert info["robust_grad_scale"] == pytest.approx(0.5 * 3 / 50)
+    assert info["robust_grad_ratio"] == pytest.approx(50 / 3)
+    extra = w.grad - a  # the terms' part of the step
+    assert float(extra.norm()) == pytest.approx(0.5 * float(a.norm()), rel=1e-5)  # norm ratio = max_ratio
+    assert float(torch.nn.functional.cosine_similarity(extra, b, dim=0)) == pytest.approx(1.0)  # same direction
+    assert torch.equal(m.grad, c)  # a parameter the terms do not reach keeps the main gradient
+    assert not bal.grads  # buffer cleared
+
+
+def test_gradnorm_leaves_a_small_terms_gradient_unchanged_and_accumulates_micro_batches():
+    w, m, a, b, c, main, robust = _hand_built(0.1)  # |0.1 b| = 0.5 < 3
+    main.backward()
+    bal = GradBalance(max_ratio=1.0)
+    bal.accumulate(robust / 2, [w, m])
+    bal.accumulate(robust.detach() * 0 + 0.1 * (b @ w) / 2, [w, m])  # a second micro-batch
+    info = bal.apply([w, m])
+    assert info["robust_grad_scale"] == 1.0
+    assert torch.allclose(w.grad, a + 0.1 * b)
+    assert balance_factor(2.0, 0.0, 1.0) == 1.0 and balance_factor(0.0, 1.0, 1.0) == 0.0
+    assert bal.apply([w, m]) == {}  # nothing buffered: nothing added
+
+
+def test_balance_keys_are_checked():
+    assert _cfg("robustness.balance=gradnorm").robustness.balance == "gradnorm"
+    with pytest.raises(ConfigError, match=r"robustness\.balance"):
+        _cfg("robustness.balance=clip")
+    with pytest.raises(ConfigError, match=r"robustness\.max_ratio"):
+        _cfg("robustness.max_ratio=0")
+
+
 # Training with the terms on
+
+
+def test_gradnorm_run_logs_the_scale_and_bounds_the_terms(tiny_vit, syn_manifest, tmp_path):
+    cfg = tiny_config(
+        tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.controls=[clean]",
+        "train.log_every=1", "robustness.start=0", "robustness.balance=gradnorm",
+        "robustness.max_ratio=0.5",
+    )
+    res = finetune(cfg, tmp_path / "run")
+    assert res.info["robustness"]["balance"] == "gradnorm"
+    events = [e for e in read_metrics(tmp_path / "run") if e["event"] == "train"]
+    scaled = [e for e in events if "robust_grad_scale" in e]
+    assert scaled and all(0 <= e["robust_grad_scale"] <= 1 for e in scaled)
+    # after scaling the terms' norm is min(ratio, max_ratio) x the main one
+    assert all(min(e["robust_grad_ratio"], 0.5) == pytest.approx(
+        e["robust_grad_ratio"] * e["robust_grad_scale"], rel=1e-5) for e in scaled)
 
 
 def test_robust_run_records_its_settings_and_logs_the_terms(tiny_vit, syn_manifest, tmp_path):
