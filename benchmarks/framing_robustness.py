@@ -29,7 +29,7 @@ overrides them for a variant (`--tag` keeps its results apart). covid-cxr with a
 add `--set eval.at_start=false --set eval.every_steps=STEPS`, else the untrained step-0
 checkpoint can win on val R@1 and both recipes audit the untrained model.
 
-Data: synthetic = the demo's generated set (240 images, a sixth 2:1); neu-det and covid-cxr are
+Data: synthetic = the demo's generator at 240 images (a sixth 2:1; the demo itself makes 300 with a calib split); neu-det and covid-cxr are
 imported from --data-root (default /work/shared/data). Frozen image features are kept in
 OUT/feature_cache, so the second recipe on a data set does not re-embed the images.
 """
