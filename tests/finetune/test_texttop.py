@@ -296,6 +296,7 @@ def test_locked_text_with_the_robust_framing_loss(tiny_vit, syn_manifest, tmp_pa
     cfg = tiny_config(
         tiny_vit, syn_manifest, "method.text_tower=locked", "robustness.enabled=true",
         "robustness.pool=industrial", "robustness.augment_reports=true", "train.log_every=1",
+        "robustness.k=2",
     )
     res = finetune(cfg, tmp_path / "run")
     assert res.steps == 6 and res.info["text_cache"]["layers_cached"] == "pooled"
