@@ -3,8 +3,14 @@
 Single-label (probabilities p [N, C], labels y [N]); a nonconformity score s(x, c) per class:
 
 * ``lac``  (least ambiguous set-valued classifier): s = 1 - p_c.
-* ``aps``  (adaptive prediction sets, non-randomised): s = total probability of the classes ranked
-  at or above c (classes sorted by p, descending; ties by class index).
+* ``aps``  (adaptive prediction sets, non-randomised): the total probability of the classes
+  ranked at or above c (classes sorted by p, descending; ties by class index), computed as
+  s = -(the probability of the classes ranked strictly below c), i.e. that mass minus 1. Same
+  sets, but a confident model no longer breaks it: in floating point the mass at or above the
+  second class of p = [1 - 1e-12, 1e-12, ...] rounds to 1.0, every class tied with the true one and
+  the sets held all 6 NEU-DET classes; the tail mass keeps them apart. (Thresholds stored before
+  this change, on the "mass at or above" scale, are read by subtracting 1; records say ``score:
+  tail``.)
 * ``raps`` (regularised APS): aps + lam * max(0, rank_c - k_reg), rank 1-based; penalises long
   sets (defaults lam = 0.01, k_reg = 1).
 
@@ -60,6 +66,7 @@ from domainclip.calibrators.record import CalibrationError
 METHODS = ("lac", "aps", "raps")
 MULTI_METHOD = "crc_fnr"
 CONFORMAL_KEY = "conformal"  # where the calibration record stores the thresholds
+TAIL_SCORE = "tail"  # APS/RAPS scores as minus the mass ranked below (see module doc)
 
 
 def _rank_order(probs: np.ndarray) -> np.ndarray:
@@ -86,9 +93,11 @@ def class_scores(
         raise CalibrationError(f"unknown conformal method {method!r}; choose one of {', '.join(METHODS)}")
     order = _rank_order(probs)
     sorted_p = np.take_along_axis(probs, order, axis=1)
-    cum = np.cumsum(sorted_p, axis=1)
+    # mass strictly below each rank, summed from the smallest up (exact for tiny tails)
+    at_or_below = np.cumsum(sorted_p[:, ::-1], axis=1)[:, ::-1]
+    below = np.concatenate([at_or_below[:, 1:], np.zeros((len(probs), 1))], axis=1)
     scores = np.empty_like(probs)
-    np.put_along_axis(scores, order, cum, axis=1)
+    np.put_along_axis(scores, order, -below, axis=1)
     if u is not None:
         scores = scores - (1.0 - np.asarray(u, dtype=float)[:, None]) * probs
     if method == "raps":
@@ -199,6 +208,7 @@ class ConformalThresholds:
             "seed": self.seed,
             "cross_fitted": self.cross_fitted,
             "pooled": list(self.pooled),
+            **({"score": TAIL_SCORE} if self.method in ("aps", "raps") else {}),
         }
 
     @classmethod
@@ -206,8 +216,9 @@ class ConformalThresholds:
         def num(v: Any) -> float:
             return math.inf if v is None else float(v)
 
-        per_class = [num(v) for v in d.get("per_class", [])]
-        threshold = None if d.get("mondrian") or d["method"] == MULTI_METHOD else num(d.get("threshold"))
+        shift = 1.0 if d["method"] in ("aps", "raps") and d.get("score") != TAIL_SCORE else 0.0
+        per_class = [num(v) - shift for v in d.get("per_class", [])]
+        threshold = None if d.get("mondrian") or d["method"] == MULTI_METHOD else num(d.get("threshold")) - shift
         return cls(d["method"], float(d["alpha"]), int(d["n"]), bool(d.get("mondrian", False)),
                    threshold, per_class, [int(v) for v in d.get("n_per_class", [])],
                    float(d.get("lam", 0.01)), int(d.get("k_reg", 1)), str(d.get("split", "val")),

@@ -30,10 +30,33 @@ Y = np.array([0, 1, 1, 0, 2])
 
 
 def test_scores_by_hand():
-    # LAC: 1 - p_c.  APS: mass of the classes ranked at or above c.  RAPS: + lam * max(0, rank - k).
+    # LAC: 1 - p_c.  APS: mass of the classes ranked at or above c, minus 1 (= minus the mass ranked
+    # below c).  RAPS: + lam * max(0, rank - k).
     assert class_scores(P[:1], "lac") == pytest.approx(np.array([[0.3, 0.8, 0.9]]))
-    assert class_scores(P[3:4], "aps") == pytest.approx(np.array([[1.0, 0.8, 0.5]]))
-    assert class_scores(P[3:4], "raps", lam=0.1, k_reg=1) == pytest.approx(np.array([[1.2, 0.9, 0.5]]))
+    assert class_scores(P[3:4], "aps") == pytest.approx(np.array([[1.0, 0.8, 0.5]]) - 1)
+    assert class_scores(P[3:4], "raps", lam=0.1, k_reg=1) == pytest.approx(np.array([[1.2, 0.9, 0.5]]) - 1)
+
+
+def test_aps_keeps_classes_apart_when_the_model_is_confident():
+    """Mass at or above the 2nd class of a saturated softmax rounds to 1.0 in float64; the tail
+    mass does not, so the sets stay small where every class used to tie with the true one."""
+    z = np.array([[40.0, 0.0, -5.0, -9.0]] * 20 + [[0.0, 40.0, -5.0, -9.0]] * 20)
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    y = np.array([0] * 20 + [1] * 20)
+    assert np.cumsum(np.sort(probs[0])[::-1])[1] == 1.0  # the old score of class 2: a tie
+    t = fit_conformal(probs, y, 0.1, "aps")
+    assert t.predict_sets(probs).sum(1).tolist() == [1] * 40
+
+
+def test_aps_thresholds_stored_on_the_old_scale_are_read_as_before():
+    t = fit_conformal(P, Y, 0.6, "aps")
+    old = {k: v for k, v in t.to_dict().items() if k != "score"}
+    old["threshold"] = t.threshold + 1.0  # records written before the tail score
+    back = ConformalThresholds.from_dict(old)
+    assert back.threshold == pytest.approx(t.threshold)
+    assert back.predict_sets(P).tolist() == t.predict_sets(P).tolist()
+    assert ConformalThresholds.from_dict(t.to_dict()).threshold == t.threshold
 
 
 def test_quantile_is_the_ceil_n_plus_1_rank():
@@ -63,7 +86,7 @@ def test_aps_sets_by_hand():
     # [.7,.2,.1] cum .7, .9 -> {0}; [.5,.3,.2] .5, .8 -> {0, 1}; [.1,.6,.3] .6, .9 -> {1};
     # [.2,.3,.5] .5, .8 -> {2, 1}; [.4,.35,.25] .4, .75, 1.0 -> {0, 1}
     t = fit_conformal(P, Y, 0.6, "aps")
-    assert t.threshold == pytest.approx(0.8)
+    assert t.threshold == pytest.approx(0.8 - 1)
     assert t.predict_sets(P).tolist() == [
         [True, False, False],
         [True, True, False],
