@@ -306,6 +306,7 @@ def _toolkit(args):
 
 
 def _forever(trainer):
+    """Micro-batch groups of one epoch after another (also used by recipes.py)."""
     epoch = 0
     while True:
         for _, group in trainer._micro_batches(epoch, 0):

@@ -233,16 +233,9 @@ def _trainer(name: str, variant: str, manifest: Path, prompts: str, args):
     run = Path(tempfile.mkdtemp())
     t = Trainer(cfg, adapt, splits, cache, transforms, run, DistInfo(), cpu,
                 RunLog(run, enabled=False), prompts_, {}, top, anchor)
+    from finetune_speed import _forever  # benchmarks/ is on sys.path (above)
+
     return t, _forever(t)
-
-
-def _forever(trainer):
-    """Micro-batch groups of one epoch after another."""
-    epoch = 0
-    while True:
-        for _, group in trainer._micro_batches(epoch, 0):
-            yield group
-        epoch += 1
 
 
 def speed(args) -> None:

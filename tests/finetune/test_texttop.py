@@ -96,22 +96,35 @@ def test_padding_is_trimmed_to_each_chunk(default_adapt):
     assert min(width for _, width in seen) <= lengths[2] < lengths[-1]  # short texts not padded to the long
 
 
-def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
-    _, adapt = default_adapt
-    stack = text_stack(adapt, 2)
-    tok = adapt.bb.tokenizer
+def _builder(source, tok, tmp_path):
+    """A function building a FrozenTextCache of `source` in `tmp_path` over TEXTS."""
 
     def fresh():
-        c = FrozenTextCache(stack, tok, torch.device("cpu"), str(tmp_path))
+        c = FrozenTextCache(source, tok, torch.device("cpu"), str(tmp_path))
         c.prepare(TEXTS)
         return c
 
+    return fresh
+
+
+def _built_twice(fresh, tmp_path):
+    """Build the cache twice: the first computes one file, the second reuses it bit for bit."""
     first = fresh()
     assert not first.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 1
     second = fresh()
     assert second.info["reused"]
     for t in TEXTS:
         torch.testing.assert_close(first.store[t], second.store[t], atol=0, rtol=0)
+    return first
+
+
+def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
+    _, adapt = default_adapt
+    stack = text_stack(adapt, 2)
+    tok = adapt.bb.tokenizer
+
+    fresh = _builder(stack, tok, tmp_path)
+    _built_twice(fresh, tmp_path)
     # a change of a TOP layer does not touch the cached part: still reused
     w = stack.layers[5].output.dense.base_layer.weight
     saved = w.detach().clone()
@@ -202,17 +215,8 @@ def test_locked_pooled_cache_invalidates_on_tower_weights_and_tokenizer(locked_a
     _, adapt = locked_adapt
     tok = adapt.bb.tokenizer
 
-    def fresh():
-        c = FrozenTextCache(PooledText(adapt), tok, torch.device("cpu"), str(tmp_path))
-        c.prepare(TEXTS)
-        return c
-
-    first = fresh()
-    assert not first.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 1
-    second = fresh()
-    assert second.info["reused"]
-    for t in TEXTS:
-        torch.testing.assert_close(first.store[t], second.store[t], atol=0, rtol=0)
+    fresh = _builder(PooledText(adapt), tok, tmp_path)
+    first = _built_twice(fresh, tmp_path)
     # the projection trains: a change of it keeps the cache
     proj = adapt.base.text.proj
     w = next(proj.parameters())

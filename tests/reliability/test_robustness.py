@@ -50,6 +50,27 @@ CASES = [
         finetune(None, "robustness.enabled=true", "robustness.controls=[clear]"),
         r"robustness\.controls: 'clear' not among the classes \(clean, pit\)",
     ),
+    # the round-2 settings (space, start, ramp, negation_margin)
+    Case(
+        "unknown_space",
+        finetune(None, "robustness.enabled=true", "robustness.space=logits"),
+        r"robustness\.space.*logits.*(probability|logit)",
+    ),
+    Case(
+        "start_at_the_end",
+        finetune(None, "robustness.enabled=true", "robustness.start=1"),
+        r"robustness\.start = 1(\.0)? is out of range",
+    ),
+    Case(
+        "ramp_above_one",
+        finetune(None, "robustness.enabled=true", "robustness.ramp=2"),
+        r"robustness\.ramp = 2(\.0)? is out of range",
+    ),
+    Case(
+        "margin_above_one",
+        finetune(None, "robustness.enabled=true", "robustness.negation_margin=3"),
+        r"robustness\.negation_margin = 3(\.0)? is out of range",
+    ),
 ]
 
 
