@@ -13,7 +13,8 @@ untrained default backbone (`--compare`). Reported per run:
                             the target probability
   amplified                 framings whose sensitivity change vs the untrained base is "amplified"
   accuracy, macro AUROC     test split, with 95% bootstrap CIs (`domainclip evaluate`)
-  t2i R@1                   text-to-image R@1 of the best checkpoint on val (result.json)
+  t2i / i2t R@1             retrieval on the test split with 95% bootstrap CIs (`domainclip
+                            evaluate`); `val t2i` is the best checkpoint's val R@1 (result.json)
   step time                 training seconds per step, validation excluded (metrics.jsonl)
 
 Each (data set, recipe, seed) is one invocation writing one JSON, so every run stays within a few
@@ -114,7 +115,11 @@ def evaluate(name: str, run_dir: Path, manifest: Path, n_boot: int) -> dict:
                           shortcut_check=False),
     )
     c = res.classification
-    return {k: c.get(k) for k in ("accuracy", "macro_auroc", "balanced_accuracy")}
+    out = {k: c.get(k) for k in ("accuracy", "macro_auroc", "balanced_accuracy")}
+    # retrieval on the test split (hundreds of queries, with CIs), not the val subset of training
+    out.update({k: res.retrieval.get(k) for k in ("t2i_R@1", "i2t_R@1")})
+    out["n_retrieval_queries"] = res.retrieval.get("n_texts")
+    return out
 
 
 def audit(name: str, run_dir: Path, manifest: Path) -> dict:
@@ -178,8 +183,8 @@ def table(folder: Path) -> str:
     """One markdown table of every result JSON in FOLDER/results."""
     rows = [json.loads(p.read_text()) for p in sorted((folder / "results").glob("*.json"))]
     lines = [
-        "| data | recipe | seed | steps | framing: mean abs shift / flip rate (vs base) | negation lowers | gate | accuracy | macro AUROC | t2i R@1 | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | recipe | seed | steps | framing: mean abs shift / flip rate (vs base) | negation lowers | gate | accuracy | macro AUROC | test t2i R@1 | test i2t R@1 | val t2i | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fr = r["audit"]["framings"]
@@ -193,7 +198,8 @@ def table(folder: Path) -> str:
         e = r["eval"]
         lines.append(
             f"| {r['data']} | {r['recipe']} | {r['seed']} | {r['steps']} | {inv} | {neg_s} | {gate} | "
-            f"{_est(e.get('accuracy'))} | {_est(e.get('macro_auroc'))} | {r['t2i_R@1'] or 0:.3f} | {r['step_seconds']:.3f} |"
+            f"{_est(e.get('accuracy'))} | {_est(e.get('macro_auroc'))} | {_est(e.get('t2i_R@1'))} | "
+            f"{_est(e.get('i2t_R@1'))} | {r['t2i_R@1'] or 0:.3f} | {r['step_seconds']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -205,8 +211,8 @@ def summary(folder: Path) -> str:
     for r in rows:
         groups.setdefault((r["data"], r["recipe"]), []).append(r)
     lines = [
-        "| data | recipe | seeds | mean abs shift: alarming / hedged / jargon / lay | flip rate (mean) | negation lowers | gate (failed checks per seed) | accuracy | macro AUROC | t2i R@1 | s/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| data | recipe | seeds | mean abs shift: alarming / hedged / jargon / lay | flip rate (mean) | negation lowers | gate (failed checks per seed) | accuracy | macro AUROC | test t2i R@1 | test i2t R@1 | s/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (data, recipe), rs in groups.items():
         fr = [r["audit"]["framings"] for r in rs]
@@ -223,10 +229,11 @@ def summary(folder: Path) -> str:
         gates = ", ".join(f"{r['audit']['verdict'].upper()} {r['audit']['n_failed']}" for r in rs)
         acc = mean([(r["eval"].get("accuracy") or {}).get("value") for r in rs])
         auc = mean([(r["eval"].get("macro_auroc") or {}).get("value") for r in rs])
-        t2i = mean([r["t2i_R@1"] for r in rs])
+        t2i = mean([(r["eval"].get("t2i_R@1") or {}).get("value") for r in rs])
+        i2t = mean([(r["eval"].get("i2t_R@1") or {}).get("value") for r in rs])
         step = mean([r["step_seconds"] for r in rs])
         lines.append(
-            f"| {data} | {recipe} | {len(rs)} | {shift} | {flips:.3f} | {negc:.2f} | {gates} | {acc:.3f} | {auc:.3f} | {t2i:.3f} | {step:.3f} |"
+            f"| {data} | {recipe} | {len(rs)} | {shift} | {flips:.3f} | {negc:.2f} | {gates} | {acc:.3f} | {auc:.3f} | {t2i:.3f} | {i2t:.3f} | {step:.3f} |"
         )
     return "\n".join(lines)
 

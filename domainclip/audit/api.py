@@ -200,6 +200,28 @@ def _load_manifest(manifest: Any, resolved: ResolvedModel) -> Manifest:
     return read_manifest(manifest)
 
 
+def _softmax_calibrator(resolved: ResolvedModel) -> ResolvedModel:
+    """The audit scores a softmax over the spec's findings. A calibrator fitted on multi-label
+    binary logits (positive vs negative prompt per finding; record mode `multi_label`) is on
+    another scale: its temperature could flatten or sharpen the softmax arbitrarily (covid-cxr:
+    T = 148 at the search bound made every shift 0.000, T = 0.26 quadrupled them), so the audit
+    scores such a run at T = 1 and says so. Decisions, hence flip rates, do not depend on it."""
+    if resolved.calibrator.fit.get("mode") != "multi_label":
+        return resolved
+    from domainclip.calibrators import TemperatureCalibrator
+
+    log.warning(
+        "%s: the run's calibrator was fitted for multi-label binary scores; the audit's softmax "
+        "over the findings uses T = 1", resolved.label,
+    )
+    resolved.calibrator = TemperatureCalibrator(
+        1.0, f"T = 1: the run's calibrator ({resolved.calibrator.source}) is fitted for "
+        "multi-label binary scores, not the audit's softmax over findings",
+    )
+    resolved.calibration_origin = "none"
+    return resolved
+
+
 def run_audit(
     model_or_run: Any,
     spec: str | Path | Mapping[str, Any] | AuditSpec,
@@ -246,9 +268,9 @@ def run_audit(
     started = time.perf_counter()
     spec = load_audit_spec(spec)
     check_resolution(spec)
-    resolved = resolve_model(
+    resolved = _softmax_calibrator(resolve_model(
         model_or_run, temperature=temperature, fit=fit, image_size=image_size
-    )
+    ))
     images = _embed_images(resolved, spec, manifest, split, batch_size, num_workers, bin_columns)
     main = audit_features(
         resolved,

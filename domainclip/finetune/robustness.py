@@ -40,6 +40,7 @@ paired texts when `augment_reports` is on. Head-only methods are refused in `Fin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,6 +321,20 @@ class FramingObjective:
             return 0.0
         return 1.0 if width <= 0 else min(1.0, (step - begin + 1) / width)
 
+    def full_from(self) -> int:
+        """The number of completed optimizer steps after which a checkpoint carries the terms at
+        full weight: the first step index with factor 1, plus one. Checkpoint selection (best on
+        val, early stopping) ignores validations before it; otherwise a run whose val metric
+        peaks early keeps a checkpoint the terms never touched (covid-cxr: best at step 24 of 200
+        with start 0.25, identical to the plain recipe). Capped at the run's length: with
+        start + ramp near 1 the last checkpoint is the one chosen."""
+        if self.total_steps <= 0:
+            return 0
+        step = math.ceil(self.start * self.total_steps)
+        while step < self.total_steps and self.factor(step) < 1.0:
+            step += 1
+        return min(step + 1, self.total_steps)
+
     def loss(
         self,
         img: torch.Tensor,
@@ -433,6 +448,7 @@ class FramingObjective:
             "space": self.space, "start": self.start, "ramp": self.ramp,
             "balance": self.balance, "max_ratio": self.max_ratio,
             "classes": list(self.classes), "texts_per_step": len(self.draw(0).texts()),
+            "select_from_step": self.full_from(),
         }
 
 

@@ -162,6 +162,11 @@ class Trainer:
         self.robust = FramingObjective.of(cfg, splits.classes, prompts, self.total_steps)  # None unless enabled
         if self.robust is not None and text_top is not None:  # the pool's lower layers once, not per step
             text_top.cache.ensure(self.robust.all_texts())
+        if self.robust is not None:
+            log.info(
+                "robustness: the best checkpoint is chosen among validations from step %d (the "
+                "framing terms at full weight)", self.robust.full_from(),
+            )
         # balance: gradnorm -> the terms' gradient is taken apart and scaled before the clip
         self.balance = (
             GradBalance(self.robust.max_ratio)
@@ -471,7 +476,10 @@ class Trainer:
         better = s.best_value is None or (value < s.best_value if lower else value > s.best_value)
         s.last_eval_step = s.step
         collapsed = self._collapse_check(metrics)
-        better = better and not collapsed
+        # With robustness on, only checkpoints trained with the terms at full weight may become
+        # "best" or count towards patience (FramingObjective.full_from says why).
+        eligible = self.robust is None or s.step >= self.robust.full_from()
+        better = better and not collapsed and eligible
         self.runlog.event("val", s.step, epoch=s.epoch, collapsed=collapsed, **metrics)
         log.info(
             "step %d: val %s",
@@ -486,7 +494,7 @@ class Trainer:
             s.best_value, s.best_step, s.bad_evals = value, s.step, 0
             s.best_metrics = {k: float(v) for k, v in metrics.items()}
             self._save("best", with_state=False, reason="best")
-        else:
+        elif eligible:
             s.bad_evals += 1
         self._save("last", with_state=True, reason="eval")
         patience = self.cfg.eval.patience

@@ -143,3 +143,22 @@ def test_a_run_directory_uses_its_manifest_temperature_and_output_folder(
     scores = (run / "audit" / "small" / "scores.csv").read_text().splitlines()
     assert len(scores) == 1 + data["data"]["n_images"] * 4
     assert f"wrote {run.resolve() / 'audit' / 'small'}" in capsys.readouterr().out
+
+
+def test_a_multi_label_calibrator_is_not_applied_to_the_audit_softmax(tiny_run, spec_file, tmp_path):
+    """A temperature fitted on multi-label binary logits is on another scale than the audit's
+    softmax over findings: the audit scores at T = 1 and names the reason."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "calibration.json").read_text())
+    record.update(temperature=148.4, mode="multi_label")
+    (run / "calibration.json").write_text(json.dumps(record))
+    assert main(["audit", str(run), "--spec", str(spec_file)]) == 0
+    data = json.loads((run / "audit" / "small" / "audit.json").read_text())
+    assert data["model"]["temperature"] == 1.0
+    assert "multi-label" in data["model"]["temperature_source"]
+    record["mode"] = "single_label"  # the same temperature for a softmax is applied
+    (run / "calibration.json").write_text(json.dumps(record))
+    assert main(["audit", str(run), "--spec", str(spec_file)]) == 0
+    data = json.loads((run / "audit" / "small" / "audit.json").read_text())
+    assert data["model"]["temperature"] == pytest.approx(148.4)
