@@ -488,6 +488,13 @@ class RobustnessConfig:
         "share of the training steps over which the weight then rises linearly from 0 to weight",
         range=(0, 1, "[]"),
     )
+    settle: float = option(
+        0.25,
+        "share of the training steps the terms must have trained at full weight before a "
+        "checkpoint may become the best one on val (or count towards eval.patience); the run's "
+        "result.json records the step as info.robustness.select_from_step",
+        range=(0, 1, "[]"),
+    )
     balance: str = option(
         "none",
         "how the terms' gradient is weighed against the main loss's before optim.grad_clip: none "

@@ -208,6 +208,7 @@ class FramingObjective:
     total_steps: int = 0
     balance: str = "none"
     max_ratio: float = 1.0
+    settle: float = 0.0
     last: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -250,7 +251,7 @@ class FramingObjective:
             divergence=r.divergence, margin=r.negation_margin, seed=cfg.train.seed,
             anchored=r.anchored, augment_reports=r.augment_reports, space=r.space,
             start=r.start, ramp=r.ramp, total_steps=total_steps, balance=r.balance,
-            max_ratio=r.max_ratio,
+            max_ratio=r.max_ratio, settle=r.settle,
         )
 
     # ------------------------------------------------------------------ drawing texts
@@ -322,18 +323,21 @@ class FramingObjective:
         return 1.0 if width <= 0 else min(1.0, (step - begin + 1) / width)
 
     def full_from(self) -> int:
-        """The number of completed optimizer steps after which a checkpoint carries the terms at
-        full weight: the first step index with factor 1, plus one. Checkpoint selection (best on
-        val, early stopping) ignores validations before it; otherwise a run whose val metric
-        peaks early keeps a checkpoint the terms never touched (covid-cxr: best at step 24 of 200
-        with start 0.25, identical to the plain recipe). Capped at the run's length: with
-        start + ramp near 1 the last checkpoint is the one chosen."""
+        """The number of completed optimizer steps from which a checkpoint may become best:
+        the first step with the terms at full weight, plus `settle` x the run's steps (at least
+        one step). Checkpoint selection (best on val, early stopping) ignores validations before
+        it. Without the rule a run whose val metric peaks early keeps a checkpoint the terms never
+        touched (covid-cxr: best at step 24 of 200 with start 0.25, identical to the plain
+        recipe); with only the first full step as the bar, a NEU-DET run whose val accuracy tied
+        from step 78 on kept step 78, 3 steps into the terms, and audited like plain. Capped at
+        the run's length: otherwise the last checkpoint is the one chosen."""
         if self.total_steps <= 0:
             return 0
         step = math.ceil(self.start * self.total_steps)
         while step < self.total_steps and self.factor(step) < 1.0:
             step += 1
-        return min(step + 1, self.total_steps)
+        settle = max(1, math.ceil(self.settle * self.total_steps))
+        return min(step + settle, self.total_steps)
 
     def loss(
         self,
@@ -446,7 +450,7 @@ class FramingObjective:
             "divergence": self.divergence, "negation_margin": self.margin, "anchored": self.anchored,
             "controls": sorted(self.controls), "augment_reports": self.augment_reports,
             "space": self.space, "start": self.start, "ramp": self.ramp,
-            "balance": self.balance, "max_ratio": self.max_ratio,
+            "balance": self.balance, "max_ratio": self.max_ratio, "settle": self.settle,
             "classes": list(self.classes), "texts_per_step": len(self.draw(0).texts()),
             "select_from_step": self.full_from(),
         }

@@ -452,11 +452,13 @@ def test_bad_pool_stops_before_a_run_folder_exists(tiny_vit, syn_manifest, tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_full_from_is_the_first_checkpoint_trained_with_the_terms_at_full_weight():
-    obj = _objective(["crack", "pit"], pool="industrial", start=0.5, ramp=0.25)
+def test_full_from_waits_for_the_terms_at_full_weight_plus_settle():
+    obj = _objective(["crack", "pit"], pool="industrial", start=0.5, ramp=0.25, settle=0)
     obj.total_steps = 40
     assert obj.full_from() == 30  # factor(29) == 1: checkpoints after 30 completed steps
-    obj.start, obj.ramp = 0.0, 0.0
+    obj.settle = 0.25
+    assert obj.full_from() == 29 + 10  # and 10 more steps with the terms on
+    obj.start, obj.ramp, obj.settle = 0.0, 0.0, 0.0
     assert obj.full_from() == 1  # even without a warm-up, the untrained step 0 does not count
     obj.start, obj.ramp = 0.9, 0.5
     assert obj.full_from() == 40  # never at full weight within the run: the last checkpoint
@@ -469,12 +471,13 @@ def test_best_checkpoint_is_not_chosen_before_the_terms_are_on(tiny_vit, syn_man
     without the rule the untrained step-0 checkpoint would stay best (ties do not replace it)."""
     cfg = tiny_config(
         tiny_vit, syn_manifest, "robustness.enabled=true", "robustness.controls=[clean]",
-        "robustness.start=0.5", "train.max_steps=8", "eval.every_steps=1", "optim.lr=1e-30",
+        "robustness.start=0.5", "robustness.settle=0.25", "train.max_steps=8", "eval.every_steps=1",
+        "optim.lr=1e-30",
     )
     res = finetune(cfg, tmp_path / "run")
     vals = [e for e in read_metrics(tmp_path / "run") if e["event"] == "val"]
     assert [e["step"] for e in vals][:2] == [0, 1]
     assert len({e["zero_shot_acc"] for e in vals}) == 1  # nothing moved: every step ties
-    assert res.info["robustness"]["select_from_step"] == 5
+    assert res.info["robustness"]["select_from_step"] == 4 + 2  # full weight from step index 4
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert result["best_step"] == 5
+    assert result["best_step"] == 6
