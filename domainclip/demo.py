@@ -133,8 +133,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     if robust is not None:
         print(f"   gate: plain {audit.verdict.upper()} -> robust {robust[0].verdict.upper()}; card: {robust[1]}")
         if audit.verdict == "pass" and robust[0].verdict != "pass":
-            print("   the robust recipe did not help here (it is off by default for this reason; "
-                  "README 'Framing-robust fine-tuning' has the measurements)")
+            print("   the robust recipe did not help here (README 'Framing-robust fine-tuning' "
+                  "has the measurements, misses included)")
     print(f"   total time: {sum(timings.values()):.0f} s")
     print("\nOpen the dashboard on this run:")
     print(f"   domainclip dashboard --runs {paths.run_dir.parent} --data-root {paths.data_dir}")

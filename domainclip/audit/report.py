@@ -302,7 +302,17 @@ def remedy_lines(r: AuditReport) -> list[str]:
     kinds = {c.kind for c in failed}
     weak = [c for c in failed if c.message.startswith("underpowered")]
     out = []
-    if {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed):
+    robust = r.main.model.robustness
+    if {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed) and robust:
+        out.append(
+            f"This run already trained for framing robustness (pool {robust['pool']}, k "
+            f"{robust['k']}, weight {robust['weight']}): try more framings per step and a larger "
+            f"weight (`domainclip finetune {run}/config.yaml --set robustness.k="
+            f"{robust['k'] * 2} --set robustness.weight={robust['weight'] * 2:g} --out "
+            f"{run}-k{robust['k'] * 2}`), or a pool with your own wordings (`robustness.pool=PATH`, "
+            f"docs/finetune.md), then compare with `domainclip audit ... --compare {run} --gate`."
+        )
+    elif {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed):
         out.append(
             f"Train for framing robustness: `domainclip finetune {run}/config.yaml --set "
             f"robustness.enabled=true --out {run}-robust`, then compare: `domainclip audit "

@@ -69,11 +69,17 @@ class AuditedModel:
     temperature_source: str
     fit: str | None = None
     image_size: int | None = None
+    # the run's `robustness` settings when it trained with them (pool, k, weight, ...), else None
+    robustness: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, resolved: Any) -> AuditedModel:
         """From an `api.ResolvedModel`."""
         bb = resolved.backbone
+        robust = None
+        if resolved.run is not None:
+            r = resolved.run.config().robustness
+            robust = {"pool": r.pool, "k": r.k, "weight": r.weight} if r.enabled else None
         return cls(
             label=resolved.label,
             run=str(resolved.run_dir) if resolved.run_dir else None,
@@ -85,6 +91,7 @@ class AuditedModel:
             temperature_source=resolved.calibrator.source,
             fit=resolved.input["fit"],
             image_size=resolved.input["image_size"],
+            robustness=robust,
         )
 
 

@@ -162,3 +162,35 @@ def test_a_multi_label_calibrator_is_not_applied_to_the_audit_softmax(tiny_run, 
     assert main(["audit", str(run), "--spec", str(spec_file)]) == 0
     data = json.loads((run / "audit" / "small" / "audit.json").read_text())
     assert data["model"]["temperature"] == pytest.approx(148.4)
+
+
+def test_a_robust_run_that_fails_is_offered_stronger_settings_not_the_same_remedy(
+    tiny_backbone, tiny_run, manifest_path, spec_file, tmp_path
+):
+    """The remedy for a failed framing check names what the run trained with: a run already
+    trained with `robustness` is not told to turn it on."""
+    from domainclip.audit.api import run_audit
+    from domainclip.audit.report import remedy_lines
+
+    # the run's settings reach audit.json (a copy of the tiny run, robustness switched on)
+    robust = tmp_path / "robust"
+    shutil.copytree(tiny_run, robust)
+    cfg = yaml.safe_load((robust / "config.yaml").read_text())
+    cfg["robustness"] = {"enabled": True, "pool": "industrial", "k": 1, "weight": 1.0}
+    (robust / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["audit", str(robust), "--spec", str(spec_file)]) == 0
+    data = json.loads((robust / "audit" / "small" / "audit.json").read_text())
+    assert data["model"]["robustness"] == {"pool": "industrial", "k": 1, "weight": 1.0}
+    # a planted bias fails the gate: plain runs are told to turn robustness on ...
+    planted = PlantedBiasBackbone.wrap(tiny_backbone, {SEVERE: 2.0, POSSIBLY: 0.0})
+    report = run_audit(planted, spec_file, manifest_path, split="test", out_dir=tmp_path / "a").report
+    assert report.gate.failed_checks
+    plain_lines = " ".join(remedy_lines(report))
+    assert "robustness.enabled=true" in plain_lines and "already trained" not in plain_lines
+    # ... a robust run is offered stronger settings
+    model = dataclasses.replace(report.main.model, robustness=data["model"]["robustness"])
+    report = dataclasses.replace(report, main=dataclasses.replace(report.main, model=model))
+    lines = " ".join(remedy_lines(report))
+    assert "already trained for framing robustness (pool industrial, k 1, weight 1.0)" in lines
+    assert "--set robustness.k=2 --set robustness.weight=2" in lines
+    assert "robustness.enabled=true" not in lines
