@@ -502,8 +502,8 @@ class RobustnessConfig:
         "(one backward of the sum; the terms can dominate the clipped step) or gradnorm (the "
         "terms' gradient is taken apart and scaled down to at most max_ratio x the main loss's "
         "gradient norm on the parameters both train; it recovers retrieval R@1 but passed the "
-        "synthetic gate on 2 of 3 seeds, so none stays the default: README 'Framing-robust "
-        "fine-tuning', round 3)",
+        "synthetic gate on 2 of 3 seeds, so none stays the default: docs/finetune.md "
+        "'Balancing the terms against the main loss')",
         choices=("none", "gradnorm"),
     )
     max_ratio: float = option(
