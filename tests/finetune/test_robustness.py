@@ -481,3 +481,27 @@ def test_best_checkpoint_is_not_chosen_before_the_terms_are_on(tiny_vit, syn_man
     assert res.info["robustness"]["select_from_step"] == 4 + 2  # full weight from step index 4
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["best_step"] == 6
+
+
+@pytest.mark.parametrize("recipe", ["neu_det_lora", "covid_cxr_lora", "demo_synthetic_lora"])
+def test_each_shipped_recipe_builds_its_framing_objective(recipe):
+    """The recipes that ship with robustness on (and the demo's, which turns it on for the
+    remedy) name a pool, controls and settings that fit their own prompt set: the objective
+    builds, every class gets framed and negated prompts, and no text is an audit template."""
+    from domainclip.resources import resolve_config_path
+
+    cfg = load_config(
+        resolve_config_path(f"configs/{recipe}.yaml"), ["robustness.enabled=true", "data.manifest=m.csv"]
+    )
+    prompts = load_prompt_set(resolve_config_path(cfg.eval.prompts))
+    obj = FramingObjective.of(cfg, prompts.class_names, prompts, total_steps=cfg.train.max_steps)
+    assert obj is not None and obj.classes
+    assert 0 < obj.full_from() <= cfg.train.max_steps
+    draw = obj.draw(0)
+    framed = [c for c in obj.classes if c not in obj.controls]
+    assert framed and draw.negated is not None
+    for i, c in enumerate(obj.classes):
+        if c in obj.controls:
+            assert draw.framed[0][i] == draw.neutral[i]
+        else:
+            assert draw.framed[0][i] != draw.neutral[i] and draw.negated[i] != draw.neutral[i]
