@@ -13,7 +13,12 @@ A pool is versioned YAML (shipped: ``configs/framings/{generic,industrial,medica
       negation: ["a surface free of {finding}", ...]
 
 Kinds (intensity, urgency, hedging, register, paraphrase, negation, ...) are free names that group
-templates for reports. `{finding}` (aliases `{defect}`, `{label}`) is replaced by a class name.
+templates for reports. `fill: prompt` (default `sentence`) makes each template a phrase around the
+name that fills the prompt set's own template, so the domain's context stays and only the framing
+changes: "extensive {finding}" in "a metal surface with {label}" gives "a metal surface with
+extensive scratches". The generic pool is written so: as whole sentences ("an image with
+extensive scratches") it also taught invariance to dropping the context, and on the synthetic
+benchmark that raised the audit's shifts above the plain recipe's (README). `{finding}` (aliases `{defect}`, `{label}`) is replaced by a class name.
 
 Disjointness is the point of robust training: the audit (`domainclip audit`, the specs in
 ``configs/audits/``) must measure wordings the model never trained on. Two rules:
@@ -48,7 +53,10 @@ AUDIT_DIR = CONFIGS_DIR / "audits"
 SHIPPED_POOLS = ("generic", "industrial", "medical")
 EXPECTATIONS = ("invariant", "lower")
 FINDING = Slot("finding", ("defect", "label"))
-_TOP_KEYS = ("name", "version", "domain", "description", *EXPECTATIONS)
+# fill: sentence = a template is a whole prompt; prompt = a phrase around the name that fills the
+# prompt set's own template ("extensive {finding}" -> "a metal surface with extensive scratches")
+FILLS = ("sentence", "prompt")
+_TOP_KEYS = ("name", "version", "domain", "description", "fill", *EXPECTATIONS)
 # Function words never count as framing words (articles, prepositions, conjunctions, pronouns,
 # auxiliaries): "a steel surface with {defect}" and "a surface free of {finding}" may share them.
 STOPWORDS = frozenset(
@@ -82,6 +90,7 @@ class FramingPool:
     framings: tuple[PoolFraming, ...]
     domain: str = ""
     source: str = "<dict>"
+    fill: str = "sentence"
 
     @property
     def invariant(self) -> list[PoolFraming]:
@@ -97,6 +106,7 @@ class FramingPool:
             "name": self.name,
             "version": self.version,
             "source": self.source,
+            "fill": self.fill,
             "n_invariant": len(self.invariant),
             "n_negated": len(self.negated),
         }
@@ -132,8 +142,14 @@ def load_pool(name_or_path: str) -> FramingPool:
     framings: list[PoolFraming] = []
     for expect in EXPECTATIONS:
         framings += _parse_group(data.get(expect) or {}, expect, src)
+    fill = data.get("fill", "sentence")
+    if fill not in FILLS:
+        raise ConfigError(
+            f"{src}: `fill` must be one of {', '.join(FILLS)} (sentence: each template is a whole "
+            f"prompt; prompt: a phrase that fills the prompt set's templates), got {fill!r}"
+        )
     pool = FramingPool(
-        data["name"], data["version"], tuple(framings), str(data.get("domain") or ""), src
+        data["name"], data["version"], tuple(framings), str(data.get("domain") or ""), src, fill
     )
     if not pool.invariant:
         raise ConfigError(f"{src}: `invariant` needs at least one template (the consistency term)")

@@ -272,8 +272,11 @@ class FramingObjective:
         inv = self.pool.invariant
         chosen = torch.randperm(len(inv), generator=g)[: self.k].tolist()
         chosen += [pick(range(len(inv))) for _ in range(self.k - len(chosen))]  # k > pool size
-        framed = [self._framed(inv[i], names, neutral) for i in chosen]
-        negated = self._framed(pick(self.pool.negated), names, neutral) if self.pool.negated else None
+        framed = [self._framed(inv[i], names, neutral, template) for i in chosen]
+        negated = (
+            self._framed(pick(self.pool.negated), names, neutral, template)
+            if self.pool.negated else None
+        )
         negatives = None
         if self.multi_label:
             neg_t = pick(self.negative_templates)
@@ -287,12 +290,20 @@ class FramingObjective:
         for names in self.names:
             for n in names:
                 out += [t.fill(label=n) for t in (*self.templates, *self.negative_templates)]
-                out += [f.fill(n) for f in self.pool.framings]
+                out += [self._fill(f, n, t) for f in self.pool.framings for t in self.templates]
         return list(dict.fromkeys(out))
 
-    def _framed(self, framing: PoolFraming, names: list[str], neutral: list[str]) -> list[str]:
+    def _fill(self, framing: PoolFraming, name: str, template: Template) -> str:
+        """A framed prompt: the pool's sentence, or (`fill: prompt`) its phrase inside the prompt
+        set's template."""
+        text = framing.fill(name)
+        return template.fill(label=text) if self.pool.fill == "prompt" else text
+
+    def _framed(
+        self, framing: PoolFraming, names: list[str], neutral: list[str], template: Template
+    ) -> list[str]:
         return [
-            neutral[i] if c in self.controls else framing.fill(names[i])
+            neutral[i] if c in self.controls else self._fill(framing, names[i], template)
             for i, c in enumerate(self.classes)
         ]
 

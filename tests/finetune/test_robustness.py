@@ -505,3 +505,23 @@ def test_each_shipped_recipe_builds_its_framing_objective(recipe):
             assert draw.framed[0][i] == draw.neutral[i]
         else:
             assert draw.framed[0][i] != draw.neutral[i] and draw.negated[i] != draw.neutral[i]
+
+
+def test_a_prompt_fill_pool_keeps_the_prompt_sets_context(tmp_path):
+    """`fill: prompt` (the generic pool): the framing is a phrase inside the prompt set's own
+    template, so only the framing changes, not the domain's context."""
+    prompts = load_prompt_set({
+        "version": "t-1", "templates": ["a metal surface with {label}"],
+        "classes": {"crack": {"names": ["cracks"]}, "pit": {"names": ["pits"]}},
+    })
+    obj = _objective(["crack", "pit"], prompts, pool="generic")
+    assert obj.pool.fill == "prompt"
+    draw = obj.draw(0)
+    assert draw.neutral == ["a metal surface with cracks", "a metal surface with pits"]
+    for texts in (*draw.framed, draw.negated):
+        assert all(t.startswith("a metal surface with ") and t not in draw.neutral for t in texts)
+    assert set(draw.texts()) <= set(obj.all_texts())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: b\nversion: "b-1"\nfill: phrase\ninvariant: {x: ["perhaps {finding}"]}\n')
+    with pytest.raises(ConfigError, match="`fill` must be one of sentence, prompt"):
+        load_pool(str(bad))
