@@ -289,6 +289,13 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
         splits = load_splits(cfg.data, cfg.train.seed)
         prompts = _prompts(cfg, splits)
         robust = FramingObjective.of(cfg, splits.classes, prompts)  # pool problems: no run folder yet
+        if robust is not None and robust.pool.name == "generic":
+            log.warning(
+                "robustness.pool is the generic pool: on the synthetic benchmark it lowered the "
+                "shifts but the negated wording then lowered the target for only 79%% of images "
+                "(industrial pool: 100%%); prefer a domain pool (industrial, medical) or your own "
+                "in your domain's wording (README 'Framing-robust fine-tuning')"
+            )
         stack.enter_context(ckpt.run_lock(run_dir) if dist.is_main else contextlib.nullcontext())
         resume_ckpt = _prepare_run_dir(cfg, run_dir, resume)
         cfg, tower_reason = _resolve_text_tower(cfg, splits, run_dir, resume)
