@@ -303,7 +303,8 @@ def remedy_lines(r: AuditReport) -> list[str]:
     weak = [c for c in failed if c.message.startswith("underpowered")]
     out = []
     robust = r.main.model.robustness
-    if {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed) and robust:
+    wording_failed = bool({"mean_shift", "flip_rate"} & kinds) and len(weak) < len(failed)
+    if wording_failed and robust:  # already trained for it: stronger settings, not the same switch
         out.append(
             f"This run already trained for framing robustness (pool {robust['pool']}, k "
             f"{robust['k']}, weight {robust['weight']}): try more framings per step and a larger "
@@ -312,7 +313,7 @@ def remedy_lines(r: AuditReport) -> list[str]:
             f"{run}-k{robust['k'] * 2}`), or a pool with your own wordings (`robustness.pool=PATH`, "
             f"docs/finetune.md), then compare with `domainclip audit ... --compare {run} --gate`."
         )
-    elif {"mean_shift", "flip_rate"} & kinds and len(weak) < len(failed):
+    elif wording_failed:
         out.append(
             f"Train for framing robustness: `domainclip finetune {run}/config.yaml --set "
             f"robustness.enabled=true --out {run}-robust`, then compare: `domainclip audit "

@@ -319,8 +319,6 @@ def finetune(config: FinetuneConfig, out_dir: str | Path, resume: bool = False) 
             result["info"]["fit_choice"] = fit_reason
         if tower_reason:
             result["info"]["text_tower_choice"] = tower_reason
-        if robust is not None and "robustness" not in result["info"]:
-            result["info"]["robustness"] = robust.describe()
         _input_findings(result, cache, *truncated)
         rr = _result(cfg, adapt, run_dir, result, wall_s=time.perf_counter() - t0, cache_s=cache_s)
         if dist.is_main:
@@ -512,7 +510,7 @@ def _train(
     info = {"unreadable_images": {"train": len(s.unreadable_train), "val": s.unreadable_val}}
     if text_top is not None:
         info["text_cache"] = dict(text_top.cache.info)
-    if trainer.robust is not None:  # knows the run's length (select_from_step)
+    if trainer.robust is not None:  # the Trainer's objective knows the run's length (select_from_step)
         info["robustness"] = trainer.robust.describe()
     return {
         "best_metrics": s.best_metrics,

@@ -273,15 +273,21 @@ def test_all_texts_cover_every_draw():
     assert all(set(obj.draw(s).texts()) <= every for s in range(30))
 
 
-def test_logit_space_step_pulls_framed_log_odds_together():
-    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0, space="logit")
+def _learnable_prompts(obj, seed):
+    """Step 0's draw of a crack/pit objective with a learnable text table: (draw, text -> row,
+    table [T, 8], four unit image features [4, 8], their labels, their class indices [4])."""
     draw = obj.draw(0)
     texts = draw.texts()
-    index = {t: i for i, t in enumerate(texts)}
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator().manual_seed(seed)
     table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
     img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
     labels, y = [["crack"], ["pit"], ["crack"], ["pit"]], torch.tensor([0, 1, 0, 1])
+    return draw, {t: i for i, t in enumerate(texts)}, table, img, labels, y
+
+
+def test_logit_space_step_pulls_framed_log_odds_together():
+    obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0, space="logit")
+    draw, index, table, img, labels, y = _learnable_prompts(obj, seed=2)
 
     def gap():
         f = torch.nn.functional.normalize(table.detach(), dim=-1)
@@ -299,13 +305,7 @@ def test_logit_space_step_pulls_framed_log_odds_together():
 
 def test_logit_space_hinge_lowers_the_negated_log_odds_by_the_margin():
     obj = _objective(["crack", "pit"], pool="industrial", k=1, negation_margin=0.5, space="logit")
-    draw = obj.draw(0)
-    texts = draw.texts()
-    index = {t: i for i, t in enumerate(texts)}
-    g = torch.Generator().manual_seed(4)
-    table = torch.nn.Parameter(torch.randn(len(texts), 8, generator=g))
-    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
-    labels, y = [["crack"], ["pit"], ["crack"], ["pit"]], torch.tensor([0, 1, 0, 1])
+    draw, index, table, img, labels, y = _learnable_prompts(obj, seed=4)
     with torch.no_grad():  # make the negated prompts the best match: the hinge is violated
         for i, t in enumerate(draw.negated):
             table[index[t]] = table[index[draw.neutral[i]]] + 0.5 * img[i]

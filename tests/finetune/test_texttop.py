@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -118,6 +120,19 @@ def _built_twice(fresh, tmp_path):
     return first
 
 
+@contextlib.contextmanager
+def _changed(weight: torch.Tensor, delta: float = 1.0):
+    """`weight` + delta inside the block, restored after it (also when an assertion fails)."""
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.add_(delta)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
 def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
     _, adapt = default_adapt
     stack = text_stack(adapt, 2)
@@ -126,25 +141,13 @@ def test_disk_cache_reused_and_invalidated(default_adapt, tmp_path):
     fresh = _builder(stack, tok, tmp_path)
     _built_twice(fresh, tmp_path)
     # a change of a TOP layer does not touch the cached part: still reused
-    w = stack.layers[5].output.dense.base_layer.weight
-    saved = w.detach().clone()
-    with torch.no_grad():
-        w.add_(1.0)
-    assert fresh().info["reused"]
-    with torch.no_grad():
-        w.copy_(saved)
+    with _changed(stack.layers[5].output.dense.base_layer.weight):
+        assert fresh().info["reused"]
     # a change of a lower layer's weights: recomputed into a new file
-    emb = stack.bert.embeddings.word_embeddings.weight
-    saved = emb.detach().clone()
-    with torch.no_grad():
-        emb[0, 0] += 1.0
-    try:
+    with _changed(stack.bert.embeddings.word_embeddings.weight):
         changed = fresh()
         assert not changed.info["reused"]
         assert len(list(tmp_path.glob("text-*.safetensors"))) == 2
-    finally:
-        with torch.no_grad():
-            emb.copy_(saved)
     # a changed tokenizer (another context length truncates differently): recomputed
     old = tok.context_length
     tok.context_length = 16
@@ -218,26 +221,13 @@ def test_locked_pooled_cache_invalidates_on_tower_weights_and_tokenizer(locked_a
     fresh = _builder(PooledText(adapt), tok, tmp_path)
     first = _built_twice(fresh, tmp_path)
     # the projection trains: a change of it keeps the cache
-    proj = adapt.base.text.proj
-    w = next(proj.parameters())
-    saved = w.detach().clone()
-    with torch.no_grad():
-        w.add_(1.0)
-    assert fresh().info["reused"]
-    with torch.no_grad():
-        w.copy_(saved)
+    with _changed(next(adapt.base.text.proj.parameters())):
+        assert fresh().info["reused"]
     # any tower weight (here the TOP layer, which the lower-layer cache would not cover): new file
-    top_w = adapt.base.text.transformer.encoder.layer[5].output.dense.weight
-    saved = top_w.detach().clone()
-    with torch.no_grad():
-        top_w.add_(0.5)
-    try:
+    with _changed(adapt.base.text.transformer.encoder.layer[5].output.dense.weight, 0.5):
         changed = fresh()
         assert not changed.info["reused"] and len(list(tmp_path.glob("text-*.safetensors"))) == 2
         assert not torch.allclose(changed.store[TEXTS[1]], first.store[TEXTS[1]])
-    finally:
-        with torch.no_grad():
-            top_w.copy_(saved)
     old = tok.context_length
     tok.context_length = 8  # truncates the long texts differently: recomputed
     try:

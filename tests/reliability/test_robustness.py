@@ -27,50 +27,32 @@ def _copying_pool(tmp: Path, bb: Path) -> list[str]:
     return finetune(None, "robustness.enabled=true", f"robustness.pool={pool}")(tmp, bb)
 
 
+def _robust(name: str, setting: str, expect: str) -> Case:
+    """A finetune run with robustness on and one bad `setting`, refused with `expect`."""
+    return Case(name, finetune(None, "robustness.enabled=true", setting), expect)
+
+
 CASES = [
-    Case("k_zero", finetune(None, "robustness.enabled=true", "robustness.k=0"), r"robustness\.k = 0 is out of range"),
-    Case(
-        "weight_negative",
-        finetune(None, "robustness.enabled=true", "robustness.weight=-1"),
-        r"robustness\.weight = -1\.0 is out of range",
-    ),
-    Case(
+    _robust("k_zero", "robustness.k=0", r"robustness\.k = 0 is out of range"),
+    _robust("weight_negative", "robustness.weight=-1", r"robustness\.weight = -1\.0 is out of range"),
+    _robust(
         "unknown_pool",
-        finetune(None, "robustness.enabled=true", "robustness.pool=industiral"),
+        "robustness.pool=industiral",
         r"robustness\.pool: 'industiral' is neither a shipped framing pool \(generic, industrial, medical\) \(did you mean .industrial.\?\)",
     ),
     Case("pool_copies_an_audit_template", _copying_pool, r"pool\.yaml: template .* is the audit template of framing 'lay' in .*synthetic\.yaml"),
-    Case(
+    _robust(
         "head_only_method",
-        finetune(None, "robustness.enabled=true", "method.name=linear_probe"),
+        "method.name=linear_probe",
         r"does not apply to method\.name=linear_probe: its classifier is a logistic regression",
     ),
-    Case(
-        "unknown_control",
-        finetune(None, "robustness.enabled=true", "robustness.controls=[clear]"),
-        r"robustness\.controls: 'clear' not among the classes \(clean, pit\)",
-    ),
-    # the round-2 settings (space, start, ramp, negation_margin)
-    Case(
-        "unknown_space",
-        finetune(None, "robustness.enabled=true", "robustness.space=logits"),
-        r"robustness\.space.*logits.*(probability|logit)",
-    ),
-    Case(
-        "start_at_the_end",
-        finetune(None, "robustness.enabled=true", "robustness.start=1"),
-        r"robustness\.start = 1(\.0)? is out of range",
-    ),
-    Case(
-        "ramp_above_one",
-        finetune(None, "robustness.enabled=true", "robustness.ramp=2"),
-        r"robustness\.ramp = 2(\.0)? is out of range",
-    ),
-    Case(
-        "margin_above_one",
-        finetune(None, "robustness.enabled=true", "robustness.negation_margin=3"),
-        r"robustness\.negation_margin = 3(\.0)? is out of range",
-    ),
+    _robust("unknown_control", "robustness.controls=[clear]", r"robustness\.controls: 'clear' not among the classes \(clean, pit\)"),
+    # the round-2 settings (space, start, ramp, negation_margin) and round 4's settle
+    _robust("unknown_space", "robustness.space=logits", r"robustness\.space.*logits.*(probability|logit)"),
+    _robust("start_at_the_end", "robustness.start=1", r"robustness\.start = 1(\.0)? is out of range"),
+    _robust("ramp_above_one", "robustness.ramp=2", r"robustness\.ramp = 2(\.0)? is out of range"),
+    _robust("margin_above_one", "robustness.negation_margin=3", r"robustness\.negation_margin = 3(\.0)? is out of range"),
+    _robust("settle_above_one", "robustness.settle=2", r"robustness\.settle = 2(\.0)? is out of range"),
 ]
 
 
